@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "stanzad",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "stanzad", targets: ["Daemon"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries of the design (Debian: libxml2-dev, libfcgi-dev).
+        .systemLibrary(
+            name: "CLibXML2", path: "Sources/CLibXML2",
+            pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        .systemLibrary(
+            name: "CFastCGI", path: "Sources/CFastCGI",
+            pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),
+
+        // XMPP core: element tree, serializer, JIDs, stanza errors, the hardened libxml2 parser and the
+        // JSON mapping. No I/O.
+        .target(name: "XMPPCore", dependencies: ["CLibXML2"], swiftSettings: strict),
+
+        // Process handlers (spawn per stanza, workers).
+        .target(name: "Executor", dependencies: ["XMPPCore"], swiftSettings: strict),
+
+        // libfcgi acceptor and the mod_rest-compatible REST API.
+        .target(name: "FastCGIFront", dependencies: ["XMPPCore", "CFastCGI"], swiftSettings: strict),
+
+        // The `stanzad` executable: CLI, config, wiring, lifecycle.
+        .executableTarget(
+            name: "Daemon",
+            dependencies: [
+                "XMPPCore", "Executor", "FastCGIFront",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+
+        // libFuzzer entry (built by scripts/fuzz with -DFUZZING); without it, a corpus replayer.
+        .executableTarget(name: "StanzaFuzz", dependencies: ["XMPPCore", "CLibXML2"], swiftSettings: strict),
+
+        // bench/parser: our parser against a no-op libxml2 SAX loop over the same bytes.
+        .executableTarget(name: "ParserBench", dependencies: ["XMPPCore", "CLibXML2"], swiftSettings: strict),
+
+        .testTarget(name: "XMPPCoreTests", dependencies: ["XMPPCore"], swiftSettings: strict),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,1 @@
+@main enum ParserBench { static func main() {} }

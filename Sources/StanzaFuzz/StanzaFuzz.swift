@@ -1,0 +1,1 @@
+@main enum StanzaFuzz { static func main() {} }

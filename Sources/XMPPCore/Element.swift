@@ -1,0 +1,153 @@
+// An XML element tree with resolved namespaces: what the parser produces and the serializer writes.
+
+/// Well-known namespaces.
+public enum Namespace {
+    public static let client = "jabber:client"
+    public static let componentAccept = "jabber:component:accept"
+    public static let server = "jabber:server"
+    public static let stream = "http://etherx.jabber.org/streams"
+    public static let stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas"
+    public static let streams = "urn:ietf:params:xml:ns:xmpp-streams"
+    public static let xml = "http://www.w3.org/XML/1998/namespace"
+
+    /// The namespaces a top-level stanza may carry; all mean the same thing on a component stream.
+    public static func isStanzaNamespace(_ uri: String?) -> Bool {
+        guard let uri else { return true }
+        return uri == client || uri == componentAccept || uri == server || uri.isEmpty
+    }
+}
+
+/// An attribute. `namespace` is nil for the common unprefixed case; `xml:lang` has the XML namespace.
+public struct Attribute: Hashable, Sendable {
+    public var name: String
+    public var namespace: String?
+    /// The prefix seen in the source (or chosen by the builder); used only for namespaced attributes.
+    public var prefix: String?
+    public var value: String
+
+    public init(name: String, value: String, namespace: String? = nil, prefix: String? = nil) {
+        self.name = name
+        self.value = value
+        self.namespace = namespace
+        self.prefix = prefix
+    }
+
+    /// `xml:lang="…"`.
+    public static func lang(_ value: String) -> Attribute {
+        Attribute(name: "lang", value: value, namespace: Namespace.xml, prefix: "xml")
+    }
+}
+
+/// A child of an element: another element or character data.
+public enum Node: Hashable, Sendable {
+    case element(Element)
+    case text(String)
+}
+
+/// An XML element. `namespace` is the resolved namespace URI (nil means no namespace).
+public struct Element: Hashable, Sendable {
+    public var name: String
+    public var namespace: String?
+    public var attributes: [Attribute]
+    public var children: [Node]
+
+    public init(
+        _ name: String, namespace: String? = nil, attributes: [Attribute] = [], children: [Node] = []
+    ) {
+        self.name = name
+        self.namespace = namespace
+        self.attributes = attributes
+        self.children = children
+    }
+
+    /// Convenience: `Element("body", text: "hi")`.
+    public init(_ name: String, namespace: String? = nil, attributes: [String: String] = [:], text: String) {
+        self.init(
+            name, namespace: namespace,
+            attributes: attributes.sorted { $0.key < $1.key }.map { Attribute(name: $0.key, value: $0.value) },
+            children: text.isEmpty ? [] : [.text(text)])
+    }
+
+    // MARK: Attributes
+
+    /// The value of the unqualified attribute `name` (or `xml:lang` when asked for "xml:lang").
+    public subscript(attribute name: String) -> String? {
+        get {
+            attributeIndex(name).map { attributes[$0].value }
+        }
+        set {
+            if let index = attributeIndex(name) {
+                if let newValue { attributes[index].value = newValue } else { attributes.remove(at: index) }
+            } else if let newValue {
+                attributes.append(name == "xml:lang" ? .lang(newValue) : Attribute(name: name, value: newValue))
+            }
+        }
+    }
+
+    private func attributeIndex(_ name: String) -> Int? {
+        if name == "xml:lang" {
+            return attributes.firstIndex { $0.name == "lang" && $0.namespace == Namespace.xml }
+        }
+        return attributes.firstIndex { $0.name == name && $0.namespace == nil }
+    }
+
+    // MARK: Children
+
+    /// Child elements, in order.
+    public var elements: [Element] {
+        children.compactMap { if case .element(let e) = $0 { e } else { nil } }
+    }
+
+    /// The first child element with this name and namespace (any namespace when `namespace` is nil).
+    public func child(_ name: String, namespace: String? = nil) -> Element? {
+        for case .element(let e) in children where e.name == name && (namespace == nil || e.namespace == namespace) {
+            return e
+        }
+        return nil
+    }
+
+    /// The first child element in this namespace.
+    public func child(inNamespace namespace: String) -> Element? {
+        for case .element(let e) in children where e.namespace == namespace { return e }
+        return nil
+    }
+
+    /// All character data directly inside this element, concatenated.
+    public var text: String {
+        var result = ""
+        for case .text(let t) in children { result += t }
+        return result
+    }
+
+    /// Appends a child element.
+    public mutating func append(_ element: Element) { children.append(.element(element)) }
+
+    /// Appends character data (nothing when empty).
+    public mutating func append(text: String) {
+        if !text.isEmpty { children.append(.text(text)) }
+    }
+
+    /// Removes every child element with this name and namespace.
+    public mutating func removeChildren(_ name: String, namespace: String?) {
+        children.removeAll {
+            if case .element(let e) = $0 { return e.name == name && e.namespace == namespace }
+            return false
+        }
+    }
+
+    /// Sets the text of child `name` (creating or replacing it); nil removes it.
+    public mutating func setChildText(_ name: String, namespace: String?, _ value: String?) {
+        if let index = children.firstIndex(where: {
+            if case .element(let e) = $0 { return e.name == name && e.namespace == namespace }
+            return false
+        }) {
+            if let value {
+                children[index] = .element(Element(name, namespace: namespace, text: value))
+            } else {
+                children.remove(at: index)
+            }
+        } else if let value {
+            append(Element(name, namespace: namespace, text: value))
+        }
+    }
+}

@@ -1,0 +1,165 @@
+// XMPP addresses (RFC 7622 shape): parsing, validation, bare/full forms, glob matching.
+
+/// Why a string is not a JID.
+public struct JIDError: Error, Hashable, Sendable, CustomStringConvertible {
+    public var reason: String
+    public var input: String
+    public var description: String { "invalid JID \(JID.quoted(input)): \(reason)" }
+}
+
+/// A validated JID. The domain is lower-cased; a trailing dot on it is removed.
+public struct JID: Hashable, Sendable, CustomStringConvertible {
+    public let localpart: String?
+    public let domain: String
+    public let resource: String?
+
+    public static let maxPartBytes = 1023
+
+    public init(_ string: String) throws(JIDError) {
+        func fail(_ reason: String) -> JIDError { JIDError(reason: reason, input: string) }
+        var rest = Substring(string)
+        var resource: Substring?
+        if let slash = rest.firstIndex(of: "/") {
+            resource = rest[rest.index(after: slash)...]
+            rest = rest[..<slash]
+        }
+        var local: Substring?
+        if let at = rest.firstIndex(of: "@") {
+            local = rest[..<at]
+            rest = rest[rest.index(after: at)...]
+        }
+        var domain = String(rest)
+        if domain.hasSuffix(".") { domain.removeLast() }
+        domain = domain.lowercased()
+
+        if let local {
+            if local.isEmpty { throw fail("empty localpart") }
+            if local.utf8.count > Self.maxPartBytes { throw fail("localpart longer than 1023 bytes") }
+            for scalar in local.unicodeScalars {
+                if Self.isControlOrSpace(scalar) { throw fail("localpart contains a space or control character") }
+                if "\"&'/:<>@".unicodeScalars.contains(scalar) {
+                    throw fail("localpart contains the forbidden character \(Character(scalar))")
+                }
+            }
+        }
+        if domain.isEmpty { throw fail("empty domain") }
+        if domain.utf8.count > Self.maxPartBytes { throw fail("domain longer than 1023 bytes") }
+        if domain.hasPrefix("[") {
+            // IPv6 literal: brackets around hex digits, colons and dots.
+            guard domain.hasSuffix("]"), domain.count > 2,
+                domain.dropFirst().dropLast().allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." })
+            else { throw fail("malformed IPv6 literal domain") }
+        } else {
+            for label in domain.split(separator: ".", omittingEmptySubsequences: false) {
+                if label.isEmpty { throw fail("empty label in domain") }
+                if label.utf8.count > 63 { throw fail("domain label longer than 63 bytes") }
+            }
+            for scalar in domain.unicodeScalars {
+                if Self.isControlOrSpace(scalar) { throw fail("domain contains a space or control character") }
+                if "\"&'/:<>@[]\\,;=?!#$%()*+^`{|}~".unicodeScalars.contains(scalar) {
+                    throw fail("domain contains the forbidden character \(Character(scalar))")
+                }
+            }
+        }
+        if let resource {
+            if resource.isEmpty { throw fail("empty resource") }
+            if resource.utf8.count > Self.maxPartBytes { throw fail("resource longer than 1023 bytes") }
+            for scalar in resource.unicodeScalars where Self.isControl(scalar) {
+                throw fail("resource contains a control character")
+            }
+        }
+        self.localpart = local.map(String.init)
+        self.domain = domain
+        self.resource = resource.map(String.init)
+    }
+
+    public init(localpart: String? = nil, domain: String, resource: String? = nil) throws(JIDError) {
+        var s = ""
+        if let localpart { s += localpart + "@" }
+        s += domain
+        if let resource { s += "/" + resource }
+        try self.init(s)
+    }
+
+    /// Parses, returning nil for invalid input.
+    public static func parse(_ string: String?) -> JID? {
+        guard let string else { return nil }
+        return try? JID(string)
+    }
+
+    public var bare: JID {
+        JID(uncheckedLocal: localpart, domain: domain, resource: nil)
+    }
+
+    public var isBare: Bool { resource == nil }
+
+    public var description: String {
+        var s = ""
+        if let localpart { s += localpart + "@" }
+        s += domain
+        if let resource { s += "/" + resource }
+        return s
+    }
+
+    /// True when `self` is the domain `domain` or an address `node@domain[/res]` inside it.
+    public func isInside(domain other: String) -> Bool { domain == other }
+
+    private init(uncheckedLocal: String?, domain: String, resource: String?) {
+        self.localpart = uncheckedLocal
+        self.domain = domain
+        self.resource = resource
+    }
+
+    static func isControl(_ s: Unicode.Scalar) -> Bool {
+        s.value < 0x20 || (s.value >= 0x7F && s.value < 0xA0) || s.value == 0x2028 || s.value == 0x2029
+    }
+
+    static func isControlOrSpace(_ s: Unicode.Scalar) -> Bool {
+        isControl(s) || s.properties.isWhitespace
+    }
+
+    static func quoted(_ s: String) -> String {
+        let shown = s.count > 80 ? String(s.prefix(80)) + "…" : s
+        return "\"" + shown.unicodeScalars.map { isControl($0) ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined() + "\""
+    }
+}
+
+/// A bare-JID glob such as `*@bot.example.org` or `bot.example.org`: `*` matches any run of characters.
+/// Matching is against the bare form; the domain compares case-insensitively.
+public struct JIDPattern: Hashable, Sendable, CustomStringConvertible {
+    public let pattern: String
+
+    public init(_ pattern: String) {
+        // The domain half is case-insensitive in JIDs; lower-case the whole pattern's domain part.
+        if let at = pattern.lastIndex(of: "@") {
+            self.pattern = String(pattern[...at]) + pattern[pattern.index(after: at)...].lowercased()
+        } else {
+            self.pattern = pattern.lowercased()
+        }
+    }
+
+    public var description: String { pattern }
+
+    public func matches(_ jid: JID) -> Bool {
+        Self.glob(Array(pattern.unicodeScalars), Array(jid.bare.description.unicodeScalars))
+    }
+
+    /// Iterative glob with backtracking on the last `*` (linear in practice, no recursion).
+    static func glob(_ p: [Unicode.Scalar], _ s: [Unicode.Scalar]) -> Bool {
+        var pi = 0, si = 0
+        var star = -1, mark = 0
+        while si < s.count {
+            if pi < p.count && p[pi] == "*" {
+                star = pi; mark = si; pi += 1
+            } else if pi < p.count && p[pi] == s[si] {
+                pi += 1; si += 1
+            } else if star >= 0 {
+                pi = star + 1; mark += 1; si = mark
+            } else {
+                return false
+            }
+        }
+        while pi < p.count && p[pi] == "*" { pi += 1 }
+        return pi == p.count
+    }
+}

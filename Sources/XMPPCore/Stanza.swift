@@ -1,0 +1,95 @@
+// A top-level stanza (message, presence, iq) over an element, with the reply rules of SPEC §8.
+
+public enum StanzaKind: String, Hashable, Sendable, CaseIterable {
+    case message, presence, iq
+}
+
+public struct Stanza: Hashable, Sendable {
+    public var element: Element
+
+    /// Wraps an element that is a message, presence or iq in a stanza namespace; nil otherwise.
+    public init?(_ element: Element) {
+        guard StanzaKind(rawValue: element.name) != nil, Namespace.isStanzaNamespace(element.namespace) else {
+            return nil
+        }
+        self.element = element
+    }
+
+    public init(kind: StanzaKind, type: String? = nil, id: String? = nil, from: String? = nil, to: String? = nil) {
+        var e = Element(kind.rawValue, namespace: Namespace.client)
+        e[attribute: "type"] = type
+        e[attribute: "id"] = id
+        e[attribute: "from"] = from
+        e[attribute: "to"] = to
+        self.element = e
+    }
+
+    public var kind: StanzaKind { StanzaKind(rawValue: element.name) ?? .message }
+
+    public var type: String? {
+        get { element[attribute: "type"] }
+        set { element[attribute: "type"] = newValue }
+    }
+    public var id: String? {
+        get { element[attribute: "id"] }
+        set { element[attribute: "id"] = newValue }
+    }
+    public var from: String? {
+        get { element[attribute: "from"] }
+        set { element[attribute: "from"] = newValue }
+    }
+    public var to: String? {
+        get { element[attribute: "to"] }
+        set { element[attribute: "to"] = newValue }
+    }
+    public var lang: String? {
+        get { element[attribute: "xml:lang"] }
+        set { element[attribute: "xml:lang"] = newValue }
+    }
+
+    /// The message body, if any.
+    public var body: String? { element.child("body", namespace: element.namespace)?.text }
+
+    /// The `<thread/>` element of a message, if any.
+    public var thread: Element? { element.child("thread", namespace: element.namespace) }
+
+    /// The stanza error carried by a `type="error"` stanza.
+    public var error: StanzaError? {
+        element.child("error", namespace: element.namespace).flatMap(StanzaError.init(element:))
+    }
+
+    /// iq get/set: a request that must get exactly one reply.
+    public var isRequest: Bool { kind == .iq && (type == "get" || type == "set") }
+
+    /// Never reply to `error` or `result` (SPEC §8).
+    public var allowsReply: Bool { type != "error" && type != "result" }
+
+    /// An empty reply skeleton: swapped addresses, same namespace; iq keeps the id and becomes `result`.
+    public func replySkeleton(kind replyKind: StanzaKind? = nil) -> Stanza {
+        var reply = Element((replyKind ?? kind).rawValue, namespace: element.namespace)
+        reply[attribute: "from"] = to
+        reply[attribute: "to"] = from
+        if (replyKind ?? kind) == .iq {
+            reply[attribute: "id"] = id
+            reply[attribute: "type"] = "result"
+        }
+        // Safe: the element name is one of the stanza kinds and the namespace is this stanza's.
+        return Stanza(uncheckedElement: reply)
+    }
+
+    /// The error reply to this stanza (SPEC §8): same kind, type=error, swapped addresses, same id,
+    /// `<error type by>` with the condition and optional text.
+    public func errorReply(_ error: StanzaError) -> Stanza {
+        var reply = Element(kind.rawValue, namespace: element.namespace)
+        reply[attribute: "from"] = to
+        reply[attribute: "to"] = from
+        reply[attribute: "id"] = id
+        reply[attribute: "type"] = "error"
+        reply.append(error.element(namespace: element.namespace))
+        return Stanza(uncheckedElement: reply)
+    }
+
+    init(uncheckedElement: Element) { self.element = uncheckedElement }
+
+    public func serialized() throws(XMLSerializationError) -> String { try element.serialized() }
+}

@@ -1,0 +1,483 @@
+// The hardened XML parser on libxml2's SAX2 push interface. Takes bytes in any split and yields the
+// stream header, complete stanzas and the stream close, enforcing SPEC §12 (restricted XML, no network,
+// depth, per-stanza byte cap, UTF-8). The same machinery parses standalone fragments (REST bodies,
+// handler output) into stanzas.
+
+import CLibXML2
+
+/// What the parser saw.
+public enum XMLStreamEvent: Hashable, Sendable {
+    /// The stream header: the root element's name, namespace and attributes (no children).
+    case streamOpened(Element)
+    /// A complete top-level element (a stanza, or any other first-level child such as `<handshake/>`).
+    case stanza(Element)
+    /// `</stream:stream>`.
+    case streamClosed
+}
+
+/// Why the input was refused.
+public struct XMLStreamError: Error, Hashable, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        let value: String
+        public var description: String { value }
+        /// Malformed XML (libxml2's verdict).
+        public static let notWellFormed = Code(value: "not-well-formed")
+        /// A DTD, entity declaration, comment or processing instruction (RFC 6120 §11.1).
+        public static let restrictedXML = Code(value: "restricted-xml")
+        /// Elements nested deeper than the limit.
+        public static let depthExceeded = Code(value: "depth-exceeded")
+        /// One stanza larger than the byte cap.
+        public static let stanzaTooLarge = Code(value: "stanza-too-large")
+        /// Bytes that are not UTF-8.
+        public static let invalidUTF8 = Code(value: "invalid-utf8")
+        /// A fragment that must hold one stanza holds more than one root element.
+        public static let multipleRoots = Code(value: "multiple-roots")
+        /// A fragment with no element at all.
+        public static let empty = Code(value: "empty")
+        /// Character data outside any element.
+        public static let textOutsideElement = Code(value: "text-outside-element")
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code): \(message)" }
+
+    /// The stream error condition to send before closing a stream that failed this way.
+    public var streamCondition: String {
+        switch code {
+        case .restrictedXML: "restricted-xml"
+        case .stanzaTooLarge, .depthExceeded: "policy-violation"
+        case .invalidUTF8: "unsupported-encoding"
+        default: "not-well-formed"
+        }
+    }
+}
+
+/// Limits applied while parsing.
+public struct XMLLimits: Hashable, Sendable {
+    /// Deepest nesting inside one stanza; the stanza element itself is level 1.
+    public var maxDepth: Int
+    /// Largest stanza in bytes, as received.
+    public var maxStanzaBytes: Int
+
+    public init(maxDepth: Int = 64, maxStanzaBytes: Int = 524_288) {
+        self.maxDepth = maxDepth
+        self.maxStanzaBytes = maxStanzaBytes
+    }
+}
+
+/// libxml2 needs `xmlInitParser` once per process before concurrent use.
+enum LibXML2 {
+    static let initialized: Bool = {
+        xmlInitParser()
+        return true
+    }()
+
+    static var version: String { LIBXML_DOTTED_VERSION }
+}
+
+/// A push parser for one XMPP stream (one per connection: a context is never reused across streams).
+/// Not thread-safe; own it from one place (e.g. one channel handler).
+public final class XMLStreamParser {
+    enum Mode {
+        case stream
+        /// Fragment parsing: the first-level element is an internal wrapper, its children are the results.
+        case fragment
+    }
+
+    public let limits: XMLLimits
+    let mode: Mode
+    private var context: xmlParserCtxtPtr?
+
+    // Tree under construction (index 0 is the outermost open element below the root).
+    private var stack: [Element] = []
+    private var textBuffers: [[UInt8]] = []
+    private var depth = 0  // 1 = inside the root
+    private var events: [XMLStreamEvent] = []
+    private var failure: XMLStreamError?
+    private var libxmlMessage: String?
+    private var closed = false
+    private var utf8 = UTF8Validator()
+    private var bytesFed = 0
+    /// Byte offset (in xmlByteConsumed terms) where the current stanza began: the end of what came before.
+    private var boundary = 0
+    private var names: [UnsafeRawPointer: String] = [:]
+    var wrapperCloseFed = false
+
+    /// A parser for a stream. Feed it the bytes as they arrive.
+    public convenience init(limits: XMLLimits = XMLLimits()) {
+        self.init(limits: limits, mode: .stream)
+    }
+
+    init(limits: XMLLimits, mode: Mode) {
+        _ = LibXML2.initialized
+        self.limits = limits
+        self.mode = mode
+        var handler = xmlSAXHandler()
+        Self.install(&handler)
+        let userData = Unmanaged.passUnretained(self).toOpaque()
+        context = xmlCreatePushParserCtxt(&handler, userData, nil, 0, nil)
+        let options =
+            XML_PARSE_NONET.rawValue | XML_PARSE_NOERROR.rawValue | XML_PARSE_NOWARNING.rawValue
+            | XML_PARSE_IGNORE_ENC.rawValue
+        if let context { xmlCtxtUseOptions(context, Int32(options)) }
+    }
+
+    deinit {
+        if let context { xmlFreeParserCtxt(context) }
+    }
+
+    /// True once the stream has been closed or has failed; feed nothing more.
+    public var isFinished: Bool { closed || failure != nil }
+
+    /// Feeds bytes; returns the events they completed. After an error the parser is finished.
+    public func feed(_ bytes: some Collection<UInt8>) throws(XMLStreamError) -> [XMLStreamEvent] {
+        let done: Result<[XMLStreamEvent], XMLStreamError> = bytes.withContiguousStorageIfAvailable { buffer in
+            Result { () throws(XMLStreamError) in try feed(UnsafeRawBufferPointer(buffer)) }
+        } ?? Array(bytes).withUnsafeBytes { buffer in
+            Result { () throws(XMLStreamError) in try feed(buffer) }
+        }
+        return try done.get()
+    }
+
+    /// Feeds bytes from a raw buffer.
+    public func feed(_ buffer: UnsafeRawBufferPointer) throws(XMLStreamError) -> [XMLStreamEvent] {
+        if let failure { throw failure }
+        if closed {
+            if buffer.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }) { return [] }
+            throw fail(.notWellFormed, "data after the end of the stream")
+        }
+        guard utf8.feed(buffer) else { throw fail(.invalidUTF8, "input is not valid UTF-8") }
+        // Parse in slices so the per-stanza cap is checked before a huge chunk is buffered whole.
+        let slice = 16 * 1024
+        var offset = 0
+        while offset < buffer.count {
+            let count = min(slice, buffer.count - offset)
+            try parseChunk(buffer.baseAddress.map { $0 + offset }, count: count, terminate: false)
+            offset += count
+            if closed && offset < buffer.count {
+                let rest = UnsafeRawBufferPointer(rebasing: buffer[offset...])
+                if !rest.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }) {
+                    throw fail(.notWellFormed, "data after the end of the stream")
+                }
+                break
+            }
+        }
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    /// Feeds a final empty chunk with the terminate flag (fragments only).
+    func finish() throws(XMLStreamError) -> [XMLStreamEvent] {
+        if let failure { throw failure }
+        guard utf8.isAtBoundary else { throw fail(.invalidUTF8, "input ends inside a UTF-8 sequence") }
+        try parseChunk(nil, count: 0, terminate: true)
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    private func parseChunk(_ pointer: UnsafeRawPointer?, count: Int, terminate: Bool) throws(XMLStreamError) {
+        guard let context else { throw fail(.notWellFormed, "parser could not be created") }
+        let status = xmlParseChunk(
+            context, pointer?.assumingMemoryBound(to: CChar.self), Int32(count), terminate ? 1 : 0)
+        bytesFed += count
+        if let failure { throw failure }
+        if status != 0 {
+            var message = libxmlMessage ?? "malformed XML (libxml2 error \(status))"
+            if let error = xmlCtxtGetLastError(context), let text = error.pointee.message {
+                message = String(cString: text).trimmingWhitespace()
+                message += " (line \(error.pointee.line), column \(error.pointee.int2))"
+            }
+            throw fail(.notWellFormed, message)
+        }
+        // Bytes received for the stanza being built (or held by libxml2 waiting for '>').
+        if bytesFed - boundary > limits.maxStanzaBytes {
+            throw fail(.stanzaTooLarge, "stanza larger than \(limits.maxStanzaBytes) bytes")
+        }
+    }
+
+    @discardableResult
+    private func fail(_ code: XMLStreamError.Code, _ message: String) -> XMLStreamError {
+        let error = failure ?? XMLStreamError(code, message)
+        failure = error
+        return error
+    }
+
+    /// Records an error from inside a callback and stops libxml2.
+    private func stop(_ code: XMLStreamError.Code, _ message: String) {
+        fail(code, message)
+        if let context { xmlStopParser(context) }
+    }
+
+    private var consumed: Int {
+        guard let context else { return bytesFed }
+        return Int(xmlByteConsumed(context))
+    }
+
+    private func name(_ pointer: UnsafePointer<xmlChar>?) -> String? {
+        guard let pointer else { return nil }
+        let key = UnsafeRawPointer(pointer)
+        if let cached = names[key] { return cached }
+        let value = String(cString: pointer)
+        // Names and namespace URIs are interned in the context's dictionary, so the pointer identifies them.
+        if names.count < 4096 { names[key] = value }
+        return value
+    }
+
+    // MARK: SAX events
+
+    fileprivate func startElement(
+        localname: UnsafePointer<xmlChar>?, uri: UnsafePointer<xmlChar>?,
+        attributeCount: Int, attributes: UnsafeMutablePointer<UnsafePointer<xmlChar>?>?
+    ) {
+        guard failure == nil else { return }
+        depth += 1
+        let elementName = name(localname) ?? ""
+        let namespace = name(uri)
+        if depth == 1 {
+            if mode == .stream {
+                var header = Element(elementName, namespace: namespace)
+                header.attributes = readAttributes(count: attributeCount, attributes)
+                events.append(.streamOpened(header))
+            }
+            // The start tag has been read up to its '>', which is the current byte.
+            boundary = consumed + (currentByte == UInt8(ascii: ">") ? 1 : 0)
+            return
+        }
+        if depth - 1 > limits.maxDepth {
+            stop(.depthExceeded, "elements nested deeper than \(limits.maxDepth) levels")
+            return
+        }
+        flushText()
+        stack.append(Element(elementName, namespace: namespace, attributes: readAttributes(count: attributeCount, attributes)))
+        textBuffers.append([])
+    }
+
+    private var currentByte: UInt8? {
+        guard let input = context?.pointee.input, let cur = input.pointee.cur else { return nil }
+        if let end = input.pointee.end, cur >= end { return nil }
+        return cur.pointee
+    }
+
+    private func readAttributes(count: Int, _ attributes: UnsafeMutablePointer<UnsafePointer<xmlChar>?>?) -> [Attribute] {
+        guard count > 0, let attributes else { return [] }
+        var result: [Attribute] = []
+        result.reserveCapacity(count)
+        for index in 0..<count {
+            let base = attributes + index * 5
+            guard let begin = base[3], let end = base[4] else { continue }
+            let length = end - begin
+            var value = String(decoding: UnsafeBufferPointer(start: begin, count: max(0, length)), as: UTF8.self)
+            // libxml2 hands '&' in attribute values over as "&#38;" (and only '&'): undo exactly that.
+            if value.utf8.contains(UInt8(ascii: "&")) {
+                value = value.replacingAll("&#38;", with: "&")
+            }
+            let attributeName = name(base[0]) ?? ""
+            let namespace = name(base[2])
+            let prefix = name(base[1])
+            result.append(Attribute(name: attributeName, value: value, namespace: namespace, prefix: prefix))
+        }
+        return result
+    }
+
+    fileprivate func endElement() {
+        guard failure == nil else { return }
+        defer { depth -= 1 }
+        if depth == 1 {
+            if mode == .fragment && !wrapperCloseFed {
+                stop(.notWellFormed, "closing tag without a matching start tag")
+                return
+            }
+            closed = true
+            events.append(.streamClosed)
+            return
+        }
+        flushText()
+        guard let element = stack.popLast() else { return }
+        textBuffers.removeLast()
+        if stack.isEmpty {
+            let end = consumed
+            if end - boundary > limits.maxStanzaBytes {
+                stop(.stanzaTooLarge, "stanza of \(end - boundary) bytes is larger than \(limits.maxStanzaBytes) bytes")
+                return
+            }
+            boundary = end
+            events.append(.stanza(element))
+        } else {
+            stack[stack.count - 1].children.append(.element(element))
+        }
+    }
+
+    fileprivate func characters(_ pointer: UnsafePointer<xmlChar>?, _ length: Int) {
+        guard failure == nil, let pointer, length > 0 else { return }
+        if stack.isEmpty {
+            // Between stanzas: whitespace keepalives are fine; anything else is not.
+            let buffer = UnsafeBufferPointer(start: pointer, count: length)
+            if buffer.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }) {
+                if depth == 1 { boundary = max(boundary, consumed) }
+                return
+            }
+            stop(.textOutsideElement, "character data outside a stanza")
+            return
+        }
+        textBuffers[textBuffers.count - 1].append(contentsOf: UnsafeBufferPointer(start: pointer, count: length))
+    }
+
+    private func flushText() {
+        guard !textBuffers.isEmpty, !textBuffers[textBuffers.count - 1].isEmpty else { return }
+        let text = String(decoding: textBuffers[textBuffers.count - 1], as: UTF8.self)
+        textBuffers[textBuffers.count - 1].removeAll(keepingCapacity: true)
+        stack[stack.count - 1].children.append(.text(text))
+    }
+
+    fileprivate func restricted(_ what: String) {
+        guard failure == nil else { return }
+        stop(.restrictedXML, "\(what) not allowed (restricted XML)")
+    }
+
+    fileprivate func libxmlError(_ message: String) {
+        if libxmlMessage == nil { libxmlMessage = message }
+    }
+
+    // MARK: Callback table
+
+    private static func parser(_ userData: UnsafeMutableRawPointer?) -> XMLStreamParser? {
+        guard let userData else { return nil }
+        return Unmanaged<XMLStreamParser>.fromOpaque(userData).takeUnretainedValue()
+    }
+
+    private static func install(_ h: inout xmlSAXHandler) {
+        h.initialized = XML_SAX2_MAGIC
+        h.startElementNs = { ctx, localname, _, uri, _, _, attributeCount, _, attributes in
+            XMLStreamParser.parser(ctx)?.startElement(
+                localname: localname, uri: uri, attributeCount: Int(attributeCount), attributes: attributes)
+        }
+        h.endElementNs = { ctx, _, _, _ in XMLStreamParser.parser(ctx)?.endElement() }
+        h.characters = { ctx, ch, len in XMLStreamParser.parser(ctx)?.characters(ch, Int(len)) }
+        h.ignorableWhitespace = { ctx, ch, len in XMLStreamParser.parser(ctx)?.characters(ch, Int(len)) }
+        h.cdataBlock = { ctx, ch, len in XMLStreamParser.parser(ctx)?.characters(ch, Int(len)) }
+        h.comment = { ctx, _ in XMLStreamParser.parser(ctx)?.restricted("comments are") }
+        h.processingInstruction = { ctx, _, _ in XMLStreamParser.parser(ctx)?.restricted("processing instructions are") }
+        h.internalSubset = { ctx, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("a DOCTYPE is") }
+        h.externalSubset = { ctx, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("an external DTD is") }
+        h.entityDecl = { ctx, _, _, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("entity declarations are") }
+        h.unparsedEntityDecl = { ctx, _, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("entity declarations are") }
+        h.notationDecl = { ctx, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("notation declarations are") }
+        h.elementDecl = { ctx, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("element declarations are") }
+        h.attributeDecl = { ctx, _, _, _, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("attribute declarations are") }
+        h.serror = { ctx, error in
+            guard let error, let text = error.pointee.message else { return }
+            XMLStreamParser.parser(ctx)?.libxmlError(String(cString: text).trimmingWhitespace())
+        }
+    }
+}
+
+// MARK: Fragments
+
+extension XMLStreamParser {
+    static let wrapperName = "stanzad-fragment-b1f4"
+
+    /// Parses a standalone fragment (a REST body, handler output) into its top-level elements, with the same
+    /// restrictions as the stream. An XML declaration at the start is allowed. `maxElements` = 1 refuses a
+    /// second root. Unprefixed elements without `xmlns` get `defaultNamespace`.
+    public static func parseFragment(
+        _ bytes: some Collection<UInt8>, defaultNamespace: String = Namespace.client,
+        limits: XMLLimits = XMLLimits(), maxElements: Int? = nil
+    ) throws(XMLStreamError) -> [Element] {
+        var input = Array(bytes)
+        if input.starts(with: [0xEF, 0xBB, 0xBF]) { input.removeFirst(3) }
+        let parser = XMLStreamParser(limits: limits, mode: .fragment)
+        var index = skipWhitespace(input, from: 0)
+        var prologue: [UInt8] = []
+        if input[index...].starts(with: Array("<?xml".utf8)),
+            index + 5 < input.count, [0x20, 0x09, 0x0A, 0x0D].contains(input[index + 5])
+        {
+            if let end = find(Array("?>".utf8), in: input, from: index) {
+                prologue = Array(input[..<(end + 2)])
+                index = skipWhitespace(input, from: end + 2)
+            }
+        }
+        var events: [XMLStreamEvent] = []
+        if !prologue.isEmpty { events += try parser.feed(prologue) }
+        if input[index...].starts(with: Array("<!DOCTYPE".utf8)) {
+            // Let libxml2 see it where it is legal so the DTD is refused as restricted XML, not as a syntax error.
+            events += try parser.feed(input[index...])
+            _ = try parser.finish()
+            throw XMLStreamError(.restrictedXML, "a DOCTYPE is not allowed (restricted XML)")
+        }
+        var namespaceValue = ""
+        try? XMLWriter.escape(defaultNamespace, attribute: true, into: &namespaceValue)
+        events += try parser.feed(Array("<\(wrapperName) xmlns=\"\(namespaceValue)\">".utf8))
+        // The wrapper's bytes must not count against the first element's size.
+        events += try parser.feed(input[index...])
+        parser.wrapperCloseFed = true
+        events += try parser.feed(Array("</\(wrapperName)>".utf8))
+        events += try parser.finish()
+        var elements: [Element] = []
+        for case .stanza(let element) in events {
+            elements.append(element)
+            if let maxElements, elements.count > maxElements {
+                throw XMLStreamError(.multipleRoots, "expected \(maxElements == 1 ? "one element" : "at most \(maxElements) elements"), found more")
+            }
+        }
+        guard events.contains(.streamClosed) else {
+            throw XMLStreamError(.notWellFormed, "unexpected end of input")
+        }
+        return elements
+    }
+
+    private static func skipWhitespace(_ bytes: [UInt8], from start: Int) -> Int {
+        var i = start
+        while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x09 || bytes[i] == 0x0A || bytes[i] == 0x0D { i += 1 }
+        return i
+    }
+
+    private static func find(_ needle: [UInt8], in haystack: [UInt8], from start: Int) -> Int? {
+        guard needle.count <= haystack.count else { return nil }
+        var i = start
+        while i + needle.count <= haystack.count {
+            if haystack[i] == needle[0] && Array(haystack[i..<(i + needle.count)]) == needle { return i }
+            i += 1
+        }
+        return nil
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while let c = s.first, c.isWhitespace { s.removeFirst() }
+        while let c = s.last, c.isWhitespace { s.removeLast() }
+        return String(s)
+    }
+
+    func replacingAll(_ target: String, with replacement: String) -> String {
+        let t = Array(target.utf8)
+        let bytes = Array(utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var i = 0
+        while i < bytes.count {
+            if bytes[i] == t[0], i + t.count <= bytes.count, bytes[i..<(i + t.count)].elementsEqual(t) {
+                out += replacement.utf8
+                i += t.count
+            } else {
+                out.append(bytes[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// Facts about the XML library in use.
+public enum XMLLibrary {
+    /// libxml2's version, e.g. "2.9.14".
+    public static var version: String { LibXML2.version }
+}
