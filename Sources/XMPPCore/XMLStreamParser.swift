@@ -136,21 +136,36 @@ public final class XMLStreamParser {
     /// True once the stream has been closed or has failed; feed nothing more.
     public var isFinished: Bool { closed || failure != nil }
 
-    /// Feeds bytes; returns the events they completed. After an error the parser is finished.
+    /// Feeds bytes; returns the events they completed. After an error the parser is finished; events
+    /// completed earlier in the same call are dropped (use `feed(_:into:)` to keep them).
     public func feed(_ bytes: some Collection<UInt8>) throws(XMLStreamError) -> [XMLStreamEvent] {
-        let done: Result<[XMLStreamEvent], XMLStreamError> = bytes.withContiguousStorageIfAvailable { buffer in
-            Result { () throws(XMLStreamError) in try feed(UnsafeRawBufferPointer(buffer)) }
-        } ?? Array(bytes).withUnsafeBytes { buffer in
-            Result { () throws(XMLStreamError) in try feed(buffer) }
-        }
-        return try done.get()
+        var events: [XMLStreamEvent] = []
+        try feed(bytes, into: &events)
+        return events
     }
 
-    /// Feeds bytes from a raw buffer.
-    public func feed(_ buffer: UnsafeRawBufferPointer) throws(XMLStreamError) -> [XMLStreamEvent] {
+    /// Feeds bytes, appending each completed event to `events` as it completes; throws at the first error,
+    /// with everything completed before it already appended. After an error the parser is finished.
+    public func feed(_ bytes: some Collection<UInt8>, into events: inout [XMLStreamEvent]) throws(XMLStreamError) {
+        let done: Result<Void, XMLStreamError>? = bytes.withContiguousStorageIfAvailable { buffer in
+            Result { () throws(XMLStreamError) in try feed(UnsafeRawBufferPointer(buffer), into: &events) }
+        }
+        if let done { return try done.get() }
+        let copied: Result<Void, XMLStreamError> = Array(bytes).withUnsafeBytes { buffer in
+            Result { () throws(XMLStreamError) in try feed(buffer, into: &events) }
+        }
+        try copied.get()
+    }
+
+    /// Feeds bytes from a raw buffer (see `feed(_:into:)`).
+    public func feed(_ buffer: UnsafeRawBufferPointer, into output: inout [XMLStreamEvent]) throws(XMLStreamError) {
+        defer {
+            output += events
+            events.removeAll(keepingCapacity: true)
+        }
         if let failure { throw failure }
         if closed {
-            if buffer.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }) { return [] }
+            if buffer.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }) { return }
             throw fail(.notWellFormed, "data after the end of the stream")
         }
         guard utf8.feed(buffer) else { throw fail(.invalidUTF8, "input is not valid UTF-8") }
@@ -169,17 +184,17 @@ public final class XMLStreamParser {
                 break
             }
         }
-        defer { events.removeAll(keepingCapacity: true) }
-        return events
     }
 
     /// Feeds a final empty chunk with the terminate flag (fragments only).
-    func finish() throws(XMLStreamError) -> [XMLStreamEvent] {
+    func finish(into output: inout [XMLStreamEvent]) throws(XMLStreamError) {
+        defer {
+            output += events
+            events.removeAll(keepingCapacity: true)
+        }
         if let failure { throw failure }
         guard utf8.isAtBoundary else { throw fail(.invalidUTF8, "input ends inside a UTF-8 sequence") }
         try parseChunk(nil, count: 0, terminate: true)
-        defer { events.removeAll(keepingCapacity: true) }
-        return events
     }
 
     private func parseChunk(_ pointer: UnsafeRawPointer?, count: Int, terminate: Bool) throws(XMLStreamError) {
@@ -404,21 +419,20 @@ extension XMLStreamParser {
             }
         }
         var events: [XMLStreamEvent] = []
-        if !prologue.isEmpty { events += try parser.feed(prologue) }
+        if !prologue.isEmpty { try parser.feed(prologue, into: &events) }
         if input[index...].starts(with: Array("<!DOCTYPE".utf8)) {
             // Let libxml2 see it where it is legal so the DTD is refused as restricted XML, not as a syntax error.
-            events += try parser.feed(input[index...])
-            _ = try parser.finish()
+            try parser.feed(input[index...], into: &events)
+            try parser.finish(into: &events)
             throw XMLStreamError(.restrictedXML, "a DOCTYPE is not allowed (restricted XML)")
         }
         var namespaceValue = ""
         try? XMLWriter.escape(defaultNamespace, attribute: true, into: &namespaceValue)
-        events += try parser.feed(Array("<\(wrapperName) xmlns=\"\(namespaceValue)\">".utf8))
-        // The wrapper's bytes must not count against the first element's size.
-        events += try parser.feed(input[index...])
+        try parser.feed(Array("<\(wrapperName) xmlns=\"\(namespaceValue)\">".utf8), into: &events)
+        try parser.feed(input[index...], into: &events)
         parser.wrapperCloseFed = true
-        events += try parser.feed(Array("</\(wrapperName)>".utf8))
-        events += try parser.finish()
+        try parser.feed(Array("</\(wrapperName)>".utf8), into: &events)
+        try parser.finish(into: &events)
         var elements: [Element] = []
         for case .stanza(let element) in events {
             elements.append(element)

@@ -1,0 +1,200 @@
+import Testing
+
+@testable import XMPPCore
+
+private func parseOne(_ xml: String) throws -> Element {
+    try XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1)[0]
+}
+
+@Suite struct SerializerTests {
+    @Test func escapesTextAndAttributes() throws {
+        var message = Element("message", namespace: Namespace.client)
+        message[attribute: "id"] = "a\"b<c>&d'\t\n"
+        message.append(Element("body", namespace: Namespace.client, text: "x < y & z > w \"q\" 'a'\r\n"))
+        let xml = try message.serialized()
+        #expect(xml == "<message id=\"a&quot;b&lt;c&gt;&amp;d'&#9;&#10;\"><body>x &lt; y &amp; z &gt; w \"q\" 'a'&#13;\n</body></message>")
+        #expect(try parseOne(xml) == message, "serialize → parse round-trips exactly, including \\r and attribute whitespace")
+    }
+
+    @Test func namespacesDeclaredOnlyWhereTheyChange() throws {
+        let xml = """
+            <message to='a@b'><body>hi</body><active xmlns='http://jabber.org/protocol/chatstates'/>\
+            <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'><body>in</body></message></forwarded></message>
+            """
+        let element = try parseOne(xml)
+        let out = try element.serialized()
+        #expect(out == "<message to=\"a@b\"><body>hi</body><active xmlns=\"http://jabber.org/protocol/chatstates\"/><forwarded xmlns=\"urn:xmpp:forward:0\"><message xmlns=\"jabber:client\"><body>in</body></message></forwarded></message>")
+        #expect(try parseOne(out) == element)
+    }
+
+    @Test func componentNamespaceStanzaOmitsXmlnsButKeepsNestedJabberClient() throws {
+        var stanza = Element("message", namespace: Namespace.componentAccept)
+        stanza.append(Element("body", namespace: Namespace.componentAccept, text: "x"))
+        var forwarded = Element("forwarded", namespace: "urn:xmpp:forward:0")
+        forwarded.append(Element("message", namespace: Namespace.client))
+        stanza.append(forwarded)
+        #expect(try stanza.serialized() == "<message><body>x</body><forwarded xmlns=\"urn:xmpp:forward:0\"><message xmlns=\"jabber:client\"/></forwarded></message>")
+    }
+
+    @Test func prefixedAttributesGetDeclarations() throws {
+        let element = try parseOne("<message xml:lang='de'><x:data xmlns:x='jabber:x:data' x:type='form'/></message>")
+        let out = try element.serialized()
+        #expect(out.contains("xml:lang=\"de\""))
+        #expect(try parseOne(out) == element)
+    }
+
+    @Test func nonStanzaTopElementDeclaresItsNamespace() throws {
+        let error = StanzaError(.cancel, .itemNotFound, text: "gone").element(namespace: nil)
+        #expect(try error.serialized() == "<error type=\"cancel\"><item-not-found xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/><text xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\">gone</text></error>")
+        let query = Element("query", namespace: "jabber:iq:version")
+        #expect(try query.serialized() == "<query xmlns=\"jabber:iq:version\"/>")
+    }
+
+    @Test(arguments: ["\u{0}", "\u{1}", "\u{8}", "\u{B}", "\u{C}", "\u{1F}", "\u{FFFE}", "\u{FFFF}"])
+    func forbiddenCharactersAreRefused(_ bad: String) {
+        let body = Element("body", text: "ok" + bad)
+        #expect(throws: XMLSerializationError.self) { try body.serialized() }
+        var attr = Element("x")
+        attr[attribute: "a"] = bad
+        #expect(throws: XMLSerializationError.self) { try attr.serialized() }
+    }
+
+    @Test func allowedEdgeCharactersPass() throws {
+        let text = "\t\n\u{20}\u{D7FF}\u{E000}\u{FFFD}\u{10000}\u{10FFFF}"
+        let body = Element("body", namespace: Namespace.client, text: text)
+        #expect(try parseOne(try body.serialized()).text == text)
+    }
+
+    @Test func invalidNamesAreRefused() {
+        for name in ["", "1abc", "a b", "a<b", "-x", "a&b", "a\"b"] {
+            #expect(throws: XMLSerializationError.self, "\(name)") { try Element(name).serialized() }
+        }
+        #expect(throws: Never.self) { try Element("café-ok_1.x").serialized() }
+    }
+}
+
+@Suite struct JIDTests {
+    @Test func parsesParts() throws {
+        let jid = try JID("Alice@Example.ORG./phone 1")
+        #expect(jid.localpart == "Alice")
+        #expect(jid.domain == "example.org")
+        #expect(jid.resource == "phone 1")
+        #expect(jid.description == "Alice@example.org/phone 1")
+        #expect(jid.bare.description == "Alice@example.org")
+        #expect(!jid.isBare)
+        #expect(try JID("example.org").localpart == nil)
+        #expect(try JID("a@b/c/d@e").resource == "c/d@e", "the resource is everything after the first slash")
+        #expect(try JID("[::1]").domain == "[::1]")
+    }
+
+    @Test(arguments: [
+        "", "@example.org", "a@", "a@example.org/", "a b@example.org", "a\"b@x", "a&b@x", "a'b@x", "a:b@x",
+        "a<b@x", "a>b@x", "a@b@c", "exa mple.org", "a@x..y", "a@x/\u{7}", "a\u{0}@x",
+        String(repeating: "a", count: 1024) + "@x", "a@" + String(repeating: "b", count: 64) + ".org", "[zz]",
+    ])
+    func rejectsInvalid(_ input: String) {
+        #expect(throws: JIDError.self) { try JID(input) }
+    }
+
+    @Test func errorsSayWhy() {
+        do {
+            _ = try JID("a b@example.org")
+            Issue.record("accepted")
+        } catch {
+            #expect(error.description == "invalid JID \"a b@example.org\": localpart contains a space or control character")
+        }
+    }
+
+    @Test func globs() throws {
+        let jid = try JID("echo@Bot.Example.org/res")
+        #expect(JIDPattern("*@bot.example.org").matches(jid))
+        #expect(JIDPattern("echo@BOT.example.org").matches(jid))
+        #expect(JIDPattern("*").matches(jid))
+        #expect(JIDPattern("e*o@*.org").matches(jid))
+        #expect(!JIDPattern("bot.example.org").matches(jid))
+        #expect(JIDPattern("bot.example.org").matches(try JID("bot.example.org/x")))
+        #expect(!JIDPattern("Echo@bot.example.org").matches(jid), "localparts compare exactly")
+        #expect(!JIDPattern("*@example.org").matches(jid))
+        #expect(JIDPattern("*a*a*a*a*b").matches(try JID(String(repeating: "a", count: 200) + "b@x")) == false)
+    }
+}
+
+@Suite struct StanzaErrorTests {
+    @Test func errorReplySwapsAddressesAndKeepsId() throws {
+        let incoming = try #require(Stanza(try parseOne("<iq type='get' id='q1' from='alice@example.org/res' to='bot.example.org'><query xmlns='urn:x'/></iq>")))
+        let reply = incoming.errorReply(StanzaError(.cancel, .serviceUnavailable, text: "nobody home", by: "bot.example.org"))
+        #expect(try reply.serialized() == "<iq from=\"bot.example.org\" to=\"alice@example.org/res\" id=\"q1\" type=\"error\"><error type=\"cancel\" by=\"bot.example.org\"><service-unavailable xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/><text xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\">nobody home</text></error></iq>")
+        #expect(reply.error == StanzaError(.cancel, .serviceUnavailable, text: "nobody home", by: "bot.example.org"))
+    }
+
+    @Test func repliesAllowedAndRequests() throws {
+        func stanza(_ xml: String) throws -> Stanza { try #require(Stanza(try parseOne(xml))) }
+        #expect(try !stanza("<message type='error'/>").allowsReply)
+        #expect(try !stanza("<iq type='result' id='1'/>").allowsReply)
+        #expect(try stanza("<message/>").allowsReply)
+        #expect(try stanza("<iq type='set' id='1'/>").isRequest)
+        #expect(try !stanza("<iq type='result' id='1'/>").isRequest)
+        #expect(Stanza(Element("handshake", namespace: Namespace.componentAccept)) == nil)
+        #expect(Stanza(Element("message", namespace: "urn:other")) == nil)
+    }
+
+    @Test func replySkeleton() throws {
+        let iq = try #require(Stanza(try parseOne("<iq type='get' id='7' from='a@b/c' to='bot.example.org'/>")))
+        #expect(try iq.replySkeleton().serialized() == "<iq from=\"bot.example.org\" to=\"a@b/c\" id=\"7\" type=\"result\"/>")
+    }
+
+    @Test(arguments: [
+        (400, "modify", "bad-request"), (411, "modify", "bad-request"), (416, "modify", "bad-request"),
+        (422, "modify", "bad-request"), (401, "auth", "not-authorized"), (511, "auth", "not-authorized"),
+        (402, "auth", "payment-required"), (403, "auth", "forbidden"), (451, "auth", "forbidden"),
+        (404, "cancel", "item-not-found"), (405, "cancel", "not-allowed"), (406, "modify", "not-acceptable"),
+        (407, "auth", "registration-required"), (408, "wait", "remote-server-timeout"),
+        (502, "wait", "remote-server-timeout"), (504, "wait", "remote-server-timeout"), (409, "cancel", "conflict"),
+        (412, "cancel", "conflict"), (410, "cancel", "gone"), (413, "modify", "resource-constraint"),
+        (414, "modify", "resource-constraint"), (431, "modify", "resource-constraint"),
+        (415, "cancel", "feature-not-implemented"), (501, "cancel", "feature-not-implemented"),
+        (423, "wait", "resource-constraint"), (429, "wait", "resource-constraint"), (507, "wait", "resource-constraint"),
+        (500, "wait", "internal-server-error"), (503, "cancel", "service-unavailable"),
+        (418, "cancel", "undefined-condition"), (302, "cancel", "undefined-condition"), (599, "cancel", "undefined-condition"),
+    ])
+    func httpStatusTable(_ status: Int, _ type: String, _ condition: String) {
+        let error = HTTPStanzaErrors.error(forStatus: status)
+        #expect(error.type.rawValue == type)
+        #expect(error.condition.rawValue == condition)
+        #expect(error.text == HTTPStanzaErrors.reasonPhrase(status))
+    }
+
+    @Test func reasonPhrases() {
+        #expect(HTTPStanzaErrors.reasonPhrase(503) == "Service Unavailable")
+        #expect(HTTPStanzaErrors.reasonPhrase(599) == "599 Unassigned")
+    }
+
+    @Test func readsErrorElements() throws {
+        let element = try parseOne("<message type='error'><error type='wait' by='x'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>busy</text></error></message>")
+        let stanza = try #require(Stanza(element))
+        #expect(stanza.error == StanzaError(.wait, .resourceConstraint, text: "busy", by: "x"))
+    }
+}
+
+@Suite struct UTF8ValidatorTests {
+    @Test func acceptsValidInAnySplit() {
+        let bytes = Array("aé日𝄞🎉\u{10FFFF}".utf8)
+        for split in 1...bytes.count {
+            var v = UTF8Validator()
+            var ok = true
+            var i = 0
+            while i < bytes.count {
+                let end = min(i + split, bytes.count)
+                ok = ok && bytes[i..<end].withUnsafeBytes { v.feed($0) }
+                i = end
+            }
+            #expect(ok && v.isAtBoundary, "split \(split)")
+        }
+    }
+
+    @Test(arguments: [[0x80], [0xC0, 0x80], [0xC1, 0xBF], [0xE0, 0x80, 0x80], [0xED, 0xA0, 0x80], [0xF0, 0x80, 0x80, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xF5], [0xFE], [0xC3, 0x41]] as [[UInt8]])
+    func rejectsInvalid(_ bytes: [UInt8]) {
+        var v = UTF8Validator()
+        #expect(!bytes.withUnsafeBytes { v.feed($0) })
+    }
+}

@@ -1,0 +1,341 @@
+import Testing
+
+@testable import XMPPCore
+
+/// Feeds `bytes` in the given split and collects events, or the error that ended the stream.
+private func run(_ bytes: [UInt8], split: Int?, limits: XMLLimits = XMLLimits()) -> (events: [XMLStreamEvent], error: XMLStreamError?) {
+    let parser = XMLStreamParser(limits: limits)
+    var events: [XMLStreamEvent] = []
+    let step = split ?? max(bytes.count, 1)
+    var index = 0
+    while index < bytes.count {
+        let end = min(index + step, bytes.count)
+        do {
+            try parser.feed(bytes[index..<end], into: &events)
+        } catch {
+            return (events, error)
+        }
+        index = end
+    }
+    return (events, nil)
+}
+
+/// The same input whole, byte at a time and in 7-byte pieces must give identical results.
+private func parseAllSplits(_ text: String, limits: XMLLimits = XMLLimits()) -> (events: [XMLStreamEvent], error: XMLStreamError?) {
+    let bytes = Array(text.utf8)
+    let whole = run(bytes, split: nil, limits: limits)
+    let single = run(bytes, split: 1, limits: limits)
+    let seven = run(bytes, split: 7, limits: limits)
+    #expect(whole.events == single.events, "byte-at-a-time events differ from whole")
+    #expect(whole.error?.code == single.error?.code, "byte-at-a-time error differs: \(String(describing: whole.error)) vs \(String(describing: single.error))")
+    #expect(whole.events == seven.events)
+    #expect(whole.error?.code == seven.error?.code)
+    return whole
+}
+
+private func stanzas(_ events: [XMLStreamEvent]) -> [Element] {
+    events.compactMap { if case .stanza(let e) = $0 { e } else { nil } }
+}
+
+let prosodyHeader =
+    "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xml:lang='en' "
+    + "id='0f5c4ab2-6c5e-4b7e-9a8b-3c1d2e4f5a6b' from='bot.example.org' xmlns='jabber:component:accept'>"
+
+@Suite struct XMLStreamParserTests {
+    @Test func prosodyHeaderAndHandshake() throws {
+        let result = parseAllSplits(prosodyHeader + "<handshake/>")
+        #expect(result.error == nil)
+        #expect(result.events.count == 2)
+        guard case .streamOpened(let header) = result.events.first else {
+            Issue.record("no header")
+            return
+        }
+        #expect(header.name == "stream")
+        #expect(header.namespace == Namespace.stream)
+        #expect(header[attribute: "id"] == "0f5c4ab2-6c5e-4b7e-9a8b-3c1d2e4f5a6b")
+        #expect(header[attribute: "from"] == "bot.example.org")
+        #expect(header[attribute: "xml:lang"] == "en")
+        #expect(stanzas(result.events) == [Element("handshake", namespace: Namespace.componentAccept)])
+    }
+
+    @Test func messageWithNestedForeignNamespaces() throws {
+        let xml = prosodyHeader + """
+            <message from='alice@example.org/phone' to='echo@bot.example.org' type='chat' id='m1'>\
+            <body>hi</body><active xmlns='http://jabber.org/protocol/chatstates'/>\
+            <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' to='x@y'><body>inner</body></message>\
+            </forwarded><x:data xmlns:x='jabber:x:data' x:type='form'><x:field var='a'/></x:data></message>
+            """
+        let result = parseAllSplits(xml)
+        #expect(result.error == nil)
+        let message = try #require(stanzas(result.events).first)
+        #expect(message.namespace == Namespace.componentAccept)
+        #expect(message.child("body")?.text == "hi")
+        #expect(message.child("body")?.namespace == Namespace.componentAccept)
+        #expect(message.child("active")?.namespace == "http://jabber.org/protocol/chatstates")
+        let inner = try #require(message.child("forwarded")?.child("message"))
+        #expect(inner.namespace == Namespace.client)
+        #expect(inner.child("body")?.text == "inner")
+        let data = try #require(message.child("data", namespace: "jabber:x:data"))
+        #expect(data.attributes.first?.namespace == "jabber:x:data")
+        #expect(data.child("field")?[attribute: "var"] == "a")
+    }
+
+    @Test func ampersandsInAttributesAndText() throws {
+        let xml = prosodyHeader + """
+            <message to='a@b' id='Tom &amp; Jerry &#38; &lt;co&gt; &quot;q&quot; &apos;' type='chat'>\
+            <body>x &amp; y &lt; z &#38; &#x26;amp; &gt;</body></message>
+            """
+        let result = parseAllSplits(xml)
+        #expect(result.error == nil)
+        let message = try #require(stanzas(result.events).first)
+        #expect(message[attribute: "id"] == "Tom & Jerry & <co> \"q\" '")
+        #expect(message.child("body")?.text == "x & y < z & &amp; >")
+    }
+
+    @Test func doubleEscapedAmpersandStaysEscapedOnce() throws {
+        let result = parseAllSplits(prosodyHeader + "<iq id='a&amp;amp;b' type='get' to='x'/>")
+        let iq = try #require(stanzas(result.events).first)
+        #expect(iq[attribute: "id"] == "a&amp;b")
+    }
+
+    @Test func cdataIsText() throws {
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><body><![CDATA[<b>bold</b> & raw]]> tail</body></message>")
+        #expect(result.error == nil)
+        #expect(try #require(stanzas(result.events).first).child("body")?.text == "<b>bold</b> & raw tail")
+    }
+
+    @Test func utf8BeyondTheBMP() throws {
+        let text = "héllo 𝄞 🎉 日本語 \u{10FFFD}"
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b' id='🎉'><body>\(text)</body></message>")
+        #expect(result.error == nil)
+        let message = try #require(stanzas(result.events).first)
+        #expect(message.child("body")?.text == text)
+        #expect(message[attribute: "id"] == "🎉")
+    }
+
+    @Test func whitespaceKeepalivesBetweenStanzasAndClose() throws {
+        let result = parseAllSplits(prosodyHeader + " \n <presence to='a@b'/> \t <iq type='get' id='1' to='a'/>  </stream:stream>")
+        #expect(result.error == nil)
+        #expect(stanzas(result.events).map(\.name) == ["presence", "iq"])
+        #expect(result.events.last == .streamClosed)
+    }
+
+    @Test func attributeWhitespaceAndNewlinesInText() throws {
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><body>line1\nline2\r\nline3</body></message>")
+        #expect(try #require(stanzas(result.events).first).child("body")?.text == "line1\nline2\nline3")
+    }
+
+    // MARK: Rejections (stream)
+
+    static let billionLaughs = """
+        <?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">\
+        <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">\
+        <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">]>
+        """
+    static let externalEntity = "<!DOCTYPE foo [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>"
+
+    @Test func billionLaughsIsRestricted() {
+        let result = parseAllSplits(Self.billionLaughs + "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><message><body>&lol4;</body></message>")
+        #expect(result.error?.code == .restrictedXML)
+        #expect(result.events.isEmpty)
+    }
+
+    @Test func externalEntityIsRestricted() {
+        let result = parseAllSplits(Self.externalEntity + "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><message><body>&xxe;</body></message>")
+        #expect(result.error?.code == .restrictedXML)
+    }
+
+    @Test func undeclaredEntityIsNotWellFormed() {
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><body>&xxe;</body></message>")
+        #expect(result.error?.code == .notWellFormed)
+        #expect(stanzas(result.events).isEmpty)
+    }
+
+    @Test func doctypeIsRestricted() {
+        let result = parseAllSplits("<!DOCTYPE stream><stream:stream xmlns:stream='http://etherx.jabber.org/streams'>")
+        #expect(result.error?.code == .restrictedXML)
+    }
+
+    @Test func commentIsRestricted() {
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><!-- hi --><body/></message>")
+        #expect(result.error?.code == .restrictedXML)
+        #expect(result.error?.streamCondition == "restricted-xml")
+    }
+
+    @Test func processingInstructionIsRestricted() {
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><?php echo 1; ?></message>")
+        #expect(result.error?.code == .restrictedXML)
+    }
+
+    /// A stanza whose innermost element is at `levels` (the stanza itself is level 1).
+    static func nested(_ levels: Int) -> String {
+        "<message to='a@b'>" + String(repeating: "<x>", count: levels - 1) + String(repeating: "</x>", count: levels - 1) + "</message>"
+    }
+
+    @Test func nesting64IsAcceptedAnd65Rejected() {
+        let ok = parseAllSplits(prosodyHeader + Self.nested(64))
+        #expect(ok.error == nil)
+        #expect(stanzas(ok.events).count == 1)
+        let deep = parseAllSplits(prosodyHeader + Self.nested(65))
+        #expect(deep.error?.code == .depthExceeded)
+        #expect(deep.error?.streamCondition == "policy-violation")
+    }
+
+    /// A message of exactly `size` bytes.
+    static func stanza(ofSize size: Int) -> String {
+        let head = "<message to='a@b'><body>", tail = "</body></message>"
+        return head + String(repeating: "a", count: size - head.utf8.count - tail.utf8.count) + tail
+    }
+
+    @Test func stanzaAtTheCapPassesAndOneByteOverFails() {
+        let limits = XMLLimits(maxStanzaBytes: 1000)
+        let atCap = parseAllSplits(prosodyHeader + Self.stanza(ofSize: 1000) + Self.stanza(ofSize: 1000), limits: limits)
+        #expect(atCap.error == nil)
+        #expect(stanzas(atCap.events).count == 2)
+        let over = parseAllSplits(prosodyHeader + Self.stanza(ofSize: 1000) + Self.stanza(ofSize: 1001), limits: limits)
+        #expect(over.error?.code == .stanzaTooLarge)
+        #expect(stanzas(over.events).count == 1, "the stanza before the oversized one is delivered")
+    }
+
+    @Test func keepaliveWhitespaceDoesNotCountAgainstTheNextStanza() {
+        let limits = XMLLimits(maxStanzaBytes: 1000)
+        let spaced = parseAllSplits(prosodyHeader + "   " + Self.stanza(ofSize: 1000) + " \n " + Self.stanza(ofSize: 1000), limits: limits)
+        #expect(spaced.error == nil)
+        #expect(stanzas(spaced.events).count == 2)
+    }
+
+    @Test func hugeStanzaIsCutOffWithoutBufferingItWhole() {
+        let parser = XMLStreamParser(limits: XMLLimits(maxStanzaBytes: 10_000))
+        #expect(throws: Never.self) { _ = try parser.feed(Array((prosodyHeader + "<message to='a@b'><body>").utf8)) }
+        let chunk = [UInt8](repeating: UInt8(ascii: "a"), count: 4096)
+        var fed = 0
+        var error: XMLStreamError?
+        while fed < 10_000_000 {
+            do { _ = try parser.feed(chunk) } catch { let e = error; _ = e; break }
+            fed += chunk.count
+        }
+        do { _ = try parser.feed(chunk) } catch let e { error = e }
+        #expect(error?.code == .stanzaTooLarge)
+        #expect(fed < 20_000, "stopped after \(fed) bytes")
+    }
+
+    @Test func invalidUTF8IsRejected() {
+        var bytes = Array((prosodyHeader + "<message to='a@b'><body>").utf8)
+        bytes += [0xC3, 0x28]  // invalid continuation
+        bytes += Array("</body></message>".utf8)
+        let whole = run(bytes, split: nil)
+        let single = run(bytes, split: 1)
+        #expect(whole.error?.code == .invalidUTF8)
+        #expect(single.error?.code == .invalidUTF8)
+        #expect(whole.error?.streamCondition == "unsupported-encoding")
+        // Overlong encodings and surrogates are invalid too.
+        for bad: [UInt8] in [[0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xFF]] {
+            let result = run(Array(prosodyHeader.utf8) + bad, split: 1)
+            #expect(result.error?.code == .invalidUTF8, "\(bad)")
+        }
+    }
+
+    @Test func forbiddenControlCharacterIsNotWellFormed() {
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><body>a\u{01}b</body></message>")
+        #expect(result.error?.code == .notWellFormed)
+    }
+
+    @Test func malformedXMLGivesLibxmlMessage() {
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><body></message>")
+        #expect(result.error?.code == .notWellFormed)
+        #expect(result.error?.message.contains("mismatch") == true, "\(String(describing: result.error))")
+    }
+
+    @Test func textBetweenStanzasIsRejected() {
+        let result = parseAllSplits(prosodyHeader + "hello<message to='a@b'/>")
+        #expect(result.error?.code == .textOutsideElement)
+    }
+
+    @Test func dataAfterStreamCloseIsRejected() {
+        let result = parseAllSplits(prosodyHeader + "</stream:stream><message/>")
+        #expect(result.events.last == .streamClosed)
+        #expect(result.error?.code == .notWellFormed)
+    }
+
+    @Test func parserIsFinishedAfterAnError() {
+        let parser = XMLStreamParser()
+        #expect(throws: XMLStreamError.self) { try parser.feed(Array((prosodyHeader + "<!-- x -->").utf8)) }
+        #expect(parser.isFinished)
+        #expect(throws: XMLStreamError.self) { try parser.feed(Array("<message/>".utf8)) }
+    }
+
+    @Test func eachStreamGetsAFreshParser() throws {
+        // Two streams back to back in two parsers (a context is never reused).
+        for _ in 0..<2 {
+            let result = parseAllSplits(prosodyHeader + "<handshake/></stream:stream>")
+            #expect(result.error == nil)
+        }
+    }
+}
+
+@Suite struct FragmentParserTests {
+    func parse(_ text: String, max: Int? = 1, limits: XMLLimits = XMLLimits()) -> Result<[Element], XMLStreamError> {
+        Result { () throws(XMLStreamError) in try XMLStreamParser.parseFragment(Array(text.utf8), limits: limits, maxElements: max) }
+    }
+
+    func error(_ text: String, max: Int? = 1, limits: XMLLimits = XMLLimits()) -> XMLStreamError? {
+        if case .failure(let e) = parse(text, max: max, limits: limits) { return e }
+        return nil
+    }
+
+    @Test func singleStanzaGetsJabberClient() throws {
+        let elements = try parse("<message to='a@b' type='chat'><body>hi &amp; bye</body></message>").get()
+        #expect(elements.count == 1)
+        #expect(elements[0].namespace == Namespace.client)
+        #expect(elements[0].child("body")?.text == "hi & bye")
+    }
+
+    @Test func xmlDeclarationAndBOMAreAccepted() throws {
+        let elements = try parse("\u{FEFF}<?xml version='1.0' encoding='UTF-8'?>\n<presence/>").get()
+        #expect(elements.map(\.name) == ["presence"])
+    }
+
+    @Test func severalStanzasWhenAllowed() throws {
+        let elements = try parse("<message/>\n<presence/><iq type='get'/>", max: nil).get()
+        #expect(elements.map(\.name) == ["message", "presence", "iq"])
+    }
+
+    @Test func secondRootIsRejected() {
+        #expect(error("<message/><message/>")?.code == .multipleRoots)
+    }
+
+    @Test func foreignNamespaceIsKept() throws {
+        let elements = try parse("<message xmlns='urn:other'/>").get()
+        #expect(elements[0].namespace == "urn:other")
+    }
+
+    @Test func rejections() {
+        #expect(error(XMLStreamParserTests.billionLaughs + "<message><body>&lol4;</body></message>")?.code == .restrictedXML)
+        #expect(error(XMLStreamParserTests.externalEntity + "<message><body>&xxe;</body></message>")?.code == .restrictedXML)
+        #expect(error("<!DOCTYPE message><message/>")?.code == .restrictedXML)
+        #expect(error("<message><!-- c --></message>")?.code == .restrictedXML)
+        #expect(error("<?php x?><message/>")?.code == .restrictedXML)
+        #expect(error("<message>")?.code == .notWellFormed)
+        #expect(error("<message/></stanzad-fragment-b1f4><x/>")?.code == .notWellFormed)
+        #expect(error("hello")?.code == .textOutsideElement)
+        #expect(error(XMLStreamParserTests.nested(65))?.code == .depthExceeded)
+        #expect(error(XMLStreamParserTests.nested(64)) == nil)
+        #expect(error(XMLStreamParserTests.stanza(ofSize: 501), limits: XMLLimits(maxStanzaBytes: 500))?.code == .stanzaTooLarge)
+        #expect(error(XMLStreamParserTests.stanza(ofSize: 500), limits: XMLLimits(maxStanzaBytes: 500)) == nil)
+    }
+
+    @Test func invalidUTF8Fragment() {
+        let bytes: [UInt8] = Array("<message><body>".utf8) + [0xE2, 0x82] + Array("</body></message>".utf8)
+        #expect(throws: XMLStreamError.self) { try XMLStreamParser.parseFragment(bytes) }
+        do {
+            _ = try XMLStreamParser.parseFragment(bytes)
+        } catch {
+            #expect(error.code == .invalidUTF8)
+        }
+        #expect(throws: XMLStreamError.self) { try XMLStreamParser.parseFragment(Array("<message/>".utf8) + [0xE2]) }
+    }
+
+    @Test func emptyFragmentHasNoElements() throws {
+        #expect(try parse("  \n", max: nil).get().isEmpty)
+    }
+}
