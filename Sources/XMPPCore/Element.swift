@@ -98,11 +98,15 @@ public struct Element: Hashable, Sendable {
         children.compactMap { if case .element(let e) = $0 { e } else { nil } }
     }
 
-    /// The first child element with this name and namespace (any namespace when `namespace` is nil).
-    public func child(_ name: String, namespace: String? = nil) -> Element? {
-        for case .element(let e) in children where e.name == name && (namespace == nil || e.namespace == namespace) {
-            return e
-        }
+    /// The first child element with this name, in any namespace.
+    public func child(_ name: String) -> Element? {
+        for case .element(let e) in children where e.name == name { return e }
+        return nil
+    }
+
+    /// The first child element with exactly this name and namespace (nil: no namespace).
+    public func child(_ name: String, namespace: String?) -> Element? {
+        for case .element(let e) in children where e.name == name && e.namespace == namespace { return e }
         return nil
     }
 

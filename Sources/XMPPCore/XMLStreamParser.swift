@@ -109,6 +109,8 @@ public final class XMLStreamParser {
     private var boundary = 0
     private var names: [UnsafeRawPointer: String] = [:]
     var wrapperCloseFed = false
+    /// In fragments, the wrapper start tag shifts columns on its line; error positions are reported without it.
+    var columnAdjustment: (line: Int, columns: Int)?
 
     /// A parser for a stream. Feed it the bytes as they arrive.
     public convenience init(limits: XMLLimits = XMLLimits()) {
@@ -207,7 +209,9 @@ public final class XMLStreamParser {
             var message = libxmlMessage ?? "malformed XML (libxml2 error \(status))"
             if let error = xmlCtxtGetLastError(context), let text = error.pointee.message {
                 message = String(cString: text).trimmingWhitespace()
-                message += " (line \(error.pointee.line), column \(error.pointee.int2))"
+                var column = Int(error.pointee.int2)
+                if let adjust = columnAdjustment, adjust.line == Int(error.pointee.line) { column = max(1, column - adjust.columns) }
+                message += " (line \(error.pointee.line), column \(column))"
             }
             throw fail(.notWellFormed, message)
         }
@@ -428,7 +432,9 @@ extension XMLStreamParser {
         }
         var namespaceValue = ""
         try? XMLWriter.escape(defaultNamespace, attribute: true, into: &namespaceValue)
-        try parser.feed(Array("<\(wrapperName) xmlns=\"\(namespaceValue)\">".utf8), into: &events)
+        let wrapper = Array("<\(wrapperName) xmlns=\"\(namespaceValue)\">".utf8)
+        parser.columnAdjustment = (1 + prologue.count { $0 == 0x0A } + input[prologue.count..<index].count { $0 == 0x0A }, wrapper.count)
+        try parser.feed(wrapper, into: &events)
         try parser.feed(input[index...], into: &events)
         parser.wrapperCloseFed = true
         try parser.feed(Array("</\(wrapperName)>".utf8), into: &events)

@@ -335,6 +335,12 @@ let prosodyHeader =
         #expect(throws: XMLStreamError.self) { try XMLStreamParser.parseFragment(Array("<message/>".utf8) + [0xE2]) }
     }
 
+    @Test func errorPositionsIgnoreTheInternalWrapper() {
+        let message = error("<message><body>x</bdy></message>")?.message ?? ""
+        #expect(message.contains("line 1, column 23"), "\(message)")
+        #expect(!message.contains("stanzad-fragment"))
+    }
+
     @Test func emptyFragmentHasNoElements() throws {
         #expect(try parse("  \n", max: nil).get().isEmpty)
     }
