@@ -13,6 +13,12 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // System libraries of the design (Debian: libxml2-dev, libfcgi-dev).
@@ -27,6 +33,31 @@ let package = Package(
         // JSON mapping. No I/O.
         .target(name: "XMPPCore", dependencies: ["CLibXML2"], swiftSettings: strict),
 
+        // The XEP-0114 component link: handshake state machine, NIO connection, reconnect, keepalive, send
+        // queue, iq tracker, outbound validation.
+        .target(
+            name: "ComponentLink",
+            dependencies: [
+                "XMPPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+
+        // Routing of inbound stanzas: route rules, then the built-in responders (SPEC §10).
+        .target(
+            name: "Routing",
+            dependencies: [
+                "XMPPCore", "ComponentLink",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+
         // Process handlers (spawn per stanza, workers).
         .target(name: "Executor", dependencies: ["XMPPCore"], swiftSettings: strict),
 
@@ -37,8 +68,11 @@ let package = Package(
         .executableTarget(
             name: "Daemon",
             dependencies: [
-                "XMPPCore", "Executor", "FastCGIFront",
+                "XMPPCore", "ComponentLink", "Routing", "Executor", "FastCGIFront",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
 
@@ -49,6 +83,12 @@ let package = Package(
         .executableTarget(name: "ParserBench", dependencies: ["XMPPCore", "CLibXML2"], swiftSettings: strict),
 
         .testTarget(name: "XMPPCoreTests", dependencies: ["XMPPCore"], swiftSettings: strict),
+        .testTarget(
+            name: "ComponentLinkTests",
+            dependencies: ["ComponentLink", .product(name: "NIOEmbedded", package: "swift-nio")],
+            swiftSettings: strict),
+        .testTarget(name: "RoutingTests", dependencies: ["Routing"], swiftSettings: strict),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,20 +1,148 @@
-// The `stanzad` command line.
+// The `stanzad` command line (SPEC §3).
 
 import ArgumentParser
+import ComponentLink
 import FastCGIFront
+import Foundation
+import Logging
+import Routing
+import ServiceLifecycle
 import XMPPCore
 
 @main
-struct Stanzad: ParsableCommand {
+struct Stanzad: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stanzad",
         abstract: "Makes XMPP programmable with ordinary Unix tools (XEP-0114 component).",
         version: StanzadVersion.string,
-        subcommands: [Version.self])
+        subcommands: [Run.self, Check.self, Version.self])
 }
 
 enum StanzadVersion {
     static let string = "0.1.0"
+}
+
+/// sysexits(3) codes.
+enum ExitStatus {
+    static let usage: Int32 = 64
+    static let internalError: Int32 = 70
+    static let config: Int32 = 78
+}
+
+struct CommonOptions: ParsableArguments {
+    @Option(name: .long, help: "Configuration file (default: $STANZAD_CONFIG, then ./stanzad.toml).")
+    var config: String?
+
+    @Option(name: .long, help: "trace, debug, info, notice, warning or error.")
+    var logLevel: String = "info"
+
+    @Option(name: .long, help: "text or json.")
+    var logFormat: String = "text"
+
+    var configPath: String {
+        if let config { return config }
+        if let env = ProcessInfo.processInfo.environment["STANZAD_CONFIG"], !env.isEmpty { return env }
+        return "stanzad.toml"
+    }
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("unknown --log-level \"\(logLevel)\" (use trace, debug, info, notice, warning or error)")
+        }
+        guard LogFormat(rawValue: logFormat) != nil else {
+            throw ValidationError("unknown --log-format \"\(logFormat)\" (use text or json)")
+        }
+    }
+
+    func bootstrapLogging() -> Logger {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        let format = LogFormat(rawValue: logFormat) ?? .text
+        LoggingSystem.bootstrap { label in StderrLogHandler(label: label, level: level, format: format) }
+        return Logger(label: "stanzad")
+    }
+
+    /// Loads the configuration or prints every error as file:line and exits 78.
+    func loadConfig() throws -> StanzadConfig {
+        do {
+            return try ConfigLoader.load(file: configPath)
+        } catch {
+            for item in error.errors { FileHandle.standardError.write(Data("\(item)\n".utf8)) }
+            throw ExitCode(ExitStatus.config)
+        }
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the daemon in the foreground.")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let logger = options.bootstrapLogging()
+        let config = try options.loadConfig()
+        for warning in config.warnings {
+            logger.warning("configuration warning", metadata: ["where": "\(warning.file):\(warning.line)", "problem": "\(warning.message)"])
+        }
+        var settings = ComponentSettings(
+            jid: config.component.jid, host: config.component.host, port: config.component.port,
+            secret: config.component.secret, pingTarget: config.component.pingTo)
+        settings.reconnectMax = .seconds(config.component.reconnectMax)
+        settings.pingInterval = .seconds(config.component.pingInterval)
+        settings.pingTimeout = .seconds(config.component.pingTimeout)
+        settings.sendQueue = config.component.sendQueue
+        settings.sendQueueTTL = .seconds(config.component.sendQueueTTL)
+        settings.maxStanza = config.component.maxStanza
+        let connection = ComponentConnection(settings: settings, logger: logger)
+        let builtIns = BuiltInResponder(
+            domain: config.component.jid, discoName: config.discoName, presenceAuto: config.presenceAuto,
+            items: config.routes.flatMap { $0.to ?? [] }.map(\.pattern).filter { !$0.contains("*") && $0.contains("@") },
+            softwareVersion: StanzadVersion.string)
+        let router = Router(connection: connection, builtIns: builtIns, logger: logger)
+        logger.notice("stanzad starting", metadata: [
+            "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
+            "server": "\(config.component.host):\(config.component.port)",
+        ])
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: connection),
+                    .init(service: router),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+        logger.notice("stanzad stopped")
+    }
+}
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate the configuration and every handler; print the route table.")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() throws {
+        let config = try options.loadConfig()
+        var problems: [String] = []
+        for route in config.routes {
+            switch route.target {
+            case .exec(let argv), .worker(let argv):
+                if let program = argv.first, let problem = HandlerCheck.problem(program: program) {
+                    problems.append("\(config.file):\(route.line): route \"\(route.name)\": \(problem)")
+                }
+            case .webhook:
+                break
+            }
+        }
+        for warning in config.warnings { print("warning: \(warning)") }
+        print("component \(config.component.jid) via \(config.component.host):\(config.component.port)")
+        if let rest = config.rest { print("rest \(rest.listen) path \(rest.path), \(rest.credentials.count) credential(s)") }
+        print(RouteTable.render(config.routes))
+        if !problems.isEmpty {
+            for problem in problems { FileHandle.standardError.write(Data("\(problem)\n".utf8)) }
+            throw ExitCode(ExitStatus.config)
+        }
+    }
 }
 
 struct Version: ParsableCommand {
@@ -24,5 +152,51 @@ struct Version: ParsableCommand {
         print("stanzad \(StanzadVersion.string)")
         print("libxml2 \(XMLLibrary.version)")
         print("libfcgi \(FastCGILibrary.version)")
+    }
+}
+
+enum HandlerCheck {
+    /// Why `program` cannot run, or nil.
+    static func problem(program: String) -> String? {
+        if program.contains("/") {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: program, isDirectory: &isDirectory) else {
+                return "handler \(program) does not exist"
+            }
+            if isDirectory.boolValue { return "handler \(program) is a directory" }
+            guard FileManager.default.isExecutableFile(atPath: program) else {
+                return "handler \(program) is not executable (chmod +x \(program))"
+            }
+            return nil
+        }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for directory in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(directory)/\(program)") {
+            return nil
+        }
+        return "handler \(program) is not found in PATH"
+    }
+}
+
+enum RouteTable {
+    static func render(_ routes: [StanzadConfig.Route]) -> String {
+        guard !routes.isEmpty else { return "no routes: only the built-in responders answer" }
+        var rows = [["#", "name", "kinds", "types", "to", "from", "body", "target", "format"]]
+        for (index, route) in routes.enumerated() {
+            let target: String
+            switch route.target {
+            case .exec(let argv): target = "exec " + argv.joined(separator: " ")
+            case .worker(let argv): target = "worker " + argv.joined(separator: " ")
+            case .webhook(let url): target = "webhook " + url
+            }
+            rows.append([
+                "\(index + 1)", route.name, route.kinds.map(\.rawValue).joined(separator: ","),
+                route.types?.joined(separator: ",") ?? "*", route.to?.map(\.pattern).joined(separator: ",") ?? "*",
+                route.from?.map(\.pattern).joined(separator: ",") ?? "*", route.body ?? "*", target, route.format,
+            ])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+        }.joined(separator: "\n")
     }
 }

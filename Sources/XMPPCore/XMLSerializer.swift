@@ -166,3 +166,13 @@ enum XMLWriter {
         return String(repeating: "0", count: max(0, 4 - s.count)) + s
     }
 }
+
+/// Escaping for hand-written XML (e.g. the stream header).
+public enum XMLEscape {
+    /// The value escaped for use inside a quoted attribute.
+    public static func attribute(_ value: String) throws(XMLSerializationError) -> String {
+        var out = ""
+        try XMLWriter.escape(value, attribute: true, into: &out)
+        return out
+    }
+}

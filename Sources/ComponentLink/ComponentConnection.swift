@@ -1,0 +1,590 @@
+// The component link as a Service: connects, handshakes, reconnects with backoff, keeps the link alive,
+// queues outgoing stanzas while it is down and matches iq replies to their waiters.
+
+import DequeModule
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+import XMPPCore
+
+/// Settings of the link (SPEC §4 [component]).
+public struct ComponentSettings: Sendable {
+    public var jid: String
+    public var host: String
+    public var port: Int
+    public var secret: String
+    public var reconnectMax: Duration = .seconds(60)
+    public var pingInterval: Duration = .seconds(60)
+    public var pingTimeout: Duration = .seconds(20)
+    public var keepaliveInterval: Duration = .seconds(30)
+    public var handshakeTimeout: Duration = .seconds(20)
+    public var sendQueue: Int = 1000
+    public var sendQueueTTL: Duration = .seconds(60)
+    public var maxStanza: Int = 524_288
+    /// Where XEP-0199 pings go: the server's domain.
+    public var pingTarget: String
+
+    public init(jid: String, host: String, port: Int, secret: String, pingTarget: String? = nil) {
+        self.jid = jid
+        self.host = host
+        self.port = port
+        self.secret = secret
+        self.pingTarget = pingTarget ?? ComponentSettings.parentDomain(of: jid)
+    }
+
+    /// `bot.example.org` → `example.org` (a component usually sits under its server's domain).
+    public static func parentDomain(of jid: String) -> String {
+        let labels = jid.split(separator: ".")
+        return labels.count > 1 ? labels.dropFirst().joined(separator: ".") : jid
+    }
+}
+
+/// The link's health, as `/rest/health` reports it.
+public enum LinkHealth: String, Sendable {
+    case connecting, connected, failed
+}
+
+public final class ComponentConnection: Service, Sendable {
+    public let settings: ComponentSettings
+    public let policy: OutboundPolicy
+    let logger: Logger
+    let group: any EventLoopGroup
+    private let shared: Mutex<SharedState>
+    /// Stanzas addressed to the component, for the router.
+    public let inbound: AsyncStream<Stanza>
+    private let inboundContinuation: AsyncStream<Stanza>.Continuation
+
+    public init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.settings = settings
+        self.policy = OutboundPolicy(domain: settings.jid, maxStanzaBytes: settings.maxStanza)
+        self.logger = logger
+        self.group = group
+        self.shared = Mutex(SharedState())
+        (inbound, inboundContinuation) = AsyncStream.makeStream(of: Stanza.self)
+    }
+
+    // MARK: Public API
+
+    public var health: LinkHealth { shared.withLock { $0.health } }
+    public var lastError: ComponentLinkError? { shared.withLock { $0.lastError } }
+    public var isConnected: Bool { shared.withLock { $0.wake != nil } }
+
+    /// Validates and queues a stanza; it is written as soon as the link is up. Does not wait.
+    public func send(_ stanza: Stanza) throws(SendError) {
+        let xml = try policy.serialize(stanza)
+        try enqueue(Outgoing(xml: xml, deadline: .now + settings.sendQueueTTL, waiter: nil, iqID: nil))
+    }
+
+    /// Validates and queues a stanza and waits until it has been written to the server (or has expired in the
+    /// queue, or `wait` has passed while the link was down).
+    public func sendAndWait(_ stanza: Stanza, wait: Duration? = nil) async throws(SendError) {
+        let xml = try policy.serialize(stanza)
+        let id = shared.withLock { $0.nextWaiterID() }
+        let deadline = ContinuousClock.now + min(wait ?? settings.sendQueueTTL, settings.sendQueueTTL)
+        let result: Result<Void, SendError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, SendError>, Never>) in
+                do throws(SendError) {
+                    try enqueue(Outgoing(xml: xml, deadline: deadline, waiter: Waiter(id: id, continuation: continuation), iqID: nil))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        } onCancel: {
+            self.cancelWaiter(id)
+        }
+        try result.get()
+    }
+
+    /// Sends an iq get/set and waits for its reply (result or error stanza).
+    public func request(_ iq: Stanza, timeout: Duration, maxPending: Int = 10_000) async throws(SendError) -> Stanza {
+        var iq = iq
+        if iq.id == nil { iq.id = RandomID.make() }
+        guard let id = iq.id else { throw SendError(.invalidTo, "iq has no id") }
+        let xml = try policy.serialize(iq)
+        let deadline = ContinuousClock.now + timeout
+        let result: Result<Stanza, SendError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Result<Stanza, SendError>, Never>) in
+                let registered: SendError? = shared.withLock { state in
+                    if state.pendingIQs[id] != nil { return SendError(.duplicateID, "an iq with id \(id) is already waiting") }
+                    if state.pendingIQs.count >= maxPending { return SendError(.tooManyPending, "\(maxPending) iqs are already waiting") }
+                    state.pendingIQs[id] = PendingIQ(continuation: continuation, deadline: deadline, to: iq.to, sent: false)
+                    return nil
+                }
+                if let registered {
+                    continuation.resume(returning: .failure(registered))
+                    return
+                }
+                do throws(SendError) {
+                    try enqueue(Outgoing(xml: xml, deadline: min(deadline, .now + settings.sendQueueTTL), waiter: nil, iqID: id))
+                } catch {
+                    if let pending = shared.withLock({ $0.pendingIQs.removeValue(forKey: id) }) {
+                        pending.continuation.resume(returning: .failure(error))
+                    }
+                }
+            }
+        } onCancel: {
+            if let pending = self.shared.withLock({ $0.pendingIQs.removeValue(forKey: id) }) {
+                pending.continuation.resume(returning: .failure(SendError(.timeout, "request cancelled")))
+            }
+        }
+        return try result.get()
+    }
+
+    // MARK: Service
+
+    public func run() async throws {
+        var attempt = 0
+        var lastLoggedError: String?
+        defer {
+            inboundContinuation.finish()
+            failAll(SendError(.shuttingDown, "stanzad is shutting down"))
+        }
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            shared.withLock { $0.health = $0.health == .failed ? .failed : .connecting }
+            var logger = self.logger
+            logger[metadataKey: "component"] = "\(settings.jid)"
+            let outcome = await connectOnce(logger: logger)
+            switch outcome {
+            case .shutdown:
+                return
+            case .failed(let error, let wasReady):
+                if wasReady { attempt = 0 }
+                shared.withLock {
+                    $0.lastError = error
+                    $0.health = error.isConfigurationError ? .failed : ($0.health == .failed && !wasReady ? .failed : .connecting)
+                }
+                failSentIQs(SendError(.linkLost, "the component link was lost: \(error)"))
+                let delay = backoff(attempt: attempt)
+                attempt += 1
+                let text = error.description
+                var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(delay)"]
+                if error.isConfigurationError, let hint = error.hint(jid: settings.jid) {
+                    metadata["hint"] = "\(hint)"
+                    if lastLoggedError != text {
+                        logger.error("component link refused by the server (configuration error)", metadata: metadata)
+                    } else {
+                        logger.debug("component link refused again", metadata: metadata)
+                    }
+                } else if lastLoggedError != text || wasReady {
+                    logger.notice("component link down, reconnecting", metadata: metadata)
+                } else {
+                    logger.debug("component link attempt failed", metadata: metadata)
+                }
+                lastLoggedError = text
+                do {
+                    try await Task.sleep(for: delay)
+                } catch {
+                    return
+                }
+                if Task.isShuttingDownGracefully { return }
+            }
+        }
+    }
+
+    /// Exponential backoff with jitter: about 1, 2, 4, … seconds up to `reconnect_max`, never under 1 s.
+    func backoff(attempt: Int) -> Duration {
+        let capSeconds = max(1.0, Double(settings.reconnectMax.components.seconds))
+        let base = min(capSeconds, pow2(attempt))
+        let jittered = base * Double.random(in: 0.8...1.2)
+        return .milliseconds(Int64(max(1.0, min(capSeconds, jittered)) * 1000))
+    }
+
+    private func pow2(_ n: Int) -> Double {
+        var value = 1.0
+        for _ in 0..<min(n, 30) { value *= 2 }
+        return value
+    }
+
+    enum Outcome {
+        case shutdown
+        case failed(ComponentLinkError, wasReady: Bool)
+    }
+
+    enum Input: Sendable {
+        case event(XMLStreamEvent)
+        case parseError(XMLStreamError)
+        case eof
+        case flush
+        case tick
+        case shutdown
+    }
+
+    private func connectOnce(logger: Logger) async -> Outcome {
+        let limits = XMLLimits(maxStanzaBytes: settings.maxStanza)
+        let channel: NIOAsyncChannel<XMLStreamEvent, ByteBuffer>
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.seconds(10))
+                .channelOption(.socketOption(.so_keepalive), value: 1)
+                .connect(host: settings.host, port: settings.port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XMLStreamDecoder(limits: limits)))
+                        return try NIOAsyncChannel<XMLStreamEvent, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            return .failed(ComponentLinkError(.connectFailed, "cannot connect to \(settings.host):\(settings.port): \(error)"), wasReady: false)
+        }
+        logger.debug("connected, opening stream", metadata: ["server": "\(settings.host):\(settings.port)"])
+        do {
+            return try await channel.executeThenClose { inbound, outbound in
+                try await session(inbound: inbound, outbound: outbound, logger: logger)
+            }
+        } catch {
+            return .failed(ComponentLinkError(.closedByPeer, "connection error: \(error)"), wasReady: false)
+        }
+    }
+
+    private func session(
+        inbound: NIOAsyncChannelInboundStream<XMLStreamEvent>, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+        logger: Logger
+    ) async throws -> Outcome {
+        let (inputs, input) = AsyncStream.makeStream(of: Input.self)
+        return try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        for try await event in inbound { input.yield(.event(event)) }
+                        input.yield(.eof)
+                    } catch let error as XMLStreamError {
+                        input.yield(.parseError(error))
+                    } catch {
+                        input.yield(.eof)
+                    }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try await Task.sleep(for: .milliseconds(500))
+                        input.yield(.tick)
+                    }
+                }
+                defer {
+                    group.cancelAll()
+                    shared.withLock { $0.wake = nil }
+                    input.finish()
+                }
+                var loop = SessionLoop(connection: self, outbound: outbound, input: input, logger: logger)
+                return try await loop.run(inputs)
+            }
+        } onGracefulShutdown: {
+            input.yield(.shutdown)
+        }
+    }
+
+    // MARK: Queue plumbing (used by SessionLoop)
+
+    fileprivate func enqueue(_ item: Outgoing) throws(SendError) {
+        let (wake, expired): (AsyncStream<Input>.Continuation?, [Outgoing]) = try shared.withLock { (state) throws(SendError) in
+            if state.shuttingDown { throw SendError(.shuttingDown, "stanzad is shutting down") }
+            let expired = state.expire(now: .now)
+            guard state.queue.count < settings.sendQueue else {
+                state.expiredBacklog += expired
+                throw SendError(.queueFull, "the send queue is full (\(settings.sendQueue) stanzas waiting for the link)")
+            }
+            state.queue.append(item)
+            return (state.wake, expired)
+        }
+        finishExpired(expired)
+        wake?.yield(.flush)
+    }
+
+    fileprivate func takeQueue() -> (ready: [Outgoing], expired: [Outgoing]) {
+        shared.withLock { state in
+            let expired = state.expiredBacklog + state.expire(now: .now)
+            state.expiredBacklog = []
+            let ready = Array(state.queue)
+            state.queue.removeAll()
+            for item in ready { if let id = item.iqID { state.pendingIQs[id]?.sent = true } }
+            return (ready, expired)
+        }
+    }
+
+    fileprivate func finishExpired(_ items: [Outgoing]) {
+        for item in items {
+            let error = SendError(.expired, "waited longer than send_queue_ttl for the component link")
+            item.waiter?.continuation.resume(returning: .failure(error))
+            if let id = item.iqID, let pending = shared.withLock({ $0.pendingIQs.removeValue(forKey: id) }) {
+                pending.continuation.resume(returning: .failure(error))
+            }
+        }
+    }
+
+    fileprivate func setWake(_ wake: AsyncStream<Input>.Continuation?) {
+        shared.withLock {
+            $0.wake = wake
+            if wake != nil {
+                $0.health = .connected
+                $0.lastError = nil
+            }
+        }
+    }
+
+    fileprivate func beginShutdown() {
+        shared.withLock { $0.shuttingDown = true }
+    }
+
+    /// Delivers an iq reply to its waiter; true when it was one.
+    fileprivate func resolveIQ(_ stanza: Stanza) -> Bool {
+        guard stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id else { return false }
+        let pending: PendingIQ? = shared.withLock { state in
+            guard let entry = state.pendingIQs[id] else { return nil }
+            // A reply must come from the address the request went to (bare/full forms compare by JID).
+            if let to = entry.to, let from = stanza.from, JID.parse(to) != JID.parse(from) { return nil }
+            return state.pendingIQs.removeValue(forKey: id)
+        }
+        guard let pending else { return false }
+        pending.continuation.resume(returning: .success(stanza))
+        return true
+    }
+
+    fileprivate func expirePendingIQs() {
+        let now = ContinuousClock.now
+        let expired: [PendingIQ] = shared.withLock { state in
+            let ids = state.pendingIQs.filter { $0.value.deadline <= now }.map(\.key)
+            return ids.compactMap { state.pendingIQs.removeValue(forKey: $0) }
+        }
+        for entry in expired {
+            entry.continuation.resume(returning: .failure(SendError(.timeout, "no reply within the timeout")))
+        }
+    }
+
+    private func failSentIQs(_ error: SendError) {
+        let failed: [PendingIQ] = shared.withLock { state in
+            let ids = state.pendingIQs.filter { $0.value.sent }.map(\.key)
+            return ids.compactMap { state.pendingIQs.removeValue(forKey: $0) }
+        }
+        for entry in failed { entry.continuation.resume(returning: .failure(error)) }
+    }
+
+    private func failAll(_ error: SendError) {
+        let (queue, pending): ([Outgoing], [PendingIQ]) = shared.withLock { state in
+            state.shuttingDown = true
+            let q = Array(state.queue)
+            state.queue.removeAll()
+            let p = Array(state.pendingIQs.values)
+            state.pendingIQs.removeAll()
+            return (q, p)
+        }
+        for item in queue { item.waiter?.continuation.resume(returning: .failure(error)) }
+        for entry in pending { entry.continuation.resume(returning: .failure(error)) }
+    }
+
+    private func cancelWaiter(_ id: Int) {
+        let item: Outgoing? = shared.withLock { state in
+            guard let index = state.queue.firstIndex(where: { $0.waiter?.id == id }) else { return nil }
+            return state.queue.remove(at: index)
+        }
+        item?.waiter?.continuation.resume(returning: .failure(SendError(.expired, "cancelled while waiting for the link")))
+    }
+
+    fileprivate func deliver(_ stanza: Stanza) {
+        inboundContinuation.yield(stanza)
+    }
+}
+
+// MARK: - Session loop
+
+/// One connection's event loop: owns the state machine and the writer; everything else talks to it through
+/// `Input`.
+private struct SessionLoop {
+    let connection: ComponentConnection
+    let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    let input: AsyncStream<ComponentConnection.Input>.Continuation
+    let logger: Logger
+    var machine: HandshakeStateMachine
+    var lastRead = ContinuousClock.now
+    var lastWrite = ContinuousClock.now
+    var pingID: String?
+    var pingSentAt: ContinuousClock.Instant?
+    let startedAt = ContinuousClock.now
+    var wasReady = false
+    var pingCounter = 0
+
+    init(connection: ComponentConnection, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+         input: AsyncStream<ComponentConnection.Input>.Continuation, logger: Logger) {
+        self.connection = connection
+        self.outbound = outbound
+        self.input = input
+        self.logger = logger
+        self.machine = HandshakeStateMachine(jid: connection.settings.jid, secret: connection.settings.secret)
+    }
+
+    var settings: ComponentSettings { connection.settings }
+
+    mutating func run(_ inputs: AsyncStream<ComponentConnection.Input>) async throws -> ComponentConnection.Outcome {
+        if let outcome = try await perform(machine.connected()) { return outcome }
+        for await item in inputs {
+            switch item {
+            case .event(let event):
+                lastRead = .now
+                if let outcome = try await perform(machine.received(event)) { return outcome }
+            case .parseError(let error):
+                if let outcome = try await perform(machine.parseFailed(error)) { return outcome }
+            case .eof:
+                return .failed(machine.disconnected(), wasReady: wasReady)
+            case .flush:
+                try await flush()
+            case .tick:
+                if let outcome = try await tick() { return outcome }
+            case .shutdown:
+                connection.beginShutdown()
+                if machine.isReady { try await flush() }
+                _ = machine.close()
+                try? await write("</stream:stream>")
+                logger.notice("component stream closed for shutdown")
+                return .shutdown
+            }
+        }
+        return .shutdown
+    }
+
+    mutating func tick() async throws -> ComponentConnection.Outcome? {
+        let now = ContinuousClock.now
+        connection.expirePendingIQs()
+        if !machine.isReady {
+            if now - startedAt > settings.handshakeTimeout {
+                return .failed(ComponentLinkError(.handshakeTimeout, "no handshake reply within \(settings.handshakeTimeout)"), wasReady: false)
+            }
+            return nil
+        }
+        let (ready, expired) = connection.takeQueue()
+        connection.finishExpired(expired)
+        try await write(ready)
+        if let sentAt = pingSentAt {
+            if now - sentAt > settings.pingTimeout {
+                logger.notice("no reply to ping, reconnecting", metadata: ["ping_timeout": "\(settings.pingTimeout)"])
+                try? await write("<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+                return .failed(ComponentLinkError(.pingTimeout, "no reply to a ping within \(settings.pingTimeout)"), wasReady: true)
+            }
+        } else if now - lastRead > settings.pingInterval {
+            pingCounter += 1
+            let id = "stanzad-ping-\(pingCounter)"
+            var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.jid, to: settings.pingTarget)
+            ping.element.append(Element("ping", namespace: "urn:xmpp:ping"))
+            if let xml = try? connection.policy.serialize(ping) {
+                pingID = id
+                pingSentAt = now
+                logger.debug("link idle, pinging the server", metadata: ["to": "\(settings.pingTarget)"])
+                try await write(xml)
+            }
+        }
+        if now - lastWrite > settings.keepaliveInterval {
+            try await write(" ")
+        }
+        return nil
+    }
+
+    mutating func flush() async throws {
+        guard machine.isReady else { return }
+        let (ready, expired) = connection.takeQueue()
+        connection.finishExpired(expired)
+        try await write(ready)
+    }
+
+    mutating func write(_ items: [Outgoing]) async throws {
+        for item in items {
+            do {
+                try await write(item.xml)
+                item.waiter?.continuation.resume(returning: .success(()))
+            } catch {
+                item.waiter?.continuation.resume(returning: .failure(SendError(.linkLost, "write failed: \(error)")))
+                throw error
+            }
+        }
+    }
+
+    mutating func write(_ text: String) async throws {
+        try await outbound.write(ByteBuffer(string: text))
+        lastWrite = .now
+    }
+
+    /// Performs a state machine action; returns an outcome when the session is over.
+    mutating func perform(_ action: HandshakeStateMachine.Action) async throws -> ComponentConnection.Outcome? {
+        switch action {
+        case .none:
+            return nil
+        case .write(let text):
+            try await write(text)
+            return nil
+        case .ready(let streamID):
+            wasReady = true
+            pingSentAt = nil
+            connection.setWake(input)
+            logger.notice("component connected", metadata: ["stream.id": "\(streamID)", "server": "\(settings.host):\(settings.port)"])
+            try await flush()
+            return nil
+        case .deliver(let element):
+            guard let stanza = Stanza(element) else {
+                logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
+                return nil
+            }
+            if let pingID, stanza.kind == .iq, stanza.id == pingID, stanza.type == "result" || stanza.type == "error" {
+                self.pingID = nil
+                pingSentAt = nil
+                return nil
+            }
+            if connection.resolveIQ(stanza) { return nil }
+            connection.deliver(stanza)
+            return nil
+        case .close(let streamError, let reason):
+            if let streamError {
+                try? await write("<stream:error><\(streamError) xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
+            }
+            try? await write("</stream:stream>")
+            return .failed(reason, wasReady: wasReady)
+        }
+    }
+}
+
+// MARK: - Shared state
+
+struct Waiter: Sendable {
+    let id: Int
+    let continuation: CheckedContinuation<Result<Void, SendError>, Never>
+}
+
+struct Outgoing: Sendable {
+    let xml: String
+    let deadline: ContinuousClock.Instant
+    let waiter: Waiter?
+    let iqID: String?
+}
+
+struct PendingIQ: Sendable {
+    let continuation: CheckedContinuation<Result<Stanza, SendError>, Never>
+    let deadline: ContinuousClock.Instant
+    let to: String?
+    var sent: Bool
+}
+
+private struct SharedState: Sendable {
+    var queue = Deque<Outgoing>()
+    /// Expired items removed while a lock holder could not answer them; answered on the next tick.
+    var expiredBacklog: [Outgoing] = []
+    var pendingIQs: [String: PendingIQ] = [:]
+    var wake: AsyncStream<ComponentConnection.Input>.Continuation?
+    var health: LinkHealth = .connecting
+    var lastError: ComponentLinkError?
+    var shuttingDown = false
+    var waiterCounter = 0
+
+    mutating func nextWaiterID() -> Int {
+        waiterCounter += 1
+        return waiterCounter
+    }
+
+    /// Removes expired items from the queue and returns them.
+    @discardableResult
+    mutating func expire(now: ContinuousClock.Instant) -> [Outgoing] {
+        guard let first = queue.first, first.deadline <= now || queue.contains(where: { $0.deadline <= now }) else { return [] }
+        var kept = Deque<Outgoing>()
+        var expired: [Outgoing] = []
+        for item in queue {
+            if item.deadline <= now { expired.append(item) } else { kept.append(item) }
+        }
+        queue = kept
+        return expired
+    }
+}

@@ -1,0 +1,478 @@
+// The stanzad configuration (SPEC §4): TOML, unknown keys rejected, every error with file:line.
+
+import Foundation
+import XMPPCore
+
+struct StanzadConfig: Sendable {
+    struct Component: Sendable {
+        var jid: String
+        var host: String
+        var port: Int
+        var secret: String
+        var reconnectMax = 60
+        var pingInterval = 60
+        var pingTimeout = 20
+        var pingTo: String?
+        var sendQueue = 1000
+        var sendQueueTTL = 60
+        var maxStanza = 524_288
+    }
+
+    struct Rest: Sendable {
+        var listen = "unix:/run/stanzad/fastcgi.sock"
+        var socketMode: UInt16 = 0o660
+        var path = "/rest"
+        var credentials: [String] = []
+        var iqTimeout = 120
+        var maxIQTimeout = 300
+        var maxBody = 196_608
+        var maxPending = 10_000
+        var sendWait = 5
+    }
+
+    enum Target: Sendable, Equatable {
+        case exec([String])
+        case worker([String])
+        case webhook(String)
+    }
+
+    struct Route: Sendable {
+        var name: String
+        var line: Int
+        var kinds: [StanzaKind] = [.message]
+        var types: [String]?
+        var to: [JIDPattern]?
+        var from: [JIDPattern]?
+        var body: String?
+        var target: Target
+        var format: String = "text"
+        var timeout = 10
+        var concurrency = 4
+        var queue = 100
+        var env: [String: String] = [:]
+        var passEnv: [String] = []
+        var workdir: String
+        var maxOutput = 262_144
+        var headers: [String: String] = [:]
+        var hmacSecret: String?
+        var retries = 0
+        var workers = 1
+        var maxRequests = 0
+        var inFlight = 1
+    }
+
+    var file: String
+    var component: Component
+    var rest: Rest?
+    var presenceAuto = true
+    var discoName = "stanzad"
+    var routes: [Route] = []
+    var maxProcesses = 64
+    var killGrace = 2
+    /// Non-fatal findings (e.g. a secret file readable by others), for `check` and the log.
+    var warnings: [ConfigError] = []
+}
+
+/// Loads and validates a configuration file, collecting every error.
+struct ConfigLoader {
+    let file: String
+    let directory: String
+    private(set) var errors: [ConfigError] = []
+    private(set) var warnings: [ConfigError] = []
+
+    init(file: String) {
+        self.file = file
+        let url = URL(fileURLWithPath: file)
+        self.directory = url.deletingLastPathComponent().path
+    }
+
+    /// Reads, parses and validates `file`.
+    static func load(file: String) throws(ConfigErrors) -> StanzadConfig {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ConfigErrors(errors: [ConfigError(file: file, line: 0, message: "cannot read the configuration file (does it exist, and is it readable?)")])
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigErrors(errors: [ConfigError(file: file, line: 1, message: "the configuration file is not UTF-8")])
+        }
+        return try load(text: text, file: file)
+    }
+
+    static func load(text: String, file: String) throws(ConfigErrors) -> StanzadConfig {
+        let document = try ConfigDocument.parse(text, file: file)
+        var loader = ConfigLoader(file: file)
+        let config = loader.build(document)
+        if let config, loader.errors.isEmpty {
+            var result = config
+            result.warnings = loader.warnings
+            return result
+        }
+        throw ConfigErrors(errors: loader.errors.sorted { $0.line < $1.line })
+    }
+
+    // MARK: Building
+
+    private mutating func build(_ root: ConfigTable) -> StanzadConfig? {
+        allow(root, ["component", "rest", "presence", "disco", "route", "limits"], section: nil)
+        guard case .table(let componentTable)? = root["component"] else {
+            error(root.line(of: "component"), root["component"] == nil
+                ? "missing [component] section (jid, server and secret are required)"
+                : "component must be a table ([component])")
+            return nil
+        }
+        let component = buildComponent(componentTable)
+        var config = StanzadConfig(file: file, component: component ?? .init(jid: "", host: "", port: 0, secret: ""))
+        if let value = root["rest"] {
+            if case .table(let t) = value { config.rest = buildRest(t) } else { error(root.line(of: "rest"), "rest must be a table ([rest])") }
+        }
+        if let value = root["presence"] {
+            if case .table(let t) = value {
+                allow(t, ["auto"], section: "presence")
+                config.presenceAuto = bool(t, "auto") ?? true
+            } else { error(root.line(of: "presence"), "presence must be a table ([presence])") }
+        }
+        if let value = root["disco"] {
+            if case .table(let t) = value {
+                allow(t, ["name"], section: "disco")
+                config.discoName = string(t, "name") ?? "stanzad"
+            } else { error(root.line(of: "disco"), "disco must be a table ([disco])") }
+        }
+        if let value = root["limits"] {
+            if case .table(let t) = value {
+                allow(t, ["max_processes", "kill_grace"], section: "limits")
+                config.maxProcesses = int(t, "max_processes", min: 1) ?? 64
+                config.killGrace = int(t, "kill_grace", min: 0) ?? 2
+            } else { error(root.line(of: "limits"), "limits must be a table ([limits])") }
+        }
+        if let value = root["route"] {
+            if case .array(let items) = value {
+                var names = Set<String>()
+                for item in items {
+                    guard case .table(let t) = item else {
+                        error(root.line(of: "route"), "route must be an array of tables ([[route]])")
+                        continue
+                    }
+                    if let route = buildRoute(t, componentDomain: component?.jid) {
+                        if !names.insert(route.name).inserted {
+                            error(t.line(of: "name"), "route name \"\(route.name)\" is used twice; route names must be unique")
+                        }
+                        config.routes.append(route)
+                    }
+                }
+            } else {
+                error(root.line(of: "route"), "route must be an array of tables ([[route]])")
+            }
+        }
+        return component == nil ? nil : config
+    }
+
+    private mutating func buildComponent(_ t: ConfigTable) -> StanzadConfig.Component? {
+        allow(t, ["jid", "server", "secret", "secret_file", "reconnect_max", "ping_interval", "ping_timeout", "ping_to",
+                  "send_queue", "send_queue_ttl", "max_stanza"], section: "component")
+        let jidText = string(t, "jid", required: true)
+        var jid: String?
+        if let jidText {
+            if let parsed = JID.parse(jidText), parsed.localpart == nil, parsed.resource == nil {
+                jid = parsed.domain
+            } else {
+                error(t.line(of: "jid"), "component jid \"\(jidText)\" must be a bare domain such as bot.example.org (no user@, no /resource)")
+            }
+        }
+        var host: String?
+        var port: Int?
+        if let server = string(t, "server", required: true) {
+            if let (h, p) = Self.hostPort(server) {
+                host = h
+                port = p
+            } else {
+                error(t.line(of: "server"), "server \"\(server)\" must be host:port, e.g. 127.0.0.1:5347")
+            }
+        }
+        let secret = secretValue(t, "secret", required: true)
+        var component = StanzadConfig.Component(jid: jid ?? "", host: host ?? "", port: port ?? 0, secret: secret ?? "")
+        component.reconnectMax = int(t, "reconnect_max", min: 1) ?? 60
+        component.pingInterval = int(t, "ping_interval", min: 1) ?? 60
+        component.pingTimeout = int(t, "ping_timeout", min: 1) ?? 20
+        component.sendQueue = int(t, "send_queue", min: 0) ?? 1000
+        component.sendQueueTTL = int(t, "send_queue_ttl", min: 1) ?? 60
+        component.maxStanza = int(t, "max_stanza", min: 10_000) ?? 524_288
+        if let pingTo = string(t, "ping_to") {
+            if let parsed = JID.parse(pingTo) { component.pingTo = parsed.description } else {
+                error(t.line(of: "ping_to"), "ping_to \"\(pingTo)\" is not a valid JID")
+            }
+        }
+        guard jid != nil, host != nil, secret != nil else { return nil }
+        return component
+    }
+
+    private mutating func buildRest(_ t: ConfigTable) -> StanzadConfig.Rest {
+        allow(t, ["listen", "socket_mode", "path", "credentials", "credentials_file", "iq_timeout", "max_iq_timeout",
+                  "max_body", "max_pending", "send_wait"], section: "rest")
+        var rest = StanzadConfig.Rest()
+        if let listen = string(t, "listen") {
+            if listen.hasPrefix("unix:") {
+                let path = String(listen.dropFirst(5))
+                if path.isEmpty { error(t.line(of: "listen"), "listen \"unix:\" needs a socket path") }
+                rest.listen = "unix:" + resolve(path)
+            } else if Self.hostPort(listen) != nil {
+                rest.listen = listen
+            } else {
+                error(t.line(of: "listen"), "listen \"\(listen)\" must be unix:/path/to.sock or host:port")
+            }
+        }
+        if let mode = string(t, "socket_mode") {
+            if let value = UInt16(mode, radix: 8), value <= 0o777 { rest.socketMode = value } else {
+                error(t.line(of: "socket_mode"), "socket_mode \"\(mode)\" must be an octal mode such as \"0660\"")
+            }
+        }
+        if let path = string(t, "path") {
+            if path.hasPrefix("/") { rest.path = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path } else {
+                error(t.line(of: "path"), "path \"\(path)\" must start with /")
+            }
+        }
+        let inline = stringArray(t, "credentials")
+        if let file = string(t, "credentials_file") {
+            if inline != nil { error(t.line(of: "credentials_file"), "give either credentials or credentials_file, not both") }
+            if let text = readSecretFile(file, line: t.line(of: "credentials_file"), key: "credentials_file", wholeFile: true) {
+                rest.credentials = text.split(separator: "\n").map { String($0).trimmingCharacters() }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            }
+        } else {
+            rest.credentials = inline ?? []
+        }
+        if rest.credentials.isEmpty {
+            warning(t.line, "[rest] has no credentials: every request except /health will get 401")
+        }
+        rest.iqTimeout = int(t, "iq_timeout", min: 1) ?? 120
+        rest.maxIQTimeout = int(t, "max_iq_timeout", min: 1) ?? 300
+        if rest.iqTimeout > rest.maxIQTimeout {
+            error(t.line(of: "iq_timeout"), "iq_timeout (\(rest.iqTimeout)) is larger than max_iq_timeout (\(rest.maxIQTimeout))")
+        }
+        rest.maxBody = int(t, "max_body", min: 1) ?? 196_608
+        rest.maxPending = int(t, "max_pending", min: 1) ?? 10_000
+        rest.sendWait = int(t, "send_wait", min: 0) ?? 5
+        return rest
+    }
+
+    private mutating func buildRoute(_ t: ConfigTable, componentDomain: String?) -> StanzadConfig.Route? {
+        allow(t, ["name", "kinds", "types", "to", "from", "body", "exec", "worker", "webhook", "format", "timeout",
+                  "concurrency", "queue", "env", "pass_env", "workdir", "max_output", "headers", "hmac_secret",
+                  "hmac_secret_file", "retries", "workers", "max_requests", "in_flight"], section: "route")
+        let name = string(t, "name", required: true, section: "[[route]]")
+        var kinds: [StanzaKind] = [.message]
+        if let values = stringArray(t, "kinds") {
+            kinds = []
+            for value in values {
+                if let kind = StanzaKind(rawValue: value) { kinds.append(kind) } else {
+                    error(t.line(of: "kinds"), "unknown kind \"\(value)\" (use message, presence or iq)")
+                }
+            }
+            if values.isEmpty { error(t.line(of: "kinds"), "kinds must not be empty") }
+        }
+        let targets = ["exec", "worker", "webhook"].filter { t[$0] != nil }
+        var target: StanzadConfig.Target?
+        if targets.count != 1 {
+            error(t.line, "route \(name.map { "\"\($0)\"" } ?? "") needs exactly one of exec, worker or webhook" + (targets.isEmpty ? "" : " (found \(targets.joined(separator: ", ")))"))
+        } else if let argv = stringArray(t, "exec") {
+            if argv.isEmpty { error(t.line(of: "exec"), "exec must name a program: exec = [\"handlers/echo.sh\"]") } else {
+                target = .exec([resolveProgram(argv[0])] + argv.dropFirst())
+            }
+        } else if let argv = stringArray(t, "worker") {
+            if argv.isEmpty { error(t.line(of: "worker"), "worker must name a program: worker = [\"handlers/worker.py\"]") } else {
+                target = .worker([resolveProgram(argv[0])] + argv.dropFirst())
+            }
+        } else if let url = string(t, "webhook") {
+            if url.hasPrefix("http://") || url.hasPrefix("https://") { target = .webhook(url) } else {
+                error(t.line(of: "webhook"), "webhook \"\(url)\" must be an http:// or https:// URL")
+            }
+        }
+        var route = StanzadConfig.Route(name: name ?? "", line: t.line, kinds: kinds, target: target ?? .exec([]), workdir: directory)
+        route.types = stringArray(t, "types")
+        route.to = stringArray(t, "to")?.map(JIDPattern.init)
+        route.from = stringArray(t, "from")?.map(JIDPattern.init)
+        if let body = string(t, "body") {
+            do { _ = try Regex(body) } catch {
+                self.error(t.line(of: "body"), "body regex \"\(body)\" does not compile: \(error)")
+            }
+            route.body = body
+        }
+        if let format = string(t, "format") {
+            if ["text", "json", "xml"].contains(format) { route.format = format } else {
+                error(t.line(of: "format"), "unknown format \"\(format)\" (use text, json or xml)")
+            }
+        }
+        route.timeout = int(t, "timeout", min: 1) ?? 10
+        route.concurrency = int(t, "concurrency", min: 1) ?? 4
+        route.queue = int(t, "queue", min: 0) ?? 100
+        route.env = stringTable(t, "env") ?? [:]
+        for key in route.env.keys where !Self.isEnvName(key) {
+            error(t.line(of: "env"), "env name \"\(key)\" is not a valid environment variable name")
+        }
+        route.passEnv = stringArray(t, "pass_env") ?? []
+        if let workdir = string(t, "workdir") { route.workdir = resolve(workdir) }
+        route.maxOutput = int(t, "max_output", min: 1) ?? 262_144
+        route.headers = stringTable(t, "headers") ?? [:]
+        route.hmacSecret = secretValue(t, "hmac_secret", required: false)
+        route.retries = int(t, "retries", min: 0) ?? 0
+        route.workers = int(t, "workers", min: 1) ?? 1
+        route.maxRequests = int(t, "max_requests", min: 0) ?? 0
+        route.inFlight = int(t, "in_flight", min: 1) ?? 1
+        guard name != nil, target != nil else { return nil }
+        return route
+    }
+
+    // MARK: Typed accessors
+
+    private mutating func allow(_ t: ConfigTable, _ keys: [String], section: String?) {
+        for entry in t.entries where !keys.contains(entry.key) {
+            let place = section.map { "in [\($0)]" } ?? "at the top level"
+            let suggestion = keys.min { Self.distance($0, entry.key) < Self.distance($1, entry.key) }
+                .flatMap { Self.distance($0, entry.key) <= 2 ? " (did you mean \($0)?)" : nil } ?? ""
+            error(entry.line, "unknown key \"\(entry.key)\" \(place)\(suggestion); allowed: \(keys.joined(separator: ", "))")
+        }
+    }
+
+    private mutating func string(_ t: ConfigTable, _ key: String, required: Bool = false, section: String? = nil) -> String? {
+        guard let value = t[key] else {
+            if required { error(t.line, "missing required key \"\(key)\"" + (section.map { " in \($0)" } ?? "")) }
+            return nil
+        }
+        guard case .string(let s) = value else {
+            error(t.line(of: key), "\(key) must be a string, not \(value.typeName)")
+            return nil
+        }
+        return s
+    }
+
+    private mutating func int(_ t: ConfigTable, _ key: String, min: Int) -> Int? {
+        guard let value = t[key] else { return nil }
+        guard case .int(let n) = value else {
+            error(t.line(of: key), "\(key) must be an integer, not \(value.typeName)")
+            return nil
+        }
+        guard n >= min else {
+            error(t.line(of: key), "\(key) must be at least \(min), not \(n)")
+            return nil
+        }
+        return n
+    }
+
+    private mutating func bool(_ t: ConfigTable, _ key: String) -> Bool? {
+        guard let value = t[key] else { return nil }
+        guard case .bool(let b) = value else {
+            error(t.line(of: key), "\(key) must be true or false, not \(value.typeName)")
+            return nil
+        }
+        return b
+    }
+
+    private mutating func stringArray(_ t: ConfigTable, _ key: String) -> [String]? {
+        guard let value = t[key] else { return nil }
+        guard case .array(let items) = value else {
+            error(t.line(of: key), "\(key) must be an array of strings, e.g. \(key) = [\"…\"], not \(value.typeName)")
+            return nil
+        }
+        var result: [String] = []
+        for item in items {
+            guard case .string(let s) = item else {
+                error(t.line(of: key), "\(key) must contain only strings, found \(item.typeName)")
+                return nil
+            }
+            result.append(s)
+        }
+        return result
+    }
+
+    private mutating func stringTable(_ t: ConfigTable, _ key: String) -> [String: String]? {
+        guard let value = t[key] else { return nil }
+        guard case .table(let table) = value else {
+            error(t.line(of: key), "\(key) must be a table of strings, e.g. \(key) = { NAME = \"value\" }, not \(value.typeName)")
+            return nil
+        }
+        var result: [String: String] = [:]
+        for entry in table.entries {
+            guard case .string(let s) = entry.value else {
+                error(entry.line, "\(key).\(entry.key) must be a string, not \(entry.value.typeName)")
+                continue
+            }
+            result[entry.key] = s
+        }
+        return result
+    }
+
+    /// `key` inline or `key_file` (first line of the file, trimmed); exactly one when required.
+    private mutating func secretValue(_ t: ConfigTable, _ key: String, required: Bool) -> String? {
+        let inline = string(t, key)
+        let fileKey = key + "_file"
+        guard let path = string(t, fileKey) else {
+            if inline == nil && required { error(t.line, "missing \(key) (or \(fileKey))") }
+            if let inline, inline.isEmpty { error(t.line(of: key), "\(key) must not be empty") }
+            return inline
+        }
+        if inline != nil { error(t.line(of: fileKey), "give either \(key) or \(fileKey), not both") }
+        return readSecretFile(path, line: t.line(of: fileKey), key: fileKey, wholeFile: false)
+    }
+
+    private mutating func readSecretFile(_ path: String, line: Int, key: String, wholeFile: Bool) -> String? {
+        let resolved = resolve(path)
+        guard let data = FileManager.default.contents(atPath: resolved), let text = String(data: data, encoding: .utf8) else {
+            error(line, "\(key): cannot read \(resolved)")
+            return nil
+        }
+        if let attributes = try? FileManager.default.attributesOfItem(atPath: resolved),
+            let mode = attributes[.posixPermissions] as? NSNumber, mode.intValue & 0o004 != 0
+        {
+            warning(line, "\(key): \(resolved) is readable by every user; chmod o-r it")
+        }
+        if wholeFile { return text }
+        let first = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+        let secret = first.trimmingCharacters()
+        if secret.isEmpty { error(line, "\(key): the first line of \(resolved) is empty") }
+        return secret
+    }
+
+    // MARK: Helpers
+
+    private func resolve(_ path: String) -> String {
+        path.hasPrefix("/") ? path : URL(fileURLWithPath: directory).appendingPathComponent(path).standardizedFileURL.path
+    }
+
+    /// A program given with a slash is a path (relative to the config file); a bare name is looked up in PATH.
+    private func resolveProgram(_ program: String) -> String {
+        program.contains("/") ? resolve(program) : program
+    }
+
+    static func hostPort(_ text: String) -> (String, Int)? {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+        return (host, port)
+    }
+
+    static func isEnvName(_ name: String) -> Bool {
+        guard let first = name.unicodeScalars.first, first == "_" || (first.isASCII && first.properties.isAlphabetic) else { return false }
+        return name.unicodeScalars.allSatisfy { $0 == "_" || ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) }
+    }
+
+    static func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        var row = Array(0...b.count)
+        for i in 1...max(a.count, 1) where !a.isEmpty {
+            var previous = row[0]
+            row[0] = i
+            for j in stride(from: 1, through: b.count, by: 1) {
+                let current = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                previous = current
+            }
+        }
+        return row[b.count]
+    }
+
+    private mutating func error(_ line: Int, _ message: String) {
+        errors.append(ConfigError(file: file, line: line, message: message))
+    }
+
+    private mutating func warning(_ line: Int, _ message: String) {
+        warnings.append(ConfigError(file: file, line: line, message: message))
+    }
+}
