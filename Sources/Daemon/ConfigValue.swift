@@ -75,7 +75,8 @@ enum ConfigDocument {
         var entries: [(key: String, value: ConfigValue, line: Int)] = []
         for key in table.keys {
             guard let value = table[key] else { continue }
-            let keyLine = lines.line(path: path, key: key) ?? line
+            let keyLine = lines.line(path: path, key: key) ?? lines.headerLine(path: path + [key])
+                ?? lines.headerLine(path: path + [key + "#0"]) ?? line
             entries.append((key, convert(value, path: path + [key], line: keyLine, lines: lines), keyLine))
         }
         entries.sort { $0.line < $1.line }

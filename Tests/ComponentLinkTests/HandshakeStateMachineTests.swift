@@ -1,0 +1,165 @@
+import Testing
+import XMPPCore
+
+@testable import ComponentLink
+
+private func header(id: String? = "abc123") -> XMLStreamEvent {
+    var element = Element("stream", namespace: Namespace.stream)
+    element[attribute: "from"] = "bot.example.org"
+    element[attribute: "id"] = id
+    return .streamOpened(element)
+}
+
+private func streamError(_ condition: String, text: String? = nil) -> XMLStreamEvent {
+    var error = Element("error", namespace: Namespace.stream)
+    error.append(Element(condition, namespace: Namespace.streams))
+    if let text { error.append(Element("text", namespace: Namespace.streams, text: text)) }
+    return .stanza(error)
+}
+
+@Suite struct HandshakeStateMachineTests {
+    @Test func handshakeDigestIsLowercaseSHA1OfIdAndSecret() {
+        // sha1("abc123" + "s3cret")
+        let digest = HandshakeStateMachine.handshakeDigest(streamID: "abc123", secret: "s3cret")
+        #expect(digest == "c6b71d79e2349af2e00ebb4e78ba32f34c7fc6da")
+        #expect(digest == digest.lowercased())
+        #expect(HandshakeStateMachine.handshakeDigest(streamID: "", secret: "") == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
+    }
+
+    @Test func fullHandshake() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "s3cret")
+        guard case .write(let open) = machine.connected() else {
+            Issue.record("no header")
+            return
+        }
+        #expect(open.contains("xmlns='jabber:component:accept'"))
+        #expect(open.contains("to='bot.example.org'"))
+        #expect(machine.received(header()) == .write("<handshake>\(HandshakeStateMachine.handshakeDigest(streamID: "abc123", secret: "s3cret"))</handshake>"))
+        #expect(!machine.isReady)
+        #expect(machine.received(.stanza(Element("handshake", namespace: Namespace.componentAccept))) == .ready(streamID: "abc123"))
+        #expect(machine.isReady)
+        let message = Element("message", namespace: Namespace.componentAccept)
+        #expect(machine.received(.stanza(message)) == .deliver(message))
+    }
+
+    @Test func stanzaBeforeHandshakeIsRefused() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+        _ = machine.connected()
+        _ = machine.received(header())
+        guard case .close(_, let reason) = machine.received(.stanza(Element("message", namespace: Namespace.componentAccept))) else {
+            Issue.record("not closed")
+            return
+        }
+        #expect(reason.code == .badHeader)
+        #expect(machine.state == .closed)
+    }
+
+    @Test func headerWithoutIdIsBadFormat() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+        _ = machine.connected()
+        guard case .close(let sent, let reason) = machine.received(header(id: nil)) else {
+            Issue.record("not closed")
+            return
+        }
+        #expect(sent == "bad-format")
+        #expect(reason.code == .badHeader)
+    }
+
+    @Test(arguments: ["not-authorized", "host-unknown", "invalid-namespace"])
+    func configurationErrorsAreRecognisedWithHints(_ condition: String) {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+        _ = machine.connected()
+        _ = machine.received(header())
+        guard case .close(let sent, let reason) = machine.received(streamError(condition, text: "nope")) else {
+            Issue.record("not closed")
+            return
+        }
+        #expect(sent == nil, "no stream error is sent back for the server's stream error")
+        #expect(reason.code == .streamError)
+        #expect(reason.condition == condition)
+        #expect(reason.message == "nope")
+        #expect(reason.isConfigurationError)
+        #expect(reason.hint(jid: "bot.example.org") != nil)
+    }
+
+    @Test func conflictIsNotAConfigurationError() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+        _ = machine.connected()
+        guard case .close(_, let reason) = machine.received(streamError("conflict")) else {
+            Issue.record("not closed")
+            return
+        }
+        #expect(!reason.isConfigurationError)
+    }
+
+    @Test func parseErrorSendsMatchingStreamError() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+        _ = machine.connected()
+        guard case .close(let sent, let reason) = machine.parseFailed(XMLStreamError(.restrictedXML, "comment")) else {
+            Issue.record("not closed")
+            return
+        }
+        #expect(sent == "restricted-xml")
+        #expect(reason.code == .badInput)
+    }
+
+    @Test func serverCloseEndsTheSession() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+        _ = machine.connected()
+        _ = machine.received(header())
+        _ = machine.received(.stanza(Element("handshake", namespace: Namespace.componentAccept)))
+        guard case .close(nil, let reason) = machine.received(.streamClosed) else {
+            Issue.record("not closed")
+            return
+        }
+        #expect(reason.code == .closedByPeer)
+        #expect(machine.received(.stanza(Element("message"))) == .none)
+    }
+}
+
+@Suite struct OutboundPolicyTests {
+    let policy = OutboundPolicy(domain: "bot.example.org", maxStanzaBytes: 200)
+
+    func stanza(from: String?, to: String?, body: String = "hi") -> Stanza {
+        var s = Stanza(kind: .message, type: "chat", id: "1", from: from, to: to)
+        s.element.append(Element("body", namespace: Namespace.client, text: body))
+        return s
+    }
+
+    @Test func acceptsAddressesInsideTheDomain() throws {
+        for from in ["bot.example.org", "echo@bot.example.org", "echo@bot.example.org/r", "Bot.Example.Org"] {
+            #expect(throws: Never.self, "\(from)") { try policy.serialize(stanza(from: from, to: "alice@example.org")) }
+        }
+    }
+
+    @Test func refusesWhatWouldCloseTheStream() {
+        func code(_ s: Stanza) -> SendError.Code? {
+            do { _ = try policy.serialize(s); return nil } catch { return error.code }
+        }
+        #expect(code(stanza(from: nil, to: "a@b")) == .invalidFrom)
+        #expect(code(stanza(from: "example.org", to: "a@b")) == .invalidFrom)
+        #expect(code(stanza(from: "sub.bot.example.org", to: "a@b")) == .invalidFrom)
+        #expect(code(stanza(from: "bot.example.org", to: nil)) == .invalidTo)
+        #expect(code(stanza(from: "bot.example.org", to: "a b@c")) == .invalidTo)
+        #expect(code(stanza(from: "bot.example.org", to: "a@b", body: String(repeating: "x", count: 200))) == .tooLarge)
+        #expect(code(stanza(from: "bot.example.org", to: "a@b", body: "bad\u{1}")) == .unserializable)
+    }
+}
+
+@Suite struct BackoffTests {
+    @Test func growsExponentiallyToTheCapWithJitter() {
+        var settings = ComponentSettings(jid: "bot.example.org", host: "127.0.0.1", port: 5347, secret: "x")
+        settings.reconnectMax = .seconds(10)
+        let connection = ComponentConnection(settings: settings, logger: .init(label: "test"))
+        for attempt in 0..<12 {
+            let delay = connection.backoff(attempt: attempt)
+            let base = min(10.0, Double(1 << min(attempt, 20)))
+            #expect(delay >= .seconds(1), "never under 1 s")
+            #expect(delay <= .seconds(10), "never over reconnect_max")
+            #expect(delay >= .milliseconds(Int64(min(base * 0.8, 10) * 1000) - 1))
+            #expect(delay <= .milliseconds(Int64(max(1, base * 1.2) * 1000) + 1))
+        }
+        #expect(ComponentSettings.parentDomain(of: "bot.example.org") == "example.org")
+        #expect(ComponentSettings.parentDomain(of: "localhost") == "localhost")
+    }
+}

@@ -1,0 +1,171 @@
+import Foundation
+import Testing
+
+@testable import Daemon
+
+private func load(_ text: String) -> Result<StanzadConfig, ConfigErrors> {
+    Result { () throws(ConfigErrors) in try ConfigLoader.load(text: text, file: "/etc/stanzad/stanzad.toml") }
+}
+
+private func errors(_ text: String) -> [String] {
+    if case .failure(let e) = load(text) { return e.errors.map(\.description) }
+    return []
+}
+
+private let minimal = """
+    [component]
+    jid = "bot.example.org"
+    server = "127.0.0.1:5347"
+    secret = "s3cret"
+    """
+
+@Suite struct ConfigTests {
+    @Test func minimalConfigGetsDefaults() throws {
+        let config = try load(minimal).get()
+        #expect(config.component.jid == "bot.example.org")
+        #expect(config.component.host == "127.0.0.1")
+        #expect(config.component.port == 5347)
+        #expect(config.component.reconnectMax == 60)
+        #expect(config.component.maxStanza == 524_288)
+        #expect(config.rest == nil)
+        #expect(config.presenceAuto)
+        #expect(config.routes.isEmpty)
+    }
+
+    @Test func unknownKeyIsReportedWithFileLineAndSuggestion() {
+        let text = minimal + "\nreconect_max = 5\n"
+        #expect(errors(text) == ["/etc/stanzad/stanzad.toml:5: unknown key \"reconect_max\" in [component] (did you mean reconnect_max?); allowed: jid, server, secret, secret_file, reconnect_max, ping_interval, ping_timeout, ping_to, send_queue, send_queue_ttl, max_stanza"])
+    }
+
+    @Test func wrongTypeIsReportedWithFileLine() {
+        let text = minimal + "\nping_interval = \"60\"\n"
+        #expect(errors(text) == ["/etc/stanzad/stanzad.toml:5: ping_interval must be an integer, not a string"])
+    }
+
+    @Test func unknownSectionAndRouteKey() {
+        let text = minimal + """
+
+            [presense]
+            auto = true
+
+            [[route]]
+            name = "echo"
+            exec = ["handlers/echo.sh"]
+            tiemout = 3
+            """
+        let found = errors(text)
+        #expect(found.count == 2)
+        #expect(found[0].hasPrefix("/etc/stanzad/stanzad.toml:5: unknown key \"presense\" at the top level (did you mean presence?)"))
+        #expect(found[1].hasPrefix("/etc/stanzad/stanzad.toml:11: unknown key \"tiemout\" in [route] (did you mean timeout?)"))
+    }
+
+    @Test func missingComponentKeys() {
+        #expect(errors("[component]\njid = \"bot.example.org\"\n") == [
+            "/etc/stanzad/stanzad.toml:1: missing required key \"server\"",
+            "/etc/stanzad/stanzad.toml:1: missing secret (or secret_file)",
+        ])
+        #expect(errors("[disco]\nname = \"x\"\n") == ["/etc/stanzad/stanzad.toml:1: missing [component] section (jid, server and secret are required)"])
+    }
+
+    @Test func badValues() {
+        let text = """
+            [component]
+            jid = "user@bot.example.org"
+            server = "localhost"
+            secret = "x"
+            max_stanza = 100
+            """
+        #expect(errors(text) == [
+            "/etc/stanzad/stanzad.toml:2: component jid \"user@bot.example.org\" must be a bare domain such as bot.example.org (no user@, no /resource)",
+            "/etc/stanzad/stanzad.toml:3: server \"localhost\" must be host:port, e.g. 127.0.0.1:5347",
+            "/etc/stanzad/stanzad.toml:5: max_stanza must be at least 10000, not 100",
+        ])
+    }
+
+    @Test func tomlSyntaxError() {
+        let found = errors("[component\njid = 1\n")
+        #expect(found.count == 1)
+        #expect(found[0].hasPrefix("/etc/stanzad/stanzad.toml:1: TOML syntax error"))
+    }
+
+    @Test func routesParseAndResolveRelativePaths() throws {
+        let text = minimal + """
+
+            [[route]]
+            name = "echo"
+            kinds = ["message", "iq"]
+            to = ["echo@bot.example.org"]
+            body = "^!"
+            exec = ["handlers/echo.sh", "--flag"]
+            env = { LANG = "C.UTF-8" }
+
+            [[route]]
+            name = "app"
+            webhook = "http://127.0.0.1:9999/stanzas/{kind}"
+            format = "xml"
+            """
+        let config = try load(text).get()
+        #expect(config.routes.map(\.name) == ["echo", "app"])
+        #expect(config.routes[0].target == .exec(["/etc/stanzad/handlers/echo.sh", "--flag"]))
+        #expect(config.routes[0].line == 5)
+        #expect(config.routes[1].line == 13)
+        #expect(config.routes[0].env == ["LANG": "C.UTF-8"])
+        #expect(config.routes[1].target == .webhook("http://127.0.0.1:9999/stanzas/{kind}"))
+    }
+
+    @Test func routeTargetRules() {
+        let text = minimal + """
+
+            [[route]]
+            name = "none"
+
+            [[route]]
+            name = "both"
+            exec = ["a"]
+            webhook = "http://x"
+
+            [[route]]
+            name = "badregex"
+            exec = ["a"]
+            body = "(["
+            format = "yaml"
+            kinds = ["mesage"]
+            """
+        let found = errors(text)
+        #expect(found.contains("/etc/stanzad/stanzad.toml:5: route \"none\" needs exactly one of exec, worker or webhook"))
+        #expect(found.contains("/etc/stanzad/stanzad.toml:8: route \"both\" needs exactly one of exec, worker or webhook (found exec, webhook)"))
+        #expect(found.contains { $0.hasPrefix("/etc/stanzad/stanzad.toml:16: body regex \"([\" does not compile") })
+        #expect(found.contains("/etc/stanzad/stanzad.toml:17: unknown format \"yaml\" (use text, json or xml)"))
+        #expect(found.contains("/etc/stanzad/stanzad.toml:18: unknown kind \"mesage\" (use message, presence or iq)"))
+    }
+
+    @Test func secretFromFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stanzad-config-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try "  from-file  \nsecond line\n".write(to: dir.appendingPathComponent("secret"), atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: dir.appendingPathComponent("secret").path)
+        let file = dir.appendingPathComponent("stanzad.toml").path
+        try "[component]\njid = \"bot.example.org\"\nserver = \"127.0.0.1:5347\"\nsecret_file = \"secret\"\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let config = try ConfigLoader.load(file: file)
+        #expect(config.component.secret == "from-file")
+        #expect(config.warnings.map(\.message) == ["secret_file: \(dir.appendingPathComponent("secret").path) is readable by every user; chmod o-r it"])
+    }
+
+    @Test func restSection() throws {
+        let config = try load(minimal + """
+
+            [rest]
+            listen = "unix:run/fcgi.sock"
+            socket_mode = "0600"
+            credentials = ["Bearer abc"]
+            iq_timeout = 10
+            """).get()
+        let rest = try #require(config.rest)
+        #expect(rest.listen == "unix:/etc/stanzad/run/fcgi.sock")
+        #expect(rest.socketMode == 0o600)
+        #expect(rest.credentials == ["Bearer abc"])
+        #expect(rest.iqTimeout == 10)
+        #expect(errors(minimal + "\n[rest]\niq_timeout = 500\n") == ["/etc/stanzad/stanzad.toml:6: iq_timeout (500) is larger than max_iq_timeout (300)"])
+    }
+}
