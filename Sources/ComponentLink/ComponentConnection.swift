@@ -174,7 +174,7 @@ public final class ComponentConnection: Service, Sendable {
                 }
                 lastLoggedError = text
                 do {
-                    try await Task.sleep(for: delay)
+                    try await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
                 } catch {
                     return
                 }

@@ -18,11 +18,10 @@ public final class Router: Service, Sendable {
     }
 
     public func run() async throws {
-        await withGracefulShutdownHandler {
-            for await stanza in connection.inbound {
-                handle(stanza)
-            }
-        } onGracefulShutdown: {}
+        // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.
+        for await stanza in connection.inbound.cancelOnGracefulShutdown() {
+            handle(stanza)
+        }
     }
 
     func handle(_ stanza: Stanza) {
