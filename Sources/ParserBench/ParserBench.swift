@@ -30,7 +30,8 @@ enum ParserBench {
         }
         xmlInitParser()
 
-        let stream = StreamGenerator(seed: options.seed).stream(stanzas: options.stanzas)
+        var generator = StreamGenerator(seed: options.seed)
+        let stream = generator.stream(stanzas: options.stanzas)
         let megabytes = Double(stream.count) / 1_000_000
         print("stanzad parser benchmark")
         print("  libxml2 \(XMLLibrary.version), \(options.stanzas) stanzas, \(format(megabytes, 2)) MB "
@@ -112,7 +113,7 @@ func runOurs(_ stream: [UInt8], chunk: Int) -> Int {
                 print("error: our parser refused the stream at byte \(offset): \(error)")
                 exitProcess(1)
             }
-            for case .stanza = events { stanzas += 1 }
+            for case .stanza in events { stanzas += 1 }
             events.removeAll(keepingCapacity: true)
             offset = end
         }

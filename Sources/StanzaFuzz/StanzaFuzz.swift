@@ -220,7 +220,14 @@ func fuzzStream(_ payload: [UInt8], splitSeed: UInt8) {
         // Nothing failed: every split produces exactly the same events.
         if split.events != whole.events { report("split feeding differs from whole feeding") }
     case (nil, _?):
-        report("split feeding fails where whole feeding does not")
+        // The whole feed may just be waiting where a chunked feed has already found the error: libxml2 checks some
+        // constructs (e.g. a long unterminated CDATA section) piece by piece, and where the pieces fall depends on
+        // the chunks. That is only legitimate if the input really is unfinished or wrong: closing the stream right
+        // after it must not succeed.
+        let closed = feedStream(bytes + Array("</stream:stream>".utf8), chunks: [bytes.count + 16])
+        if (closed.error == nil && closed.events.last == .streamClosed) || !whole.events.starts(with: split.events) {
+            report("split feeding fails where whole feeding does not")
+        }
     case (_?, nil):
         // libxml2's push parser defers work until a byte arrives that can complete the current construct (e.g. a
         // '>' outside quotes for a tag), so a chunked feed may still be waiting for more input where the whole feed
