@@ -3,7 +3,7 @@
 // depth, per-stanza byte cap, UTF-8). The same machinery parses standalone fragments (REST bodies,
 // handler output) into stanzas.
 
-import CLibXML2
+internal import CLibXML2
 
 /// What the parser saw.
 public enum XMLStreamEvent: Hashable, Sendable {
