@@ -59,13 +59,13 @@ public struct OutboundPolicy: Sendable {
             throw SendError(.invalidFrom, "stanza has no from")
         }
         guard let from = JID.parse(fromValue), from.domain == domain else {
-            throw SendError(.invalidFrom, "from \(JIDDescription.quote(fromValue)) is outside the component domain \(domain)")
+            throw SendError(.invalidFrom, "from \(JID.quoted(fromValue)) is outside the component domain \(domain)")
         }
         guard let toValue = stanza.to else {
             throw SendError(.invalidTo, "stanza has no to")
         }
         guard JID.parse(toValue) != nil else {
-            throw SendError(.invalidTo, "to \(JIDDescription.quote(toValue)) is not a valid JID")
+            throw SendError(.invalidTo, "to \(JID.quoted(toValue)) is not a valid JID")
         }
         let xml: String
         do {
@@ -78,12 +78,5 @@ public struct OutboundPolicy: Sendable {
             throw SendError(.tooLarge, "stanza of \(size) bytes exceeds max_stanza (\(maxStanzaBytes) bytes)")
         }
         return xml
-    }
-}
-
-enum JIDDescription {
-    static func quote(_ s: String) -> String {
-        let shown = s.count > 80 ? String(s.prefix(80)) + "…" : s
-        return "\"\(shown)\""
     }
 }

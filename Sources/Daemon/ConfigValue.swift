@@ -162,18 +162,12 @@ struct KeyLineIndex {
 
     /// The index of the `=` that ends a key, outside quotes.
     private static func keyEnd(_ line: String) -> String.Index? {
-        var quote: Character?
-        for index in line.indices {
-            let c = line[index]
-            if let q = quote {
-                if c == q { quote = nil }
-            } else if c == "\"" || c == "'" {
-                quote = c
-            } else if c == "=" {
-                return index
-            }
+        var found: String.Index?
+        forEachUnquoted(line) { index, c in
+            if c == "=" { found = index }
+            return found == nil
         }
-        return nil
+        return found
     }
 
     private static func splitKey(_ key: String) -> [String] {
@@ -199,34 +193,35 @@ struct KeyLineIndex {
     /// Open minus closed brackets and braces outside strings.
     private static func bracketBalance(_ text: String) -> Int {
         var balance = 0
-        var quote: Character?
-        for c in text {
-            if let q = quote {
-                if c == q { quote = nil }
-            } else if c == "\"" || c == "'" {
-                quote = c
-            } else if c == "[" || c == "{" {
-                balance += 1
-            } else if c == "]" || c == "}" {
-                balance -= 1
-            }
+        forEachUnquoted(text) { _, c in
+            if c == "[" || c == "{" { balance += 1 } else if c == "]" || c == "}" { balance -= 1 }
+            return true
         }
         return balance
     }
 
     private static func stripComment(_ line: String) -> String {
+        var end = line.endIndex
+        forEachUnquoted(line) { index, c in
+            if c == "#" { end = index }
+            return c != "#"
+        }
+        return String(line[..<end])
+    }
+
+    /// Calls `body` with each character outside '…' and "…" strings until it returns false.
+    private static func forEachUnquoted(_ text: String, _ body: (String.Index, Character) -> Bool) {
         var quote: Character?
-        for index in line.indices {
-            let c = line[index]
+        for index in text.indices {
+            let c = text[index]
             if let q = quote {
                 if c == q { quote = nil }
             } else if c == "\"" || c == "'" {
                 quote = c
-            } else if c == "#" {
-                return String(line[..<index])
+            } else if !body(index, c) {
+                return
             }
         }
-        return line
     }
 }
 

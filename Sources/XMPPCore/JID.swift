@@ -118,7 +118,8 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
         isControl(s) || s.properties.isWhitespace
     }
 
-    static func quoted(_ s: String) -> String {
+    /// `s` in quotes for messages: long values shortened, control characters shown as escapes.
+    public static func quoted(_ s: String) -> String {
         let shown = s.count > 80 ? String(s.prefix(80)) + "…" : s
         return "\"" + shown.unicodeScalars.map { isControl($0) ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined() + "\""
     }
