@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
     ],
     targets: [
         // System libraries of the design (Debian: libxml2-dev, libfcgi-dev).
@@ -54,12 +55,21 @@ let package = Package(
             dependencies: [
                 "XMPPCore", "ComponentLink",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
 
-        // Process handlers (spawn per stanza, workers).
-        .target(name: "Executor", dependencies: ["XMPPCore"], swiftSettings: strict),
+        // Process handlers (spawn per stanza, workers) on swift-subprocess.
+        .target(
+            name: "Executor",
+            dependencies: [
+                "XMPPCore", "ComponentLink", "Routing",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
 
         // libfcgi acceptor and the mod_rest-compatible REST API.
         .target(name: "FastCGIFront", dependencies: ["XMPPCore", "CFastCGI"], swiftSettings: strict),
@@ -72,6 +82,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -88,6 +99,7 @@ let package = Package(
             dependencies: ["ComponentLink", .product(name: "NIOEmbedded", package: "swift-nio")],
             swiftSettings: strict),
         .testTarget(name: "RoutingTests", dependencies: ["Routing"], swiftSettings: strict),
+        .testTarget(name: "ExecutorTests", dependencies: ["Executor"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -15,7 +15,7 @@ struct Stanzad: AsyncParsableCommand {
         commandName: "stanzad",
         abstract: "Makes XMPP programmable with ordinary Unix tools (XEP-0114 component).",
         version: StanzadVersion.string,
-        subcommands: [Run.self, Check.self, Version.self])
+        subcommands: [Run.self, Check.self, Try.self, Version.self])
 }
 
 enum StanzadVersion {
@@ -78,6 +78,8 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
+        // Writing to a handler that exited must be an error, not the end of stanzad.
+        signal(SIGPIPE, SIG_IGN)
         let logger = options.bootstrapLogging()
         let config = try options.loadConfig()
         for warning in config.warnings {
@@ -93,11 +95,11 @@ struct Run: AsyncParsableCommand {
         settings.sendQueueTTL = .seconds(config.component.sendQueueTTL)
         settings.maxStanza = config.component.maxStanza
         let connection = ComponentConnection(settings: settings, logger: logger)
-        let builtIns = BuiltInResponder(
-            domain: config.component.jid, discoName: config.discoName, presenceAuto: config.presenceAuto,
-            items: config.routes.flatMap { $0.to ?? [] }.map(\.pattern).filter { !$0.contains("*") && $0.contains("@") },
-            softwareVersion: StanzadVersion.string)
-        let router = Router(connection: connection, builtIns: builtIns, logger: logger)
+        let builtIns = config.builtInResponder()
+        let dispatcher = Dispatcher(
+            routes: RouteFactory.routes(config, environment: ProcessInfo.processInfo.environment, logger: logger),
+            builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
+        let router = Router(connection: connection, dispatcher: dispatcher, logger: logger)
         logger.notice("stanzad starting", metadata: [
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
@@ -105,6 +107,7 @@ struct Run: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
+                    .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
                     .init(service: router),
                 ],

@@ -1,46 +1,66 @@
-// Takes stanzas from the component link and answers them: routes first (later issues), then the
-// built-in responders of SPEC §10. One log line per handled stanza (SPEC §13).
+// Takes stanzas from the component link, dispatches each (SPEC §4 routes, §10 built-ins) and sends the
+// replies. Handlers run concurrently; on shutdown the router stops taking stanzas and lets running
+// handlers finish for up to `drainTimeout` before cancelling them (which tears their processes down).
 
 import ComponentLink
 import Logging
 import ServiceLifecycle
+import Synchronization
 import XMPPCore
 
 public final class Router: Service, Sendable {
     let connection: ComponentConnection
-    let builtIns: BuiltInResponder
+    let dispatcher: Dispatcher
     let logger: Logger
+    let drainTimeout: Duration
+    private let inFlight = Atomic<Int>(0)
 
-    public init(connection: ComponentConnection, builtIns: BuiltInResponder, logger: Logger) {
+    public init(connection: ComponentConnection, dispatcher: Dispatcher, logger: Logger, drainTimeout: Duration = .seconds(10)) {
         self.connection = connection
-        self.builtIns = builtIns
+        self.dispatcher = dispatcher
         self.logger = logger
+        self.drainTimeout = drainTimeout
     }
 
     public func run() async throws {
-        // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.
-        for await stanza in connection.inbound.cancelOnGracefulShutdown() {
-            handle(stanza)
+        await withDiscardingTaskGroup { group in
+            // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.
+            for await stanza in connection.inbound.cancelOnGracefulShutdown() {
+                switch dispatcher.admit(stanza) {
+                case .builtIn:
+                    send(dispatcher.answerBuiltIn(stanza), for: stanza)
+                case .full(let route):
+                    send(dispatcher.answerFull(stanza, route: route), for: stanza)
+                case .admitted(let route):
+                    inFlight.add(1, ordering: .relaxed)
+                    group.addTask {
+                        let replies = await self.dispatcher.run(stanza, on: route)
+                        self.send(replies, for: stanza)
+                        self.inFlight.subtract(1, ordering: .relaxed)
+                    }
+                }
+            }
+            let running = inFlight.load(ordering: .relaxed)
+            guard running > 0 else { return }
+            logger.notice("waiting for running handlers", metadata: ["handlers": "\(running)", "limit_s": "\(drainTimeout.components.seconds)"])
+            let deadline = ContinuousClock.now + drainTimeout
+            while inFlight.load(ordering: .relaxed) > 0 && ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            if inFlight.load(ordering: .relaxed) > 0 {
+                logger.warning("handlers still running at shutdown; stopping them", metadata: ["handlers": "\(inFlight.load(ordering: .relaxed))"])
+                group.cancelAll()
+            }
         }
     }
 
-    func handle(_ stanza: Stanza) {
-        let started = ContinuousClock.now
-        let replies = builtIns.respond(to: stanza)
-        var outcome = replies.isEmpty ? "none" : "reply"
+    private func send(_ replies: [Stanza], for stanza: Stanza) {
         for reply in replies {
-            if let error = reply.error, reply.type == "error" { outcome = "error \(error.condition)" }
             do {
                 try connection.send(reply)
             } catch {
                 logger.warning("reply not sent", metadata: ["stanza.id": "\(stanza.id ?? "")", "error": "\(error)"])
-                outcome = "unsent"
             }
         }
-        logger.info("stanza handled", metadata: [
-            "route": "(built-in)", "kind": "\(stanza.kind.rawValue)", "type": "\(stanza.type ?? "")",
-            "stanza.id": "\(stanza.id ?? "")", "from": "\(stanza.from ?? "")", "outcome": "\(outcome)",
-            "duration_ms": "\((ContinuousClock.now - started).components.attoseconds / 1_000_000_000_000_000)",
-        ])
     }
 }

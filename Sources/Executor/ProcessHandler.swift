@@ -1,0 +1,113 @@
+// An `exec` route's handler (SPEC §5): one process per stanza, stanza on stdin, reply on stdout.
+
+import Logging
+import Routing
+import XMPPCore
+
+public struct ProcessHandler: StanzaHandler {
+    public struct Settings: Sendable {
+        public var argv: [String]
+        public var format: HandlerFormat
+        public var timeout: Duration
+        public var killGrace: Duration
+        public var env: [String: String]
+        public var passEnv: [String]
+        /// stanzad's own environment, for PATH and `pass_env` only.
+        public var parentEnvironment: [String: String]
+        public var workdir: String
+        public var maxOutput: Int
+        public var maxStanza: Int
+
+        public init(argv: [String], format: HandlerFormat, timeout: Duration = .seconds(10), killGrace: Duration = .seconds(2),
+                    env: [String: String] = [:], passEnv: [String] = [], parentEnvironment: [String: String] = [:],
+                    workdir: String = ".", maxOutput: Int = 262_144, maxStanza: Int = 524_288) {
+            self.argv = argv
+            self.format = format
+            self.timeout = timeout
+            self.killGrace = killGrace
+            self.env = env
+            self.passEnv = passEnv
+            self.parentEnvironment = parentEnvironment
+            self.workdir = workdir
+            self.maxOutput = maxOutput
+            self.maxStanza = maxStanza
+        }
+    }
+
+    public let settings: Settings
+    /// `[limits] max_processes`, shared by every process-running route.
+    public let processes: AdmissionGate
+
+    public init(settings: Settings, processes: AdmissionGate) {
+        self.settings = settings
+        self.processes = processes
+    }
+
+    public func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
+        let input: [UInt8]
+        do {
+            input = try HandlerInput.stdin(for: stanza, format: settings.format)
+        } catch {
+            return .failed(.modify, .badRequest, metadata: ["problem": "\(error)"])
+        }
+        let spec = ProcessSpec(
+            argv: settings.argv,
+            environment: HandlerInput.environment(
+                for: stanza, route: context.route, component: context.component, env: settings.env,
+                passEnv: settings.passEnv, parent: settings.parentEnvironment),
+            workdir: settings.workdir, stdin: input, timeout: settings.timeout, killGrace: settings.killGrace,
+            maxOutput: settings.maxOutput)
+
+        await processes.acquire()
+        let logger = context.logger
+        let result = await ProcessRunner.run(spec) { line, pid in
+            logger.warning("handler stderr", metadata: ["pid": "\(pid)", "line": "\(line)"])
+        }
+        processes.release()
+        return outcome(of: result, for: stanza, logger: logger)
+    }
+
+    /// Maps a finished process to replies or an error (SPEC §5.2, §5.3).
+    func outcome(of result: ProcessResult, for stanza: Stanza, logger: Logger) -> HandlerOutcome {
+        var metadata: Logger.Metadata = [:]
+        if let pid = result.pid { metadata["pid"] = "\(pid)" }
+        switch result.ending {
+        case .exited(0):
+            metadata["exit"] = "0"
+            do {
+                let replies = try HandlerOutput.replies(
+                    from: result.stdout, format: settings.format, incoming: stanza, maxStanza: settings.maxStanza)
+                return HandlerOutcome(replies: replies, metadata: metadata)
+            } catch {
+                logger.error("handler output rejected", metadata: [
+                    "problem": "\(error.description)", "excerpt": "\(error.excerpt)",
+                ])
+                metadata["problem"] = "\(error.description)"
+                return .failed(.cancel, .internalServerError, metadata: metadata)
+            }
+        case .exited(let code):
+            metadata["exit"] = "\(code)"
+            var outcome = HandlerOutput.failure(exitCode: code, stdout: result.stdout, format: settings.format, incoming: stanza)
+            outcome.metadata = metadata
+            return outcome
+        case .signaled(let signal):
+            metadata["signal"] = "\(signal)"
+            return .failed(.cancel, .internalServerError, metadata: metadata)
+        case .timedOut:
+            metadata["timeout_s"] = "\(settings.timeout.components.seconds)"
+            logger.warning("handler timed out; its process group was killed", metadata: metadata)
+            return .failed(.wait, .remoteServerTimeout, metadata: metadata)
+        case .outputTooLarge:
+            metadata["problem"] = "stdout over max_output (\(settings.maxOutput) bytes)"
+            logger.error("handler output rejected", metadata: ["problem": "stdout over max_output (\(settings.maxOutput) bytes); the handler was stopped"])
+            return .failed(.cancel, .internalServerError, metadata: metadata)
+        case .spawnFailed(let reason):
+            logger.error("handler could not be started", metadata: [
+                "argv0": "\(settings.argv.first ?? "")", "problem": "\(reason)",
+                "hint": "check that the file exists, is executable (chmod +x) and that workdir exists; `stanzad check` tests this",
+            ])
+            metadata["problem"] = "spawn failed"
+            return .failed(.cancel, .internalServerError, metadata: metadata)
+        }
+    }
+}

@@ -1,0 +1,103 @@
+// Routes one inbound stanza: the first matching `[[route]]` runs its handler (within the route's
+// concurrency and queue), otherwise the built-in responders answer. Produces the stamped stanzas to
+// send and one log line per handled stanza (SPEC §13). Used by the Router and by `stanzad try`.
+
+import Logging
+import XMPPCore
+
+/// A configured route: its rule, its handler and its admission gate.
+public struct Route: Sendable {
+    public var name: String
+    public var rule: RouteRule
+    public var handler: any StanzaHandler
+    public var gate: AdmissionGate
+
+    public init(name: String, rule: RouteRule, handler: any StanzaHandler, concurrency: Int, queue: Int) {
+        self.name = name
+        self.rule = rule
+        self.handler = handler
+        self.gate = AdmissionGate(concurrency: concurrency, queue: queue)
+    }
+}
+
+public final class Dispatcher: Sendable {
+    public let routes: [Route]
+    public let builtIns: BuiltInResponder
+    public let stamper: ReplyStamper
+    let logger: Logger
+
+    public init(routes: [Route], builtIns: BuiltInResponder, maxStanzaBytes: Int = 524_288, logger: Logger) {
+        self.routes = routes
+        self.builtIns = builtIns
+        self.stamper = ReplyStamper(domain: builtIns.domain, maxStanzaBytes: maxStanzaBytes)
+        self.logger = logger
+    }
+
+    /// What happens to a stanza, decided synchronously at arrival.
+    public enum Admission: Sendable {
+        /// No route matches: the built-in responders answer.
+        case builtIn
+        /// A route matches and has room; call `run(_:on:)`.
+        case admitted(Route)
+        /// A route matches but its concurrency and queue are full.
+        case full(Route)
+    }
+
+    public func admit(_ stanza: Stanza) -> Admission {
+        guard let route = routes.first(where: { $0.rule.matches(stanza) }) else { return .builtIn }
+        return route.gate.admit() ? .admitted(route) : .full(route)
+    }
+
+    /// The built-in answer to a stanza no route takes.
+    public func answerBuiltIn(_ stanza: Stanza) -> [Stanza] {
+        let started = ContinuousClock.now
+        let replies = builtIns.respond(to: stanza)
+        log(stanza, route: "(built-in)", replies: replies, started: started)
+        return replies
+    }
+
+    /// The answer to a stanza refused because its route is full: wait/resource-constraint.
+    public func answerFull(_ stanza: Stanza, route: Route) -> [Stanza] {
+        let replies = stamper.errorReply(
+            to: stanza, StanzaError(.wait, .resourceConstraint, text: "route \(route.name) is busy; try again later"))
+        log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["queue": "full"])
+        return replies
+    }
+
+    /// Runs an admitted stanza through its route's handler and returns the stamped replies.
+    public func run(_ stanza: Stanza, on route: Route) async -> [Stanza] {
+        let started = ContinuousClock.now
+        await route.gate.acquire()
+        defer { route.gate.release() }
+        var handlerLogger = logger
+        handlerLogger[metadataKey: "route"] = "\(route.name)"
+        handlerLogger[metadataKey: "stanza.id"] = "\(stanza.id ?? "")"
+        let context = HandlerContext(route: route.name, component: builtIns.domain, logger: handlerLogger)
+        let outcome = await route.handler.handle(stanza, context: context)
+        let (replies, refusal) = stamper.stamp(outcome, replyingTo: stanza)
+        var metadata = outcome.metadata
+        if let refusal {
+            metadata["problem"] = "\(refusal.description)"
+            handlerLogger.error("handler reply refused", metadata: ["problem": "\(refusal.description)"])
+        }
+        log(stanza, route: route.name, replies: replies, started: started, metadata: metadata)
+        return replies
+    }
+
+    private func log(_ stanza: Stanza, route: String, replies: [Stanza], started: ContinuousClock.Instant,
+                     metadata extra: Logger.Metadata = [:]) {
+        var outcome = replies.isEmpty ? "none" : "reply"
+        if let error = replies.first(where: { $0.type == "error" })?.error, replies.count == 1 {
+            outcome = "error \(error.condition)"
+        }
+        let elapsed = ContinuousClock.now - started
+        let milliseconds = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+        var metadata: Logger.Metadata = [
+            "route": "\(route)", "kind": "\(stanza.kind.rawValue)", "type": "\(stanza.type ?? "")",
+            "stanza.id": "\(stanza.id ?? "")", "from": "\(stanza.from ?? "")", "outcome": "\(outcome)",
+            "duration_ms": "\((milliseconds * 10).rounded() / 10)",
+        ]
+        metadata.merge(extra) { $1 }
+        logger.info("stanza handled", metadata: metadata)
+    }
+}

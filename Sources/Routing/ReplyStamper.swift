@@ -1,0 +1,110 @@
+// SPEC §8: turns what a handler produced into the stanzas that go out, with the addresses, ids and types
+// a reply must have, and guarantees exactly one answer to every iq get/set.
+
+import XMPPCore
+
+public struct ReplyStamper: Sendable {
+    /// The component domain; every outgoing `from` must be inside it.
+    public let domain: String
+    /// `max_stanza`: a reply that would not fit is refused here rather than by the server.
+    public let maxStanzaBytes: Int
+
+    public init(domain: String, maxStanzaBytes: Int = 524_288) {
+        self.domain = domain.lowercased()
+        self.maxStanzaBytes = maxStanzaBytes
+    }
+
+    /// A problem that turns the whole reply into internal-server-error.
+    public struct Refusal: Error, Hashable, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// The stanzas to send in answer to `incoming`, given the handler's outcome.
+    /// - Returns: the stanzas plus, when a reply was refused, why (it is logged; the sender gets an error).
+    public func stamp(_ outcome: HandlerOutcome, replyingTo incoming: Stanza) -> (stanzas: [Stanza], refusal: Refusal?) {
+        if let failure = outcome.failure {
+            return (errorReply(to: incoming, failure), nil)
+        }
+        var stanzas: [Stanza] = []
+        var answered = false
+        for reply in outcome.replies {
+            do {
+                let stamped = try stamp(reply, replyingTo: incoming)
+                if incoming.isRequest, answers(stamped, incoming) {
+                    // Exactly one answer to an iq get/set: later ones are dropped.
+                    if answered { continue }
+                    answered = true
+                }
+                if !incoming.allowsReply && stamped.type == "error" { continue }
+                stanzas.append(stamped)
+            } catch {
+                let failure = StanzaError(.cancel, .internalServerError)
+                return (errorReply(to: incoming, failure), error)
+            }
+        }
+        if incoming.isRequest && !answered {
+            // No output (or only other stanzas) for an iq get/set: an empty result.
+            var result = incoming.replySkeleton()
+            result.from = incoming.to
+            stanzas.append(result)
+        }
+        return (stanzas, nil)
+    }
+
+    /// The error reply to `incoming` (none for error/result stanzas), `by` the component.
+    public func errorReply(to incoming: Stanza, _ error: StanzaError) -> [Stanza] {
+        guard incoming.allowsReply else { return [] }
+        var error = error
+        if error.by == nil { error.by = domain }
+        return [incoming.errorReply(error)]
+    }
+
+    /// Fills in what a single reply leaves out and checks its `from`.
+    public func stamp(_ reply: Stanza, replyingTo incoming: Stanza) throws(Refusal) -> Stanza {
+        var reply = reply
+        if reply.from == nil { reply.from = incoming.to }
+        if reply.to == nil { reply.to = incoming.from }
+        guard let fromValue = reply.from, let from = JID.parse(fromValue), from.domain == domain else {
+            throw Refusal(description: "reply from \(JID.quoted(reply.from ?? "")) is outside the component domain \(domain)")
+        }
+        guard let toValue = reply.to, JID.parse(toValue) != nil else {
+            throw Refusal(description: "reply to \(JID.quoted(reply.to ?? "")) is not a valid JID")
+        }
+        switch reply.kind {
+        case .iq:
+            if incoming.isRequest, reply.type == nil || reply.type == "result" || reply.type == "error" {
+                reply.id = incoming.id
+                if reply.type == nil { reply.type = "result" }
+            } else if reply.id == nil {
+                reply.id = RandomID.make()
+            }
+            if reply.type == nil { reply.type = "get" }
+        case .message:
+            if reply.id == nil { reply.id = RandomID.make() }
+            if reply.type == nil, incoming.kind == .message { reply.type = incoming.type ?? "chat" }
+            if reply.type == nil { reply.type = "chat" }
+            if reply.thread == nil, incoming.kind == .message, let thread = incoming.thread, !thread.text.isEmpty {
+                var copy = Element("thread", namespace: reply.element.namespace, text: thread.text)
+                copy[attribute: "parent"] = thread[attribute: "parent"]
+                reply.element.append(copy)
+            }
+        case .presence:
+            break
+        }
+        let size: Int
+        do {
+            size = try reply.serialized().utf8.count
+        } catch {
+            throw Refusal(description: "reply cannot be written as XML: \(error)")
+        }
+        guard size <= maxStanzaBytes else {
+            throw Refusal(description: "reply of \(size) bytes exceeds max_stanza (\(maxStanzaBytes) bytes)")
+        }
+        return reply
+    }
+
+    /// Whether `reply` is the answer to the iq request `incoming`.
+    private func answers(_ reply: Stanza, _ incoming: Stanza) -> Bool {
+        reply.kind == .iq && (reply.type == "result" || reply.type == "error") && reply.id == incoming.id
+    }
+}

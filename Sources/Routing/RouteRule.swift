@@ -1,0 +1,67 @@
+// The match part of a `[[route]]` (SPEC §4): kinds, types, to/from bare-JID globs, a body regex.
+
+import XMPPCore
+
+public struct RouteRule: Sendable {
+    public var kinds: Set<StanzaKind>
+    /// nil: any type. "available" stands for a presence without a type; "normal" for a message without one.
+    public var types: Set<String>?
+    public var to: [JIDPattern]?
+    public var from: [JIDPattern]?
+    public var body: BodyPattern?
+    /// A `text` route takes only messages with a body (SPEC §5.1).
+    public var requiresBody: Bool
+
+    public init(kinds: Set<StanzaKind> = [.message], types: Set<String>? = nil, to: [JIDPattern]? = nil,
+                from: [JIDPattern]? = nil, body: BodyPattern? = nil, requiresBody: Bool = false) {
+        self.kinds = kinds
+        self.types = types
+        self.to = to
+        self.from = from
+        self.body = body
+        self.requiresBody = requiresBody
+    }
+
+    public func matches(_ stanza: Stanza) -> Bool {
+        guard kinds.contains(stanza.kind) else { return false }
+        if let types {
+            let type = stanza.type ?? Self.implicitType(of: stanza.kind)
+            guard types.contains(type) else { return false }
+        }
+        if let to {
+            guard let jid = JID.parse(stanza.to), to.contains(where: { $0.matches(jid) }) else { return false }
+        }
+        if let from {
+            guard let jid = JID.parse(stanza.from), from.contains(where: { $0.matches(jid) }) else { return false }
+        }
+        if requiresBody || body != nil {
+            guard stanza.kind == .message, let text = stanza.body else { return false }
+            if let body, !body.matches(text) { return false }
+        }
+        return true
+    }
+
+    /// The type a stanza without a `type` attribute has (RFC 6120).
+    static func implicitType(of kind: StanzaKind) -> String {
+        switch kind {
+        case .message: "normal"
+        case .presence: "available"
+        case .iq: ""
+        }
+    }
+}
+
+/// A compiled body regex. Regex values are immutable, so sharing one between tasks is safe.
+public struct BodyPattern: @unchecked Sendable {
+    public let source: String
+    private let regex: Regex<AnyRegexOutput>
+
+    public init(_ source: String) throws {
+        self.source = source
+        self.regex = try Regex(source)
+    }
+
+    public func matches(_ text: String) -> Bool {
+        (try? regex.firstMatch(in: text)) != nil
+    }
+}
