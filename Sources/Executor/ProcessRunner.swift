@@ -59,8 +59,13 @@ public struct ProcessResult: Sendable {
 }
 
 public enum ProcessRunner {
+    /// A handler that exits without reading all of stdin makes our write fail with EPIPE; without this the
+    /// default SIGPIPE disposition would end stanzad instead. Children get default dispositions back at spawn.
+    private static let ignoreBrokenPipes: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
+
     /// Runs `spec` to completion. `stderrLine` gets each stderr line (without its newline) as it arrives.
     public static func run(_ spec: ProcessSpec, stderrLine: @escaping @Sendable (String, Int32) -> Void) async -> ProcessResult {
+        _ = ignoreBrokenPipes
         let started = ContinuousClock.now
         let pid = PIDBox()
         var (result, deadlinePassed) = await withTaskGroup(of: ProcessResult?.self) { group in

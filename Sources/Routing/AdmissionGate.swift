@@ -69,4 +69,7 @@ public final class AdmissionGate: Sendable {
 
     /// Stanzas admitted and not yet released (running plus waiting).
     public var load: Int { state.withLock { $0.admitted } }
+
+    /// Stanzas waiting for a run slot.
+    public var waiting: Int { state.withLock { $0.waiters.count } }
 }

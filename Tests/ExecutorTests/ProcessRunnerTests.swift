@@ -1,0 +1,108 @@
+// Real processes, no XMPP: the failure modes of research/executor-anchors.md that a handler run must survive.
+
+import Foundation
+import Testing
+
+@testable import Executor
+
+private func spec(_ script: String, stdin: String = "", timeout: Duration = .seconds(10), maxOutput: Int = 262_144) -> ProcessSpec {
+    ProcessSpec(
+        argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"], workdir: "/tmp", stdin: Array(stdin.utf8),
+        timeout: timeout, killGrace: .milliseconds(500), maxOutput: maxOutput)
+}
+
+private func run(_ spec: ProcessSpec) async -> (ProcessResult, [String]) {
+    let lines = LineLog()
+    let result = await ProcessRunner.run(spec) { line, _ in lines.append(line) }
+    return (result, lines.items)
+}
+
+/// Live (not zombie) processes whose process group is `group`.
+private func liveMembers(ofGroup group: Int32) -> [Int32] {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    return entries.compactMap { Int32($0) }.filter { pid in
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 2 && fields[0] != "Z" && Int32(fields[2]) == group
+    }
+}
+
+final class LineLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var storage: [String] = []
+    func append(_ line: String) { lock.withLock { storage.append(line) } }
+    var items: [String] { lock.withLock { storage } }
+}
+
+@Suite struct ProcessRunnerTests {
+    @Test func stdinToStdout() async {
+        let (result, _) = await run(spec("cat", stdin: "hello"))
+        #expect(result.ending == .exited(0))
+        #expect(String(decoding: result.stdout, as: UTF8.self) == "hello")
+    }
+
+    @Test func exitStatusAndStderrLines() async {
+        let (result, lines) = await run(spec("echo one >&2; printf 'two\\nthree' >&2; exit 77"))
+        #expect(result.ending == .exited(77))
+        #expect(lines == ["one", "two", "three"])
+    }
+
+    @Test func killedBySignal() async {
+        let (result, _) = await run(spec("kill -9 $$"))
+        #expect(result.ending == .signaled(9))
+    }
+
+    @Test func handlerNotReadingStdinStillAnswers() async {
+        let (result, _) = await run(spec("echo done", stdin: String(repeating: "x", count: 300_000)))
+        #expect(result.ending == .exited(0))
+        #expect(String(decoding: result.stdout, as: UTF8.self) == "done\n")
+    }
+
+    @Test func timeoutKillsTheWholeGroup() async throws {
+        let (result, _) = await run(spec("for i in $(seq 50); do sleep 300 & done; sleep 300", timeout: .milliseconds(500)))
+        #expect(result.ending == .timedOut)
+        #expect(result.duration < .seconds(5))
+        let group = try #require(result.pid)
+        #expect(liveMembers(ofGroup: group).isEmpty)
+    }
+
+    @Test func timeoutEscalatesToSIGKILLWhenTERMIsIgnored() async {
+        let (result, _) = await run(spec("trap '' TERM; sleep 300 & wait; sleep 300", timeout: .milliseconds(300)))
+        #expect(result.ending == .timedOut)
+        #expect(result.duration < .seconds(5))
+    }
+
+    @Test func outputOverTheCapStopsTheHandler() async {
+        let (result, _) = await run(spec("head -c 10000000 /dev/zero", maxOutput: 262_144))
+        #expect(result.ending == .outputTooLarge)
+    }
+
+    @Test func grandchildHoldingStdoutNeitherDelaysTheReplyNorSurvives() async throws {
+        let (result, _) = await run(spec("echo reply; (sleep 300) & exit 0"))
+        #expect(result.ending == .exited(0))
+        #expect(String(decoding: result.stdout, as: UTF8.self) == "reply\n")
+        #expect(result.duration < .seconds(5))
+        let group = try #require(result.pid)
+        #expect(liveMembers(ofGroup: group).isEmpty)
+    }
+
+    @Test func missingExecutableIsASpawnFailure() async {
+        let result = await ProcessRunner.run(ProcessSpec(
+            argv: ["/nonexistent/handler"], environment: [:], workdir: "/tmp", stdin: [], timeout: .seconds(5),
+            killGrace: .seconds(1), maxOutput: 100)) { _, _ in }
+        guard case .spawnFailed = result.ending else {
+            Issue.record("expected spawnFailed, got \(result.ending)")
+            return
+        }
+    }
+
+    @Test func ownSessionAndOnlyTheGivenEnvironment() async {
+        let (result, _) = await run(spec("ps -o sid= -p $$ | tr -d ' '; echo $$; env | sort"))
+        let lines = String(decoding: result.stdout, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(lines.count >= 3)
+        #expect(lines[0] == lines[1], "session id equals the handler's pid")
+        let env = lines.dropFirst(2).filter { !$0.hasPrefix("PWD=") && !$0.hasPrefix("SHLVL=") && !$0.hasPrefix("_=") }
+        #expect(env == ["PATH=/usr/bin:/bin"])
+    }
+}

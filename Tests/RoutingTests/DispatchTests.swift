@@ -1,0 +1,120 @@
+import Logging
+import Testing
+import XMPPCore
+
+@testable import Routing
+
+private func stanza(_ xml: String) throws -> Stanza {
+    try #require(Stanza(try XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1)[0]))
+}
+
+@Suite struct RouteRuleTests {
+    @Test func kindsTypesAndAddresses() throws {
+        let rule = RouteRule(
+            kinds: [.message], types: ["chat"], to: [JIDPattern("echo@bot.example.org")], from: [JIDPattern("*@example.org")])
+        #expect(rule.matches(try stanza("<message type='chat' from='a@example.org/r' to='echo@bot.example.org'><body>x</body></message>")))
+        #expect(!rule.matches(try stanza("<message type='groupchat' from='a@example.org/r' to='echo@bot.example.org'><body>x</body></message>")))
+        #expect(!rule.matches(try stanza("<message type='chat' from='a@evil.org/r' to='echo@bot.example.org'><body>x</body></message>")))
+        #expect(!rule.matches(try stanza("<message type='chat' from='a@example.org/r' to='other@bot.example.org'><body>x</body></message>")))
+        #expect(!rule.matches(try stanza("<presence from='a@example.org/r' to='echo@bot.example.org'/>")))
+    }
+
+    @Test func implicitTypes() throws {
+        let presence = RouteRule(kinds: [.presence], types: ["available"])
+        #expect(presence.matches(try stanza("<presence from='a@example.org/r' to='bot.example.org'/>")))
+        #expect(!presence.matches(try stanza("<presence type='unavailable' from='a@example.org/r' to='bot.example.org'/>")))
+        let normal = RouteRule(kinds: [.message], types: ["normal"])
+        #expect(normal.matches(try stanza("<message from='a@example.org/r' to='bot.example.org'><body>x</body></message>")))
+    }
+
+    @Test func bodyRegexAndTextRoutesNeedABody() throws {
+        let rule = RouteRule(kinds: [.message, .iq], body: try BodyPattern("^!"), requiresBody: true)
+        #expect(rule.matches(try stanza("<message from='a@example.org/r' to='bot.example.org'><body>!help</body></message>")))
+        #expect(!rule.matches(try stanza("<message from='a@example.org/r' to='bot.example.org'><body>help</body></message>")))
+        #expect(!rule.matches(try stanza("<message from='a@example.org/r' to='bot.example.org'><subject>x</subject></message>")))
+        #expect(!rule.matches(try stanza("<iq type='get' id='1' from='a@example.org/r' to='bot.example.org'><ping xmlns='urn:xmpp:ping'/></iq>")))
+    }
+}
+
+@Suite struct ReplyStamperTests {
+    let stamper = ReplyStamper(domain: "bot.example.org", maxStanzaBytes: 2000)
+
+    @Test func messageReplyGetsAddressesTypeThreadAndFreshID() throws {
+        let incoming = try stanza("<message type='normal' id='m1' from='a@example.org/r' to='echo@bot.example.org'><body>x</body><thread>t1</thread></message>")
+        var reply = Stanza(kind: .message)
+        reply.element.append(Element("body", namespace: Namespace.client, text: "y"))
+        let (stanzas, refusal) = stamper.stamp(HandlerOutcome(replies: [reply]), replyingTo: incoming)
+        #expect(refusal == nil)
+        let out = try #require(stanzas.first)
+        #expect(out.from == "echo@bot.example.org" && out.to == "a@example.org/r" && out.type == "normal")
+        #expect(out.id != nil && out.id != "m1")
+        #expect(out.thread?.text == "t1")
+    }
+
+    @Test func iqRequestGetsExactlyOneAnswer() throws {
+        let incoming = try stanza("<iq type='get' id='q1' from='a@example.org/r' to='bot.example.org'><query xmlns='urn:x'/></iq>")
+        let none = stamper.stamp(HandlerOutcome(), replyingTo: incoming).stanzas
+        #expect(none.count == 1 && none[0].type == "result" && none[0].id == "q1" && none[0].from == "bot.example.org")
+        let two = stamper.stamp(HandlerOutcome(replies: [Stanza(kind: .iq), Stanza(kind: .iq)]), replyingTo: incoming).stanzas
+        #expect(two.count == 1 && two[0].id == "q1" && two[0].type == "result")
+    }
+
+    @Test func fromOutsideTheDomainIsRefused() throws {
+        let incoming = try stanza("<message type='chat' id='m1' from='a@example.org/r' to='bot.example.org'><body>x</body></message>")
+        let reply = Stanza(kind: .message, from: "admin@example.org")
+        let (stanzas, refusal) = stamper.stamp(HandlerOutcome(replies: [reply]), replyingTo: incoming)
+        #expect(refusal?.description.contains("outside the component domain") == true)
+        #expect(stanzas.count == 1 && stanzas[0].error?.condition == .internalServerError && stanzas[0].error?.by == "bot.example.org")
+    }
+
+    @Test func oversizedReplyIsRefused() throws {
+        let incoming = try stanza("<message type='chat' id='m1' from='a@example.org/r' to='bot.example.org'><body>x</body></message>")
+        var reply = Stanza(kind: .message)
+        reply.element.append(Element("body", namespace: Namespace.client, text: String(repeating: "a", count: 3000)))
+        let (stanzas, refusal) = stamper.stamp(HandlerOutcome(replies: [reply]), replyingTo: incoming)
+        #expect(refusal?.description.contains("exceeds max_stanza") == true)
+        #expect(stanzas.first?.error?.condition == .internalServerError)
+    }
+
+    @Test func neverAnErrorToAnErrorOrResult() throws {
+        let incoming = try stanza("<iq type='result' id='q1' from='a@example.org/r' to='bot.example.org'/>")
+        #expect(stamper.stamp(.failed(.cancel, .internalServerError), replyingTo: incoming).stanzas.isEmpty)
+    }
+}
+
+@Suite struct AdmissionGateTests {
+    @Test func admitsConcurrencyPlusQueueThenRefuses() async {
+        let gate = AdmissionGate(concurrency: 2, queue: 3)
+        let admitted = (0..<10).filter { _ in gate.admit() }.count
+        #expect(admitted == 5)
+        for _ in 0..<5 { gate.release() }
+        #expect(gate.load == 0)
+        #expect(gate.admit())
+    }
+
+    @Test func waitersRunInOrderAsSlotsFree() async {
+        let gate = AdmissionGate(concurrency: 1, queue: 10)
+        #expect(gate.admit())
+        await gate.acquire()
+        let order = OrderLog()
+        await withTaskGroup(of: Void.self) { group in
+            for index in 0..<3 {
+                #expect(gate.admit())
+                group.addTask {
+                    await gate.acquire()
+                    await order.append(index)
+                    gate.release()
+                }
+                // Let each waiter enqueue before the next one, so the order is defined.
+                while gate.waiting < index + 1 { await Task.yield() }
+            }
+            gate.release()
+        }
+        #expect(await order.items == [0, 1, 2])
+    }
+}
+
+actor OrderLog {
+    var items: [Int] = []
+    func append(_ item: Int) { items.append(item) }
+}
