@@ -93,6 +93,13 @@ let package = Package(
         // bench/parser: our parser against a no-op libxml2 SAX loop over the same bytes.
         .executableTarget(name: "ParserBench", dependencies: ["XMPPCore", "CLibXML2"], swiftSettings: strict),
 
+        // bench/exec: replies/s through the executor (dispatcher, process handler, stamping) against a raw
+        // posix_spawn loop of the same handler at the same concurrency.
+        .executableTarget(
+            name: "ExecBench",
+            dependencies: ["XMPPCore", "Routing", "Executor", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+
         .testTarget(name: "XMPPCoreTests", dependencies: ["XMPPCore"], swiftSettings: strict),
         .testTarget(
             name: "ComponentLinkTests",
