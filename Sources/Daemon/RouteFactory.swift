@@ -6,9 +6,11 @@ import Routing
 import XMPPCore
 
 enum RouteFactory {
-    static func routes(_ config: StanzadConfig, environment: [String: String], logger: Logger) -> [Route] {
+    /// The routes, and the worker pools among their handlers (services the ServiceGroup must run).
+    static func build(_ config: StanzadConfig, environment: [String: String], logger: Logger) -> (routes: [Route], pools: [WorkerPool]) {
         let processes = AdmissionGate(concurrency: config.maxProcesses, queue: nil)
-        return config.routes.map { route in
+        var pools: [WorkerPool] = []
+        let routes = config.routes.map { route in
             let format = HandlerFormat(rawValue: route.format) ?? .text
             let rule = RouteRule(
                 kinds: Set(route.kinds), types: route.types.map(Set.init), to: route.to, from: route.from,
@@ -22,13 +24,25 @@ enum RouteFactory {
                         env: route.env, passEnv: route.passEnv, parentEnvironment: environment, workdir: route.workdir,
                         maxOutput: route.maxOutput, maxStanza: config.component.maxStanza),
                     processes: processes)
-            case .worker:
-                handler = NotYetAvailableHandler(target: "worker")
+            case .worker(let argv):
+                let pool = WorkerPool(
+                    settings: .init(
+                        route: route.name, argv: argv,
+                        environment: HandlerInput.baseEnvironment(
+                            route: route.name, component: config.component.jid, env: route.env, passEnv: route.passEnv,
+                            parent: environment),
+                        workdir: route.workdir, workers: route.workers, inFlight: route.inFlight,
+                        maxRequests: route.maxRequests, timeout: .seconds(route.timeout),
+                        killGrace: .seconds(config.killGrace), maxLine: route.maxOutput),
+                    logger: logger)
+                pools.append(pool)
+                handler = WorkerHandler(pool: pool)
             case .webhook:
                 handler = NotYetAvailableHandler(target: "webhook")
             }
             return Route(name: route.name, rule: rule, handler: handler, concurrency: route.concurrency, queue: route.queue)
         }
+        return (routes, pools)
     }
 }
 

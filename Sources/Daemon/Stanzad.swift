@@ -96,9 +96,8 @@ struct Run: AsyncParsableCommand {
         settings.maxStanza = config.component.maxStanza
         let connection = ComponentConnection(settings: settings, logger: logger)
         let builtIns = config.builtInResponder()
-        let dispatcher = Dispatcher(
-            routes: RouteFactory.routes(config, environment: ProcessInfo.processInfo.environment, logger: logger),
-            builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
+        let (routes, pools) = RouteFactory.build(config, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let dispatcher = Dispatcher(routes: routes, builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
         let router = Router(connection: connection, dispatcher: dispatcher, logger: logger)
         logger.notice("stanzad starting", metadata: [
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
@@ -109,6 +108,9 @@ struct Run: AsyncParsableCommand {
                 services: [
                     .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
+                ] + pools.map { .init(service: $0) } + [
+                    // Last, so it stops first: no new stanzas; its running handlers finish while the link and
+                    // the workers are still up.
                     .init(service: router),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],

@@ -1,9 +1,11 @@
 // `stanzad try`: one stanza through one route exactly as production runs it, without an XMPP server.
 
 import ArgumentParser
+import Executor
 import Foundation
 import Logging
 import Routing
+import ServiceLifecycle
 import XMPPCore
 
 struct Try: AsyncParsableCommand {
@@ -40,7 +42,7 @@ struct Try: AsyncParsableCommand {
             throw ValidationError(
                 "no route named \"\(route)\" in \(config.file)" + (names.isEmpty ? " (it has no routes)" : "; routes: \(names.joined(separator: ", "))"))
         }
-        let routes = RouteFactory.routes(config, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let (routes, pools) = RouteFactory.build(config, environment: ProcessInfo.processInfo.environment, logger: logger)
         guard let selected = routes.first(where: { $0.name == route }) else { throw ExitCode(ExitStatus.internalError) }
 
         var stanza = try makeStanza(defaultTo: configured.to?.first { !$0.pattern.contains("*") }?.pattern ?? config.component.jid)
@@ -49,15 +51,13 @@ struct Try: AsyncParsableCommand {
             FileHandle.standardError.write(Data("note: in production route \"\(route)\" would not take this stanza (its kinds/types/to/from/body do not match)\n".utf8))
         }
         let dispatcher = Dispatcher(routes: routes, builtIns: config.builtInResponder(), maxStanzaBytes: config.component.maxStanza, logger: logger)
-        _ = selected.gate.admit()
-        let replies = await dispatcher.run(stanza, on: selected)
-        for reply in replies {
-            do {
-                print(try reply.serialized())
-            } catch {
-                FileHandle.standardError.write(Data("reply cannot be written as XML: \(error)\n".utf8))
-            }
-        }
+        let once = TryOnce(dispatcher: dispatcher, route: selected, stanza: stanza)
+        // A worker route needs its pool running, as in production; only the selected route's pool starts.
+        let pool = (selected.handler as? WorkerHandler)?.pool
+        _ = pools
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = pool.map { [.init(service: $0)] } ?? []
+        services.append(.init(service: once, successTerminationBehavior: .gracefullyShutdownGroup))
+        try await ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger)).run()
     }
 
     private func makeStanza(defaultTo: String) throws -> Stanza {
@@ -89,5 +89,24 @@ struct Try: AsyncParsableCommand {
             }
         }
         return stanza
+    }
+}
+
+/// Runs the one stanza of `stanzad try` and prints the replies.
+struct TryOnce: Service {
+    let dispatcher: Dispatcher
+    let route: Route
+    let stanza: Stanza
+
+    func run() async throws {
+        _ = route.gate.admit()
+        let replies = await dispatcher.run(stanza, on: route)
+        for reply in replies {
+            do {
+                print(try reply.serialized())
+            } catch {
+                FileHandle.standardError.write(Data("reply cannot be written as XML: \(error)\n".utf8))
+            }
+        }
     }
 }

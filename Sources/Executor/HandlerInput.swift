@@ -22,13 +22,7 @@ public enum HandlerInput {
         for stanza: Stanza, route: String, component: String, env: [String: String], passEnv: [String],
         parent: [String: String]
     ) -> [String: String] {
-        var result: [String: String] = [:]
-        result["PATH"] = parent["PATH"].flatMap { $0.isEmpty ? nil : $0 } ?? "/usr/local/bin:/usr/bin:/bin"
-        result["LANG"] = "C.UTF-8"
-        for name in passEnv {
-            if let value = parent[name] { result[name] = value }
-        }
-        for (name, value) in env { result[name] = value }
+        var result = baseEnvironment(route: route, component: component, env: env, passEnv: passEnv, parent: parent)
         func set(_ name: String, _ value: String?) {
             guard let value, !value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return }
             result[name] = value
@@ -39,8 +33,22 @@ public enum HandlerInput {
         set("STANZA_FROM", JID.parse(stanza.from)?.description)
         set("STANZA_TO", JID.parse(stanza.to)?.description)
         set("STANZA_LANG", stanza.lang)
-        set("STANZAD_ROUTE", route)
-        set("STANZAD_COMPONENT", component)
+        return result
+    }
+
+    /// The environment without the per-stanza variables: what a worker (which serves many stanzas) gets.
+    public static func baseEnvironment(
+        route: String, component: String, env: [String: String], passEnv: [String], parent: [String: String]
+    ) -> [String: String] {
+        var result: [String: String] = [:]
+        result["PATH"] = parent["PATH"].flatMap { $0.isEmpty ? nil : $0 } ?? "/usr/local/bin:/usr/bin:/bin"
+        result["LANG"] = "C.UTF-8"
+        for name in passEnv {
+            if let value = parent[name] { result[name] = value }
+        }
+        for (name, value) in env { result[name] = value }
+        result["STANZAD_ROUTE"] = route
+        result["STANZAD_COMPONENT"] = component
         return result
     }
 }

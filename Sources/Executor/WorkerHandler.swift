@@ -1,0 +1,34 @@
+// A `worker` route's handler: hands the stanza to the route's WorkerPool and maps its answer (SPEC §5.4).
+
+import Logging
+import Routing
+import XMPPCore
+
+public struct WorkerHandler: StanzaHandler {
+    public let pool: WorkerPool
+
+    public init(pool: WorkerPool) {
+        self.pool = pool
+    }
+
+    public func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
+        switch await pool.submit(stanza) {
+        case .answered(let objects):
+            let defaults = ReplyDefaults(replyingTo: stanza)
+            var replies: [Stanza] = []
+            for object in objects {
+                do {
+                    replies.append(try StanzaJSON.decode(object, defaults: defaults))
+                } catch {
+                    context.logger.error("worker reply rejected", metadata: [
+                        "problem": "\(error.message)", "excerpt": "\(HandlerOutput.excerpt(object.serializedBytes()))",
+                    ])
+                    return .failed(.cancel, .internalServerError, metadata: ["problem": "worker reply is not a stanza"])
+                }
+            }
+            return HandlerOutcome(replies: replies)
+        case .failed(let error, let reason):
+            return HandlerOutcome(failure: error, metadata: ["problem": "\(reason)"])
+        }
+    }
+}
