@@ -68,48 +68,35 @@ public enum ProcessRunner {
         _ = ignoreBrokenPipes
         let started = ContinuousClock.now
         let pid = PIDBox()
-        var (result, deadlinePassed) = await withTaskGroup(of: ProcessResult?.self) { group in
-            group.addTask {
-                await execute(spec, pid: pid, stderrLine: stderrLine)
-            }
-            group.addTask {
-                do {
-                    try await Task.sleep(for: spec.timeout)
-                } catch {
-                    return nil  // the process finished first
-                }
-                return nil
-            }
-            var finished: ProcessResult?
-            var deadlinePassed = false
-            while let next = await group.next() {
-                if let next {
-                    finished = next
-                    group.cancelAll()  // stops the timer
-                } else if finished == nil {
-                    deadlinePassed = true
-                    // The deadline passed: cancelling the run makes swift-subprocess tear the group down
-                    // (SIGTERM, kill_grace, SIGKILL), then it reaps the handler and returns.
-                    group.cancelAll()
-                }
-            }
-            let result = finished ?? ProcessResult(ending: .spawnFailed("handler run ended without a result"), stdout: [], pid: nil, duration: .zero)
-            return (result, deadlinePassed)
+        // The run is a child task we can cancel at the deadline: cancelling it makes swift-subprocess tear the
+        // group down (SIGTERM, kill_grace, SIGKILL), then it reaps the handler and returns.
+        let run = Task { await execute(spec, pid: pid, stderrLine: stderrLine) }
+        let deadlinePassed = Flag()
+        let timer = OneShotTimer(after: spec.timeout) {
+            deadlinePassed.set()
+            run.cancel()
         }
+        var result = await withTaskCancellationHandler {
+            await run.value
+        } onCancel: {
+            run.cancel()
+        }
+        timer.cancel()
+        let timedOut = deadlinePassed.isSet
 
         // Whatever the handler left behind in its process group goes now. The group id cannot be reused
         // while any member lives, so this never hits an unrelated process.
         if let leader = pid.value.withLock({ $0 }) {
             _ = kill(-leader, SIGKILL)
         }
-        if deadlinePassed, result.pid != nil {
+        if timedOut, result.pid != nil {
             result.ending = .timedOut
         }
         result.duration = ContinuousClock.now - started
         return result
     }
 
-    private static func execute(_ spec: ProcessSpec, pid: PIDBox, stderrLine: @escaping @Sendable (String, Int32) -> Void) async -> ProcessResult {
+    static func execute(_ spec: ProcessSpec, pid: PIDBox, stderrLine: @escaping @Sendable (String, Int32) -> Void) async -> ProcessResult {
         guard let program = spec.argv.first else {
             return ProcessResult(ending: .spawnFailed("empty argv"), stdout: [], pid: nil, duration: .zero)
         }
@@ -171,6 +158,13 @@ public enum ProcessRunner {
             return ProcessResult(ending: .spawnFailed("\(error)"), stdout: [], pid: nil, duration: .zero)
         }
     }
+}
+
+/// Set once, read from anywhere.
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .sequentiallyConsistent) }
+    var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
 }
 
 /// The handler's pid, learnt inside the run and needed after it.

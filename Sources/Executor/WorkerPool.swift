@@ -107,16 +107,10 @@ public final class WorkerPool: Service, Sendable {
             return "r\(state.nextRef)"
         }
         let line = WorkerProtocol.requestLine(for: stanza, ref: ref)
-        return await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                try? await Task.sleep(for: self.settings.timeout)
-                if !Task.isCancelled { self.expire(ref) }
-            }
-            let reply = await withCheckedContinuation { (continuation: CheckedContinuation<Reply, Never>) in
-                enqueue(Request(ref: ref, line: line, continuation: continuation))
-            }
-            group.cancelAll()
-            return reply
+        let timer = OneShotTimer(after: settings.timeout) { self.expire(ref) }
+        defer { timer.cancel() }
+        return await withCheckedContinuation { (continuation: CheckedContinuation<Reply, Never>) in
+            enqueue(Request(ref: ref, line: line, continuation: continuation))
         }
     }
 
