@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
     ],
     targets: [
         // System libraries of the design (Debian: libxml2-dev, libfcgi-dev).
@@ -71,6 +72,19 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Webhook routes (SPEC §6) on async-http-client: mod_rest callback and mod_component_http compatible.
+        .target(
+            name: "Webhooks",
+            dependencies: [
+                "XMPPCore", "Routing", "Executor",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
         // libfcgi acceptor and the mod_rest-compatible REST API.
         .target(name: "FastCGIFront", dependencies: ["XMPPCore", "CFastCGI"], swiftSettings: strict),
 
@@ -78,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "Daemon",
             dependencies: [
-                "XMPPCore", "ComponentLink", "Routing", "Executor", "FastCGIFront",
+                "XMPPCore", "ComponentLink", "Routing", "Executor", "Webhooks", "FastCGIFront",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -107,6 +121,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "RoutingTests", dependencies: ["Routing"], swiftSettings: strict),
         .testTarget(name: "ExecutorTests", dependencies: ["Executor"], swiftSettings: strict),
+        .testTarget(name: "WebhooksTests", dependencies: ["Webhooks"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -3,13 +3,19 @@
 import Executor
 import Logging
 import Routing
+import Webhooks
 import XMPPCore
 
 enum RouteFactory {
     /// The routes, and the worker pools among their handlers (services the ServiceGroup must run).
-    static func build(_ config: StanzadConfig, environment: [String: String], logger: Logger) -> (routes: [Route], pools: [WorkerPool]) {
+    /// `client` is the HTTP client for webhook routes (created only when there are any; shut it down at exit).
+    static func build(_ config: StanzadConfig, environment: [String: String], logger: Logger)
+        -> (routes: [Route], pools: [WorkerPool], client: WebhookClient?)
+    {
         let processes = AdmissionGate(concurrency: config.maxProcesses, queue: nil)
         var pools: [WorkerPool] = []
+        let client: WebhookClient? = config.routes.contains { if case .webhook = $0.target { true } else { false } }
+            ? WebhookClient() : nil
         let routes = config.routes.map { route in
             let format = HandlerFormat(rawValue: route.format) ?? .text
             let rule = RouteRule(
@@ -37,22 +43,17 @@ enum RouteFactory {
                     logger: logger)
                 pools.append(pool)
                 handler = WorkerHandler(pool: pool)
-            case .webhook:
-                handler = NotYetAvailableHandler(target: "webhook")
+            case .webhook(let url):
+                handler = WebhookHandler(
+                    settings: WebhookSettings(
+                        urlTemplate: url, format: format, headers: route.headers, hmacSecret: route.hmacSecret,
+                        timeout: .seconds(route.timeout), retries: route.retries, maxBody: route.maxOutput,
+                        maxStanza: config.component.maxStanza, userAgent: "stanzad/\(StanzadVersion.string)"),
+                    client: client ?? WebhookClient())
             }
             return Route(name: route.name, rule: rule, handler: handler, concurrency: route.concurrency, queue: route.queue)
         }
-        return (routes, pools)
-    }
-}
-
-/// Stands in for targets this build does not run yet: answers feature-not-implemented and says so.
-struct NotYetAvailableHandler: StanzaHandler {
-    let target: String
-
-    func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
-        context.logger.error("route target not available in this build", metadata: ["target": "\(target)"])
-        return .failed(.cancel, .featureNotImplemented, text: "\(target) routes are not available in this build of stanzad")
+        return (routes, pools, client)
     }
 }
 

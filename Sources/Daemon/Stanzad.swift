@@ -96,7 +96,7 @@ struct Run: AsyncParsableCommand {
         settings.maxStanza = config.component.maxStanza
         let connection = ComponentConnection(settings: settings, logger: logger)
         let builtIns = config.builtInResponder()
-        let (routes, pools) = RouteFactory.build(config, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let (routes, pools, webhookClient) = RouteFactory.build(config, environment: ProcessInfo.processInfo.environment, logger: logger)
         let dispatcher = Dispatcher(routes: routes, builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
         let router = Router(connection: connection, dispatcher: dispatcher, logger: logger)
         logger.notice("stanzad starting", metadata: [
@@ -115,7 +115,13 @@ struct Run: AsyncParsableCommand {
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
-        try await group.run()
+        do {
+            try await group.run()
+        } catch {
+            await webhookClient?.shutdown()
+            throw error
+        }
+        await webhookClient?.shutdown()
         logger.notice("stanzad stopped")
     }
 }

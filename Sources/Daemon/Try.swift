@@ -42,7 +42,7 @@ struct Try: AsyncParsableCommand {
             throw ValidationError(
                 "no route named \"\(route)\" in \(config.file)" + (names.isEmpty ? " (it has no routes)" : "; routes: \(names.joined(separator: ", "))"))
         }
-        let (routes, pools) = RouteFactory.build(config, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let (routes, pools, webhookClient) = RouteFactory.build(config, environment: ProcessInfo.processInfo.environment, logger: logger)
         guard let selected = routes.first(where: { $0.name == route }) else { throw ExitCode(ExitStatus.internalError) }
 
         var stanza = try makeStanza(defaultTo: configured.to?.first { !$0.pattern.contains("*") }?.pattern ?? config.component.jid)
@@ -57,7 +57,13 @@ struct Try: AsyncParsableCommand {
         _ = pools
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = pool.map { [.init(service: $0)] } ?? []
         services.append(.init(service: once, successTerminationBehavior: .gracefullyShutdownGroup))
-        try await ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger)).run()
+        do {
+            try await ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger)).run()
+        } catch {
+            await webhookClient?.shutdown()
+            throw error
+        }
+        await webhookClient?.shutdown()
     }
 
     private func makeStanza(defaultTo: String) throws -> Stanza {

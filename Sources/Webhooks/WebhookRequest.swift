@@ -1,0 +1,124 @@
+// What a webhook route sends (SPEC §6): the URL rendered from the stanza, the body by format, the headers,
+// and the HMAC signature. Pure, so it is tested without HTTP.
+
+import Crypto
+import Executor
+import XMPPCore
+
+public struct WebhookSettings: Sendable {
+    /// The URL with {kind} {type} {to} {from} {id} placeholders.
+    public var urlTemplate: String
+    public var format: HandlerFormat
+    public var headers: [String: String]
+    public var hmacSecret: String?
+    /// Per attempt.
+    public var timeout: Duration
+    /// Extra attempts for messages (SPEC §6 retries).
+    public var retries: Int
+    /// Response bytes accepted (`max_output`).
+    public var maxBody: Int
+    public var maxStanza: Int
+    public var userAgent: String
+
+    public init(urlTemplate: String, format: HandlerFormat, headers: [String: String] = [:], hmacSecret: String? = nil,
+                timeout: Duration = .seconds(10), retries: Int = 0, maxBody: Int = 262_144, maxStanza: Int = 524_288,
+                userAgent: String = "stanzad") {
+        self.urlTemplate = urlTemplate
+        self.format = format
+        self.headers = headers
+        self.hmacSecret = hmacSecret
+        self.timeout = timeout
+        self.retries = retries
+        self.maxBody = maxBody
+        self.maxStanza = maxStanza
+        self.userAgent = userAgent
+    }
+}
+
+/// One POST, before it is sent.
+public struct WebhookRequest: Sendable, Equatable {
+    public var url: String
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.url == b.url && a.body == b.body && a.headers.map { "\($0.0): \($0.1)" } == b.headers.map { "\($0.0): \($0.1)" }
+    }
+
+    public static let accept = "application/xmpp+xml, application/json, text/plain"
+
+    /// The request for `stanza`; `delivery` is the Stanzad-Delivery id (the same for every retry).
+    public init(stanza: Stanza, settings: WebhookSettings, delivery: String) throws(XMLSerializationError) {
+        url = Self.render(settings.urlTemplate, stanza)
+        let contentType: String
+        switch settings.format {
+        case .xml:
+            body = Array(try stanza.serialized().utf8)
+            contentType = "application/xmpp+xml"
+        case .json:
+            body = StanzaJSON.encode(stanza, includeStanza: true).serializedBytes()
+            contentType = "application/json"
+        case .text:
+            body = Array((stanza.body ?? "").utf8)
+            contentType = "text/plain; charset=utf-8"
+        }
+        var headers: [(String, String)] = [
+            ("Content-Type", contentType), ("Accept", Self.accept), ("User-Agent", settings.userAgent),
+            ("Stanzad-Delivery", delivery),
+        ]
+        if let lang = stanza.lang, !lang.isEmpty { headers.append(("Content-Language", lang)) }
+        for (name, value) in settings.headers.sorted(by: { $0.key < $1.key }) { headers.append((name, value)) }
+        if let secret = settings.hmacSecret {
+            headers.append(("Stanzad-Signature", Self.signature(body, secret: secret)))
+        }
+        self.headers = headers
+    }
+
+    /// `sha256=<lowercase hex HMAC-SHA256 of the body>`.
+    public static func signature(_ body: [UInt8], secret: String) -> String {
+        let mac = HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: Array(secret.utf8)))
+        return "sha256=" + mac.map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined()
+    }
+
+    /// Fills {kind} {type} {to} {from} {id}, each percent-encoded (RFC 3986 unreserved characters stay).
+    /// A missing value renders as empty.
+    public static func render(_ template: String, _ stanza: Stanza) -> String {
+        let values: [String: String] = [
+            "kind": stanza.kind.rawValue,
+            "type": stanza.type ?? (stanza.kind == .presence ? "available" : (stanza.kind == .message ? "normal" : "")),
+            "to": stanza.to ?? "", "from": stanza.from ?? "", "id": stanza.id ?? "",
+        ]
+        var result = ""
+        var rest = Substring(template)
+        while let open = rest.firstIndex(of: "{") {
+            result += rest[..<open]
+            let afterOpen = rest.index(after: open)
+            if let close = rest[afterOpen...].firstIndex(of: "}"), let value = values[String(rest[afterOpen..<close])] {
+                result += percentEncode(value)
+                rest = rest[rest.index(after: close)...]
+            } else {
+                result += "{"
+                rest = rest[afterOpen...]
+            }
+        }
+        return result + rest
+    }
+
+    static func percentEncode(_ value: String) -> String {
+        var out = ""
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            default:
+                let hex = String(byte, radix: 16, uppercase: true)
+                out += "%" + (byte < 16 ? "0" + hex : hex)
+            }
+        }
+        return out
+    }
+}
