@@ -108,6 +108,7 @@ public final class XMLStreamParser {
     @exclusivity(unchecked) private var events: [XMLStreamEvent] = []
     @exclusivity(unchecked) private var failure: XMLStreamError?
     private var libxmlMessage: String?
+    private var halted = false
     @exclusivity(unchecked) private var closed = false
     @exclusivity(unchecked) private var utf8 = UTF8Validator()
     @exclusivity(unchecked) private var bytesFed = 0
@@ -244,18 +245,21 @@ public final class XMLStreamParser {
         if let failure { throw failure }
         if status != 0 {
             var message = libxmlMessage ?? "malformed XML (libxml2 error \(status))"
-            if let error = xmlCtxtGetLastError(context), let text = error.pointee.message {
-                message = String(cString: text).trimmingWhitespace()
-                var column = Int(error.pointee.int2)
-                if let adjust = columnAdjustment, adjust.line == Int(error.pointee.line) { column = max(1, column - adjust.columns) }
-                message += " (line \(error.pointee.line), column \(column))"
-            }
+            if let error = xmlCtxtGetLastError(context), let described = describe(error) { message = described }
             throw fail(.notWellFormed, message)
         }
         // Bytes received for the stanza being built (or held by libxml2 waiting for '>').
         if bytesFed - boundary > limits.maxStanzaBytes {
             throw fail(.stanzaTooLarge, "stanza larger than \(limits.maxStanzaBytes) bytes")
         }
+    }
+
+    /// libxml2's message with the position (in fragments, as if the internal wrapper were not there).
+    private func describe(_ error: UnsafePointer<xmlError>) -> String? {
+        guard let text = error.pointee.message else { return nil }
+        var column = Int(error.pointee.int2)
+        if let adjust = columnAdjustment, adjust.line == Int(error.pointee.line) { column = max(1, column - adjust.columns) }
+        return String(cString: text).trimmingWhitespace() + " (line \(error.pointee.line), column \(column))"
     }
 
     @discardableResult
@@ -268,6 +272,13 @@ public final class XMLStreamParser {
     /// Records an error from inside a callback and stops libxml2.
     private func stop(_ code: XMLStreamError.Code, _ message: String) {
         fail(code, message)
+        halt()
+    }
+
+    /// Stops libxml2 (once) from inside a SAX callback, after a failure was recorded.
+    private func halt() {
+        guard !halted else { return }
+        halted = true
         if let context { xmlStopParser(context) }
     }
 
@@ -281,16 +292,23 @@ public final class XMLStreamParser {
         return names.string(pointer)
     }
 
+    /// A namespace URI. It comes from an `xmlns` attribute value, where libxml2 hands '&' over as "&#38;" as in
+    /// any attribute value (see `readAttributes`); names cannot hold '&', so the shared cache stays exact.
+    private func namespace(_ pointer: UnsafePointer<xmlChar>?) -> String? {
+        guard let pointer else { return nil }
+        return names.string(pointer, unescapingAmpersands: true)
+    }
+
     // MARK: SAX events
 
     fileprivate func startElement(
         localname: UnsafePointer<xmlChar>?, uri: UnsafePointer<xmlChar>?,
         attributeCount: Int, attributes: UnsafeMutablePointer<UnsafePointer<xmlChar>?>?
     ) {
-        guard failure == nil else { return }
+        guard failure == nil else { return halt() }
         depth += 1
         let elementName = name(localname) ?? ""
-        let namespace = name(uri)
+        let namespace = namespace(uri)
         if depth == 1 {
             if mode == .stream {
                 var header = Element(elementName, namespace: namespace)
@@ -326,10 +344,10 @@ public final class XMLStreamParser {
             var value = String(decoding: bytes, as: UTF8.self)
             // libxml2 hands '&' in attribute values over as "&#38;" (and only '&'): undo exactly that.
             if bytes.contains(UInt8(ascii: "&")) {
-                value = value.replacingAll("&#38;", with: "&")
+                value = value.replacingAll(libxmlAmpersand, with: "&")
             }
             let attributeName = name(base[0]) ?? ""
-            let namespace = name(base[2])
+            let namespace = namespace(base[2])
             let prefix = name(base[1])
             result.append(Attribute(name: attributeName, value: value, namespace: namespace, prefix: prefix))
         }
@@ -337,7 +355,7 @@ public final class XMLStreamParser {
     }
 
     fileprivate func endElement() {
-        guard failure == nil else { return }
+        guard failure == nil else { return halt() }
         defer { depth -= 1 }
         if depth == 1 {
             if mode == .fragment && !wrapperCloseFed {
@@ -364,7 +382,8 @@ public final class XMLStreamParser {
     }
 
     fileprivate func characters(_ pointer: UnsafePointer<xmlChar>?, _ length: Int) {
-        guard failure == nil, let pointer, length > 0 else { return }
+        guard failure == nil else { return halt() }
+        guard let pointer, length > 0 else { return }
         if stack.isEmpty {
             // Between stanzas: whitespace keepalives are fine; anything else is not.
             let buffer = UnsafeBufferPointer(start: pointer, count: length)
@@ -390,8 +409,25 @@ public final class XMLStreamParser {
         stop(.restrictedXML, "\(what) not allowed (restricted XML)")
     }
 
-    fileprivate func libxmlError(_ message: String) {
-        if libxmlMessage == nil { libxmlMessage = message }
+    /// libxml2's structured error report. Most errors also make `xmlParseChunk` fail; namespace errors (an
+    /// undeclared prefix, `xmlns:p=""`, a malformed QName, a reserved namespace misused) are only reported and
+    /// parsing goes on with a mangled name, so they are made fatal here (RFC 6120 §11.2: namespace
+    /// well-formedness). The callback only records the failure: libxml2 is in the middle of a start tag, so every
+    /// SAX callback after it is ignored and the next one stops the parser.
+    ///
+    /// Not fatal: XML_WAR_NS_URI ("not a valid URI", reported at error level despite its name). It is no
+    /// namespace constraint, and libxml2 checks the value with '&' already turned into "&#38;", so any URI with
+    /// two '&' (`urn:x?a=1&b=2`) would fail it.
+    fileprivate func libxmlError(_ error: UnsafePointer<xmlError>) {
+        let isNamespaceError =
+            error.pointee.domain == Int32(XML_FROM_NAMESPACE.rawValue)
+            && error.pointee.level.rawValue >= XML_ERR_ERROR.rawValue
+            && error.pointee.code != Int32(XML_WAR_NS_URI.rawValue)
+        if isNamespaceError {
+            if failure == nil { fail(.notWellFormed, describe(error) ?? "namespace error") }
+        } else if libxmlMessage == nil, let text = error.pointee.message {
+            libxmlMessage = String(cString: text).trimmingWhitespace()
+        }
     }
 
     // MARK: Callback table
@@ -421,11 +457,15 @@ public final class XMLStreamParser {
         h.elementDecl = { ctx, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("element declarations are") }
         h.attributeDecl = { ctx, _, _, _, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("attribute declarations are") }
         h.serror = { ctx, error in
-            guard let error, let text = error.pointee.message else { return }
-            XMLStreamParser.parser(ctx)?.libxmlError(String(cString: text).trimmingWhitespace())
+            guard let error else { return }
+            XMLStreamParser.parser(ctx)?.libxmlError(error)
         }
     }
 }
+
+/// How libxml2 (without XML_PARSE_NOENT) hands over every '&' in an attribute value, including `xmlns` values:
+/// "&amp;", "&#38;" and "&#x26;" in the source all arrive as this character reference, and no literal '&' does.
+let libxmlAmpersand = "&#38;"
 
 /// Strings for libxml2's interned names and namespace URIs, keyed by address: they live in the parser context's
 /// dictionary, so a pointer identifies its string for the life of the parser. Open addressing with a
@@ -438,7 +478,7 @@ fileprivate struct InternedNames {
 
     static let maxCount = 4096
 
-    mutating func string(_ pointer: UnsafePointer<xmlChar>) -> String {
+    mutating func string(_ pointer: UnsafePointer<xmlChar>, unescapingAmpersands: Bool = false) -> String {
         let key = UInt(bitPattern: pointer)
         if count > 0 {
             let mask = keys.count - 1
@@ -450,7 +490,10 @@ fileprivate struct InternedNames {
                 slot = (slot + 1) & mask
             }
         }
-        let value = String(cString: pointer)
+        var value = String(cString: pointer)
+        if unescapingAmpersands && value.utf8.contains(UInt8(ascii: "&")) {
+            value = value.replacingAll(libxmlAmpersand, with: "&")
+        }
         if count < Self.maxCount { insert(key, value) }
         return value
     }

@@ -257,6 +257,64 @@ let prosodyHeader =
         #expect(result.error?.code == .notWellFormed)
     }
 
+    // Namespace well-formedness (RFC 6120 §11.2). libxml2 reports these as recoverable namespace errors and would
+    // go on with a mangled name (`<p:x/>` as `x` in no namespace); the parser makes them fatal.
+    static let namespaceErrors = [
+        "<message to='a@b'><p:x/></message>",  // undeclared element prefix
+        "<message to='a@b'><x p:y='1'/></message>",  // undeclared attribute prefix
+        "<message to='a@b'><x xmlns:p=''/></message>",  // empty prefixed declaration
+        "<message to='a@b'><p:q:x xmlns:p='urn:p'/></message>",  // two colons in a QName
+        "<message to='a@b'><x xmlns='http://www.w3.org/XML/1998/namespace'/></message>",  // XML namespace as default
+        "<message to='a@b'><x xmlns:xml='urn:not-xml'/></message>",  // rebinding the xml prefix
+    ]
+
+    @Test(arguments: namespaceErrors)
+    func namespaceErrorsAreNotWellFormed(_ stanza: String) {
+        let result = parseAllSplits(prosodyHeader + "<presence to='a@b'/>" + stanza + "<presence to='c@d'/>")
+        #expect(result.error?.code == .notWellFormed, "\(stanza) gave \(String(describing: result.error))")
+        #expect(result.error?.streamCondition == "not-well-formed")
+        #expect(stanzas(result.events).map(\.name) == ["presence"], "parsing stops at the bad stanza")
+    }
+
+    @Test func undeclaredPrefixErrorSaysWhere() {
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><foo:bar/></message>")
+        #expect(result.error?.message.contains("foo") == true, "\(String(describing: result.error))")
+        #expect(result.error?.message.contains("line 1") == true, "\(String(describing: result.error))")
+    }
+
+    @Test func ampersandInNamespaceURIsIsUnescapedOnce() throws {
+        let xml = prosodyHeader + """
+            <message to='a@b'><x xmlns='urn:a&amp;b' xmlns:p='urn:p&#38;q&amp;amp;' p:at='v'><p:y/></x></message>
+            """
+        let result = parseAllSplits(xml)
+        #expect(result.error == nil)
+        let x = try #require(stanzas(result.events).first?.elements.first)
+        #expect(x.namespace == "urn:a&b")
+        #expect(x.attributes == [Attribute(name: "at", value: "v", namespace: "urn:p&q&amp;", prefix: "p")])
+        #expect(x.elements.first?.namespace == "urn:p&q&amp;")
+        // The serializer escapes it again, and the round trip is stable.
+        let out = try x.serialized()
+        let reparsed = try XMLStreamParser.parseFragment(Array(out.utf8), maxElements: 1)
+        #expect(reparsed == [x], "\(out)")
+    }
+
+    @Test func namespaceThatLibxmlCallsAnInvalidURIIsAccepted() throws {
+        // libxml2 checks the "&#38;" form, where a second '&' makes a second '#'; the URI itself is fine.
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><x xmlns='urn:x?a=1&amp;b=2&amp;c'/></message>")
+        #expect(result.error == nil)
+        #expect(try #require(stanzas(result.events).first).elements.first?.namespace == "urn:x?a=1&b=2&c")
+    }
+
+    @Test func elementInTheXMLNamespaceParses() throws {
+        let result = parseAllSplits(prosodyHeader + "<message to='a@b'><xml:foo xml:lang='en'><bar/></xml:foo></message>")
+        #expect(result.error == nil)
+        let foo = try #require(stanzas(result.events).first?.elements.first)
+        #expect(foo.name == "foo")
+        #expect(foo.namespace == Namespace.xml)
+        #expect(foo[attribute: "xml:lang"] == "en")
+        #expect(foo.elements.first?.namespace == Namespace.componentAccept)
+    }
+
     @Test func parserIsFinishedAfterAnError() {
         let parser = XMLStreamParser()
         #expect(throws: XMLStreamError.self) { try parser.feed(Array((prosodyHeader + "<!-- x -->").utf8)) }
@@ -339,6 +397,22 @@ let prosodyHeader =
         let message = error("<message><body>x</bdy></message>")?.message ?? ""
         #expect(message.contains("line 1, column 23"), "\(message)")
         #expect(!message.contains("stanzad-fragment"))
+    }
+
+    @Test(arguments: XMLStreamParserTests.namespaceErrors)
+    func namespaceErrorsAreNotWellFormed(_ stanza: String) {
+        #expect(error(stanza)?.code == .notWellFormed)
+    }
+
+    @Test func namespaceErrorPositionIgnoresTheInternalWrapper() {
+        let message = error("<message><p:x/></message>")?.message ?? ""
+        #expect(message.contains("line 1, column 14"), "\(message)")
+        #expect(!message.contains("stanzad-fragment"))
+    }
+
+    @Test func ampersandInNamespaceURI() throws {
+        let elements = try parse("<x xmlns='urn:a&amp;b'/>").get()
+        #expect(elements.first?.namespace == "urn:a&b")
     }
 
     @Test func emptyFragmentHasNoElements() throws {
