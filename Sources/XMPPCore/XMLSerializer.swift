@@ -29,7 +29,7 @@ extension Element {
         var out = ""
         out.reserveCapacity(256)
         let omitTop = Namespace.isStanzaNamespace(namespace)
-        try XMLWriter.write(self, into: &out, inherited: omitTop ? namespace : nil, prefixes: [:])
+        try XMLWriter.write(self, into: &out, inherited: omitTop ? namespace : nil, prefixes: [:], top: true)
         return out
     }
 
@@ -45,13 +45,23 @@ extension Element {
 }
 
 enum XMLWriter {
+    /// Writes `element` where `inherited` is the default namespace in scope (nil: none). An element in the XML
+    /// namespace takes the `xml:` prefix, which is predeclared and may never be declared (nor may that namespace
+    /// be the default), and leaves the default namespace in scope as it is for its children; at the `top` of a
+    /// document, where the default namespace of the context is not known, it sets it to none (`xmlns=""`).
     static func write(
-        _ element: Element, into out: inout String, inherited: String?, prefixes: [String: String]
+        _ element: Element, into out: inout String, inherited: String?, prefixes: [String: String], top: Bool = false
     ) throws(XMLSerializationError) {
         try checkName(element.name)
+        let inXMLNamespace = element.namespace == Namespace.xml
+        let tag = inXMLNamespace ? "xml:" + element.name : element.name
+        var inScope = element.namespace
         out += "<"
-        out += element.name
-        if element.namespace != inherited {
+        out += tag
+        if inXMLNamespace {
+            inScope = top ? nil : inherited
+            if top { out += " xmlns=\"\"" }
+        } else if element.namespace != inherited {
             out += " xmlns=\""
             try escape(element.namespace ?? "", attribute: true, into: &out)
             out += "\""
@@ -98,11 +108,11 @@ enum XMLWriter {
             case .text(let text):
                 try escape(text, attribute: false, into: &out)
             case .element(let e):
-                try write(e, into: &out, inherited: element.namespace, prefixes: scope)
+                try write(e, into: &out, inherited: inScope, prefixes: scope)
             }
         }
         out += "</"
-        out += element.name
+        out += tag
         out += ">"
     }
 

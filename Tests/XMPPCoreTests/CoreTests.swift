@@ -65,6 +65,37 @@ private func parseOne(_ xml: String) throws -> Element {
         #expect(try parseOne(try body.serialized()).text == text)
     }
 
+    @Test func xmlLangRoundTripsWithoutDeclaringTheXMLNamespace() throws {
+        var message = Element("message", namespace: Namespace.client)
+        message[attribute: "xml:lang"] = "de"
+        var body = Element("body", namespace: Namespace.client, text: "hallo")
+        body.attributes.append(.lang("de-AT"))
+        message.append(body)
+        let out = try message.serialized()
+        #expect(out == "<message xml:lang=\"de\"><body xml:lang=\"de-AT\">hallo</body></message>")
+        #expect(try parseOne(out) == message)
+    }
+
+    @Test func elementsInTheXMLNamespaceUseThePredeclaredPrefix() throws {
+        // Namespaces in XML: the XML namespace may not be declared (nor be the default); its prefix is predeclared.
+        var foo = Element("foo", namespace: Namespace.xml, attributes: [.lang("en")])
+        foo.append(Element("bar", namespace: Namespace.client))
+        foo.append(Element("baz", namespace: "urn:z"))
+        var message = Element("message", namespace: Namespace.client)
+        message.append(foo)
+        let out = try message.serialized()
+        #expect(out == "<message><xml:foo xml:lang=\"en\"><bar/><baz xmlns=\"urn:z\"/></xml:foo></message>")
+        #expect(!out.contains(Namespace.xml))
+        #expect(try parseOne(out) == message)
+
+        // At the top the context's default namespace is unknown: the children's (none) is pinned.
+        var top = Element("foo", namespace: Namespace.xml)
+        top.append(Element("bar"))
+        let topOut = try top.serialized()
+        #expect(topOut == "<xml:foo xmlns=\"\"><bar/></xml:foo>")
+        #expect(try XMLStreamParser.parseFragment(Array(topOut.utf8), defaultNamespace: "urn:elsewhere") == [top])
+    }
+
     @Test func invalidNamesAreRefused() {
         for name in ["", "1abc", "a b", "a<b", "-x", "a&b", "a\"b"] {
             #expect(throws: XMLSerializationError.self, "\(name)") { try Element(name).serialized() }
