@@ -1,4 +1,4 @@
-// libFuzzer target for the XML stream parser (and, once it lands, the JSON mapping).
+// libFuzzer target for the XML stream parser, the serializer and the JSON mapping.
 //
 // Built by `scripts/fuzz` with `-sanitize=fuzzer,address -DFUZZING`: then this file exports
 // `LLVMFuzzerTestOneInput` and libFuzzer provides `main`. In a normal build it is a replayer:
@@ -11,7 +11,7 @@
 //                       bits pick the largest chunk (2, 9, 100, 1500 bytes), all of it seeds the split positions
 //   '2'       fragment: `XMLStreamParser.parseFragment` on the payload; byte 1 picks maxElements, the default
 //                       namespace and whether to compare with a stream parse of the same bytes
-//   '3'       JSON:     the JSON mapping (a no-op until `StanzaJSON` exists, see `fuzzJSON`)
+//   '3'       JSON:     `StanzaJSON.decode` on the payload, then serialize, re-parse and JSON round trips (`fuzzJSON`)
 //
 // Every invariant violation ends in `fatalError` with a description; libFuzzer then saves the input.
 
@@ -305,9 +305,7 @@ func fuzzFragment(_ payload: [UInt8], parameter: UInt8) {
             let events = try? parser.feed(stream)
         else { return }
         let stanzas = events.compactMap { event -> Element? in if case .stanza(let e) = event { e } else { nil } }
-        if let first = stanzas.first, canonical(first) != canonical(elements[0]),
-            !(toleratesKnownBugs && showsKnownBug(elements[0]))
-        {
+        if let first = stanzas.first, canonical(first) != canonical(elements[0]) {
             fatalError("fragment and stream parse differ:\n  fragment \(elements[0].xmlDescription)\n  stream   \(first.xmlDescription)")
         }
     }
@@ -330,8 +328,7 @@ func canonical(_ element: Element) -> Element {
 /// A parsed element serializes (unless it holds a character XML 1.0 cannot carry) and re-parses to itself;
 /// its depth is within the limit and it has no empty or adjacent text nodes (the parser merges character data).
 func checkStanza(_ element: Element) {
-    checkShape(element, level: 1)
-    if toleratesKnownBugs && showsKnownBug(element) { return }
+    checkShape(element, level: 1, maxDepth: fuzzLimits.maxDepth)
     let xml: String
     do {
         xml = try element.serialized()
@@ -339,12 +336,20 @@ func checkStanza(_ element: Element) {
         if error.code == .forbiddenCharacter { return }
         fatalError("parsed element does not serialize: \(error)\n\(String(reflecting: element))")
     }
+    // The serialization may be larger than the input (escaping), so parse it without the small byte cap.
+    checkReparses(element, xml, limits: XMLLimits(maxDepth: fuzzLimits.maxDepth))
+    if let stanza = Stanza(element) { checkJSONOfParsed(stanza) }
+}
+
+/// `xml`, the serialization of `element`, parses back to `element` (up to attribute prefixes).
+func checkReparses(_ element: Element, _ xml: String, limits: XMLLimits) {
     let reparsed: [Element]
     do {
-        // The serialization may be larger than the input (escaping), so parse it without the small byte cap.
+        // The default namespace an unprefixed top element without `xmlns` takes. The XML namespace cannot be a
+        // default; an element in it is written with the `xml:` prefix and needs none.
+        let context = element.namespace == Namespace.xml ? "" : element.namespace ?? ""
         reparsed = try XMLStreamParser.parseFragment(
-            Array(xml.utf8), defaultNamespace: element.namespace ?? "",
-            limits: XMLLimits(maxDepth: fuzzLimits.maxDepth), maxElements: 1)
+            Array(xml.utf8), defaultNamespace: context, limits: limits, maxElements: 1)
     } catch {
         fatalError("serialization does not re-parse: \(error)\n  xml: \(xml)\n  element: \(String(reflecting: element))")
     }
@@ -355,38 +360,8 @@ func checkStanza(_ element: Element) {
     }
 }
 
-/// KNOWN BUGS (reported, not yet fixed). Set to false once the parser handles these, to check them again.
-///
-/// 1. Namespace errors are accepted. libxml2 reports an undeclared prefix or a name with two colons as a
-///    recoverable namespace error and the parser goes on: `<p:x/>` with `p` undeclared becomes `x` in no
-///    namespace, `<p:q:x/>` becomes an element named "q:x", `<a p:x='1' x='2'/>` gets two attributes `x`
-///    without a namespace. Such elements do not round-trip (the re-parse reads "q:x" as an undeclared prefix
-///    again; the two `x` attributes are a duplicate). RFC 6120 §11.2 requires namespace well-formedness.
-/// 2. '&' in a namespace URI comes out as "&#38;". libxml2 (without XML_PARSE_NOENT) hands '&' in attribute
-///    values over as "&#38;"; the parser undoes that for attribute values but not for `xmlns`/`xmlns:p` values,
-///    so `<x xmlns='urn:a&amp;b'/>` is in namespace "urn:a&#38;b" (and each round trip adds another "#38;").
-/// 3. An element in the XML namespace (`<xml:foo/>`, valid input) is serialized with
-///    `xmlns="http://www.w3.org/XML/1998/namespace"`, which Namespaces in XML forbids; the re-parse drops the
-///    namespace. The serializer should write the `xml:` prefix for such elements.
-let toleratesKnownBugs = true
-
-/// Traces of a known bug: a colon in a local name, an attribute whose prefix was not bound to a namespace,
-/// "&#38;" in a namespace URI, an element in the XML namespace.
-func showsKnownBug(_ element: Element) -> Bool {
-    func mangled(_ namespace: String?) -> Bool { namespace?.contains("&#38;") ?? false }
-    if element.name.utf8.contains(UInt8(ascii: ":")) || mangled(element.namespace) || element.namespace == Namespace.xml {
-        return true
-    }
-    for attribute in element.attributes {
-        if attribute.name.utf8.contains(UInt8(ascii: ":")) || mangled(attribute.namespace) { return true }
-        if attribute.prefix != nil && attribute.namespace == nil { return true }
-    }
-    for case .element(let child) in element.children where showsKnownBug(child) { return true }
-    return false
-}
-
-func checkShape(_ element: Element, level: Int) {
-    guard level <= fuzzLimits.maxDepth else { fatalError("element deeper than maxDepth: \(element.xmlDescription)") }
+func checkShape(_ element: Element, level: Int, maxDepth: Int) {
+    guard level <= maxDepth else { fatalError("element deeper than maxDepth: \(element.xmlDescription)") }
     guard !element.name.isEmpty else { fatalError("element with an empty name") }
     var previousWasText = false
     for child in element.children {
@@ -397,20 +372,107 @@ func checkShape(_ element: Element, level: Int) {
             previousWasText = true
         case .element(let e):
             previousWasText = false
-            checkShape(e, level: level + 1)
+            checkShape(e, level: level + 1, maxDepth: maxDepth)
         }
     }
 }
 
-// MARK: JSON mapping (pending)
+// MARK: JSON mode
 
-/// Fuzz entry for the JSON mapping.
-///
-/// TODO(StanzaJSON): once `StanzaJSON` (the mod_rest-compatible JSON <-> stanza mapping in XMPPCore) lands,
-/// decode `bytes` as JSON into a stanza; for every stanza it accepts, check that it serializes (or refuses
-/// only with `XMLSerializationError`), that the XML re-parses with `parseFragment` to the same element, and
-/// that encoding it back to JSON and decoding again is stable. Also map each stream/fragment stanza above to
-/// JSON and back. Until then this mode does nothing (libFuzzer soon learns it finds no coverage here).
+/// JSON → stanza never crashes (a refusal is a `JSONMappingError`); whatever it accepts serializes, re-parses to
+/// itself and survives the JSON round trips below.
 func fuzzJSON(_ bytes: [UInt8]) {
-    _ = bytes
+    let stanza: Stanza
+    do {
+        stanza = try StanzaJSON.decode(parsing: bytes)
+    } catch {
+        return
+    }
+    func report(_ what: String) -> Never {
+        fatalError("JSON mode: \(what)\n  input:  \(String(decoding: bytes, as: UTF8.self))\n  stanza: \(String(reflecting: stanza.element))")
+    }
+    guard Namespace.isStanzaNamespace(stanza.element.namespace), Stanza(stanza.element) != nil else {
+        report("decoded element is not a stanza")
+    }
+    // A decoded stanza carries only characters XML can carry: JSON refuses the others field by field.
+    let xml: String
+    do {
+        xml = try stanza.serialized()
+    } catch {
+        report("decoded stanza does not serialize: \(error)")
+    }
+    // No depth or size cap here: `html` and `stanza` are parsed with the default limits one or two levels below
+    // the top, and escaping makes the text longer.
+    let unlimited = XMLLimits(maxDepth: .max, maxStanzaBytes: .max)
+    checkShape(stanza.element, level: 1, maxDepth: .max)
+    checkReparses(stanza.element, xml, limits: unlimited)
+
+    // With `stanza`, the JSON form is lossless.
+    checkLosslessJSON(stanza, expected: stanza.element)
+    // Without it, the mapping keeps only what it knows; a stanza that came from the mapping itself (no `stanza`
+    // field) must map back. For any stanza, once mapped back, the mapping is at a fixed point.
+    let fromMapping = (try? JSONValue.parse(bytes))?["stanza"]?.stringValue == nil
+    checkLossyJSON(stanza, mustDecode: fromMapping)
+}
+
+/// A parsed stanza (stream or fragment mode) through JSON: the lossless form decodes to the same stanza, as the
+/// REST API and the handlers would see it (in `jabber:client`, like any stanza XML without `xmlns`).
+func checkJSONOfParsed(_ stanza: Stanza) {
+    // `decode` refuses a `stanza` whose to/from are not JIDs; that is the mapping's rule, not a round-trip failure.
+    for name in ["to", "from"] {
+        if let value = stanza.element[attribute: name], (try? JID(value)) == nil { return }
+    }
+    guard (try? stanza.serialized()) != nil else { return }  // `encode` then leaves `stanza` out
+    checkLosslessJSON(stanza, expected: rebased(stanza.element, from: stanza.element.namespace, to: Namespace.client))
+    checkLossyJSON(stanza, mustDecode: false)
+}
+
+func checkLosslessJSON(_ stanza: Stanza, expected: Element) {
+    let json = StanzaJSON.encode(stanza, includeStanza: true)
+    let text = json.serializedBytes()
+    do {
+        let decoded = try StanzaJSON.decode(parsing: text)
+        if canonical(decoded.element) != canonical(expected) {
+            fatalError(
+                "JSON with \"stanza\" does not decode to the same stanza\n  json:    \(json)\n"
+                    + "  before:  \(String(reflecting: expected))\n  after:   \(String(reflecting: decoded.element))")
+        }
+    } catch {
+        fatalError("JSON with \"stanza\" does not decode: \(error)\n  json: \(json)\n  stanza: \(String(reflecting: stanza.element))")
+    }
+}
+
+/// encode → decode → encode → decode → encode: the second and third JSON forms are equal (the first may still
+/// lose what the mapping cannot hold, or gain defaults such as `undefined-condition`).
+func checkLossyJSON(_ stanza: Stanza, mustDecode: Bool) {
+    let first = StanzaJSON.encode(stanza)
+    let second: JSONValue
+    do {
+        let decoded = try StanzaJSON.decode(parsing: first.serializedBytes())
+        second = StanzaJSON.encode(decoded)
+    } catch {
+        if mustDecode { fatalError("the JSON form of a decoded stanza does not decode: \(error)\n  json: \(first)") }
+        return
+    }
+    do {
+        let decoded = try StanzaJSON.decode(parsing: second.serializedBytes())
+        let third = StanzaJSON.encode(decoded)
+        if third != second {
+            fatalError("the JSON mapping is not at a fixed point\n  first:  \(first)\n  second: \(second)\n  third:  \(third)")
+        }
+    } catch {
+        fatalError("re-encoded JSON does not decode: \(error)\n  first:  \(first)\n  second: \(second)")
+    }
+}
+
+/// `element` with the namespace `old` replaced by `new` where it is inherited from the top, as when XML written
+/// without the top `xmlns` is read in a context whose default namespace is `new`.
+func rebased(_ element: Element, from old: String?, to new: String) -> Element {
+    guard element.namespace == old else { return element }
+    var copy = element
+    copy.namespace = new
+    copy.children = copy.children.map { node in
+        if case .element(let child) = node { .element(rebased(child, from: old, to: new)) } else { node }
+    }
+    return copy
 }
