@@ -714,6 +714,8 @@ public enum StanzaJSON {
     }
 
     static func validJID(_ string: String, field: String) throws(JSONMappingError) -> String {
+        // JID validation allows U+FFFE and U+FFFF in a resource; XML cannot carry them.
+        try checkXMLCharacters(string, field: field)
         do {
             return try JID(string).description
         } catch {

@@ -508,6 +508,11 @@ struct MappingCase: CustomTestStringConvertible, Sendable {
         Bad(json: #"{"to":"bot.example.org","id":"a\u0001"}"#, code: .invalidField, field: "id", says: ["U+0001"]),
         Bad(json: #"{"to":"not a jid"}"#, code: .invalidJID, field: "to", says: [#""to" is not a valid JID"#]),
         Bad(json: #"{"from":"@example.org"}"#, code: .invalidJID, field: "from", says: ["from", "empty localpart"]),
+        // Found by StanzaFuzz: JIDs were not checked for characters XML cannot carry, so decode accepted a stanza
+        // that could not be serialized.
+        Bad(json: #"{"kind":"presence","to":"room@muc/nick\uFFFE"}"#, code: .invalidField, field: "to", says: ["to", "U+FFFE"]),
+        Bad(json: #"{"items":["a@b/\uFFFF"]}"#, code: .invalidField, field: "items[0]", says: ["items[0]", "U+FFFF"]),
+        Bad(json: #"{"error":{"condition":"gone","by":"a@b/\uFFFE"}}"#, code: .invalidField, field: "error.by", says: ["U+FFFE"]),
         Bad(json: #"{"to":["a@b"]}"#, code: .invalidField, field: "to", says: ["must be a string", "an array"]),
         Bad(json: #"{"priority":"high"}"#, code: .invalidField, field: "priority", says: ["priority", "-128 to 127", #""high""#]),
         Bad(json: #"{"priority":200}"#, code: .invalidField, field: "priority", says: ["-128 to 127", "200"]),
