@@ -86,7 +86,15 @@ let package = Package(
             swiftSettings: strict),
 
         // libfcgi acceptor and the mod_rest-compatible REST API.
-        .target(name: "FastCGIFront", dependencies: ["XMPPCore", "CFastCGI"], swiftSettings: strict),
+        .target(
+            name: "FastCGIFront",
+            dependencies: [
+                "XMPPCore", "ComponentLink", "CFastCGI",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
 
         // The `stanzad` executable: CLI, config, wiring, lifecycle.
         .executableTarget(
@@ -122,6 +130,7 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing"], swiftSettings: strict),
         .testTarget(name: "ExecutorTests", dependencies: ["Executor"], swiftSettings: strict),
         .testTarget(name: "WebhooksTests", dependencies: ["Webhooks"], swiftSettings: strict),
+        .testTarget(name: "FastCGIFrontTests", dependencies: ["FastCGIFront"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -99,6 +99,21 @@ struct Run: AsyncParsableCommand {
         let (routes, pools, webhookClient) = RouteFactory.build(config, environment: ProcessInfo.processInfo.environment, logger: logger)
         let dispatcher = Dispatcher(routes: routes, builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
         let router = Router(connection: connection, dispatcher: dispatcher, logger: logger)
+        var front: FastCGIServer?
+        if let rest = config.rest {
+            // Before the ServiceGroup: libfcgi installs signal handlers that swift-service-lifecycle must replace.
+            guard FastCGILibrary.initialize() else {
+                logger.error("libfcgi could not be initialised")
+                throw ExitCode(ExitStatus.internalError)
+            }
+            let api = RestAPI(
+                settings: RestSettings(
+                    domain: config.component.jid, path: rest.path, credentials: rest.credentials,
+                    iqTimeout: .seconds(rest.iqTimeout), maxIQTimeout: .seconds(rest.maxIQTimeout), maxBody: rest.maxBody,
+                    maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
+                sender: LinkSender(connection: connection))
+            front = FastCGIServer(listen: rest.listen, socketMode: rest.socketMode, api: api, logger: logger)
+        }
         logger.notice("stanzad starting", metadata: [
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
@@ -109,10 +124,10 @@ struct Run: AsyncParsableCommand {
                     .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
                 ] + pools.map { .init(service: $0) } + [
-                    // Last, so it stops first: no new stanzas; its running handlers finish while the link and
-                    // the workers are still up.
+                    // Services stop in reverse order: the REST front first (waiting requests get 503), then the
+                    // router (no new stanzas; running handlers finish while workers and the link are still up).
                     .init(service: router),
-                ],
+                ] + (front.map { [.init(service: $0)] } ?? []),
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {

@@ -1,0 +1,446 @@
+// The mod_rest-compatible REST API (SPEC §9) as request in, response out: routes, auth, body parsing,
+// stamping and validation with their status codes, content negotiation, the iq long-poll, /health.
+
+import ComponentLink
+import XMPPCore
+
+public struct RestSettings: Sendable {
+    public var domain: String
+    public var path: String
+    public var credentials: [String]
+    public var iqTimeout: Duration
+    public var maxIQTimeout: Duration
+    public var maxBody: Int
+    public var maxPending: Int
+    public var sendWait: Duration
+    public var maxStanza: Int
+
+    public init(domain: String, path: String = "/rest", credentials: [String], iqTimeout: Duration = .seconds(120),
+                maxIQTimeout: Duration = .seconds(300), maxBody: Int = 196_608, maxPending: Int = 10_000,
+                sendWait: Duration = .seconds(5), maxStanza: Int = 524_288) {
+        self.domain = domain.lowercased()
+        var path = path
+        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+        self.path = path
+        self.credentials = credentials
+        self.iqTimeout = iqTimeout
+        self.maxIQTimeout = maxIQTimeout
+        self.maxBody = maxBody
+        self.maxPending = maxPending
+        self.sendWait = sendWait
+        self.maxStanza = maxStanza
+    }
+}
+
+/// A failed request: HTTP status plus the stanza error that describes it.
+struct RestFailure: Error {
+    var status: Int
+    var error: StanzaError
+    var headers: [(String, String)] = []
+
+    init(_ status: Int, _ type: StanzaError.ErrorType, _ condition: StanzaError.Condition, _ text: String, headers: [(String, String)] = []) {
+        self.status = status
+        self.error = StanzaError(type, condition, text: text)
+        self.headers = headers
+    }
+}
+
+public final class RestAPI: Sendable {
+    public let settings: RestSettings
+    let sender: any StanzaSender
+
+    public init(settings: RestSettings, sender: any StanzaSender) {
+        self.settings = settings
+        self.sender = sender
+    }
+
+    static let xmppXML = "application/xmpp+xml"
+    static let json = "application/json"
+
+    public func handle(_ request: RestRequest) async -> RestResponse {
+        let output = Negotiation.choose(accept: request.accept, requestType: Negotiation.mediaType(request.contentType))
+        do {
+            return try await route(request, output: output)
+        } catch let failure as RestFailure {
+            return errorResponse(failure, output: output)
+        } catch {
+            return errorResponse(RestFailure(500, .wait, .internalServerError, "\(error)"), output: output)
+        }
+    }
+
+    // MARK: Routing
+
+    private func route(_ request: RestRequest, output: String) async throws -> RestResponse {
+        guard request.path == settings.path || request.path.hasPrefix(settings.path + "/") else {
+            throw RestFailure(404, .cancel, .itemNotFound, "no such resource; the REST API is at \(settings.path)")
+        }
+        let rest = request.path.dropFirst(settings.path.count)
+        var segments = rest.split(separator: "/", omittingEmptySubsequences: false).map { Self.percentDecode(String($0)) }
+        if segments.first == "" { segments.removeFirst() }
+        if segments.last == "" && segments.count == 1 { segments.removeLast() }
+
+        if segments == ["health"] {
+            try allow(request, ["GET", "HEAD"])
+            return health()
+        }
+        try authorize(request)
+        switch segments.count {
+        case 0:
+            try allow(request, ["POST"])
+            let stanza = try parse(request, kind: nil, type: nil, to: nil)
+            return try await send(stanza, request: request, output: output)
+        case 1 where segments[0] == "echo":
+            try allow(request, ["POST"])
+            let stanza = try stamp(try parse(request, kind: nil, type: nil, to: nil))
+            return encode(stanza, status: 200, output: output)
+        case 2:
+            try allow(request, ["GET"])
+            let stanza = try stamp(try queryIQ(segments[0], to: segments[1], query: request.query))
+            return try await send(stanza, request: request, output: output)
+        case 3:
+            try allow(request, ["POST"])
+            guard let kind = StanzaKind(rawValue: segments[0]) else {
+                throw RestFailure(404, .cancel, .itemNotFound, "unknown kind \(JID.quoted(segments[0])) in the path (use message, presence or iq)")
+            }
+            let stanza = try parse(request, kind: kind, type: segments[1].isEmpty ? nil : segments[1], to: segments[2].isEmpty ? nil : segments[2])
+            return try await send(stanza, request: request, output: output)
+        default:
+            throw RestFailure(404, .cancel, .itemNotFound, "no such resource under \(settings.path)")
+        }
+    }
+
+    private func allow(_ request: RestRequest, _ methods: [String]) throws {
+        guard methods.contains(request.method.uppercased()) else {
+            throw RestFailure(405, .cancel, .notAllowed, "method \(request.method) is not allowed here; use \(methods.joined(separator: " or "))",
+                              headers: [("Allow", methods.joined(separator: ", "))])
+        }
+    }
+
+    // MARK: Auth
+
+    private func authorize(_ request: RestRequest) throws {
+        guard let header = request.authorization, !header.isEmpty else {
+            throw RestFailure(401, .auth, .notAuthorized, "credentials required (Authorization header)",
+                              headers: [("WWW-Authenticate", "Bearer realm=\"\(settings.domain)\"")])
+        }
+        let presented = Self.normalizedCredential(header)
+        var accepted = false
+        for credential in settings.credentials {
+            // Every credential is compared in full, so timing says nothing about which one nearly matched.
+            if Self.constantTimeEqual(presented, Self.normalizedCredential(credential)) { accepted = true }
+        }
+        guard accepted else {
+            throw RestFailure(403, .auth, .forbidden, "credentials not accepted")
+        }
+    }
+
+    /// "Scheme data" with the scheme lower-cased (schemes are case-insensitive, the data is not).
+    static func normalizedCredential(_ value: String) -> [UInt8] {
+        let trimmed = value.drop { $0 == " " }
+        guard let space = trimmed.firstIndex(of: " ") else { return Array(trimmed.utf8) }
+        return Array((trimmed[..<space].lowercased() + trimmed[space...]).utf8)
+    }
+
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var difference = UInt8(a.count == b.count ? 0 : 1)
+        for index in 0..<max(a.count, b.count) {
+            difference |= (index < a.count ? a[index] : 0) ^ (index < b.count ? b[index] : 0)
+        }
+        return difference == 0
+    }
+
+    // MARK: Health
+
+    private func health() -> RestResponse {
+        let state = sender.linkState
+        let body = JSONValue.object(["component": .string(state), "jid": .string(settings.domain)]).serializedBytes()
+        return RestResponse(status: state == "connected" ? 200 : 503, headers: [("Content-Type", Self.json)], body: body)
+    }
+
+    // MARK: Body → stanza
+
+    private func parse(_ request: RestRequest, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
+        if let length = request.contentLength, length > settings.maxBody {
+            throw RestFailure(413, .modify, .resourceConstraint, "body of \(length) bytes exceeds max_body (\(settings.maxBody) bytes)")
+        }
+        guard request.body.count <= settings.maxBody else {
+            throw RestFailure(413, .modify, .resourceConstraint, "body exceeds max_body (\(settings.maxBody) bytes)")
+        }
+        let media = Negotiation.mediaType(request.contentType)
+        if request.body.isEmpty && (media.isEmpty || media == "application/x-www-form-urlencoded") {
+            guard let kind else {
+                throw RestFailure(400, .modify, .badRequest, "empty body: send a stanza (XML, JSON, form or text)")
+            }
+            return try fromJSON(.object([:]), kind: kind, type: type, to: to)
+        }
+        switch media {
+        case Self.xmppXML, "application/xml", "text/xml":
+            return try fromXML(request.body)
+        case Self.json:
+            let value: JSONValue
+            do {
+                value = try JSONValue.parse(request.body)
+            } catch {
+                throw RestFailure(400, .modify, .badRequest, "malformed JSON: \(error.message)")
+            }
+            return try fromJSON(value, kind: kind, type: type, to: to)
+        case "application/x-www-form-urlencoded":
+            guard let form = Self.parseForm(request.body) else {
+                throw RestFailure(400, .modify, .badRequest, "malformed form body (expected key=value&…)")
+            }
+            return try fromJSON(.object(form.mapValues { .string($0) }), kind: kind, type: type, to: to)
+        case "text/plain":
+            guard UTF8Validator.isValid(request.body) else {
+                throw RestFailure(400, .modify, .badRequest, "text body is not valid UTF-8")
+            }
+            let text = String(decoding: request.body, as: UTF8.self)
+            switch kind ?? .message {
+            case .message:
+                guard to != nil else {
+                    throw RestFailure(422, .modify, .badRequest, "a text/plain body needs the recipient in the path: POST \(settings.path)/message/chat/{to}")
+                }
+                return try fromJSON(.object(["body": .string(text)]), kind: .message, type: type ?? "chat", to: to)
+            case .presence:
+                return try fromJSON(.object(["show": .string(text)]), kind: .presence, type: type, to: to)
+            case .iq:
+                throw RestFailure(422, .modify, .badRequest, "an iq cannot be sent as text/plain")
+            }
+        case "":
+            throw RestFailure(415, .cancel, .featureNotImplemented, "Content-Type missing; use application/xmpp+xml, application/json, application/x-www-form-urlencoded or text/plain")
+        default:
+            throw RestFailure(415, .cancel, .featureNotImplemented, "unsupported Content-Type \(JID.quoted(media)); use application/xmpp+xml, application/json, application/x-www-form-urlencoded or text/plain")
+        }
+    }
+
+    private func fromXML(_ body: [UInt8]) throws -> Stanza {
+        let elements: [Element]
+        do {
+            elements = try XMLStreamParser.parseFragment(body, limits: XMLLimits(maxStanzaBytes: settings.maxBody), maxElements: 1)
+        } catch {
+            let text = error.code == .multipleRoots ? "the body must hold exactly one stanza" : "malformed XML: \(error.message)"
+            throw RestFailure(400, .modify, .badRequest, text)
+        }
+        guard let element = elements.first else {
+            throw RestFailure(400, .modify, .badRequest, "the body holds no stanza")
+        }
+        guard element.namespace == Namespace.client else {
+            throw RestFailure(422, .modify, .badRequest, "the stanza's xmlns must be jabber:client or absent, not \(JID.quoted(element.namespace ?? ""))")
+        }
+        guard let stanza = Stanza(element) else {
+            throw RestFailure(422, .modify, .badRequest, "<\(element.name)> is not a stanza (use message, presence or iq)")
+        }
+        return stanza
+    }
+
+    private func fromJSON(_ value: JSONValue, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
+        guard case .object(var object) = value else {
+            throw RestFailure(400, .modify, .badRequest, "the JSON body must be an object such as {\"to\": \"…\", \"body\": \"…\"}")
+        }
+        // Path values win over the body (mod_rest); `to` only when the path has one.
+        if let kind { object["kind"] = .string(kind.rawValue) }
+        if let type { object["type"] = .string(type) }
+        if let to { object["to"] = .string(to) }
+        do {
+            return try StanzaJSON.decode(.object(object))
+        } catch {
+            let status = error.code == .invalidJID ? 422 : 400
+            throw RestFailure(status, .modify, error.code == .invalidJID ? .jidMalformed : .badRequest, error.message)
+        }
+    }
+
+    /// `GET {path}/{query}/{to}`: an iq get with the named payload.
+    private func queryIQ(_ query: String, to: String, query parameters: String) throws -> Stanza {
+        var iq = Stanza(kind: .iq, type: "get", to: to)
+        let values = Self.parseForm(Array(parameters.utf8)) ?? [:]
+        var payload: Element
+        switch query {
+        case "ping": payload = Element("ping", namespace: "urn:xmpp:ping")
+        case "version": payload = Element("query", namespace: "jabber:iq:version")
+        case "disco": payload = Element("query", namespace: "http://jabber.org/protocol/disco#info")
+        case "items": payload = Element("query", namespace: "http://jabber.org/protocol/disco#items")
+        case "time": payload = Element("time", namespace: "urn:xmpp:time")
+        default:
+            throw RestFailure(404, .cancel, .itemNotFound, "unknown query \(JID.quoted(query)); use ping, version, disco, items or time")
+        }
+        if let node = values["node"], query == "disco" || query == "items" { payload[attribute: "node"] = node }
+        iq.element.append(payload)
+        return iq
+    }
+
+    // MARK: Stamping and validation (SPEC §9)
+
+    private func stamp(_ input: Stanza) throws -> Stanza {
+        var stanza = Stanza(kind: input.kind)
+        stanza.element.children = input.element.children
+        stanza.type = input.type
+        stanza.lang = input.lang
+        stanza.id = input.id ?? RandomID.make()
+        guard let toValue = input.to, !toValue.isEmpty else {
+            throw RestFailure(422, .modify, .badRequest, "the stanza needs a \"to\"")
+        }
+        guard let to = JID.parse(toValue) else {
+            throw RestFailure(422, .modify, .jidMalformed, "invalid JID in \"to\": \(JID.quoted(toValue))")
+        }
+        stanza.to = to.description
+        if let fromValue = input.from {
+            guard let from = JID.parse(fromValue) else {
+                throw RestFailure(422, .modify, .jidMalformed, "invalid JID in \"from\": \(JID.quoted(fromValue))")
+            }
+            guard from.domain == settings.domain else {
+                throw RestFailure(403, .auth, .forbidden, "\"from\" must be the component domain \(settings.domain) or an address in it, not \(JID.quoted(fromValue))")
+            }
+            stanza.from = from.description
+        } else {
+            stanza.from = settings.domain
+        }
+        if stanza.kind == .iq {
+            guard stanza.type == "get" || stanza.type == "set" else {
+                throw RestFailure(422, .modify, .badRequest, "an iq must be type get or set (got \(JID.quoted(stanza.type ?? "")))")
+            }
+            let children = stanza.element.children.filter { if case .element = $0 { true } else { false } }
+            guard children.count == 1 else {
+                throw RestFailure(422, .modify, .badRequest, "an iq must have exactly one child element (got \(children.count))")
+            }
+        }
+        return stanza
+    }
+
+    // MARK: Sending
+
+    private func send(_ parsed: Stanza, request: RestRequest, output: String) async throws -> RestResponse {
+        let stanza = try stamp(parsed)
+        if stanza.kind != .iq {
+            do {
+                try await sender.deliver(stanza, wait: settings.sendWait)
+            } catch {
+                throw failure(for: error, iq: false)
+            }
+            return RestResponse(status: 202)
+        }
+        var timeout = settings.iqTimeout
+        if let header = request.timeout {
+            guard let seconds = Int(header.trimmingSpaces()), seconds > 0 else {
+                throw RestFailure(400, .modify, .badRequest, "Rest-Timeout must be a positive number of seconds")
+            }
+            timeout = .seconds(seconds)
+        }
+        timeout = min(timeout, settings.maxIQTimeout)
+        do {
+            let reply = try await sender.ask(stanza, timeout: timeout, maxPending: settings.maxPending)
+            return encode(reply, status: 200, output: output)
+        } catch {
+            throw failure(for: error, iq: true)
+        }
+    }
+
+    private func failure(for error: SendError, iq: Bool) -> RestFailure {
+        let retry = [("Retry-After", "\(max(1, settings.sendWait.components.seconds))")]
+        switch error.code {
+        case .timeout:
+            return RestFailure(504, .wait, .remoteServerTimeout, "no reply within the timeout")
+        case .linkLost:
+            return RestFailure(502, .wait, .recipientUnavailable, "the component link was lost while waiting for the reply")
+        case .tooManyPending:
+            return RestFailure(503, .wait, .resourceConstraint, "too many requests are waiting for replies (max_pending)", headers: retry)
+        case .tooLarge:
+            return RestFailure(413, .modify, .resourceConstraint, error.message)
+        case .invalidFrom:
+            return RestFailure(403, .auth, .forbidden, error.message)
+        case .invalidTo, .unserializable:
+            return RestFailure(422, .modify, .badRequest, error.message)
+        case .duplicateID:
+            return RestFailure(409, .cancel, .conflict, error.message)
+        default:
+            // queue-full, expired (link down longer than send_wait / the queue TTL), shutting-down.
+            return RestFailure(503, .wait, .serviceUnavailable, "the XMPP server is not reachable right now (\(error.code)); try again later", headers: retry)
+        }
+    }
+
+    // MARK: Encoding
+
+    private func encode(_ stanza: Stanza, status: Int, output: String) -> RestResponse {
+        if output == Self.json {
+            return RestResponse(status: status, headers: [("Content-Type", Self.json)],
+                                body: StanzaJSON.encode(stanza).serializedBytes())
+        }
+        let xml = (try? stanza.serialized()) ?? ""
+        return RestResponse(status: status, headers: [("Content-Type", Self.xmppXML)], body: Array(xml.utf8))
+    }
+
+    private func errorResponse(_ failure: RestFailure, output: String) -> RestResponse {
+        let error = failure.error
+        var headers = failure.headers
+        let body: [UInt8]
+        if output == Self.json {
+            var fields: [String: JSONValue] = ["type": .string(error.type.rawValue), "condition": .string(error.condition.rawValue)]
+            if let text = error.text { fields["text"] = .string(text) }
+            body = JSONValue.object(["type": .string("error"), "code": .int(Int64(failure.status)), "error": .object(fields)]).serializedBytes()
+            headers.append(("Content-Type", Self.json))
+        } else {
+            var element = Element("error")
+            element[attribute: "type"] = error.type.rawValue
+            element[attribute: "code"] = "\(failure.status)"
+            element.append(Element(error.condition.rawValue, namespace: Namespace.stanzas))
+            if let text = error.text { element.append(Element("text", namespace: Namespace.stanzas, text: text)) }
+            body = Array(((try? element.serialized()) ?? "<error/>").utf8)
+            headers.append(("Content-Type", Self.xmppXML))
+        }
+        return RestResponse(status: failure.status, headers: headers, body: body)
+    }
+
+    // MARK: Helpers
+
+    static func percentDecode(_ text: String) -> String {
+        var bytes: [UInt8] = []
+        var iterator = Array(text.utf8).makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%"), let high = iterator.next(), let low = iterator.next(),
+               let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16)
+            {
+                bytes.append(value)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// application/x-www-form-urlencoded → map (the last of repeated keys wins); nil when not a form.
+    static func parseForm(_ body: [UInt8]) -> [String: String]? {
+        guard UTF8Validator.isValid(body) else { return nil }
+        let text = String(decoding: body, as: UTF8.self)
+        guard !text.isEmpty else { return [:] }
+        var form: [String: String] = [:]
+        for pair in text.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2 else { return nil }
+            func decode(_ s: Substring) -> String { percentDecode(s.replacingOccurrences(of: "+", with: " ")) }
+            form[decode(parts[0])] = decode(parts[1])
+        }
+        return form
+    }
+}
+
+extension Substring {
+    fileprivate func replacingOccurrences(of target: Character, with replacement: String) -> String {
+        var out = ""
+        for character in self { out += character == target ? replacement : String(character) }
+        return out
+    }
+}
+
+extension String {
+    fileprivate func trimmingSpaces() -> String {
+        var slice = Substring(self)
+        while slice.first == " " || slice.first == "\t" { slice.removeFirst() }
+        while slice.last == " " || slice.last == "\t" { slice.removeLast() }
+        return String(slice)
+    }
+}
+
+extension UTF8Validator {
+    static func isValid(_ bytes: [UInt8]) -> Bool {
+        var validator = UTF8Validator()
+        return bytes.withUnsafeBytes { validator.feed($0) } && validator.isAtBoundary
+    }
+}
