@@ -262,6 +262,25 @@ EJABBERD_BYPASS_WARNINGS=true
         except FileNotFoundError:
             return ""
 
+    def log_offset(self) -> int:
+        """The current length of the log: pass it as ``since`` to look only at later lines."""
+        return len(self.log_text())
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0, count: int = 1, since: int = 0) -> list[str]:
+        """Polls the log until ``count`` lines after offset ``since`` match the regex ``pattern``
+        (``re.search`` per line); returns the matching lines, or raises AssertionError at the deadline."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()[since:]
+            found = [line for line in text.splitlines() if regex.search(line)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no {count}x ejabberd log line matching {pattern!r} within {timeout} s "
+                                     f"(found {len(found)}); log tail:\n" + text[-4000:])
+            time.sleep(0.05)
+
     def console_text(self) -> str:
         try:
             return self.console_path.read_text(errors="replace")
