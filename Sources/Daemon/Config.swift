@@ -4,7 +4,7 @@ import Foundation
 import XMPPCore
 
 struct StanzadConfig: Sendable {
-    struct Component: Sendable {
+    struct Component: Sendable, Equatable {
         var jid: String
         var host: String
         var port: Int

@@ -1,22 +1,35 @@
-// Turns the configured `[[route]]` tables into routing rules with their handlers.
+// Turns the configured `[[route]]` tables into routing rules with their handlers. Kept for the daemon's
+// life, so a reload (SIGHUP) shares the process limit and the HTTP client and keeps worker pools (and their
+// queued stanzas) by route name.
 
 import Executor
 import Logging
 import Routing
+import ServiceLifecycle
+import Synchronization
 import Webhooks
 import XMPPCore
 
-enum RouteFactory {
-    /// The routes, and the worker pools among their handlers (services the ServiceGroup must run).
-    /// `client` is the HTTP client for webhook routes (created only when there are any; shut it down at exit).
-    static func build(_ config: StanzadConfig, environment: [String: String], logger: Logger)
-        -> (routes: [Route], pools: [WorkerPool], client: WebhookClient?)
-    {
-        let processes = AdmissionGate(concurrency: config.maxProcesses, queue: nil)
-        var pools: [WorkerPool] = []
-        let client: WebhookClient? = config.routes.contains { if case .webhook = $0.target { true } else { false } }
-            ? WebhookClient() : nil
-        let routes = config.routes.map { route in
+final class RouteFactory: Sendable {
+    let processes: AdmissionGate
+    let client: WebhookClient
+    let host: WorkerHost
+    let environment: [String: String]
+    let logger: Logger
+    private let pools = Mutex<[String: WorkerPool]>([:])
+
+    init(maxProcesses: Int, environment: [String: String], logger: Logger) {
+        self.processes = AdmissionGate(concurrency: maxProcesses, queue: nil)
+        self.client = WebhookClient()
+        self.host = WorkerHost()
+        self.environment = environment
+        self.logger = logger
+    }
+
+    /// The routes of `config`. Worker routes reuse the pool of the same name (reloaded with the new
+    /// settings); new ones start on the WorkerHost.
+    func routes(for config: StanzadConfig) -> [Route] {
+        config.routes.map { route in
             let format = HandlerFormat(rawValue: route.format) ?? .text
             let rule = RouteRule(
                 kinds: Set(route.kinds), types: route.types.map(Set.init), to: route.to, from: route.from,
@@ -31,17 +44,21 @@ enum RouteFactory {
                         maxOutput: route.maxOutput, maxStanza: config.component.maxStanza),
                     processes: processes)
             case .worker(let argv):
-                let pool = WorkerPool(
-                    settings: .init(
-                        route: route.name, argv: argv,
-                        environment: HandlerInput.baseEnvironment(
-                            route: route.name, component: config.component.jid, env: route.env, passEnv: route.passEnv,
-                            parent: environment),
-                        workdir: route.workdir, workers: route.workers, inFlight: route.inFlight,
-                        maxRequests: route.maxRequests, timeout: .seconds(route.timeout),
-                        killGrace: .seconds(config.killGrace), maxLine: route.maxOutput),
-                    logger: logger)
-                pools.append(pool)
+                let settings = WorkerPool.Settings(
+                    route: route.name, argv: argv,
+                    environment: HandlerInput.baseEnvironment(
+                        route: route.name, component: config.component.jid, env: route.env, passEnv: route.passEnv,
+                        parent: environment),
+                    workdir: route.workdir, workers: route.workers, inFlight: route.inFlight,
+                    maxRequests: route.maxRequests, timeout: .seconds(route.timeout),
+                    killGrace: .seconds(config.killGrace), maxLine: route.maxOutput)
+                let (pool, isNew) = pools.withLock { pools -> (WorkerPool, Bool) in
+                    if let existing = pools[route.name] { return (existing, false) }
+                    let pool = WorkerPool(settings: settings, logger: logger)
+                    pools[route.name] = pool
+                    return (pool, true)
+                }
+                if isNew { host.start(pool) } else { pool.reload(settings) }
                 handler = WorkerHandler(pool: pool)
             case .webhook(let url):
                 handler = WebhookHandler(
@@ -49,11 +66,33 @@ enum RouteFactory {
                         urlTemplate: url, format: format, headers: route.headers, hmacSecret: route.hmacSecret,
                         timeout: .seconds(route.timeout), retries: route.retries, maxBody: route.maxOutput,
                         maxStanza: config.component.maxStanza, userAgent: "stanzad/\(StanzadVersion.string)"),
-                    client: client ?? WebhookClient())
+                    client: client)
             }
             return Route(name: route.name, rule: rule, handler: handler, concurrency: route.concurrency, queue: route.queue)
         }
-        return (routes, pools, client)
+    }
+}
+
+/// Runs the worker pools, including those a reload adds. Stopping it stops them all.
+final class WorkerHost: Service, Sendable {
+    private let pools: AsyncStream<WorkerPool>
+    private let continuation: AsyncStream<WorkerPool>.Continuation
+
+    init() {
+        (pools, continuation) = AsyncStream.makeStream(of: WorkerPool.self)
+    }
+
+    func start(_ pool: WorkerPool) {
+        continuation.yield(pool)
+    }
+
+    func run() async throws {
+        await withDiscardingTaskGroup { group in
+            // Each pool sees the graceful shutdown of this service (it is inherited by child tasks).
+            for await pool in pools.cancelOnGracefulShutdown() {
+                group.addTask { try? await pool.run() }
+            }
+        }
     }
 }
 

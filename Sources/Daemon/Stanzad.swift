@@ -96,24 +96,28 @@ struct Run: AsyncParsableCommand {
         settings.maxStanza = config.component.maxStanza
         let connection = ComponentConnection(settings: settings, logger: logger)
         let builtIns = config.builtInResponder()
-        let (routes, pools, webhookClient) = RouteFactory.build(config, environment: ProcessInfo.processInfo.environment, logger: logger)
-        let dispatcher = Dispatcher(routes: routes, builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
+        let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let dispatcher = Dispatcher(
+            routes: factory.routes(for: config), builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
         let router = Router(connection: connection, dispatcher: dispatcher, logger: logger)
         var front: FastCGIServer?
+        var api: RestAPI?
         if let rest = config.rest {
             // Before the ServiceGroup: libfcgi installs signal handlers that swift-service-lifecycle must replace.
             guard FastCGILibrary.initialize() else {
                 logger.error("libfcgi could not be initialised")
                 throw ExitCode(ExitStatus.internalError)
             }
-            let api = RestAPI(
+            let rest = RestAPI(
                 settings: RestSettings(
                     domain: config.component.jid, path: rest.path, credentials: rest.credentials,
                     iqTimeout: .seconds(rest.iqTimeout), maxIQTimeout: .seconds(rest.maxIQTimeout), maxBody: rest.maxBody,
                     maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
                 sender: LinkSender(connection: connection))
-            front = FastCGIServer(listen: rest.listen, socketMode: rest.socketMode, api: api, logger: logger)
+            api = rest
+            front = FastCGIServer(listen: config.rest?.listen ?? "", socketMode: config.rest?.socketMode ?? 0o660, api: rest, logger: logger)
         }
+        let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, logger: logger)
         logger.notice("stanzad starting", metadata: [
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
@@ -123,7 +127,9 @@ struct Run: AsyncParsableCommand {
                 services: [
                     .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
-                ] + pools.map { .init(service: $0) } + [
+                    .init(service: factory.host),
+                    .init(service: reloader),
+                ] + [
                     // Services stop in reverse order: the REST front first (waiting requests get 503), then the
                     // router (no new stanzas; running handlers finish while workers and the link are still up).
                     .init(service: router),
@@ -133,10 +139,10 @@ struct Run: AsyncParsableCommand {
         do {
             try await group.run()
         } catch {
-            await webhookClient?.shutdown()
+            await factory.client.shutdown()
             throw error
         }
-        await webhookClient?.shutdown()
+        await factory.client.shutdown()
         logger.notice("stanzad stopped")
     }
 }

@@ -42,7 +42,8 @@ struct Try: AsyncParsableCommand {
             throw ValidationError(
                 "no route named \"\(route)\" in \(config.file)" + (names.isEmpty ? " (it has no routes)" : "; routes: \(names.joined(separator: ", "))"))
         }
-        let (routes, pools, webhookClient) = RouteFactory.build(config, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let routes = factory.routes(for: config)
         guard let selected = routes.first(where: { $0.name == route }) else { throw ExitCode(ExitStatus.internalError) }
 
         var stanza = try makeStanza(defaultTo: configured.to?.first { !$0.pattern.contains("*") }?.pattern ?? config.component.jid)
@@ -52,18 +53,18 @@ struct Try: AsyncParsableCommand {
         }
         let dispatcher = Dispatcher(routes: routes, builtIns: config.builtInResponder(), maxStanzaBytes: config.component.maxStanza, logger: logger)
         let once = TryOnce(dispatcher: dispatcher, route: selected, stanza: stanza)
-        // A worker route needs its pool running, as in production; only the selected route's pool starts.
-        let pool = (selected.handler as? WorkerHandler)?.pool
-        _ = pools
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = pool.map { [.init(service: $0)] } ?? []
-        services.append(.init(service: once, successTerminationBehavior: .gracefullyShutdownGroup))
+        // Worker routes need their pools running, as in production.
+        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: factory.host),
+            .init(service: once, successTerminationBehavior: .gracefullyShutdownGroup),
+        ]
         do {
             try await ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger)).run()
         } catch {
-            await webhookClient?.shutdown()
+            await factory.client.shutdown()
             throw error
         }
-        await webhookClient?.shutdown()
+        await factory.client.shutdown()
     }
 
     private func makeStanza(defaultTo: String) throws -> Stanza {

@@ -75,6 +75,8 @@ public final class WorkerPool: Service, Sendable {
         var stop: CheckedContinuation<Void, Never>?
         var stopRequested = false
         var stopReason: String?
+        /// Being replaced after a reload: its end is planned, not a crash.
+        var recycling = false
     }
 
     struct State {
@@ -86,16 +88,43 @@ public final class WorkerPool: Service, Sendable {
         var expired: Set<String> = []
     }
 
-    public let settings: Settings
+    /// The current settings (replaced by `reload`).
+    public var settings: Settings { current.withLock { $0 } }
+    private let current: Mutex<Settings>
     let logger: Logger
     private let state: Mutex<State>
 
     public init(settings: Settings, logger: Logger) {
-        self.settings = settings
+        self.current = Mutex(settings)
         var logger = logger
         logger[metadataKey: "route"] = "\(settings.route)"
         self.logger = logger
         self.state = Mutex(State(slots: Array(repeating: Slot(), count: settings.workers)))
+    }
+
+    /// SIGHUP: new settings for the next processes. Every worker is recycled: it takes no new requests,
+    /// finishes the ones it has, gets EOF and is replaced by one started with the new settings. Queued
+    /// stanzas stay queued for the new workers. The number of workers is fixed until restart.
+    public func reload(_ settings: Settings) {
+        var settings = settings
+        let count = state.withLock { $0.slots.count }
+        if settings.workers != count {
+            logger.warning("workers count changes take effect at restart", metadata: ["workers": "\(count)", "configured": "\(settings.workers)"])
+            settings.workers = count
+        }
+        current.withLock { $0 = settings }
+        let writers = state.withLock { state -> [CheckedContinuation<Request?, Never>] in
+            var writers: [CheckedContinuation<Request?, Never>] = []
+            for index in state.slots.indices where state.slots[index].running {
+                state.slots[index].accepting = false
+                state.slots[index].recycling = true
+                if let writer = state.slots[index].writer { writers.append(writer) }
+                state.slots[index].writer = nil
+            }
+            return writers
+        }
+        for writer in writers { writer.resume(returning: nil) }
+        logger.notice("worker settings reloaded; recycling workers")
     }
 
     // MARK: Requests
@@ -277,6 +306,7 @@ public final class WorkerPool: Service, Sendable {
 
     /// Runs one worker process to its end. True when it ended as planned (recycled), false otherwise.
     private func runWorker(_ index: Int) async -> Bool {
+        let settings = self.settings  // one snapshot per process (a reload affects the next one)
         let generation = state.withLock { state -> Int in
             state.slots[index].generation += 1
             state.slots[index].running = true
@@ -284,6 +314,7 @@ public final class WorkerPool: Service, Sendable {
             state.slots[index].served = 0
             state.slots[index].stopRequested = false
             state.slots[index].stopReason = nil
+            state.slots[index].recycling = false
             return state.slots[index].generation
         }
         var options = PlatformOptions()
@@ -420,7 +451,7 @@ public final class WorkerPool: Service, Sendable {
             state.slots[index].running = false
             state.slots[index].accepting = false
             state.slots[index].pid = nil
-            let recycled = settings.maxRequests > 0 && slot.served >= settings.maxRequests && !slot.stopRequested
+            let recycled = (slot.recycling || (settings.maxRequests > 0 && slot.served >= settings.maxRequests)) && !slot.stopRequested
             return (failed, slot.stopReason, recycled)
         }
         for request in failed {

@@ -2,6 +2,7 @@
 // stamping and validation with their status codes, content negotiation, the iq long-poll, /health.
 
 import ComponentLink
+import Synchronization
 import XMPPCore
 
 public struct RestSettings: Sendable {
@@ -48,10 +49,17 @@ struct RestFailure: Error {
 public final class RestAPI: Sendable {
     public let settings: RestSettings
     let sender: any StanzaSender
+    private let credentials: Mutex<[String]>
 
     public init(settings: RestSettings, sender: any StanzaSender) {
         self.settings = settings
         self.sender = sender
+        self.credentials = Mutex(settings.credentials)
+    }
+
+    /// SIGHUP: the accepted Authorization values from now on.
+    public func reload(credentials: [String]) {
+        self.credentials.withLock { $0 = credentials }
     }
 
     static let xmppXML = "application/xmpp+xml"
@@ -125,7 +133,7 @@ public final class RestAPI: Sendable {
         }
         let presented = Self.normalizedCredential(header)
         var accepted = false
-        for credential in settings.credentials {
+        for credential in credentials.withLock({ $0 }) {
             // Every credential is compared in full, so timing says nothing about which one nearly matched.
             if Self.constantTimeEqual(presented, Self.normalizedCredential(credential)) { accepted = true }
         }

@@ -3,6 +3,7 @@
 // send and one log line per handled stanza (SPEC §13). Used by the Router and by `stanzad try`.
 
 import Logging
+import Synchronization
 import XMPPCore
 
 /// A configured route: its rule, its handler and its admission gate.
@@ -21,16 +22,27 @@ public struct Route: Sendable {
 }
 
 public final class Dispatcher: Sendable {
-    public let routes: [Route]
-    public let builtIns: BuiltInResponder
+    private struct Table {
+        var routes: [Route]
+        var builtIns: BuiltInResponder
+    }
+
+    private let table: Mutex<Table>
     public let stamper: ReplyStamper
     let logger: Logger
 
     public init(routes: [Route], builtIns: BuiltInResponder, maxStanzaBytes: Int = 524_288, logger: Logger) {
-        self.routes = routes
-        self.builtIns = builtIns
+        self.table = Mutex(Table(routes: routes, builtIns: builtIns))
         self.stamper = ReplyStamper(domain: builtIns.domain, maxStanzaBytes: maxStanzaBytes)
         self.logger = logger
+    }
+
+    public var routes: [Route] { table.withLock { $0.routes } }
+    public var builtIns: BuiltInResponder { table.withLock { $0.builtIns } }
+
+    /// SIGHUP: the next stanza takes the new routes; stanzas already admitted finish on the old ones.
+    public func reload(routes: [Route], builtIns: BuiltInResponder) {
+        table.withLock { $0 = Table(routes: routes, builtIns: builtIns) }
     }
 
     /// What happens to a stanza, decided synchronously at arrival.

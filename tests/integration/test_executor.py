@@ -102,6 +102,16 @@ def error_text(stanza) -> str | None:
     return None if node is None else node.text
 
 
+def gone(pattern: str, timeout: float = 3.0) -> bool:
+    """True once no live process matches: SIGKILL is sent before the reply, but dying takes a moment."""
+    deadline = time.monotonic() + timeout
+    while live_processes(pattern):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def live_processes(pattern: str) -> list[str]:
     """Command lines of live processes matching `pattern` (zombies have no command line)."""
     found = []
@@ -191,7 +201,7 @@ def test_timeout_is_remote_server_timeout(alice):
     reply = ask(alice, "slow", "x")
     assert condition(reply) == ("wait", "remote-server-timeout")
     assert time.monotonic() - started < 10
-    assert not live_processes(r"^sleep 300 ")
+    assert gone(r"^sleep 300 ")
 
 
 def test_ten_megabytes_of_output_is_internal_server_error(alice, stanzad):
@@ -218,13 +228,13 @@ def test_grandchild_holding_stdout_neither_delays_the_reply_nor_survives(alice):
     started = time.monotonic()
     assert ask(alice, "grandchild", "x")["body"] == "reply"
     assert time.monotonic() - started < 5
-    assert not live_processes(r"^sleep 301 ")
+    assert gone(r"^sleep 301 ")
 
 
 def test_fifty_sleepers_are_all_killed_at_the_timeout(alice):
     reply = ask(alice, "fork50", "x")
     assert condition(reply) == ("wait", "remote-server-timeout")
-    assert not live_processes(r"^sleep 302 ")
+    assert gone(r"^sleep 302 ")
 
 
 # --- overload --------------------------------------------------------------------------------------------
