@@ -315,6 +315,9 @@ struct ConfigLoader {
         route.workers = int(t, "workers", min: 1) ?? 1
         route.maxRequests = int(t, "max_requests", min: 0) ?? 0
         route.inFlight = int(t, "in_flight", min: 1) ?? 1
+        if route.format == "text", route.kinds.contains(where: { $0 != .message }) {
+            warning(t.line(of: "kinds"), "route \"\(route.name)\" has format \"text\", which takes only messages with a body; its \(route.kinds.filter { $0 != .message }.map(\.rawValue).joined(separator: " and ")) will never match (use format = \"json\" or \"xml\")")
+        }
         guard name != nil, target != nil else { return nil }
         return route
     }

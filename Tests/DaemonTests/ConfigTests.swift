@@ -32,6 +32,14 @@ private let minimal = """
         #expect(config.routes.isEmpty)
     }
 
+    @Test func textRouteForIqsIsWarnedAbout() throws {
+        let text = minimal + "\n[[route]]\nname = \"q\"\nkinds = [\"iq\"]\nexec = [\"/bin/cat\"]\n"
+        let config = try load(text).get()
+        #expect(config.warnings.map(\.description) == [
+            "/etc/stanzad/stanzad.toml:7: route \"q\" has format \"text\", which takes only messages with a body; its iq will never match (use format = \"json\" or \"xml\")",
+        ])
+    }
+
     @Test func unknownKeyIsReportedWithFileLineAndSuggestion() {
         let text = minimal + "\nreconect_max = 5\n"
         #expect(errors(text) == ["/etc/stanzad/stanzad.toml:5: unknown key \"reconect_max\" in [component] (did you mean reconnect_max?); allowed: jid, server, secret, secret_file, reconnect_max, ping_interval, ping_timeout, ping_to, send_queue, send_queue_ttl, max_stanza"])
