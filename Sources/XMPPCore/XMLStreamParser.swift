@@ -5,6 +5,12 @@
 
 internal import CLibXML2
 
+#if canImport(Glibc)
+internal import Glibc
+#elseif canImport(Darwin)
+internal import Darwin
+#endif
+
 /// What the parser saw.
 public enum XMLStreamEvent: Hashable, Sendable {
     /// The stream header: the root element's name, namespace and attributes (no children).
@@ -115,6 +121,7 @@ public final class XMLStreamParser {
     /// Byte offset (in xmlByteConsumed terms) where the current stanza began: the end of what came before.
     @exclusivity(unchecked) private var boundary = 0
     @exclusivity(unchecked) private var names = InternedNames()
+    @exclusivity(unchecked) private var values = RecentValues()
     var wrapperCloseFed = false
     /// In fragments, the wrapper start tag shifts columns on its line; error positions are reported without it.
     var columnAdjustment: (line: Int, columns: Int)?
@@ -140,6 +147,7 @@ public final class XMLStreamParser {
 
     deinit {
         if let context { xmlFreeParserCtxt(context) }
+        values.deallocate()
     }
 
     /// True once the stream has been closed or has failed; feed nothing more.
@@ -341,10 +349,12 @@ public final class XMLStreamParser {
             let base = attributes + index * 5
             guard let begin = base[3], let end = base[4] else { continue }
             let bytes = UnsafeBufferPointer(start: begin, count: max(0, end - begin))
-            var value = String(decoding: bytes, as: UTF8.self)
+            let value: String
             // libxml2 hands '&' in attribute values over as "&#38;" (and only '&'): undo exactly that.
             if bytes.contains(UInt8(ascii: "&")) {
-                value = value.replacingAll(libxmlAmpersand, with: "&")
+                value = String(decoding: bytes, as: UTF8.self).replacingAll(libxmlAmpersand, with: "&")
+            } else {
+                value = values.string(bytes)
             }
             let attributeName = name(base[0]) ?? ""
             let namespace = namespace(base[2])
@@ -399,7 +409,7 @@ public final class XMLStreamParser {
 
     private func flushText() {
         guard !stack.isEmpty, !pendingText.isEmpty else { return }
-        let text = String(decoding: pendingText, as: UTF8.self)
+        let text = pendingText.withUnsafeBufferPointer { values.string($0) }
         pendingText.removeAll(keepingCapacity: true)
         stack[stack.count - 1].children.append(.text(text))
     }
@@ -460,6 +470,69 @@ public final class XMLStreamParser {
             guard let error else { return }
             XMLStreamParser.parser(ctx)?.libxmlError(error)
         }
+    }
+}
+
+/// Recently seen attribute values and short texts, so that a value repeated across stanzas (a `to` JID, a caps
+/// node, a disco feature) shares one String instead of allocating and decoding it again. Direct-mapped on a hash of
+/// the bytes: a miss takes the slot over. Only lengths that would need an allocation and often repeat are kept
+/// (up to 15 bytes a String is stored inline). Each slot keeps a copy of its bytes for the comparison.
+fileprivate struct RecentValues {
+    static let slotBits = 10
+    static let slotCount = 1 << slotBits
+    static let kept = 16...64
+    private var strings: [String] = []
+    /// Per slot: the length, then the bytes (`kept.upperBound` of them).
+    private var keys: UnsafeMutablePointer<UInt8>?
+
+    static let stride = 8 + kept.upperBound
+
+    mutating func string(_ bytes: UnsafeBufferPointer<UInt8>) -> String {
+        let count = bytes.count
+        guard count >= Self.kept.lowerBound, count <= Self.kept.upperBound, let base = bytes.baseAddress else {
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        let keys = self.keys ?? allocate()
+        let slot = Self.slot(base, count)
+        let key = keys + slot * Self.stride
+        if UnsafeRawPointer(key).load(as: Int.self) == count && memcmp(key + 8, base, count) == 0 {
+            return strings[slot]
+        }
+        let value = String(decoding: bytes, as: UTF8.self)
+        UnsafeMutableRawPointer(key).storeBytes(of: count, as: Int.self)
+        (key + 8).update(from: base, count: count)
+        strings[slot] = value
+        return value
+    }
+
+    private mutating func allocate() -> UnsafeMutablePointer<UInt8> {
+        let keys = UnsafeMutablePointer<UInt8>.allocate(capacity: Self.slotCount * Self.stride)
+        keys.initialize(repeating: 0, count: Self.slotCount * Self.stride)
+        strings = Array(repeating: "", count: Self.slotCount)
+        self.keys = keys
+        return keys
+    }
+
+    mutating func deallocate() {
+        keys?.deallocate()
+        keys = nil
+    }
+
+    /// A multiplicative hash over 8-byte words (the tail as one zero-padded word).
+    private static func slot(_ base: UnsafePointer<UInt8>, _ count: Int) -> Int {
+        let raw = UnsafeRawPointer(base)
+        var hash = UInt64(truncatingIfNeeded: count) &* 0x9E37_79B9_7F4A_7C15
+        var offset = 0
+        while offset + 8 <= count {
+            hash = (hash ^ raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) &* 0xFF51_AFD7_ED55_8CCD
+            hash ^= hash >> 32
+            offset += 8
+        }
+        if offset < count {
+            // The last 8 bytes (count >= 8), overlapping what the loop read.
+            hash = (hash ^ raw.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)) &* 0xFF51_AFD7_ED55_8CCD
+        }
+        return Int(truncatingIfNeeded: (hash &* 0x9E37_79B9_7F4A_7C15) >> UInt64(64 - slotBits))
     }
 }
 

@@ -315,6 +315,26 @@ let prosodyHeader =
         #expect(foo.elements.first?.namespace == Namespace.componentAccept)
     }
 
+    @Test func repeatedAndCollidingValuesKeepTheirOwnText() throws {
+        // Attribute values and texts of 16 to 64 bytes go through a direct-mapped cache of 1024 slots: 3000 distinct
+        // values of equal length must collide, and repeats must hit; every stanza keeps exactly its own value.
+        let values = (0..<3000).map { n in "user" + String(repeating: "0", count: 6 - String(n).count) + String(n) + "@example.org" }
+        var xml = prosodyHeader
+        for (index, value) in values.enumerated() {
+            xml += "<message to='\(value)' id='\(index)'><body>\(values[(index * 7) % values.count])</body></message>"
+            xml += "<presence from='\(values[index / 2])'><status>\(value)</status></presence>"
+        }
+        let parsed = stanzas(try XMLStreamParser().feed(Array(xml.utf8)))
+        #expect(parsed.count == 2 * values.count)
+        for (index, value) in values.enumerated() {
+            let message = parsed[2 * index], presence = parsed[2 * index + 1]
+            #expect(message[attribute: "to"] == value)
+            #expect(message.child("body")?.text == values[(index * 7) % values.count])
+            #expect(presence[attribute: "from"] == values[index / 2])
+            #expect(presence.child("status")?.text == value)
+        }
+    }
+
     @Test func parserIsFinishedAfterAnError() {
         let parser = XMLStreamParser()
         #expect(throws: XMLStreamError.self) { try parser.feed(Array((prosodyHeader + "<!-- x -->").utf8)) }
