@@ -28,6 +28,17 @@ private func liveMembers(ofGroup group: Int32) -> [Int32] {
     }
 }
 
+/// Waits (up to 3 s) until the group has no live member: SIGKILL is sent before `run` returns, but the
+/// kernel takes a moment to end the processes, more so on a loaded machine.
+private func groupEmpties(_ group: Int32) async -> Bool {
+    let deadline = ContinuousClock.now + .seconds(3)
+    while !liveMembers(ofGroup: group).isEmpty {
+        if ContinuousClock.now > deadline { return false }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return true
+}
+
 final class LineLog: @unchecked Sendable {
     private let lock = NSLock()
     private var storage: [String] = []
@@ -64,7 +75,7 @@ final class LineLog: @unchecked Sendable {
         #expect(result.ending == .timedOut)
         #expect(result.duration < .seconds(5))
         let group = try #require(result.pid)
-        #expect(liveMembers(ofGroup: group).isEmpty)
+        #expect(await groupEmpties(group))
     }
 
     @Test func timeoutEscalatesToSIGKILLWhenTERMIsIgnored() async {
@@ -84,7 +95,7 @@ final class LineLog: @unchecked Sendable {
         #expect(String(decoding: result.stdout, as: UTF8.self) == "reply\n")
         #expect(result.duration < .seconds(5))
         let group = try #require(result.pid)
-        #expect(liveMembers(ofGroup: group).isEmpty)
+        #expect(await groupEmpties(group))
     }
 
     @Test func missingExecutableIsASpawnFailure() async {
