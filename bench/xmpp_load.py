@@ -1,0 +1,379 @@
+#!/usr/bin/python3
+"""Shared pieces of bench/webhook, bench/worker and bench/rest: a private Prosody (from
+tests/integration/harness.py, logging errors only), stanzad from .build-release, and lean asyncio parts that
+cost far less per stanza than slixmpp:
+
+  * EchoClient: a c2s client (SASL PLAIN over plain TCP, bind) that keeps a window of chat messages in
+    flight to one JID and counts the replies (pipelined, replies parsed with pyexpat);
+  * bare component (`xmpp_load.py bare PORT JID`): an XEP-0114 component that answers every message itself
+    with its body, the Prosody-side limit;
+  * HTTP echo (`xmpp_load.py http-echo PORT`): an asyncio HTTP/1.1 keep-alive server answering every POST
+    with 200 text/plain and the request body.
+
+Run with Debian's /usr/bin/python3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from xml.parsers import expat
+from xml.sax.saxutils import escape, quoteattr
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from harness import COMPONENT, DOMAIN, SECRET, Prosody, Stanzad, component_config, free_port, wait_for_port  # noqa: E402
+
+BARE = "bare.example.test"
+STANZAD_BIN = Path(os.environ.get("BENCH_STANZAD_BIN", REPO / ".build-release" / "release" / "stanzad")).resolve()
+PY = "/usr/bin/python3"
+
+
+def start_prosody(workdir: Path, users: dict[str, str]) -> Prosody:
+    """Prosody with the stanzad component and the bare component, logging errors only (the harness logs at
+    debug level, which would make Prosody's logging the bottleneck)."""
+    prosody = Prosody(workdir, users=users, extra_components={BARE: SECRET})
+    prosody.write_config()
+    prosody.config.write_text(prosody.config.read_text().replace('min = "debug"', 'min = "error"'))
+    for user, password in users.items():
+        subprocess.run(["prosodyctl", "--config", str(prosody.config), "register", user, DOMAIN, password],
+                       check=True, capture_output=True)
+    prosody.start()
+    return prosody
+
+
+def start_stanzad(workdir: Path, prosody: Prosody, extra: str, wait: tuple[tuple[str, int], ...] = ()) -> Stanzad:
+    if not STANZAD_BIN.exists():
+        raise SystemExit(f"{STANZAD_BIN} not found: swift build -c release --product stanzad --scratch-path .build-release")
+    os.environ["STANZAD_BIN"] = str(STANZAD_BIN)
+    daemon = Stanzad(workdir, component_config(prosody.component_port, extra=extra))
+    daemon.args[daemon.args.index("--log-level") + 1] = "notice"  # no per-stanza log lines
+    daemon.start()
+    daemon.wait_for_log("component connected")
+    for pattern, count in wait:
+        daemon.wait_for_log(pattern, count=count)
+    return daemon
+
+
+def start_bare(prosody: Prosody) -> subprocess.Popen:
+    process = subprocess.Popen([PY, __file__, "bare", str(prosody.component_port), BARE], stdout=subprocess.PIPE, text=True)
+    if process.stdout.readline().strip() != "ready":
+        raise SystemExit("bare component failed to connect")
+    return process
+
+
+def ensure_binary() -> None:
+    if not STANZAD_BIN.exists():
+        print("building stanzad (release, .build-release)", file=sys.stderr)
+        subprocess.run(["swift", "build", "-c", "release", "--product", "stanzad", "--scratch-path", ".build-release"],
+                       cwd=REPO, check=True, stdout=sys.stderr)
+
+
+async def interleaved(client: "EchoClient", targets: list[tuple[str, str]], rounds: int, seconds: float,
+                      window: int) -> dict[str, list[float]]:
+    """Measures every (label, jid) once per round, in turn; prints each measurement; returns label → rates."""
+    rates: dict[str, list[float]] = {label: [] for label, _ in targets}
+    for number in range(1, rounds + 1):
+        for label, jid in targets:
+            rate, errors = await client.measure(jid, seconds, window)
+            rates[label].append(rate)
+            print(f"  round {number} {label:<8} {rate:9.0f} echoes/s" + (f"  ({errors} error replies)" if errors else ""),
+                  flush=True)
+    return rates
+
+
+def median(values):
+    return statistics.median(values) if values else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# XML stream parsing (top-level stanzas only)
+
+
+class StreamParser:
+    """pyexpat without namespace processing; calls on_stanza(name, attrs, body) for every top-level element.
+    `body` is the text of a child <body>, or the text of a child <handshake>/<jid> etc. is not needed."""
+
+    def __init__(self, on_stanza, on_open=None):
+        self.on_stanza = on_stanza
+        self.on_open = on_open
+        self.reset()
+
+    def reset(self):
+        p = expat.ParserCreate()
+        p.buffer_text = True
+        p.StartElementHandler = self._start
+        p.EndElementHandler = self._end
+        p.CharacterDataHandler = self._chars
+        self.parser = p
+        self.depth = 0
+        self.name = None
+        self.attrs = None
+        self.body = None
+        self.text = None
+
+    def feed(self, data: bytes):
+        self.parser.Parse(data, False)
+
+    def _start(self, name, attrs):
+        self.depth += 1
+        d = self.depth
+        if d == 2:
+            self.name, self.attrs, self.body, self.text = name, attrs, None, None
+        elif d == 3 and name == "body":
+            self.text = []
+        elif d == 1 and self.on_open:
+            self.on_open(attrs)
+
+    def _chars(self, data):
+        if self.text is not None:
+            self.text.append(data)
+
+    def _end(self, name):
+        d = self.depth
+        if d == 3 and self.text is not None:
+            self.body = "".join(self.text)
+            self.text = None
+        elif d == 2:
+            self.on_stanza(self.name, self.attrs, self.body)
+        self.depth = d - 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the c2s load client
+
+
+class EchoClient(asyncio.Protocol):
+    def __init__(self, user: str, password: str, resource: str = "bench"):
+        self.user, self.password, self.resource = user, password, resource
+        self.jid = f"{user}@{DOMAIN}/{resource}"
+        self.parser = StreamParser(self._stanza)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.transport = None
+        self.loading = False
+        self.received = 0
+        self.errors = 0
+        self.sent = 0
+        self.window = 0
+        self.target = ""
+        self.drained: asyncio.Event | None = None
+
+    @classmethod
+    async def connect(cls, port: int, user: str, password: str, resource: str = "bench") -> "EchoClient":
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(lambda: cls(user, password, resource), "127.0.0.1", port)
+        await client.login()
+        return client
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.parser.feed(data)
+        if self.loading:
+            self._top_up()
+
+    def _open(self):
+        self.transport.write(f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                             f"xmlns:stream='http://etherx.jabber.org/streams' to='{DOMAIN}' version='1.0'>".encode())
+
+    async def _next(self, name: str):
+        while True:
+            stanza = await asyncio.wait_for(self.queue.get(), 10)
+            if stanza[0] == name:
+                return stanza
+            if stanza[0] in ("failure", "stream:error"):
+                raise RuntimeError(f"login failed: {stanza}")
+
+    async def login(self):
+        self._open()
+        await self._next("stream:features")
+        token = base64.b64encode(f"\0{self.user}\0{self.password}".encode()).decode()
+        self.transport.write(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode())
+        await self._next("success")
+        self.parser.reset()
+        self._open()
+        await self._next("stream:features")
+        self.transport.write(f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                             f"<resource>{self.resource}</resource></bind></iq>".encode())
+        await self._next("iq")
+        self.transport.write(b"<iq type='set' id='sess'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq><presence/>")
+        await self._next("iq")
+
+    def _stanza(self, name, attrs, body):
+        if self.loading or self.drained is not None:
+            if name == "message":
+                if attrs.get("type") == "error":
+                    self.errors += 1
+                else:
+                    self.received += 1
+                if self.drained is not None and self.sent - self.received - self.errors <= 0:
+                    self.drained.set()
+            return
+        if name == "message":
+            self.received += 1  # a sink (bench/rest) counts what arrives
+            return
+        self.queue.put_nowait((name, attrs, body))
+
+    def _top_up(self):
+        missing = self.window - (self.sent - self.received - self.errors)
+        if missing <= 0:
+            return
+        start = self.sent
+        target = self.target
+        self.transport.write("".join(
+            f"<message to='{target}' type='chat' id='m{n}'><body>hello {n}</body></message>"
+            for n in range(start, start + missing)).encode())
+        self.sent += missing
+
+    async def measure(self, target: str, seconds: float, window: int = 64, warmup: float = 1.0) -> tuple[float, int]:
+        """Echo rate (replies/s) over `seconds` after `warmup`, keeping `window` messages in flight; waits for
+        every outstanding reply before returning. Returns (rate, errors during the round)."""
+        self.target, self.window = target, window
+        self.sent = self.received = self.errors = 0
+        self.drained = None
+        self.loading = True
+        self._top_up()
+        await asyncio.sleep(warmup)
+        r0, e0, t0 = self.received, self.errors, time.perf_counter()
+        await asyncio.sleep(seconds)
+        r1, e1, t1 = self.received, self.errors, time.perf_counter()
+        self.loading = False
+        self.drained = asyncio.Event()
+        if self.sent - self.received - self.errors > 0:
+            try:
+                await asyncio.wait_for(self.drained.wait(), 30)
+            except asyncio.TimeoutError:
+                print(f"  warning: {self.sent - self.received - self.errors} replies missing after 30 s", file=sys.stderr)
+        self.drained = None
+        return (r1 - r0) / (t1 - t0), e1 - e0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the bare component
+
+
+class BareComponent(asyncio.Protocol):
+    def __init__(self, jid: str, secret: str, ready: asyncio.Future):
+        self.jid, self.secret, self.ready = jid, secret, ready
+        self.parser = StreamParser(self._stanza, self._open)
+        self.out: list[str] = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(f"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' "
+                        f"to='{self.jid}'>".encode())
+
+    def _open(self, attrs):
+        digest = hashlib.sha1((attrs["id"] + self.secret).encode()).hexdigest()
+        self.transport.write(f"<handshake>{digest}</handshake>".encode())
+
+    def data_received(self, data):
+        self.parser.feed(data)
+        if self.out:
+            self.transport.write("".join(self.out).encode())
+            self.out.clear()
+
+    def connection_lost(self, exc):
+        if not self.ready.done():
+            self.ready.set_exception(RuntimeError("component connection lost"))
+        else:
+            os._exit(0)
+
+    def _stanza(self, name, attrs, body):
+        if name == "message" and attrs.get("type") != "error":
+            out = (f"<message to={quoteattr(attrs.get('from', ''))} from={quoteattr(attrs.get('to', ''))} "
+                   f"type={quoteattr(attrs.get('type', 'normal'))}")
+            if "id" in attrs:
+                out += f" id={quoteattr(attrs['id'])}"
+            self.out.append(out + f"><body>{escape(body or '')}</body></message>")
+        elif name == "handshake" and not self.ready.done():
+            self.ready.set_result(True)
+        elif name == "stream:error":
+            raise SystemExit("bare component: stream error")
+
+
+async def run_bare(port: int, jid: str) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    await loop.create_connection(lambda: BareComponent(jid, SECRET, ready), "127.0.0.1", port)
+    await asyncio.wait_for(ready, 10)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the HTTP echo webhook
+
+
+class HttpEcho(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data):
+        buffer = self.buffer + data
+        out = []
+        close = False
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buffer[:end].lower()
+            length = 0
+            at = head.find(b"content-length:")
+            if at >= 0:
+                length = int(head[at + 15:head.find(b"\r\n", at) if head.find(b"\r\n", at) >= 0 else None].strip())
+            if len(buffer) < end + 4 + length:
+                break
+            body = buffer[end + 4:end + 4 + length]
+            buffer = buffer[end + 4 + length:]
+            if b"connection: close" in head:
+                close = True
+            out.append(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s"
+                       % (len(body), body))
+        self.buffer = buffer
+        if out:
+            self.transport.write(b"".join(out))
+        if close:
+            self.transport.close()
+
+
+async def run_http_echo(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(HttpEcho, "127.0.0.1", port, backlog=1024)
+    await server.serve_forever()
+
+
+def start_http_echo() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen([PY, __file__, "http-echo", str(port)])
+    wait_for_port(port)
+    return process, port
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "bare":
+        asyncio.run(run_bare(int(sys.argv[2]), sys.argv[3]))
+    elif sys.argv[1] == "http-echo":
+        asyncio.run(run_http_echo(int(sys.argv[2])))
+    else:
+        raise SystemExit("usage: xmpp_load.py bare PORT JID | http-echo PORT")
