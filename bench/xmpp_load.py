@@ -99,8 +99,8 @@ def median(values):
 
 
 class StreamParser:
-    """pyexpat without namespace processing; calls on_stanza(name, attrs, body) for every top-level element.
-    `body` is the text of a child <body>, or the text of a child <handshake>/<jid> etc. is not needed."""
+    """pyexpat without namespace processing; calls on_stanza(name, attrs, body) for every top-level element,
+    where `body` is the text of its child <body> (None without one); other children are skipped."""
 
     def __init__(self, on_stanza, on_open=None):
         self.on_stanza = on_stanza
