@@ -16,8 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ejabberd import Ejabberd  # noqa: E402
 from harness import COMPONENT, DOMAIN, SECRET, Client, Stanzad, component_config  # noqa: E402
 
-pytest.importorskip("slixmpp")
-
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 EXTRA = '[disco]\nname = "Test Bot"\n'
 
