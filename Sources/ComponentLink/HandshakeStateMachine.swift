@@ -70,6 +70,9 @@ public struct HandshakeStateMachine: Sendable {
         case idle
         /// Our header is sent; waiting for the server's.
         case awaitingHeader
+        /// The server's header had no id. Prosody sends such a header right before a stream error
+        /// (host-unknown, …): wait for it, so the real reason is reported.
+        case headerWithoutID
         /// Our handshake is sent; waiting for `<handshake/>`.
         case awaitingHandshake(streamID: String)
         /// Stanzas may flow.
@@ -117,7 +120,8 @@ public struct HandshakeStateMachine: Sendable {
                 return fail(streamError: "invalid-namespace", .badHeader, "the server's stream header is not a stream:stream")
             }
             guard let id = header[attribute: "id"], !id.isEmpty else {
-                return fail(streamError: "bad-format", .badHeader, "the server's stream header has no id")
+                state = .headerWithoutID
+                return .none
             }
             state = .awaitingHandshake(streamID: id)
             return .write("<handshake>\(Self.handshakeDigest(streamID: id, secret: secret))</handshake>")
@@ -136,6 +140,13 @@ public struct HandshakeStateMachine: Sendable {
 
         case (.closed, _):
             return .none
+
+        case (.headerWithoutID, .stanza(let element)):
+            if let error = streamError(element) { return fail(streamError: nil, error) }
+            return fail(streamError: "bad-format", .badHeader, Self.noIDMessage)
+
+        case (.headerWithoutID, .streamClosed):
+            return fail(streamError: nil, .badHeader, Self.noIDMessage)
 
         case (_, .streamClosed):
             state = .closed
@@ -157,9 +168,12 @@ public struct HandshakeStateMachine: Sendable {
 
     /// The TCP connection went away.
     public mutating func disconnected() -> ComponentLinkError {
-        state = .closed
+        defer { state = .closed }
+        if state == .headerWithoutID { return ComponentLinkError(.badHeader, Self.noIDMessage) }
         return ComponentLinkError(.closedByPeer, "connection closed")
     }
+
+    static let noIDMessage = "the server's stream header has no id"
 
     /// We are shutting down.
     public mutating func close() -> Action {

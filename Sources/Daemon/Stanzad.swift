@@ -106,6 +106,7 @@ struct Run: AsyncParsableCommand {
             // Before the ServiceGroup: libfcgi installs signal handlers that swift-service-lifecycle must replace.
             guard FastCGILibrary.initialize() else {
                 logger.error("libfcgi could not be initialised")
+                await factory.client.shutdown()
                 throw ExitCode(ExitStatus.internalError)
             }
             let rest = RestAPI(
@@ -115,7 +116,17 @@ struct Run: AsyncParsableCommand {
                     maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
                 sender: LinkSender(connection: connection))
             api = rest
-            front = FastCGIServer(listen: config.rest?.listen ?? "", socketMode: config.rest?.socketMode ?? 0o660, api: rest, logger: logger)
+            let listen = config.rest?.listen ?? ""
+            let socketMode = config.rest?.socketMode ?? 0o660
+            let fd: Int32
+            do {
+                fd = try ListeningSocket.open(listen, mode: socketMode)
+            } catch {
+                logger.error("REST API cannot start", metadata: ["problem": "\(error.description)"])
+                await factory.client.shutdown()  // an HTTP client must be shut down before it goes away
+                throw ExitCode(ExitStatus.config)
+            }
+            front = FastCGIServer(listen: listen, socketMode: socketMode, fd: fd, api: rest, logger: logger)
         }
         let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, logger: logger)
         logger.notice("stanzad starting", metadata: [

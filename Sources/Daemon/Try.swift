@@ -42,12 +42,15 @@ struct Try: AsyncParsableCommand {
             throw ValidationError(
                 "no route named \"\(route)\" in \(config.file)" + (names.isEmpty ? " (it has no routes)" : "; routes: \(names.joined(separator: ", "))"))
         }
-        let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
-        let routes = factory.routes(for: config)
-        guard let selected = routes.first(where: { $0.name == route }) else { throw ExitCode(ExitStatus.internalError) }
-
         var stanza = try makeStanza(defaultTo: configured.to?.first { !$0.pattern.contains("*") }?.pattern ?? config.component.jid)
         if stanza.id == nil { stanza.id = RandomID.make() }
+        // Created only now: from here on every path shuts its HTTP client down.
+        let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let routes = factory.routes(for: config)
+        guard let selected = routes.first(where: { $0.name == route }) else {
+            await factory.client.shutdown()
+            throw ExitCode(ExitStatus.internalError)
+        }
         if !selected.rule.matches(stanza) {
             FileHandle.standardError.write(Data("note: in production route \"\(route)\" would not take this stanza (its kinds/types/to/from/body do not match)\n".utf8))
         }

@@ -108,9 +108,14 @@ public final class FastCGIServer: Service, Sendable {
     let logger: Logger
     let pool: NIOThreadPool
 
-    public init(listen: String, socketMode: UInt16, api: RestAPI, logger: Logger) {
+    let fd: Int32
+
+    /// `fd` is the listening socket from `ListeningSocket.open` (opened before the ServiceGroup starts, so a
+    /// bad `listen` stops stanzad at once with a clear error).
+    public init(listen: String, socketMode: UInt16, fd: Int32, api: RestAPI, logger: Logger) {
         self.listen = listen
         self.socketMode = socketMode
+        self.fd = fd
         self.api = api
         self.logger = logger
         self.pool = NIOThreadPool(numberOfThreads: 2)
@@ -122,14 +127,7 @@ public final class FastCGIServer: Service, Sendable {
     }
 
     public func run() async throws {
-        let address = socketPath ?? listen
-        let fd = FCGX_OpenSocket(address, 1024)
-        guard fd >= 0 else {
-            throw FastCGIError(description: "cannot listen on \(listen) for FastCGI (does the directory exist and is it writable? is the port free?)")
-        }
-        if let path = socketPath, chmod(path, mode_t(socketMode)) != 0 {
-            logger.warning("cannot set the socket mode", metadata: ["socket": "\(path)", "mode": "\(String(socketMode, radix: 8))"])
-        }
+        let fd = self.fd
         pool.start()
         let (requests, continuation) = AsyncStream.makeStream(of: FastCGIExchange.self)
         let maxBody = api.settings.maxBody

@@ -637,8 +637,15 @@ extension XMLStreamParser {
         try parser.feed(wrapper, into: &events)
         try parser.feed(input[index...], into: &events)
         parser.wrapperCloseFed = true
-        try parser.feed(Array("</\(wrapperName)>".utf8), into: &events)
-        try parser.finish(into: &events)
+        do {
+            try parser.feed(Array("</\(wrapperName)>".utf8), into: &events)
+            try parser.finish(into: &events)
+        } catch {
+            // Errors found at the end name our internal wrapper; say "the end of the input" instead.
+            var message = error.message.replacingAll("and \(wrapperName)", with: "and the end of the input")
+            message = message.replacingAll(wrapperName, with: "the input")
+            throw XMLStreamError(error.code, message)
+        }
         var elements: [Element] = []
         for case .stanza(let element) in events {
             elements.append(element)

@@ -57,12 +57,33 @@ private func streamError(_ condition: String, text: String? = nil) -> XMLStreamE
     @Test func headerWithoutIdIsBadFormat() {
         var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
         _ = machine.connected()
-        guard case .close(let sent, let reason) = machine.received(header(id: nil)) else {
+        #expect(machine.received(header(id: nil)) == .none)
+        guard case .close(let sent, let reason) = machine.received(.stanza(Element("handshake", namespace: Namespace.componentAccept))) else {
             Issue.record("not closed")
             return
         }
         #expect(sent == "bad-format")
         #expect(reason.code == .badHeader)
+    }
+
+    @Test func prosodysHeaderWithoutIdThenHostUnknownReportsHostUnknown() {
+        // Prosody 0.12 answers an unknown component address with id='' and then <host-unknown/>.
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+        _ = machine.connected()
+        #expect(machine.received(header(id: "")) == .none)
+        guard case .close(_, let reason) = machine.received(streamError("host-unknown", text: "This server does not serve bot.example.org")) else {
+            Issue.record("not closed")
+            return
+        }
+        #expect(reason.condition == "host-unknown")
+        #expect(reason.isConfigurationError)
+    }
+
+    @Test func headerWithoutIdThenEOFIsABadHeader() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+        _ = machine.connected()
+        _ = machine.received(header(id: nil))
+        #expect(machine.disconnected().code == .badHeader)
     }
 
     @Test(arguments: ["not-authorized", "host-unknown", "invalid-namespace"])

@@ -439,3 +439,15 @@ let prosodyHeader =
         #expect(try parse("  \n", max: nil).get().isEmpty)
     }
 }
+
+@Suite struct FragmentErrorMessageTests {
+    @Test func unclosedElementErrorDoesNotNameTheInternalWrapper() {
+        do {
+            _ = try XMLStreamParser.parseFragment(Array("<message><body>".utf8))
+            Issue.record("accepted an unclosed element")
+        } catch {
+            #expect(!error.message.contains(XMLStreamParser.wrapperName), "\(error.message)")
+            #expect(error.message.contains("end of the input") || error.message.contains("the input"), "\(error.message)")
+        }
+    }
+}

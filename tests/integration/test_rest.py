@@ -91,6 +91,15 @@ def call(nginx: Nginx, method: str, path: str, body: bytes | str = b"", headers:
     return result
 
 
+def test_a_socket_that_cannot_be_created_stops_stanzad_with_a_clear_error(prosody, tmp_path):
+    extra = f'[rest]\nlisten = "unix:{tmp_path}/missing-dir/fastcgi.sock"\ncredentials = ["{TOKEN}"]\n'
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port, extra=extra))
+    daemon.start()
+    assert daemon.wait(10) == 78
+    line = daemon.wait_for_log("REST API cannot start")[0]
+    assert "missing-dir/fastcgi.sock" in line and "No such file or directory" in line and "RuntimeDirectory" in line
+
+
 def test_health_needs_no_auth(nginx):
     status, headers, body = call(nginx, "GET", "/rest/health", auth=False)
     assert status == 200 and headers["content-type"] == "application/json"
