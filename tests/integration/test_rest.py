@@ -222,6 +222,18 @@ def test_bad_input_gets_its_status_and_a_clear_error_body(nginx, case, accept):
         assert elapsed < 0.1
 
 
+def test_billion_laughs_leaves_memory_unchanged(nginx, stanzad):
+    rss = lambda: int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{stanzad.process.pid}/status").read_text()).group(1))
+    call(nginx, "POST", "/rest", BILLION_LAUGHS, {"Content-Type": "application/xmpp+xml"})  # warm-up
+    before = rss()
+    for _ in range(50):
+        status, _, _ = call(nginx, "POST", "/rest", BILLION_LAUGHS, {"Content-Type": "application/xmpp+xml"})
+        assert status == 400
+    after = rss()
+    print(f"rss {before} -> {after} KiB")
+    assert after - before < 2048  # KiB: expanding it even once would take gigabytes
+
+
 def test_rest_timeout_header_gives_504(nginx):
     # The slow worker answers after 2 s; the request allows 1 s.
     iq = f"<iq type='get' to='slow@{COMPONENT}'><query xmlns='urn:x'/></iq>"
