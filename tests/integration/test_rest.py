@@ -100,6 +100,40 @@ def test_a_socket_that_cannot_be_created_stops_stanzad_with_a_clear_error(prosod
     assert "missing-dir/fastcgi.sock" in line and "No such file or directory" in line and "RuntimeDirectory" in line
 
 
+def test_more_than_max_pending_long_polls_get_503(prosody, tmp_path_factory):
+    socket_path = tmp_path_factory.mktemp("run") / "fastcgi.sock"
+    extra = f'''
+[rest]
+listen = "unix:{socket_path}"
+credentials = ["{TOKEN}"]
+max_pending = 2
+
+[[route]]
+name = "slowiq"
+kinds = ["iq"]
+to = ["slow@{COMPONENT}"]
+worker = ["{SLOW_WORKER}"]
+format = "json"
+in_flight = 10
+concurrency = 10
+'''
+    daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), component_config(prosody.component_port, extra=extra))
+    daemon.start()
+    nginx = None
+    try:
+        daemon.wait_for_log("component connected")
+        nginx = Nginx(tmp_path_factory.mktemp("nginx"), socket_path).start()
+        loop = asyncio.new_event_loop()
+        statuses = loop.run_until_complete(long_poll(nginx.port, 3))
+        loop.close()
+        # Two wait for the worker (which answers after 2 s); the third finds the limit reached.
+        assert sorted(statuses) == [200, 200, 503]
+    finally:
+        if nginx:
+            nginx.stop()
+        daemon.stop()
+
+
 def test_health_needs_no_auth(nginx):
     status, headers, body = call(nginx, "GET", "/rest/health", auth=False)
     assert status == 200 and headers["content-type"] == "application/json"
@@ -305,3 +339,10 @@ def test_link_cut_mid_poll_gives_502(nginx, stanzad, prosody):
     assert statuses == [502] * 50
     status, _, body = call(nginx, "GET", "/rest/health", auth=False)
     assert status == 503 and json.loads(body)["component"] in ("connecting", "failed")
+    # With the link down, a message waits send_wait (1 s) for it, then 503 with Retry-After.
+    started = time.monotonic()
+    status, headers, body = call(nginx, "POST", f"/rest/message/chat/alice@{DOMAIN}", "x",
+                                 {"Content-Type": "text/plain", "Accept": "application/json"})
+    assert status == 503 and headers["retry-after"] == "1", body
+    assert json.loads(body)["error"]["condition"] == "service-unavailable"
+    assert 0.9 < time.monotonic() - started < 5
