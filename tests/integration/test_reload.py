@@ -71,8 +71,9 @@ def test_sighup_swaps_routes_keeps_the_link_and_rejects_a_broken_config(prosody,
         assert any(f"{daemon.config_path}:" in line and "bogus_key" in line for line in lines), lines
         assert ask(alice, "greet", "hi")["body"] == "new"
 
-        # One connection for the whole test: the link was never dropped.
+        # One connection for the whole test, in stanzad's log and in Prosody's: the link was never dropped.
         assert len(daemon.wait_for_log("component connected")) == 1
+        assert prosody.log_text().count("External component successfully authenticated") == 1, prosody.log_text()[-3000:]
     finally:
         if alice:
             alice.close()
