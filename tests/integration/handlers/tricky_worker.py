@@ -26,7 +26,8 @@ for line in sys.stdin:
     if body.startswith("slow"):
         threading.Timer(1.0, answer, [{"ref": ref, "body": body}]).start()
     elif body == "hang":
-        pass  # never answered
+        print("hanging", file=sys.stderr, flush=True)  # tests wait for this (stanzad logs worker stderr)
+        # never answered
     elif body == "garbage":
         with lock:
             sys.stdout.write("this is not json\n")
