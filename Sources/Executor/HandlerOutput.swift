@@ -21,7 +21,7 @@ public enum HandlerOutput {
     public static func replies(
         from stdout: [UInt8], format: HandlerFormat, incoming: Stanza, maxStanza: Int = 524_288
     ) throws(Problem) -> [Stanza] {
-        guard isUTF8(stdout) else {
+        guard UTF8Validator.isValid(stdout) else {
             throw Problem("handler output is not valid UTF-8", output: stdout)
         }
         switch format {
@@ -92,7 +92,7 @@ public enum HandlerOutput {
         var error = self.error(forExitCode: code)
         switch format {
         case .text:
-            if isUTF8(stdout) {
+            if UTF8Validator.isValid(stdout) {
                 var text = String(decoding: stdout, as: UTF8.self)
                 while text.last?.isNewline == true { text.removeLast() }
                 if !text.isEmpty && !text.unicodeScalars.contains(where: { !isXMLCharacter($0) }) { error.text = text }
@@ -105,11 +105,6 @@ public enum HandlerOutput {
             }
         }
         return HandlerOutcome(failure: error)
-    }
-
-    static func isUTF8(_ bytes: [UInt8]) -> Bool {
-        var validator = UTF8Validator()
-        return bytes.withUnsafeBytes { validator.feed($0) } && validator.isAtBoundary
     }
 
     /// XML 1.0 Char: tab, newline, carriage return, and everything from U+0020 except U+FFFE and U+FFFF.

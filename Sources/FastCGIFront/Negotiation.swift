@@ -1,27 +1,22 @@
 // Response content negotiation (SPEC §9): the Accept header with q-values and wildcards, else the request's
 // own type, else XML.
 
+import Foundation
+
 enum Negotiation {
     static let supported = ["application/xmpp+xml", "application/json"]
 
-    /// The media type of a Content-Type value: lower-cased, parameters dropped.
-    static func mediaType(_ value: String?) -> String {
-        guard let value else { return "" }
-        let base = value.split(separator: ";", maxSplits: 1).first ?? ""
-        return base.filter { $0 != " " && $0 != "\t" }.lowercased()
-    }
-
     static func choose(accept: String?, requestType: String) -> String {
         let fallback = supported.contains(requestType) ? requestType : "application/xmpp+xml"
-        guard let accept, !accept.trimmingWhitespace.isEmpty else { return fallback }
+        guard let accept, !accept.trimmingCharacters(in: .whitespaces).isEmpty else { return fallback }
         var ranges: [(type: String, q: Double, order: Int)] = []
         for (order, item) in accept.split(separator: ",").enumerated() {
             let parts = item.split(separator: ";")
             guard let first = parts.first else { continue }
-            let type = String(first).trimmingWhitespace.lowercased()
+            let type = String(first).trimmingCharacters(in: .whitespaces).lowercased()
             var q = 1.0
             for parameter in parts.dropFirst() {
-                let pair = parameter.split(separator: "=", maxSplits: 1).map { String($0).trimmingWhitespace }
+                let pair = parameter.split(separator: "=", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }
                 if pair.count == 2, pair[0].lowercased() == "q", let value = Double(pair[1]) { q = max(0, min(1, value)) }
             }
             ranges.append((type, q, order))
@@ -59,11 +54,3 @@ enum Negotiation {
     }
 }
 
-extension String {
-    var trimmingWhitespace: String {
-        var slice = Substring(self)
-        while slice.first == " " || slice.first == "\t" { slice.removeFirst() }
-        while slice.last == " " || slice.last == "\t" { slice.removeLast() }
-        return String(slice)
-    }
-}

@@ -2,6 +2,7 @@
 // stamping and validation with their status codes, content negotiation, the iq long-poll, /health.
 
 import ComponentLink
+import Foundation
 import Synchronization
 import XMPPCore
 
@@ -66,7 +67,7 @@ public final class RestAPI: Sendable {
     static let json = "application/json"
 
     public func handle(_ request: RestRequest) async -> RestResponse {
-        let output = Negotiation.choose(accept: request.accept, requestType: Negotiation.mediaType(request.contentType))
+        let output = Negotiation.choose(accept: request.accept, requestType: HTTPMediaType.essence(request.contentType))
         do {
             return try await route(request, output: output)
         } catch let failure as RestFailure {
@@ -174,7 +175,7 @@ public final class RestAPI: Sendable {
         guard request.body.count <= settings.maxBody else {
             throw RestFailure(413, .modify, .resourceConstraint, "body exceeds max_body (\(settings.maxBody) bytes)")
         }
-        let media = Negotiation.mediaType(request.contentType)
+        let media = HTTPMediaType.essence(request.contentType)
         if request.body.isEmpty && (media.isEmpty || media == "application/x-www-form-urlencoded") {
             guard let kind else {
                 throw RestFailure(400, .modify, .badRequest, "empty body: send a stanza (XML, JSON, form or text)")
@@ -327,7 +328,7 @@ public final class RestAPI: Sendable {
         }
         var timeout = settings.iqTimeout
         if let header = request.timeout {
-            guard let seconds = Int(header.trimmingSpaces()), seconds > 0 else {
+            guard let seconds = Int(header.trimmingCharacters(in: .whitespaces)), seconds > 0 else {
                 throw RestFailure(400, .modify, .badRequest, "Rest-Timeout must be a positive number of seconds")
             }
             timeout = .seconds(seconds)
@@ -426,29 +427,5 @@ public final class RestAPI: Sendable {
             form[decode(parts[0])] = decode(parts[1])
         }
         return form
-    }
-}
-
-extension Substring {
-    fileprivate func replacingOccurrences(of target: Character, with replacement: String) -> String {
-        var out = ""
-        for character in self { out += character == target ? replacement : String(character) }
-        return out
-    }
-}
-
-extension String {
-    fileprivate func trimmingSpaces() -> String {
-        var slice = Substring(self)
-        while slice.first == " " || slice.first == "\t" { slice.removeFirst() }
-        while slice.last == " " || slice.last == "\t" { slice.removeLast() }
-        return String(slice)
-    }
-}
-
-extension UTF8Validator {
-    static func isValid(_ bytes: [UInt8]) -> Bool {
-        var validator = UTF8Validator()
-        return bytes.withUnsafeBytes { validator.feed($0) } && validator.isAtBoundary
     }
 }

@@ -1,17 +1,12 @@
 // How a webhook's HTTP response becomes the reply (SPEC §6 response table). Pure.
 
 import Executor
+import Foundation
+import Logging
 import Routing
 import XMPPCore
 
 public enum WebhookResponse {
-    /// The media type of a Content-Type value: lower-cased, parameters dropped.
-    static func mediaType(_ contentType: String?) -> String {
-        guard let contentType else { return "" }
-        let base = contentType.split(separator: ";", maxSplits: 1).first ?? ""
-        return String(base).stripped().lowercased()
-    }
-
     static func format(forMediaType type: String) -> HandlerFormat? {
         switch type {
         case "application/xmpp+xml", "application/xml", "text/xml": .xml
@@ -26,7 +21,7 @@ public enum WebhookResponse {
         status: Int, reason: String?, contentType: String?, body: [UInt8], incoming: Stanza, maxStanza: Int
     ) -> (HandlerOutcome, problem: String?) {
         let metadata: Logger.Metadata = ["http_status": "\(status)"]
-        let media = mediaType(contentType)
+        let media = HTTPMediaType.essence(contentType)
         let blank = body.allSatisfy { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
         if (200..<300).contains(status) {
             if status == 202 || status == 204 || blank {
@@ -61,19 +56,7 @@ public enum WebhookResponse {
 
     /// Retry-After as a delay, when it is a number of seconds.
     static func retryAfter(_ value: String?) -> Duration? {
-        guard let value, let seconds = Int(value.stripped()), seconds >= 0 else { return nil }
+        guard let value, let seconds = Int(value.trimmingCharacters(in: .whitespaces)), seconds >= 0 else { return nil }
         return .seconds(seconds)
-    }
-}
-
-import Logging
-
-extension String {
-    fileprivate func stripped() -> String {
-        let characters: Set<Character> = [" ", "\t"]
-        var slice = Substring(self)
-        while let first = slice.first, characters.contains(first) { slice.removeFirst() }
-        while let last = slice.last, characters.contains(last) { slice.removeLast() }
-        return String(slice)
     }
 }

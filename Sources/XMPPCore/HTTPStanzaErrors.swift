@@ -89,3 +89,13 @@ public enum HTTPStanzaErrors {
         }
     }
 }
+
+/// Content-Type values, for the HTTP sides (REST API, webhooks).
+public enum HTTPMediaType {
+    /// The media type without parameters, lower-cased: "Application/JSON; charset=utf-8" → "application/json".
+    public static func essence(_ contentType: String?) -> String {
+        guard let contentType else { return "" }
+        let base = contentType.split(separator: ";", maxSplits: 1).first ?? ""
+        return base.filter { $0 != " " && $0 != "\t" }.lowercased()
+    }
+}

@@ -35,4 +35,10 @@ public struct UTF8Validator: Sendable {
 
     /// True when no multi-byte sequence is left open.
     public var isAtBoundary: Bool { need == 0 }
+
+    /// Whether `bytes` is complete, valid UTF-8.
+    public static func isValid(_ bytes: [UInt8]) -> Bool {
+        var validator = UTF8Validator()
+        return bytes.withUnsafeBytes { validator.feed($0) } && validator.isAtBoundary
+    }
 }
