@@ -1,17 +1,19 @@
 // SPEC §8: turns what a handler produced into the stanzas that go out, with the addresses, ids and types
 // a reply must have, and guarantees exactly one answer to every iq get/set.
 
+import ComponentLink
 import XMPPCore
 
 public struct ReplyStamper: Sendable {
+    /// What the link will accept (SPEC §8). Checked here too, so that a reply the link would refuse becomes
+    /// an error to the sender instead of a reply that silently never leaves.
+    public let policy: OutboundPolicy
+
     /// The component domain; every outgoing `from` must be inside it.
-    public let domain: String
-    /// `max_stanza`: a reply that would not fit is refused here rather than by the server.
-    public let maxStanzaBytes: Int
+    public var domain: String { policy.domain }
 
     public init(domain: String, maxStanzaBytes: Int = 524_288) {
-        self.domain = domain.lowercased()
-        self.maxStanzaBytes = maxStanzaBytes
+        self.policy = OutboundPolicy(domain: domain, maxStanzaBytes: maxStanzaBytes)
     }
 
     /// A problem that turns the whole reply into internal-server-error.
@@ -59,17 +61,11 @@ public struct ReplyStamper: Sendable {
         return [incoming.errorReply(error)]
     }
 
-    /// Fills in what a single reply leaves out and checks its `from`.
+    /// Fills in what a single reply leaves out and checks it against the outbound policy.
     public func stamp(_ reply: Stanza, replyingTo incoming: Stanza) throws(Refusal) -> Stanza {
         var reply = reply
         if reply.from == nil { reply.from = incoming.to }
         if reply.to == nil { reply.to = incoming.from }
-        guard let fromValue = reply.from, let from = JID.parse(fromValue), from.domain == domain else {
-            throw Refusal(description: "reply from \(JID.quoted(reply.from ?? "")) is outside the component domain \(domain)")
-        }
-        guard let toValue = reply.to, JID.parse(toValue) != nil else {
-            throw Refusal(description: "reply to \(JID.quoted(reply.to ?? "")) is not a valid JID")
-        }
         switch reply.kind {
         case .iq:
             if incoming.isRequest, reply.type == nil || reply.type == "result" || reply.type == "error" {
@@ -91,14 +87,10 @@ public struct ReplyStamper: Sendable {
         case .presence:
             break
         }
-        let size: Int
         do {
-            size = try reply.serialized().utf8.count
+            _ = try policy.serialize(reply)
         } catch {
-            throw Refusal(description: "reply cannot be written as XML: \(error)")
-        }
-        guard size <= maxStanzaBytes else {
-            throw Refusal(description: "reply of \(size) bytes exceeds max_stanza (\(maxStanzaBytes) bytes)")
+            throw Refusal(description: "reply refused: \(error.message)")
         }
         return reply
     }
