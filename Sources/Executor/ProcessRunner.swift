@@ -100,24 +100,14 @@ public enum ProcessRunner {
         guard let program = spec.argv.first else {
             return ProcessResult(ending: .spawnFailed("empty argv"), stdout: [], pid: nil, duration: .zero)
         }
-        var options = PlatformOptions()
-        // Own session and group, on swift-subprocess's posix_spawn path (no uid/gid, no processGroupID).
-        options.createSession = true
-        options.teardownSequence = [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: spec.killGrace)]
-        let executable: Executable = program.contains("/") ? .path(FilePath(program)) : .name(program)
-        var environment: [Environment.Key: String] = [:]
-        for (name, value) in spec.environment {
-            if let key = Environment.Key(rawValue: name) { environment[key] = value }
-        }
+        let launch = HandlerLaunch.configuration(
+            program: program, arguments: Array(spec.argv.dropFirst()), environment: spec.environment,
+            workdir: spec.workdir, killGrace: spec.killGrace)
         let input = spec.stdin
         let maxStderr = spec.maxStderr
         do {
             let execution = try await Subprocess.run(
-                executable,
-                arguments: Arguments(Array(spec.argv.dropFirst())),
-                environment: .custom(environment),
-                workingDirectory: FilePath(spec.workdir),
-                platformOptions: options,
+                launch,
                 input: .inputWriter,
                 output: .bytes(limit: spec.maxOutput),
                 error: .sequence
@@ -157,6 +147,31 @@ public enum ProcessRunner {
             }
             return ProcessResult(ending: .spawnFailed("\(error)"), stdout: [], pid: nil, duration: .zero)
         }
+    }
+}
+
+/// How every handler process (exec and worker) is started.
+enum HandlerLaunch {
+    /// Its own session and process group, on swift-subprocess's posix_spawn path (no uid/gid, no
+    /// processGroupID), exactly `environment`, and a teardown of SIGTERM to the group, `killGrace`, then
+    /// SIGKILL to the group.
+    static func configuration(program: String, arguments: [String], environment: [String: String], workdir: String,
+                              killGrace: Duration) -> Configuration {
+        var options = PlatformOptions()
+        options.createSession = true
+        options.teardownSequence = teardown(killGrace)
+        var keys: [Environment.Key: String] = [:]
+        for (name, value) in environment {
+            if let key = Environment.Key(rawValue: name) { keys[key] = value }
+        }
+        return Configuration(
+            executable: program.contains("/") ? .path(FilePath(program)) : .name(program),
+            arguments: Arguments(arguments), environment: .custom(keys), workingDirectory: FilePath(workdir),
+            platformOptions: options)
+    }
+
+    static func teardown(_ killGrace: Duration) -> [TeardownStep] {
+        [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: killGrace)]
     }
 }
 

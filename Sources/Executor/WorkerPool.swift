@@ -317,16 +317,11 @@ public final class WorkerPool: Service, Sendable {
             state.slots[index].recycling = false
             return state.slots[index].generation
         }
-        var options = PlatformOptions()
-        options.createSession = true
         let grace = settings.killGrace
-        options.teardownSequence = [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: grace)]
         guard let program = settings.argv.first else { return false }
-        let executable: Executable = program.contains("/") ? .path(FilePath(program)) : .name(program)
-        var environment: [Environment.Key: String] = [:]
-        for (name, value) in settings.environment {
-            if let key = Environment.Key(rawValue: name) { environment[key] = value }
-        }
+        let launch = HandlerLaunch.configuration(
+            program: program, arguments: Array(settings.argv.dropFirst()), environment: settings.environment,
+            workdir: settings.workdir, killGrace: grace)
         var workerLogger = logger
         workerLogger[metadataKey: "worker"] = "\(index)"
         let log = workerLogger
@@ -335,9 +330,7 @@ public final class WorkerPool: Service, Sendable {
         var garbage: String?
         do {
             let result = try await Subprocess.run(
-                executable, arguments: Arguments(Array(settings.argv.dropFirst())), environment: .custom(environment),
-                workingDirectory: FilePath(settings.workdir), platformOptions: options,
-                input: .inputWriter, output: .sequence, error: .sequence
+                launch, input: .inputWriter, output: .sequence, error: .sequence
             ) { execution -> String? in
                 let processID = execution.processIdentifier.value
                 state.withLock { $0.slots[index].pid = processID }
@@ -387,7 +380,7 @@ public final class WorkerPool: Service, Sendable {
                             if now { continuation.resume() }
                         }
                         if self.state.withLock({ $0.slots[index].running && $0.slots[index].generation == generation }) {
-                            await execution.teardown(using: [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: grace)])
+                            await execution.teardown(using: HandlerLaunch.teardown(grace))
                         }
                     }
                     // Answers ← stdout.
@@ -419,7 +412,7 @@ public final class WorkerPool: Service, Sendable {
                     } catch {}
                     if let problem {
                         self.stopWorker(index, generation: generation, reason: problem)
-                        await execution.teardown(using: [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: grace)])
+                        await execution.teardown(using: HandlerLaunch.teardown(grace))
                     }
                     // stdout ended: the worker is gone or going. Release the writer and the kill switch.
                     self.finishSlot(index, generation: generation)
