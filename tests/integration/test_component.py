@@ -15,14 +15,6 @@ from harness import COMPONENT, DOMAIN, Client, Prosody, Stanzad, component_confi
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
-@pytest.fixture(scope="module")
-def prosody(tmp_path_factory):
-    server = Prosody(tmp_path_factory.mktemp("prosody"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def stanzad(prosody, tmp_path):
     daemon = Stanzad(tmp_path, component_config(prosody.component_port, extra='[disco]\nname = "Test Bot"\n'

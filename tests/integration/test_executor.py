@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import COMPONENT, DOMAIN, REPO, Client, Prosody, Stanzad, component_config, stanzad_binary
+from harness import COMPONENT, DOMAIN, REPO, Client, Stanzad, component_config, stanzad_binary
 
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 HANDLERS = REPO / "handlers"
@@ -51,14 +51,6 @@ ROUTES = "".join([
 
 
 @pytest.fixture(scope="module")
-def prosody(tmp_path_factory):
-    server = Prosody(tmp_path_factory.mktemp("prosody"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def stanzad(prosody, tmp_path_factory):
     env = dict(os.environ, STANZAD_TEST_SECRET="must-not-leak")
     daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), component_config(prosody.component_port, extra=ROUTES), env=env)
@@ -66,13 +58,6 @@ def stanzad(prosody, tmp_path_factory):
     daemon.wait_for_log("component connected")
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def alice(prosody, stanzad):
-    client = Client(f"alice@{DOMAIN}/test", "pw", prosody.c2s_port)
-    yield client
-    client.close()
 
 
 def ask(client: Client, name: str, body: str, timeout: float = 15):

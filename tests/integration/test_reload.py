@@ -6,9 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import pytest
-
-from harness import COMPONENT, DOMAIN, Client, Prosody, Stanzad, component_config
+from harness import COMPONENT, DOMAIN, Client, Stanzad, component_config
 from test_executor import ask
 
 TRICKY = Path(__file__).parent / "handlers" / "tricky_worker.py"
@@ -32,14 +30,6 @@ to = ["worker@{COMPONENT}"]
 worker = ["{TRICKY}"]
 format = "json"
 '''
-
-
-@pytest.fixture
-def prosody(tmp_path_factory):
-    server = Prosody(tmp_path_factory.mktemp("prosody"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_sighup_swaps_routes_keeps_the_link_and_rejects_a_broken_config(prosody, tmp_path):

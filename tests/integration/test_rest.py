@@ -12,20 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import COMPONENT, DOMAIN, Client, Prosody, Stanzad, component_config
+from harness import COMPONENT, DOMAIN, Stanzad, component_config
 from nginx import Nginx
 
 TOKEN = "Bearer dGVzdC10b2tlbg=="
 SLOW_WORKER = Path(__file__).parent / "handlers" / "slow_worker.py"
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-
-
-@pytest.fixture(scope="module")
-def prosody(tmp_path_factory):
-    server = Prosody(tmp_path_factory.mktemp("prosody"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +61,6 @@ def nginx(stanzad, socket_path, tmp_path_factory):
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def alice(prosody, stanzad):
-    client = Client(f"alice@{DOMAIN}/test", "pw", prosody.c2s_port)
-    yield client
-    client.close()
 
 
 def call(nginx: Nginx, method: str, path: str, body: bytes | str = b"", headers: dict | None = None,

@@ -14,19 +14,11 @@ import time
 
 import pytest
 
-from harness import COMPONENT, DOMAIN, REPO, Client, Prosody, Stanzad, component_config, free_port, wait_for_port
+from harness import COMPONENT, REPO, Client, Stanzad, component_config, free_port, wait_for_port
 from test_executor import ask, condition, error_text
 from webhook_server import WebhookServer
 
 SECRET = "hook-secret"
-
-
-@pytest.fixture(scope="module")
-def prosody(tmp_path_factory):
-    server = Prosody(tmp_path_factory.mktemp("prosody"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +92,6 @@ hmac_secret = "{SECRET}"
     daemon.wait_for_log("component connected")
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def alice(prosody, stanzad):
-    client = Client(f"alice@{DOMAIN}/test", "pw", prosody.c2s_port)
-    yield client
-    client.close()
 
 
 def send(client: Client, name: str, body: str, msg_id: str) -> None:

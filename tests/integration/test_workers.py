@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import COMPONENT, DOMAIN, REPO, Client, Prosody, Stanzad, component_config
+from harness import COMPONENT, DOMAIN, REPO, Client, Stanzad, component_config
 from test_executor import ask, burst, condition, process_state
 
 TRICKY = Path(__file__).parent / "handlers" / "tricky_worker.py"
@@ -21,14 +21,6 @@ def worker_route(name: str, argv: list[str], **extra) -> str:
              "worker = [" + ", ".join(f'"{a}"' for a in argv) + "]", 'format = "json"']
     lines += [f"{key} = {value}" for key, value in extra.items()]
     return "\n".join(lines) + "\n"
-
-
-@pytest.fixture(scope="module")
-def prosody(tmp_path_factory):
-    server = Prosody(tmp_path_factory.mktemp("prosody"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +44,6 @@ def stanzad(prosody, pid_dir, tmp_path_factory):
     daemon.wait_for_log("worker started", count=5)
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def alice(prosody, stanzad):
-    client = Client(f"alice@{DOMAIN}/test", "pw", prosody.c2s_port)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
