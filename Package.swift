@@ -33,6 +33,8 @@ let package = Package(
 
         // XMPP core: element tree, serializer, JIDs, stanza errors, the hardened libxml2 parser and the
         // JSON mapping. No I/O.
+        // posix_spawn and pidfd_open for the exec runner.
+        .target(name: "CSpawn", path: "Sources/CSpawn"),
         .target(name: "XMPPCore", dependencies: ["CLibXML2"], swiftSettings: strict),
 
         // The XEP-0114 component link: handshake state machine, NIO connection, reconnect, keepalive, send
@@ -65,7 +67,7 @@ let package = Package(
         .target(
             name: "Executor",
             dependencies: [
-                "XMPPCore", "ComponentLink", "Routing",
+                "XMPPCore", "ComponentLink", "Routing", "CSpawn",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

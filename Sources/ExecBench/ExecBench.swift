@@ -13,8 +13,8 @@
 // format `text`: the body goes to stdin, stdout comes back as the reply's body.
 //
 // ours:     Dispatcher.admit + Dispatcher.run for each stanza (route match, admission gate, ProcessHandler:
-//           stdin bytes, clean environment, the process-limit gate, ProcessRunner on swift-subprocess with its
-//           own session, stdout capture, stderr reader, deadline timer and group kill, output parsing, reply
+//           stdin bytes, clean environment, the process-limit gate, ProcessRunner (posix_spawn into its
+//           own session, one watching thread: stdout capture, stderr reader, deadline timer and group kill, output parsing, reply
 //           stamping, the per-stanza log line into a no-op log handler), C stanzas in flight from a task group.
 // baseline: C OS threads (outside Swift's cooperative pool), each looping: pipe2(O_CLOEXEC) ×2, posix_spawn of
 //           the script with stdin/stdout dup'd onto the pipes and the same small environment, write the body,
@@ -66,7 +66,7 @@ enum ExecBench {
         print("  handler: \(handler.script) (#!/bin/sh, exec cat), format text; \(options.stanzas) stanzas per round, "
             + "concurrency \(options.concurrency), \(options.rounds) rounds (+1 warm-up)")
         print("  baseline: \(options.concurrency) threads, each posix_spawn + stdin/stdout pipes + write + read to EOF + waitpid")
-        print("  ours:     Dispatcher.admit/run → ProcessHandler → ProcessRunner (swift-subprocess), \(options.concurrency) in flight")
+        print("  ours:     Dispatcher.admit/run → ProcessHandler → ProcessRunner (posix_spawn, watching thread), \(options.concurrency) in flight")
         print("")
 
         var baselineRates: [Double] = []

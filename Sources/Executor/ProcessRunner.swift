@@ -1,7 +1,11 @@
-// One handler process on swift-subprocess: its own session and process group, a clean environment, stdin
-// written then closed, stdout captured up to a cap, stderr read concurrently and handed over line by line,
-// a deadline with SIGTERM → grace → SIGKILL to the whole group, and whatever is left of the group killed
+// One exec handler process: posix_spawn into its own session and process group with a clean environment,
+// stdin written then closed, stdout captured up to a cap, stderr read concurrently and handed over line by
+// line, a deadline with SIGTERM → grace → SIGKILL to the whole group, and whatever is left of the group killed
 // after the handler exits (so a grandchild holding a pipe neither stalls the reply nor survives it).
+//
+// Exec handlers live for milliseconds, so their spawn path is ours rather than swift-subprocess's (which
+// workers use): swift-subprocess spawns on one shared thread and hops between threads several times per run,
+// which cost about a tenth of bench/exec's throughput (docs/PERFORMANCE.md).
 
 #if canImport(Glibc)
 import Glibc
@@ -10,6 +14,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CSpawn
 import Subprocess
 import Synchronization
 import SystemPackage
@@ -64,90 +69,369 @@ public enum ProcessRunner {
     private static let ignoreBrokenPipes: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 
     /// Runs `spec` to completion. `stderrLine` gets each stderr line (without its newline) as it arrives.
+    ///
+    /// The process is watched by one OS thread of its own (a `poll` loop over its pipes, a pidfd and a
+    /// cancellation pipe), never by the cooperative pool: a handler costs one spawn and one thread, with no
+    /// hops between threads while it runs. Cancelling the calling task stops the handler like its deadline
+    /// does (SIGTERM to the group, `killGrace`, SIGKILL).
     public static func run(_ spec: ProcessSpec, stderrLine: @escaping @Sendable (String, Int32) -> Void) async -> ProcessResult {
         _ = ignoreBrokenPipes
         let started = ContinuousClock.now
-        let pid = PIDBox()
-        // The run is a child task we can cancel at the deadline: cancelling it makes swift-subprocess tear the
-        // group down (SIGTERM, kill_grace, SIGKILL), then it reaps the handler and returns.
-        let run = Task { await execute(spec, pid: pid, stderrLine: stderrLine) }
-        let deadlinePassed = Flag()
-        let timer = OneShotTimer(after: spec.timeout) {
-            deadlinePassed.set()
-            run.cancel()
+        let stop: StopSignal
+        do { stop = try StopSignal() } catch {
+            return ProcessResult(ending: .spawnFailed("cannot create a pipe: \(error)"), stdout: [], pid: nil, duration: .zero)
         }
         var result = await withTaskCancellationHandler {
-            await run.value
+            await withCheckedContinuation { (continuation: CheckedContinuation<ProcessResult, Never>) in
+                let thread = BlockingThread.start {
+                    continuation.resume(returning: HandlerProcess.run(spec, stop: stop, stderrLine: stderrLine))
+                }
+                if !thread {
+                    continuation.resume(returning: ProcessResult(
+                        ending: .spawnFailed("cannot start a thread to watch the handler"), stdout: [], pid: nil, duration: .zero))
+                }
+            }
         } onCancel: {
-            run.cancel()
+            stop.fire()
         }
-        timer.cancel()
-        let timedOut = deadlinePassed.isSet
-
-        // Whatever the handler left behind in its process group goes now. The group id cannot be reused
-        // while any member lives, so this never hits an unrelated process.
-        if let leader = pid.value.withLock({ $0 }) {
-            _ = kill(-leader, SIGKILL)
-        }
-        if timedOut, result.pid != nil {
-            result.ending = .timedOut
-        }
+        stop.close()
         result.duration = ContinuousClock.now - started
         return result
     }
+}
 
-    static func execute(_ spec: ProcessSpec, pid: PIDBox, stderrLine: @escaping @Sendable (String, Int32) -> Void) async -> ProcessResult {
+/// One handler process from spawn to reap, on the calling (blocking) thread.
+enum HandlerProcess {
+    static func run(_ spec: ProcessSpec, stop: StopSignal, stderrLine: @escaping @Sendable (String, Int32) -> Void) -> ProcessResult {
         guard let program = spec.argv.first else {
             return ProcessResult(ending: .spawnFailed("empty argv"), stdout: [], pid: nil, duration: .zero)
         }
-        let launch = HandlerLaunch.configuration(
-            program: program, arguments: Array(spec.argv.dropFirst()), environment: spec.environment,
-            workdir: spec.workdir, killGrace: spec.killGrace)
-        let input = spec.stdin
-        let maxStderr = spec.maxStderr
+        guard let path = resolve(program, in: spec.environment["PATH"]) else {
+            return ProcessResult(ending: .spawnFailed("\(program): not found in PATH"), stdout: [], pid: nil, duration: .zero)
+        }
+        var input = Pipe(), output = Pipe(), errors = Pipe()
+        defer { input.closeBoth(); output.closeBoth(); errors.closeBoth() }
         do {
-            let execution = try await Subprocess.run(
-                launch,
-                input: .inputWriter,
-                output: .bytes(limit: spec.maxOutput),
-                error: .sequence
-            ) { execution in
-                let processID = execution.processIdentifier.value
-                pid.value.withLock { $0 = processID }
-                let writer = execution.standardInputWriter
-                async let written: Void = {
-                    // A handler may exit without reading stdin: EPIPE here is not an error of the run.
-                    _ = try? await writer.write(input)
-                    try? await writer.finish()
-                }()
-                var lines = StderrLines(limit: maxStderr)
-                do {
-                    for try await buffer in execution.standardError {
-                        buffer.withUnsafeBytes { lines.feed($0) { stderrLine($0, processID) } }
-                    }
-                } catch {
-                    // Reading ends with an error when the run is torn down; nothing to keep.
-                }
-                lines.finish { stderrLine($0, processID) }
-                await written
-            }
-            let ending: ProcessResult.Ending
-            switch execution.terminationStatus {
-            case .exited(let code): ending = .exited(code)
-            case .signaled(let signal): ending = .signaled(signal)
-            }
-            return ProcessResult(ending: ending, stdout: execution.standardOutput, pid: execution.processIdentifier.value, duration: .zero)
-        } catch let error as SubprocessError where error.code == .outputLimitExceeded {
-            return ProcessResult(ending: .outputTooLarge, stdout: [], pid: pid.value.withLock { $0 }, duration: .zero)
+            input = try Pipe.make()
+            output = try Pipe.make()
+            errors = try Pipe.make()
         } catch {
-            let processID = pid.value.withLock { $0 }
-            if processID != nil {
-                // Started, then torn down (deadline) or failed while running.
-                return ProcessResult(ending: .signaled(SIGKILL), stdout: [], pid: processID, duration: .zero)
+            return ProcessResult(ending: .spawnFailed("cannot create pipes: \(error)"), stdout: [], pid: nil, duration: .zero)
+        }
+        let environment = spec.environment.map { "\($0.key)=\($0.value)" }
+        var pid: pid_t = 0
+        let rc = withCStrings(spec.argv) { argv in
+            withCStrings(environment) { envp in
+                stanzad_spawn(path, argv, envp, spec.workdir, input.read, output.write, errors.write, &pid)
             }
-            return ProcessResult(ending: .spawnFailed("\(error)"), stdout: [], pid: nil, duration: .zero)
+        }
+        guard rc == 0 else {
+            return ProcessResult(ending: .spawnFailed("\(path): \(String(cString: strerror(rc)))"), stdout: [], pid: nil, duration: .zero)
+        }
+        // The child has its copies; ours of its ends go, so EOF means every holder is gone.
+        input.closeRead()
+        output.closeWrite()
+        errors.closeWrite()
+        var watch = Watch(spec: spec, pid: pid, stdin: input.write, stdout: output.read, stderr: errors.read, stop: stop.readEnd)
+        input.write = -1
+        output.read = -1
+        errors.read = -1
+        return watch.run { stderrLine($0, pid) }
+    }
+
+    /// `program` itself when it has a slash, else the first executable `PATH` entry of that name.
+    static func resolve(_ program: String, in path: String?) -> String? {
+        if program.contains("/") { return program }
+        for directory in (path ?? "/usr/bin:/bin").split(separator: ":") where !directory.isEmpty {
+            let candidate = "\(directory)/\(program)"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+}
+
+/// The poll loop around one running handler.
+private struct Watch {
+    let spec: ProcessSpec
+    let pid: pid_t
+    var stdin: Int32
+    var stdout: Int32
+    var stderr: Int32
+    let stop: Int32
+    var pidfd: Int32
+
+    var written = 0
+    var collected: [UInt8] = []
+    var lines: StderrLines
+    var status: Int32?
+    var timedOut = false
+    var tooLarge = false
+    var stopped = false
+    let deadline: ContinuousClock.Instant
+    var killAt: ContinuousClock.Instant?
+    /// After the handler exits: how long its pipes may stay open (a member that left the group holds them).
+    var drainUntil: ContinuousClock.Instant?
+
+    init(spec: ProcessSpec, pid: pid_t, stdin: Int32, stdout: Int32, stderr: Int32, stop: Int32) {
+        self.spec = spec
+        self.pid = pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stop = stop
+        self.pidfd = stanzad_pidfd_open(pid)
+        self.lines = StderrLines(limit: spec.maxStderr)
+        self.deadline = .now + spec.timeout
+        for fd in [stdin, stdout, stderr] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        if spec.stdin.isEmpty { Self.close(&self.stdin) }
+    }
+
+    mutating func run(stderrLine: (String) -> Void) -> ProcessResult {
+        while status == nil || stdout >= 0 || stderr >= 0 {
+            let now = ContinuousClock.now
+            if status == nil {
+                if let killAt, now >= killAt {
+                    _ = kill(-pid, SIGKILL)
+                    self.killAt = nil
+                } else if killAt == nil, !timedOut, !stopped, now >= deadline {
+                    timedOut = true
+                    terminate()
+                }
+                if pidfd < 0 { reapIfExited() }
+            } else if let drainUntil, now >= drainUntil {
+                break
+            }
+            var fds: [pollfd] = []
+            if stdin >= 0 { fds.append(pollfd(fd: stdin, events: Int16(POLLOUT), revents: 0)) }
+            if stdout >= 0 { fds.append(pollfd(fd: stdout, events: Int16(POLLIN), revents: 0)) }
+            if stderr >= 0 { fds.append(pollfd(fd: stderr, events: Int16(POLLIN), revents: 0)) }
+            if status == nil, pidfd >= 0 { fds.append(pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)) }
+            if status == nil, !stopped { fds.append(pollfd(fd: stop, events: Int16(POLLIN), revents: 0)) }
+            let timeout = pollTimeout(now: now)
+            let ready = poll(&fds, nfds_t(fds.count), timeout)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                break
+            }
+            for entry in fds where entry.revents != 0 {
+                switch entry.fd {
+                case stdin: feedInput()
+                case stdout: readOutput()
+                case stderr: readErrors(stderrLine)
+                case pidfd: reapIfExited()
+                case stop:
+                    stopped = true
+                    terminate()
+                default: break
+                }
+            }
+        }
+        lines.finish(emit: stderrLine)
+        // Whatever the handler left behind in its group goes now. The group id cannot be reused while any
+        // member lives, so this never hits an unrelated process.
+        _ = kill(-pid, SIGKILL)
+        if status == nil { reap(blocking: true) }
+        Self.close(&stdin)
+        Self.close(&stdout)
+        Self.close(&stderr)
+        Self.close(&pidfd)
+        let ending: ProcessResult.Ending
+        if timedOut {
+            ending = .timedOut
+        } else if tooLarge {
+            ending = .outputTooLarge
+        } else {
+            let raw = status ?? 0
+            ending = raw & 0x7f == 0 ? .exited((raw >> 8) & 0xff) : .signaled(raw & 0x7f)
+        }
+        return ProcessResult(ending: ending, stdout: tooLarge ? [] : collected, pid: pid, duration: .zero)
+    }
+
+    /// Milliseconds to the next timed step, at most 1 s (without a pidfd: 10 ms, the exit is polled).
+    func pollTimeout(now: ContinuousClock.Instant) -> Int32 {
+        var next: ContinuousClock.Instant
+        if status != nil {
+            next = drainUntil ?? now + .seconds(1)
+        } else if let killAt {
+            next = killAt
+        } else if !timedOut, !stopped {
+            next = deadline
+        } else {
+            next = now + .seconds(1)
+        }
+        if pidfd < 0, status == nil { next = min(next, now + .milliseconds(10)) }
+        let left = next - now
+        if left <= .zero { return 0 }
+        let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
+        return Int32(min(milliseconds, 1000))
+    }
+
+    /// SIGTERM to the group now, SIGKILL after the grace.
+    mutating func terminate() {
+        guard status == nil, killAt == nil else { return }
+        _ = kill(-pid, SIGTERM)
+        killAt = .now + spec.killGrace
+    }
+
+    mutating func feedInput() {
+        while written < spec.stdin.count {
+            let count = spec.stdin.withUnsafeBytes { bytes in
+                write(stdin, bytes.baseAddress.map { $0 + written }, bytes.count - written)
+            }
+            if count > 0 {
+                written += count
+            } else if count < 0, errno == EINTR {
+                continue
+            } else if count < 0, errno == EAGAIN {
+                return
+            } else {
+                break  // EPIPE: the handler stopped reading, which is its right.
+            }
+        }
+        Self.close(&stdin)
+    }
+
+    mutating func readOutput() {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(stdout, $0.baseAddress, $0.count) }
+            if count > 0 {
+                collected.append(contentsOf: buffer[0..<count])
+                if collected.count > spec.maxOutput {
+                    tooLarge = true
+                    collected = []
+                    _ = kill(-pid, SIGKILL)
+                    Self.close(&stdout)
+                    return
+                }
+            } else if count < 0, errno == EINTR {
+                continue
+            } else if count < 0, errno == EAGAIN {
+                return
+            } else {
+                Self.close(&stdout)
+                return
+            }
         }
     }
+
+    mutating func readErrors(_ emit: (String) -> Void) {
+        var buffer = [UInt8](repeating: 0, count: 16_384)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(stderr, $0.baseAddress, $0.count) }
+            if count > 0 {
+                buffer.withUnsafeBytes { lines.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count]), emit: emit) }
+            } else if count < 0, errno == EINTR {
+                continue
+            } else if count < 0, errno == EAGAIN {
+                return
+            } else {
+                Self.close(&stderr)
+                return
+            }
+        }
+    }
+
+    mutating func reapIfExited() { reap(blocking: false) }
+
+    /// Collects the handler's status; once it has exited, the rest of its group is killed so pipes a
+    /// grandchild holds close, and whatever is still buffered is read for at most one more second.
+    mutating func reap(blocking: Bool) {
+        var raw: Int32 = 0
+        var result: pid_t
+        repeat { result = waitpid(pid, &raw, blocking ? 0 : WNOHANG) } while result < 0 && errno == EINTR
+        guard result == pid else {
+            if result < 0 { status = 0 }  // ECHILD: someone else reaped it; nothing more to learn.
+            return
+        }
+        status = raw
+        killAt = nil
+        _ = kill(-pid, SIGKILL)
+        drainUntil = .now + .seconds(1)
+        if stdin >= 0 { Self.close(&stdin) }
+    }
+
+    static func close(_ fd: inout Int32) {
+        if fd >= 0 { _ = Glibc.close(fd) }
+        fd = -1
+    }
+}
+
+/// A pipe's two ends (-1 once closed).
+private struct Pipe {
+    var read: Int32 = -1
+    var write: Int32 = -1
+
+    static func make() throws(Errno) -> Pipe {
+        var ends: [Int32] = [-1, -1]
+        guard stanzad_pipe(&ends, O_CLOEXEC) == 0 else { throw Errno(rawValue: errno) }
+        return Pipe(read: ends[0], write: ends[1])
+    }
+
+    mutating func closeRead() { if read >= 0 { _ = Glibc.close(read) }; read = -1 }
+    mutating func closeWrite() { if write >= 0 { _ = Glibc.close(write) }; write = -1 }
+    mutating func closeBoth() { closeRead(); closeWrite() }
+}
+
+/// Wakes a handler's watching thread from the task that awaits it (cancellation).
+final class StopSignal: Sendable {
+    let readEnd: Int32
+    private let writeEnd: Int32
+    private let closed = Atomic<Bool>(false)
+
+    init() throws(Errno) {
+        var ends: [Int32] = [-1, -1]
+        guard stanzad_pipe(&ends, O_CLOEXEC | O_NONBLOCK) == 0 else { throw Errno(rawValue: errno) }
+        readEnd = ends[0]
+        writeEnd = ends[1]
+    }
+
+    func fire() {
+        guard !closed.load(ordering: .acquiring) else { return }
+        var byte: UInt8 = 1
+        _ = write(writeEnd, &byte, 1)
+    }
+
+    /// After the watching thread is done; a late `fire` is then a no-op.
+    func close() {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        _ = Glibc.close(readEnd)
+        _ = Glibc.close(writeEnd)
+    }
+}
+
+/// A detached OS thread for work that blocks.
+enum BlockingThread {
+    /// Starts `body` on a new thread; false if the thread could not be created.
+    static func start(_ body: @escaping @Sendable () -> Void) -> Bool {
+        let box = Unmanaged.passRetained(Box(body))
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            guard let raw else { return nil }
+            let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
+            box.body()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            return false
+        }
+        pthread_detach(thread)
+        return true
+    }
+
+    private final class Box {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+}
+
+/// Runs `body` with `strings` as a NULL-terminated C array.
+private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    pointers.append(nil)
+    defer { for pointer in pointers { free(pointer) } }
+    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
 }
 
 /// How every handler process (exec and worker) is started.
@@ -173,18 +457,6 @@ enum HandlerLaunch {
     static func teardown(_ killGrace: Duration) -> [TeardownStep] {
         [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: killGrace)]
     }
-}
-
-/// Set once, read from anywhere.
-final class Flag: Sendable {
-    private let value = Atomic<Bool>(false)
-    func set() { value.store(true, ordering: .sequentiallyConsistent) }
-    var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
-}
-
-/// The handler's pid, learnt inside the run and needed after it.
-final class PIDBox: Sendable {
-    let value = Mutex<Int32?>(nil)
 }
 
 /// Splits stderr into lines, keeping at most `limit` bytes in all (the rest is counted and dropped).

@@ -1,0 +1,20 @@
+// The few process calls the exec runner needs that Swift cannot reach directly: posix_spawn with its file
+// actions and attributes set up in one place, pidfd_open (a raw syscall, variadic in libc) and pipe2.
+#ifndef STANZAD_CSPAWN_H
+#define STANZAD_CSPAWN_H
+
+#include <sys/types.h>
+
+/// Starts `path` (an absolute or relative path, never searched) in a new session, with exactly `envp`, in
+/// `workdir`, with `stdin_fd`/`stdout_fd`/`stderr_fd` as 0/1/2, every other descriptor closed, all signals at their default disposition and none blocked.
+/// Returns 0 and sets `*pid`, or an errno value.
+int stanzad_spawn(const char *path, char *const argv[], char *const envp[], const char *workdir,
+                  int stdin_fd, int stdout_fd, int stderr_fd, pid_t *pid);
+
+/// pidfd_open(2): a descriptor that polls readable when `pid` exits; -1 with errno set on failure.
+int stanzad_pidfd_open(pid_t pid);
+
+/// pipe2(2) (needs _GNU_SOURCE, which Swift's Glibc module does not define).
+int stanzad_pipe(int fds[2], int flags);
+
+#endif
