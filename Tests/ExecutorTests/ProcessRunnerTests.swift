@@ -116,4 +116,38 @@ final class LineLog: @unchecked Sendable {
         let env = lines.dropFirst(2).filter { !$0.hasPrefix("PWD=") && !$0.hasPrefix("SHLVL=") && !$0.hasPrefix("_=") }
         #expect(env == ["PATH=/usr/bin:/bin"])
     }
+
+    @Test(.timeLimit(.minutes(1))) func cancellingTheCallerStopsTheWholeGroup() async throws {
+        // The handler and a background child announce themselves on stderr, then sleep far past any test.
+        let started = AsyncStream<Int32>.makeStream()
+        let task = Task {
+            await ProcessRunner.run(spec("sleep 300 & echo up >&2; sleep 300", timeout: .seconds(300))) { line, pid in
+                if line == "up" { started.continuation.yield(pid) }
+            }
+        }
+        var announced: Int32?
+        for await pid in started.stream {
+            announced = pid
+            break
+        }
+        let group = try #require(announced)
+        let clock = ContinuousClock.now
+        task.cancel()
+        let result = await task.value
+        #expect(ContinuousClock.now - clock < .seconds(5), "SIGTERM ends sh at once; no wait for the timeout")
+        #expect(result.ending == .signaled(15))
+        #expect(await groupEmpties(group))
+    }
+
+    @Test func commandsWithoutASlashAreSearchedInTheHandlersPath() async {
+        var byName = spec("")
+        byName.argv = ["printf", "found"]
+        let (found, _) = await run(byName)
+        #expect(found.ending == .exited(0))
+        #expect(String(decoding: found.stdout, as: UTF8.self) == "found")
+
+        byName.environment = ["PATH": "/nonexistent"]
+        let (missing, _) = await run(byName)
+        #expect(missing.ending == .spawnFailed("printf: not found in PATH"))
+    }
 }
