@@ -13,6 +13,7 @@ import Musl
 import DequeModule
 import Logging
 import ServiceLifecycle
+import CSpawn
 import Subprocess
 import Synchronization
 import SystemPackage
@@ -328,9 +329,24 @@ public final class WorkerPool: Service, Sendable {
         var pid: Int32?
         var status: String = "not started"
         var garbage: String?
+        // stdout is our own pipe, read by a thread of its own that hands each answer straight to its
+        // requester: no task or event-loop hop between the worker's write and the waiting stanza.
+        var outputEnds: [Int32] = [-1, -1]
+        guard stanzad_pipe(&outputEnds, O_CLOEXEC) == 0 else {
+            log.error("worker could not be started", metadata: ["problem": "cannot create a pipe: errno \(errno)"])
+            state.withLock { state in
+                state.slots[index].running = false
+                state.slots[index].accepting = false
+            }
+            return false
+        }
+        let answers = outputEnds[0]
+        defer { _ = close(answers) }
         do {
             let result = try await Subprocess.run(
-                launch, input: .inputWriter, output: .sequence, error: .sequence
+                launch, input: .inputWriter,
+                output: .fileDescriptor(FileDescriptor(rawValue: outputEnds[1]), closeAfterSpawningProcess: true),
+                error: .sequence
             ) { execution -> String? in
                 let processID = execution.processIdentifier.value
                 state.withLock { $0.slots[index].pid = processID }
@@ -383,33 +399,14 @@ public final class WorkerPool: Service, Sendable {
                             await execution.teardown(using: HandlerLaunch.teardown(grace))
                         }
                     }
-                    // Answers ← stdout.
-                    var splitter = LineSplitter(limit: settings.maxLine)
-                    var problem: String?
-                    do {
-                        reading: for try await buffer in execution.standardOutput {
-                            guard let lines = buffer.withUnsafeBytes({ splitter.feed($0) }) else {
-                                problem = "worker wrote a line longer than max_output (\(settings.maxLine) bytes)"
-                                break reading
-                            }
-                            for line in lines where !line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) {
-                                let answer: WorkerProtocol.Answer
-                                do {
-                                    answer = try WorkerProtocol.parseAnswer(line)
-                                } catch {
-                                    problem = "\(error): \(HandlerOutput.excerpt(line))"
-                                    break reading
-                                }
-                                switch self.deliver(answer, from: index) {
-                                case .ok: break
-                                case .recycle: log.info("worker reached max_requests; recycling", metadata: ["pid": "\(processID)"])
-                                case .unknownRef(let ref):
-                                    problem = "worker answered unknown ref \(JID.quoted(ref))"
-                                    break reading
-                                }
-                            }
+                    // Answers ← stdout, until EOF (the worker and everything it started are gone) or a problem.
+                    let problem = await withCheckedContinuation { (continuation: CheckedContinuation<String?, Never>) in
+                        let started = BlockingThread.start {
+                            continuation.resume(returning: self.readAnswers(
+                                from: answers, index: index, maxLine: settings.maxLine, pid: processID, log: log))
                         }
-                    } catch {}
+                        if !started { continuation.resume(returning: "cannot start a thread to read the worker's answers") }
+                    }
                     if let problem {
                         self.stopWorker(index, generation: generation, reason: problem)
                         await execution.teardown(using: HandlerLaunch.teardown(grace))
@@ -460,6 +457,35 @@ public final class WorkerPool: Service, Sendable {
             ])
         }
         return planned && garbage == nil
+    }
+
+    /// Reads answer lines from a worker's stdout on the calling (blocking) thread and delivers each one.
+    /// Returns the problem that ends the worker (garbage, an unknown ref, an over-long line), or nil at EOF.
+    private func readAnswers(from fd: Int32, index: Int, maxLine: Int, pid: Int32, log: Logger) -> String? {
+        var splitter = LineSplitter(limit: maxLine)
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count > 0 else { return nil }
+            let fed = buffer.withUnsafeBytes { splitter.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+            guard let lines = fed else {
+                return "worker wrote a line longer than max_output (\(maxLine) bytes)"
+            }
+            for line in lines where !line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) {
+                let answer: WorkerProtocol.Answer
+                do {
+                    answer = try WorkerProtocol.parseAnswer(line)
+                } catch {
+                    return "\(error): \(HandlerOutput.excerpt(line))"
+                }
+                switch deliver(answer, from: index) {
+                case .ok: break
+                case .recycle: log.info("worker reached max_requests; recycling", metadata: ["pid": "\(pid)"])
+                case .unknownRef(let ref): return "worker answered unknown ref \(JID.quoted(ref))"
+                }
+            }
+        }
     }
 
     private func stopWorker(_ index: Int, generation: Int, reason: String) {
