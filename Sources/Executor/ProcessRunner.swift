@@ -162,6 +162,8 @@ private struct Watch {
 
     var written = 0
     var collected: [UInt8] = []
+    /// Read buffer for stdout and stderr, reused for every read.
+    var scratch = [UInt8](repeating: 0, count: 65_536)
     var lines: StderrLines
     var status: Int32?
     var timedOut = false
@@ -197,7 +199,7 @@ private struct Watch {
                     timedOut = true
                     terminate()
                 }
-                if pidfd < 0 { reapIfExited() }
+                if pidfd < 0 { reap(blocking: false) }
             } else if let drainUntil, now >= drainUntil {
                 break
             }
@@ -218,7 +220,7 @@ private struct Watch {
                 case stdin: feedInput()
                 case stdout: readOutput()
                 case stderr: readErrors(stderrLine)
-                case pidfd: reapIfExited()
+                case pidfd: reap(blocking: false)
                 case stop:
                     stopped = true
                     terminate()
@@ -292,23 +294,14 @@ private struct Watch {
     }
 
     mutating func readOutput() {
-        var buffer = [UInt8](repeating: 0, count: 65_536)
         while true {
-            let count = buffer.withUnsafeMutableBytes { read(stdout, $0.baseAddress, $0.count) }
-            if count > 0 {
-                collected.append(contentsOf: buffer[0..<count])
-                if collected.count > spec.maxOutput {
-                    tooLarge = true
-                    collected = []
-                    _ = kill(-pid, SIGKILL)
-                    Self.close(&stdout)
-                    return
-                }
-            } else if count < 0, errno == EINTR {
-                continue
-            } else if count < 0, errno == EAGAIN {
-                return
-            } else {
+            let count = Self.readSome(&stdout, into: &scratch)
+            guard count > 0 else { return }
+            collected.append(contentsOf: scratch[0..<count])
+            if collected.count > spec.maxOutput {
+                tooLarge = true
+                collected = []
+                _ = kill(-pid, SIGKILL)
                 Self.close(&stdout)
                 return
             }
@@ -316,23 +309,25 @@ private struct Watch {
     }
 
     mutating func readErrors(_ emit: (String) -> Void) {
-        var buffer = [UInt8](repeating: 0, count: 16_384)
         while true {
-            let count = buffer.withUnsafeMutableBytes { read(stderr, $0.baseAddress, $0.count) }
-            if count > 0 {
-                buffer.withUnsafeBytes { lines.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count]), emit: emit) }
-            } else if count < 0, errno == EINTR {
-                continue
-            } else if count < 0, errno == EAGAIN {
-                return
-            } else {
-                Self.close(&stderr)
-                return
-            }
+            let count = Self.readSome(&stderr, into: &scratch)
+            guard count > 0 else { return }
+            scratch.withUnsafeBytes { lines.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count]), emit: emit) }
         }
     }
 
-    mutating func reapIfExited() { reap(blocking: false) }
+    /// One read from a nonblocking pipe into `buffer`: the byte count, or 0 when nothing is there now (EAGAIN)
+    /// or ever again (EOF or an error: `fd` is then closed).
+    static func readSome(_ fd: inout Int32, into buffer: inout [UInt8]) -> Int {
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count > 0 { return count }
+            if count < 0, errno == EINTR { continue }
+            if count < 0, errno == EAGAIN { return 0 }
+            Self.close(&fd)
+            return 0
+        }
+    }
 
     /// Collects the handler's status; once it has exited, the rest of its group is killed so pipes a
     /// grandchild holds close, and whatever is still buffered is read for at most one more second.
@@ -376,27 +371,33 @@ private struct Pipe {
 /// Wakes a handler's watching thread from the task that awaits it (cancellation).
 final class StopSignal: Sendable {
     let readEnd: Int32
-    private let writeEnd: Int32
-    private let closed = Atomic<Bool>(false)
+    /// The write end; nil once closed, so a late `fire` can never write into a reused descriptor number.
+    private let writeEnd: Mutex<Int32?>
 
     init() throws(Errno) {
         var ends: [Int32] = [-1, -1]
         guard stanzad_pipe(&ends, O_CLOEXEC | O_NONBLOCK) == 0 else { throw Errno(rawValue: errno) }
         readEnd = ends[0]
-        writeEnd = ends[1]
+        writeEnd = Mutex(ends[1])
     }
 
     func fire() {
-        guard !closed.load(ordering: .acquiring) else { return }
-        var byte: UInt8 = 1
-        _ = write(writeEnd, &byte, 1)
+        writeEnd.withLock { fd in
+            guard let fd else { return }
+            var byte: UInt8 = 1
+            _ = write(fd, &byte, 1)
+        }
     }
 
-    /// After the watching thread is done; a late `fire` is then a no-op.
+    /// After the watching thread is done; a later `fire` is a no-op.
     func close() {
-        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let fd = writeEnd.withLock { fd in
+            defer { fd = nil }
+            return fd
+        }
+        guard let fd else { return }
+        _ = Glibc.close(fd)
         _ = Glibc.close(readEnd)
-        _ = Glibc.close(writeEnd)
     }
 }
 
