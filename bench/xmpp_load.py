@@ -77,16 +77,48 @@ def ensure_binary() -> None:
                        cwd=REPO, check=True, stdout=sys.stderr)
 
 
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes; vanished ones count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pids_running(fragment: str) -> list[int]:
+    """Processes whose command line contains `fragment`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if fragment.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
 async def interleaved(client: "EchoClient", targets: list[tuple[str, str]], rounds: int, seconds: float,
-                      window: int) -> dict[str, list[float]]:
-    """Measures every (label, jid) once per round, in turn; prints each measurement; returns label → rates."""
+                      window: int, cpu: dict[str, object] | None = None) -> dict[str, list[float]]:
+    """Measures every (label, jid) once per round, in turn; prints each measurement; returns label → rates.
+    `cpu` maps a name to a function returning the pids to account (e.g. stanzad, prosody): each round then
+    also prints their CPU time per echo, measured over the whole round including warm-up and drain."""
     rates: dict[str, list[float]] = {label: [] for label, _ in targets}
     for number in range(1, rounds + 1):
         for label, jid in targets:
+            before = {name: process_cpu(pids()) for name, pids in (cpu or {}).items()}
+            sent_before = client.received_total
             rate, errors = await client.measure(jid, seconds, window)
+            echoes = max(1, client.received_total - sent_before)
+            used = "".join(f"  {name} {(process_cpu(pids()) - before[name]) / echoes * 1e6:4.0f} µs"
+                           for name, pids in (cpu or {}).items())
             rates[label].append(rate)
-            print(f"  round {number} {label:<8} {rate:9.0f} echoes/s" + (f"  ({errors} error replies)" if errors else ""),
-                  flush=True)
+            print(f"  round {number} {label:<8} {rate:9.0f} echoes/s" + (f"  CPU/echo:{used}" if used else "")
+                  + (f"  ({errors} error replies)" if errors else ""), flush=True)
     return rates
 
 
@@ -160,6 +192,7 @@ class EchoClient(asyncio.Protocol):
         self.transport = None
         self.loading = False
         self.received = 0
+        self.received_total = 0  # never reset: CPU accounting per round
         self.errors = 0
         self.sent = 0
         self.window = 0
@@ -215,10 +248,12 @@ class EchoClient(asyncio.Protocol):
                     self.errors += 1
                 else:
                     self.received += 1
+                    self.received_total += 1
                 if self.drained is not None and self.sent - self.received - self.errors <= 0:
                     self.drained.set()
             return
         if name == "message":
+            self.received_total += 1
             self.received += 1  # a sink (bench/rest) counts what arrives
             return
         self.queue.put_nowait((name, attrs, body))

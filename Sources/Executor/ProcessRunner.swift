@@ -66,7 +66,7 @@ public struct ProcessResult: Sendable {
 public enum ProcessRunner {
     /// A handler that exits without reading all of stdin makes our write fail with EPIPE; without this the
     /// default SIGPIPE disposition would end stanzad instead. Children get default dispositions back at spawn.
-    private static let ignoreBrokenPipes: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
+    static let ignoreBrokenPipes: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 
     /// Runs `spec` to completion. `stderrLine` gets each stderr line (without its newline) as it arrives.
     ///

@@ -60,6 +60,7 @@ public final class WorkerPool: Service, Sendable {
     struct Request {
         let ref: String
         let line: [UInt8]
+        let deadline: ContinuousClock.Instant
         let continuation: CheckedContinuation<Reply, Never>
     }
 
@@ -70,8 +71,8 @@ public final class WorkerPool: Service, Sendable {
         var served = 0
         var pid: Int32?
         var inFlight: [String: Request] = [:]
-        /// The writer waiting for a request (nil resumes it with "stop taking requests").
-        var writer: CheckedContinuation<Request?, Never>?
+        /// The current process's stdin while it takes requests (nil: it takes none).
+        var input: WorkerInput?
         /// The supervisor's kill switch for the current process.
         var stop: CheckedContinuation<Void, Never>?
         var stopRequested = false
@@ -114,17 +115,15 @@ public final class WorkerPool: Service, Sendable {
             settings.workers = count
         }
         current.withLock { $0 = settings }
-        let writers = state.withLock { state -> [CheckedContinuation<Request?, Never>] in
-            var writers: [CheckedContinuation<Request?, Never>] = []
+        let inputs = state.withLock { state -> [WorkerInput] in
+            var inputs: [WorkerInput] = []
             for index in state.slots.indices where state.slots[index].running {
-                state.slots[index].accepting = false
                 state.slots[index].recycling = true
-                if let writer = state.slots[index].writer { writers.append(writer) }
-                state.slots[index].writer = nil
+                if let input = Self.stopAccepting(&state.slots[index]) { inputs.append(input) }
             }
-            return writers
+            return inputs
         }
-        for writer in writers { writer.resume(returning: nil) }
+        for input in inputs { input.close() }
         logger.notice("worker settings reloaded; recycling workers")
     }
 
@@ -137,23 +136,22 @@ public final class WorkerPool: Service, Sendable {
             return "r\(state.nextRef)"
         }
         let line = WorkerProtocol.requestLine(for: stanza, ref: ref)
-        let timer = OneShotTimer(after: settings.timeout) { self.expire(ref) }
-        defer { timer.cancel() }
+        let deadline = ContinuousClock.now + settings.timeout
         return await withCheckedContinuation { (continuation: CheckedContinuation<Reply, Never>) in
-            enqueue(Request(ref: ref, line: line, continuation: continuation))
+            enqueue(Request(ref: ref, line: line, deadline: deadline, continuation: continuation))
         }
     }
 
     private func enqueue(_ request: Request) {
-        enum Action { case fail, handOver(CheckedContinuation<Request?, Never>), queued }
+        enum Action { case fail, send(Send), queued }
+        let inFlight = settings.inFlight
         let action = state.withLock { state -> Action in
             if state.shuttingDown { return .fail }
             for index in state.slots.indices {
                 let slot = state.slots[index]
-                if slot.accepting, slot.inFlight.count < settings.inFlight, let writer = slot.writer {
-                    state.slots[index].writer = nil
+                if slot.accepting, slot.inFlight.count < inFlight, let input = slot.input {
                     state.slots[index].inFlight[request.ref] = request
-                    return .handOver(writer)
+                    return .send(Send(index: index, input: input, request: request))
                 }
             }
             state.queue.append(request)
@@ -161,92 +159,132 @@ public final class WorkerPool: Service, Sendable {
         }
         switch action {
         case .fail: request.continuation.resume(returning: .failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
-        case .handOver(let writer): writer.resume(returning: request)
+        case .send(let send): perform([send])
         case .queued: break
         }
     }
 
-    /// The request's deadline passed: it fails with remote-server-timeout; a worker holding it is restarted.
-    private func expire(_ ref: String) {
-        let (request, stop) = state.withLock { state -> (Request?, CheckedContinuation<Void, Never>?) in
-            if let index = state.queue.firstIndex(where: { $0.ref == ref }) {
-                return (state.queue.remove(at: index), nil)
-            }
-            for index in state.slots.indices {
-                if let request = state.slots[index].inFlight.removeValue(forKey: ref) {
-                    state.expired.insert(ref)
-                    return (request, Self.requestStop(&state.slots[index], reason: "request \(ref) timed out"))
-                }
-            }
-            return (nil, nil)
-        }
-        stop?.resume()
-        request?.continuation.resume(returning: .failed(StanzaError(.wait, .remoteServerTimeout), reason: "worker did not answer in time"))
+    /// A request placed with a worker, to be written to its stdin outside the lock.
+    struct Send {
+        let index: Int
+        let input: WorkerInput
+        let request: Request
     }
 
-    /// Marks the slot's process for stopping; returns the kill switch to resume (outside the lock).
-    private static func requestStop(_ slot: inout Slot, reason: String) -> CheckedContinuation<Void, Never>? {
+    /// Writes each request line to its worker's stdin, straight from the calling thread. A worker whose stdin was
+    /// closed or broke in the meantime takes no more requests; its request is placed again.
+    private func perform(_ sends: [Send]) {
+        for send in sends where !send.input.send(send.request.line) {
+            let (replace, closing) = state.withLock { state -> (Bool, WorkerInput?) in
+                var closing: WorkerInput?
+                if state.slots[send.index].input === send.input { closing = Self.stopAccepting(&state.slots[send.index]) }
+                return (state.slots[send.index].inFlight.removeValue(forKey: send.request.ref) != nil, closing)
+            }
+            closing?.close()
+            if replace { enqueue(send.request) }
+        }
+    }
+
+    /// Moves queued requests to worker `index` while it has room. Call with the lock held; `perform` the result
+    /// after it.
+    private static func fill(_ state: inout State, _ index: Int, inFlight: Int) -> [Send] {
+        guard let input = state.slots[index].input, state.slots[index].accepting, !state.shuttingDown else { return [] }
+        var sends: [Send] = []
+        while state.slots[index].inFlight.count < inFlight, let request = state.queue.popFirst() {
+            state.slots[index].inFlight[request.ref] = request
+            sends.append(Send(index: index, input: input, request: request))
+        }
+        return sends
+    }
+
+    /// The slot takes no more requests; returns its stdin to close (outside the lock).
+    private static func stopAccepting(_ slot: inout Slot) -> WorkerInput? {
         slot.accepting = false
+        defer { slot.input = nil }
+        return slot.input
+    }
+
+    /// How often deadlines are checked: a request fails at most this long after its timeout. One sweep for
+    /// the whole pool instead of a timer per request (arming and cancelling a dispatch timer per stanza woke the
+    /// dispatch manager thread twice per request).
+    static let deadlineSweep: Duration = .milliseconds(50)
+
+    /// Requests whose deadline passed fail with remote-server-timeout; a worker holding one is restarted.
+    private func expireDue(now: ContinuousClock.Instant) {
+        let (due, stops) = state.withLock { state -> ([Request], [Stop]) in
+            var due: [Request] = []
+            var stops: [Stop] = []
+            if state.queue.contains(where: { $0.deadline <= now }) {
+                due += state.queue.filter { $0.deadline <= now }
+                state.queue.removeAll { $0.deadline <= now }
+            }
+            for index in state.slots.indices {
+                let late = state.slots[index].inFlight.values.filter { $0.deadline <= now }
+                guard let first = late.first else { continue }
+                for request in late {
+                    state.slots[index].inFlight.removeValue(forKey: request.ref)
+                    state.expired.insert(request.ref)
+                }
+                due += late
+                stops.append(Self.requestStop(&state.slots[index], reason: "request \(first.ref) timed out"))
+            }
+            return (due, stops)
+        }
+        for stop in stops { stop.perform() }
+        for request in due {
+            request.continuation.resume(returning: .failed(StanzaError(.wait, .remoteServerTimeout), reason: "worker did not answer in time"))
+        }
+    }
+
+    private func sweepDeadlines() async {
+        while !isShuttingDown {
+            do { try await Task.sleep(for: Self.deadlineSweep) } catch { return }
+            expireDue(now: .now)
+        }
+    }
+
+    /// What stopping a process takes once the lock is released: closing its stdin and pulling its kill switch.
+    struct Stop {
+        let input: WorkerInput?
+        let killSwitch: CheckedContinuation<Void, Never>?
+
+        func perform() {
+            input?.close()
+            killSwitch?.resume()
+        }
+    }
+
+    /// Marks the slot's process for stopping; returns what to do outside the lock.
+    private static func requestStop(_ slot: inout Slot, reason: String) -> Stop {
+        let input = stopAccepting(&slot)
         if slot.stopReason == nil { slot.stopReason = reason }
         slot.stopRequested = true
         defer { slot.stop = nil }
-        return slot.stop
-    }
-
-    // MARK: Writer side
-
-    /// The next request for worker `index`, or nil when it must take no more.
-    private func nextRequest(for index: Int) async -> Request? {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Request?, Never>) in
-            let immediate = state.withLock { state -> Request?? in
-                let slot = state.slots[index]
-                guard slot.accepting, !state.shuttingDown else { return .some(nil) }
-                if slot.inFlight.count < settings.inFlight, let request = state.queue.popFirst() {
-                    state.slots[index].inFlight[request.ref] = request
-                    return .some(request)
-                }
-                state.slots[index].writer = continuation
-                return .none
-            }
-            if let immediate { continuation.resume(returning: immediate) }
-        }
+        return Stop(input: input, killSwitch: slot.stop)
     }
 
     // MARK: Reader side
 
     private enum AnswerResult { case ok, unknownRef(String), recycle }
 
-    private func deliver(_ answer: WorkerProtocol.Answer, from index: Int) -> AnswerResult {
-        let (request, writer, next, result) = state.withLock {
-            state -> (Request?, CheckedContinuation<Request?, Never>?, Request?, AnswerResult) in
+    private func deliver(_ answer: WorkerProtocol.Answer, from index: Int, settings: Settings) -> AnswerResult {
+        let (request, sends, closing, result) = state.withLock {
+            state -> (Request?, [Send], WorkerInput?, AnswerResult) in
             guard let request = state.slots[index].inFlight.removeValue(forKey: answer.ref) else {
-                if state.expired.remove(answer.ref) != nil { return (nil, nil, nil, .ok) }
-                return (nil, nil, nil, .unknownRef(answer.ref))
+                if state.expired.remove(answer.ref) != nil { return (nil, [], nil, .ok) }
+                return (nil, [], nil, .unknownRef(answer.ref))
             }
             state.slots[index].served += 1
-            var result = AnswerResult.ok
             if settings.maxRequests > 0, state.slots[index].served >= settings.maxRequests {
-                state.slots[index].accepting = false
-                result = .recycle
+                // Recycled: stdin closes now, the worker finishes what it has and exits.
+                return (request, [], Self.stopAccepting(&state.slots[index]), .recycle)
             }
-            // Capacity freed: a waiting writer takes the next queued request (or learns to stop).
-            var writer: CheckedContinuation<Request?, Never>?
-            var next: Request?
-            if let waiting = state.slots[index].writer {
-                if !state.slots[index].accepting || state.shuttingDown {
-                    writer = waiting
-                    state.slots[index].writer = nil
-                } else if let queued = state.queue.popFirst() {
-                    state.slots[index].inFlight[queued.ref] = queued
-                    writer = waiting
-                    next = queued
-                    state.slots[index].writer = nil
-                }
-            }
-            return (request, writer, next, result)
+            // Capacity freed: the next queued request goes to this worker.
+            return (request, Self.fill(&state, index, inFlight: settings.inFlight), nil, .ok)
         }
         request?.continuation.resume(returning: .answered(answer.replies))
-        writer?.resume(returning: next)
+        closing?.close()
+        perform(sends)
         return result
     }
 
@@ -257,6 +295,7 @@ public final class WorkerPool: Service, Sendable {
             for index in 0..<settings.workers {
                 group.addTask { await self.supervise(index) }
             }
+            group.addTask { await self.sweepDeadlines() }
             try? await gracefulShutdown()
             beginShutdown()
         }
@@ -264,20 +303,18 @@ public final class WorkerPool: Service, Sendable {
     }
 
     private func beginShutdown() {
-        let (writers, queued) = state.withLock { state -> ([CheckedContinuation<Request?, Never>], [Request]) in
+        let (inputs, queued) = state.withLock { state -> ([WorkerInput], [Request]) in
             state.shuttingDown = true
-            var writers: [CheckedContinuation<Request?, Never>] = []
+            var inputs: [WorkerInput] = []
             for index in state.slots.indices {
-                state.slots[index].accepting = false
-                if let writer = state.slots[index].writer { writers.append(writer) }
-                state.slots[index].writer = nil
+                if let input = Self.stopAccepting(&state.slots[index]) { inputs.append(input) }
             }
             let queued = Array(state.queue)
             state.queue.removeAll()
-            return (writers, queued)
+            return (inputs, queued)
         }
-        // Writers stop: each worker's stdin is closed and it has kill_grace to finish (see supervise).
-        for writer in writers { writer.resume(returning: nil) }
+        // Each worker's stdin is closed and it has kill_grace to finish (see runWorker).
+        for input in inputs { input.close() }
         for request in queued {
             request.continuation.resume(returning: .failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
         }
@@ -342,27 +379,39 @@ public final class WorkerPool: Service, Sendable {
         }
         let answers = outputEnds[0]
         defer { _ = close(answers) }
+        // stdin is our own pipe too: requests are written to it by whoever places them (see `perform`).
+        let input: WorkerInput
+        do {
+            input = try WorkerInput()
+        } catch {
+            _ = close(outputEnds[1])
+            log.error("worker could not be started", metadata: ["problem": "cannot create its stdin: \(error)"])
+            state.withLock { state in
+                state.slots[index].running = false
+                state.slots[index].accepting = false
+            }
+            return false
+        }
+        defer { input.close() }
         do {
             let result = try await Subprocess.run(
-                launch, input: .inputWriter,
+                launch, input: .fileDescriptor(FileDescriptor(rawValue: input.readEnd), closeAfterSpawningProcess: true),
                 output: .fileDescriptor(FileDescriptor(rawValue: outputEnds[1]), closeAfterSpawningProcess: true),
                 error: .sequence
             ) { execution -> String? in
                 let processID = execution.processIdentifier.value
-                state.withLock { $0.slots[index].pid = processID }
+                let sends = state.withLock { state -> [Send] in
+                    state.slots[index].pid = processID
+                    guard state.slots[index].generation == generation, state.slots[index].accepting else { return [] }
+                    state.slots[index].input = input
+                    return Self.fill(&state, index, inFlight: settings.inFlight)
+                }
+                if !state.withLock({ $0.slots[index].input === input }) { input.close() }
                 log.notice("worker started", metadata: ["pid": "\(processID)"])
+                perform(sends)
                 return await withTaskGroup(of: Void.self, returning: String?.self) { group in
-                    // Requests → stdin; stdin is closed when the worker must take no more.
                     group.addTask {
-                        let writer = execution.standardInputWriter
-                        while let request = await self.nextRequest(for: index) {
-                            do {
-                                _ = try await writer.write(request.line)
-                            } catch {
-                                break
-                            }
-                        }
-                        try? await writer.finish()
+                        await input.waitUntilClosed()
                         // Shutdown: the worker has kill_grace to exit by itself after EOF.
                         if self.isShuttingDown {
                             do {
@@ -403,7 +452,7 @@ public final class WorkerPool: Service, Sendable {
                     let problem = await withCheckedContinuation { (continuation: CheckedContinuation<String?, Never>) in
                         let started = BlockingThread.start {
                             continuation.resume(returning: self.readAnswers(
-                                from: answers, index: index, maxLine: settings.maxLine, pid: processID, log: log))
+                                from: answers, index: index, settings: settings, pid: processID, log: log))
                         }
                         if !started { continuation.resume(returning: "cannot start a thread to read the worker's answers") }
                     }
@@ -461,7 +510,8 @@ public final class WorkerPool: Service, Sendable {
 
     /// Reads answer lines from a worker's stdout on the calling (blocking) thread and delivers each one.
     /// Returns the problem that ends the worker (garbage, an unknown ref, an over-long line), or nil at EOF.
-    private func readAnswers(from fd: Int32, index: Int, maxLine: Int, pid: Int32, log: Logger) -> String? {
+    private func readAnswers(from fd: Int32, index: Int, settings: Settings, pid: Int32, log: Logger) -> String? {
+        let maxLine = settings.maxLine
         var splitter = LineSplitter(limit: maxLine)
         var buffer = [UInt8](repeating: 0, count: 65_536)
         while true {
@@ -479,7 +529,7 @@ public final class WorkerPool: Service, Sendable {
                 } catch {
                     return "\(error): \(HandlerOutput.excerpt(line))"
                 }
-                switch deliver(answer, from: index) {
+                switch deliver(answer, from: index, settings: settings) {
                 case .ok: break
                 case .recycle: log.info("worker reached max_requests; recycling", metadata: ["pid": "\(pid)"])
                 case .unknownRef(let ref): return "worker answered unknown ref \(JID.quoted(ref))"
@@ -489,27 +539,23 @@ public final class WorkerPool: Service, Sendable {
     }
 
     private func stopWorker(_ index: Int, generation: Int, reason: String) {
-        let stop = state.withLock { state -> CheckedContinuation<Void, Never>? in
+        let stop = state.withLock { state -> Stop? in
             guard state.slots[index].generation == generation else { return nil }
             return Self.requestStop(&state.slots[index], reason: reason)
         }
-        stop?.resume()
+        stop?.perform()
     }
 
     /// stdout ended: no more requests to this process, and its kill switch task may finish.
     private func finishSlot(_ index: Int, generation: Int) {
-        let (writer, stop) = state.withLock { state -> (CheckedContinuation<Request?, Never>?, CheckedContinuation<Void, Never>?) in
-            guard state.slots[index].generation == generation else { return (nil, nil) }
-            state.slots[index].accepting = false
-            let writer = state.slots[index].writer
-            state.slots[index].writer = nil
-            let stop = state.slots[index].stop
-            state.slots[index].stop = nil
+        let stop = state.withLock { state -> Stop? in
+            guard state.slots[index].generation == generation else { return nil }
+            let input = Self.stopAccepting(&state.slots[index])
+            defer { state.slots[index].stop = nil }
             // The process is ending on its own; the switch only has to let its task finish.
             state.slots[index].running = false
-            return (writer, stop)
+            return Stop(input: input, killSwitch: state.slots[index].stop)
         }
-        writer?.resume(returning: nil)
-        stop?.resume()
+        stop?.perform()
     }
 }
