@@ -346,22 +346,25 @@ public final class XMLStreamParser {
         var result: [Attribute] = []
         result.reserveCapacity(count)
         for index in 0..<count {
-            let base = attributes + index * 5
-            guard let begin = base[3], let end = base[4] else { continue }
+            result.append(attribute(attributes + index * 5))
+        }
+        return result
+    }
+
+    /// One attribute from libxml2's five pointers: localname, prefix, URI, value begin, value end.
+    @inline(__always)
+    private func attribute(_ base: UnsafeMutablePointer<UnsafePointer<xmlChar>?>) -> Attribute {
+        var value = ""
+        if let begin = base[3], let end = base[4] {
             let bytes = UnsafeBufferPointer(start: begin, count: max(0, end - begin))
-            let value: String
             // libxml2 hands '&' in attribute values over as "&#38;" (and only '&'): undo exactly that.
             if bytes.contains(UInt8(ascii: "&")) {
                 value = String(decoding: bytes, as: UTF8.self).replacingAll(libxmlAmpersand, with: "&")
             } else {
                 value = values.string(bytes)
             }
-            let attributeName = name(base[0]) ?? ""
-            let namespace = namespace(base[2])
-            let prefix = name(base[1])
-            result.append(Attribute(name: attributeName, value: value, namespace: namespace, prefix: prefix))
         }
-        return result
+        return Attribute(name: name(base[0]) ?? "", value: value, namespace: namespace(base[2]), prefix: name(base[1]))
     }
 
     fileprivate func endElement() {
@@ -387,7 +390,7 @@ public final class XMLStreamParser {
             boundary = end
             events.append(.stanza(element))
         } else {
-            stack[stack.count - 1].children.append(.element(element))
+            appendChild(.element(element))
         }
     }
 
@@ -411,7 +414,16 @@ public final class XMLStreamParser {
         guard !stack.isEmpty, !pendingText.isEmpty else { return }
         let text = pendingText.withUnsafeBufferPointer { values.string($0) }
         pendingText.removeAll(keepingCapacity: true)
-        stack[stack.count - 1].children.append(.text(text))
+        appendChild(.text(text))
+    }
+
+    /// Adds a child to the innermost open element. The first child reserves room for four: most elements with
+    /// children have one to four, and growing 1 → 2 → 4 costs two reallocations and moves.
+    @inline(__always)
+    private func appendChild(_ node: Node) {
+        let last = stack.count - 1
+        if stack[last].children.isEmpty { stack[last].children.reserveCapacity(4) }
+        stack[last].children.append(node)
     }
 
     fileprivate func restricted(_ what: String) {
@@ -447,16 +459,23 @@ public final class XMLStreamParser {
         return Unmanaged<XMLStreamParser>.fromOpaque(userData).takeUnretainedValue()
     }
 
+    /// The hot callbacks: the parser is kept alive by whoever called `feed`, so no retain/release per callback.
+    private static func withParser(_ userData: UnsafeMutableRawPointer?, _ body: (XMLStreamParser) -> Void) {
+        guard let userData else { return }
+        Unmanaged<XMLStreamParser>.fromOpaque(userData)._withUnsafeGuaranteedRef(body)
+    }
+
     private static func install(_ h: inout xmlSAXHandler) {
         h.initialized = XML_SAX2_MAGIC
         h.startElementNs = { ctx, localname, _, uri, _, _, attributeCount, _, attributes in
-            XMLStreamParser.parser(ctx)?.startElement(
-                localname: localname, uri: uri, attributeCount: Int(attributeCount), attributes: attributes)
+            XMLStreamParser.withParser(ctx) {
+                $0.startElement(localname: localname, uri: uri, attributeCount: Int(attributeCount), attributes: attributes)
+            }
         }
-        h.endElementNs = { ctx, _, _, _ in XMLStreamParser.parser(ctx)?.endElement() }
-        h.characters = { ctx, ch, len in XMLStreamParser.parser(ctx)?.characters(ch, Int(len)) }
-        h.ignorableWhitespace = { ctx, ch, len in XMLStreamParser.parser(ctx)?.characters(ch, Int(len)) }
-        h.cdataBlock = { ctx, ch, len in XMLStreamParser.parser(ctx)?.characters(ch, Int(len)) }
+        h.endElementNs = { ctx, _, _, _ in XMLStreamParser.withParser(ctx) { $0.endElement() } }
+        h.characters = { ctx, ch, len in XMLStreamParser.withParser(ctx) { $0.characters(ch, Int(len)) } }
+        h.ignorableWhitespace = { ctx, ch, len in XMLStreamParser.withParser(ctx) { $0.characters(ch, Int(len)) } }
+        h.cdataBlock = { ctx, ch, len in XMLStreamParser.withParser(ctx) { $0.characters(ch, Int(len)) } }
         h.comment = { ctx, _ in XMLStreamParser.parser(ctx)?.restricted("comments are") }
         h.processingInstruction = { ctx, _, _ in XMLStreamParser.parser(ctx)?.restricted("processing instructions are") }
         h.internalSubset = { ctx, _, _, _ in XMLStreamParser.parser(ctx)?.restricted("a DOCTYPE is") }
