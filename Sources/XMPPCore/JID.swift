@@ -37,7 +37,7 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
             if local.utf8.count > Self.maxPartBytes { throw fail("localpart longer than 1023 bytes") }
             for scalar in local.unicodeScalars {
                 if Self.isControlOrSpace(scalar) { throw fail("localpart contains a space or control character") }
-                if "\"&'/:<>@".unicodeScalars.contains(scalar) {
+                if Self.isForbidden(scalar, in: Self.forbiddenInLocalpart) {
                     throw fail("localpart contains the forbidden character \(Character(scalar))")
                 }
             }
@@ -56,7 +56,7 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
             }
             for scalar in domain.unicodeScalars {
                 if Self.isControlOrSpace(scalar) { throw fail("domain contains a space or control character") }
-                if "\"&'/:<>@[]\\,;=?!#$%()*+^`{|}~".unicodeScalars.contains(scalar) {
+                if Self.isForbidden(scalar, in: Self.forbiddenInDomain) {
                     throw fail("domain contains the forbidden character \(Character(scalar))")
                 }
             }
@@ -115,7 +115,27 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
     }
 
     static func isControlOrSpace(_ s: Unicode.Scalar) -> Bool {
-        isControl(s) || s.properties.isWhitespace
+        // ASCII (nearly every JID): the controls, the whitespace among them and the space; no property lookup.
+        if s.value < 0x80 { return s.value <= 0x20 || s.value == 0x7F }
+        return isControl(s) || s.properties.isWhitespace
+    }
+
+    /// ASCII characters a part must not contain, as a 128-bit set.
+    static let forbiddenInLocalpart = asciiSet("\"&'/:<>@")
+    static let forbiddenInDomain = asciiSet("\"&'/:<>@[]\\,;=?!#$%()*+^`{|}~")
+
+    static func asciiSet(_ characters: String) -> (low: UInt64, high: UInt64) {
+        var set: (low: UInt64, high: UInt64) = (0, 0)
+        for byte in characters.utf8 where byte < 0x80 {
+            if byte < 64 { set.low |= 1 << UInt64(byte) } else { set.high |= 1 << UInt64(byte - 64) }
+        }
+        return set
+    }
+
+    static func isForbidden(_ s: Unicode.Scalar, in set: (low: UInt64, high: UInt64)) -> Bool {
+        let value = s.value
+        if value >= 0x80 { return false }
+        return value < 64 ? set.low & (1 << UInt64(value)) != 0 : set.high & (1 << UInt64(value - 64)) != 0
     }
 
     /// `s` in quotes for messages: long values shortened, control characters shown as escapes.

@@ -127,6 +127,24 @@ private func parseOne(_ xml: String) throws -> Element {
         #expect(throws: JIDError.self) { try JID(input) }
     }
 
+    @Test func everyForbiddenCharacterIsRefusedWhereRFC7622ForbidsIt() throws {
+        for character in "\"&'/:<>@" where character != "/" && character != "@" {
+            #expect(throws: JIDError.self, "localpart with \(character)") { try JID("a\(character)b@example.org") }
+        }
+        for character in "\"&':<>[]\\,;=?!#$%()*+^`{|}~" {
+            #expect(throws: JIDError.self, "domain with \(character)") { try JID("a@exa\(character)mple.org") }
+        }
+        // Non-ASCII whitespace (no-break space, ideographic space) and C1 controls are refused too.
+        for character in ["\u{A0}", "\u{3000}", "\u{85}", "\u{2028}"] {
+            #expect(throws: JIDError.self, "localpart with U+\(String(character.unicodeScalars.first!.value, radix: 16))") {
+                try JID("a\(character)b@example.org")
+            }
+        }
+        // What stays allowed: non-ASCII letters, and the characters only the domain forbids, in a localpart.
+        #expect(try JID("zoë+tag!#$%=~@café.example").localpart == "zoë+tag!#$%=~")
+        #expect(try JID("a@example.org/with space & <stuff>").resource == "with space & <stuff>")
+    }
+
     @Test func errorsSayWhy() {
         do {
             _ = try JID("a b@example.org")
@@ -147,6 +165,24 @@ private func parseOne(_ xml: String) throws -> Element {
         #expect(!JIDPattern("Echo@bot.example.org").matches(jid), "localparts compare exactly")
         #expect(!JIDPattern("*@example.org").matches(jid))
         #expect(JIDPattern("*a*a*a*a*b").matches(try JID(String(repeating: "a", count: 200) + "b@x")) == false)
+    }
+}
+
+@Suite struct RandomIDTests {
+    @Test func idsAre24URLSafeCharactersAndDoNotRepeat() {
+        let allowed = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        var seen = Set<String>()
+        var used = Set<Character>()
+        // 10,000 ids span many refills of the 4 KiB pool.
+        for _ in 0..<10_000 {
+            let id = RandomID.make()
+            #expect(id.count == 24)
+            #expect(id.allSatisfy(allowed.contains))
+            seen.insert(id)
+            used.formUnion(id)
+        }
+        #expect(seen.count == 10_000)
+        #expect(used == allowed, "every symbol of the alphabet turns up")
     }
 }
 
