@@ -12,7 +12,19 @@ public struct WorkerHandler: StanzaHandler {
     }
 
     public func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
-        switch await pool.submit(stanza) {
+        Self.outcome(await pool.submit(stanza), for: stanza, context: context)
+    }
+
+    /// A worker request needs no task: it is written to the worker's stdin at once and answered from the pool's
+    /// reader thread.
+    public var startsWithoutWaiting: Bool { true }
+
+    public func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
+        pool.submit(stanza) { reply in completion(Self.outcome(reply, for: stanza, context: context)) }
+    }
+
+    static func outcome(_ reply: WorkerPool.Reply, for stanza: Stanza, context: HandlerContext) -> HandlerOutcome {
+        switch reply {
         case .answered(let objects):
             let defaults = ReplyDefaults(replyingTo: stanza)
             var replies: [Stanza] = []

@@ -61,7 +61,8 @@ public final class WorkerPool: Service, Sendable {
         let ref: String
         let line: [UInt8]
         let deadline: ContinuousClock.Instant
-        let continuation: CheckedContinuation<Reply, Never>
+        /// Called exactly once with the request's fate, from whichever thread settles it.
+        let complete: @Sendable (Reply) -> Void
     }
 
     struct Slot {
@@ -131,15 +132,21 @@ public final class WorkerPool: Service, Sendable {
 
     /// Sends `stanza` to a worker and waits for its answer, at most `timeout`.
     public func submit(_ stanza: Stanza) async -> Reply {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Reply, Never>) in
+            submit(stanza) { continuation.resume(returning: $0) }
+        }
+    }
+
+    /// Sends `stanza` to a worker without waiting; `completion` gets the answer (or the failure) exactly once, at
+    /// most `timeout` later, on the thread that settles it (a reader thread, the deadline sweep, a supervisor).
+    public func submit(_ stanza: Stanza, completion: @escaping @Sendable (Reply) -> Void) {
         let ref = state.withLock { state -> String in
             state.nextRef += 1
             return "r\(state.nextRef)"
         }
         let line = WorkerProtocol.requestLine(for: stanza, ref: ref)
         let deadline = ContinuousClock.now + settings.timeout
-        return await withCheckedContinuation { (continuation: CheckedContinuation<Reply, Never>) in
-            enqueue(Request(ref: ref, line: line, deadline: deadline, continuation: continuation))
-        }
+        enqueue(Request(ref: ref, line: line, deadline: deadline, complete: completion))
     }
 
     private func enqueue(_ request: Request) {
@@ -158,7 +165,7 @@ public final class WorkerPool: Service, Sendable {
             return .queued
         }
         switch action {
-        case .fail: request.continuation.resume(returning: .failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
+        case .fail: request.complete(.failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
         case .send(let send): perform([send])
         case .queued: break
         }
@@ -232,7 +239,7 @@ public final class WorkerPool: Service, Sendable {
         }
         for stop in stops { stop.perform() }
         for request in due {
-            request.continuation.resume(returning: .failed(StanzaError(.wait, .remoteServerTimeout), reason: "worker did not answer in time"))
+            request.complete(.failed(StanzaError(.wait, .remoteServerTimeout), reason: "worker did not answer in time"))
         }
     }
 
@@ -282,9 +289,10 @@ public final class WorkerPool: Service, Sendable {
             // Capacity freed: the next queued request goes to this worker.
             return (request, Self.fill(&state, index, inFlight: settings.inFlight), nil, .ok)
         }
-        request?.continuation.resume(returning: .answered(answer.replies))
+        // The next request goes out before this answer is turned into replies: the worker stays busy meanwhile.
         closing?.close()
         perform(sends)
+        request?.complete(.answered(answer.replies))
         return result
     }
 
@@ -316,7 +324,7 @@ public final class WorkerPool: Service, Sendable {
         // Each worker's stdin is closed and it has kill_grace to finish (see runWorker).
         for input in inputs { input.close() }
         for request in queued {
-            request.continuation.resume(returning: .failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
+            request.complete(.failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
         }
     }
 
@@ -494,7 +502,7 @@ public final class WorkerPool: Service, Sendable {
             return (failed, slot.stopReason, recycled)
         }
         for request in failed {
-            request.continuation.resume(returning: .failed(StanzaError(.cancel, .internalServerError), reason: "worker ended (\(status))"))
+            request.complete(.failed(StanzaError(.cancel, .internalServerError), reason: "worker ended (\(status))"))
         }
         if let garbage { log.error("worker output rejected; restarting it", metadata: ["problem": "\(garbage)"]) }
         let planned = recycled || isShuttingDown

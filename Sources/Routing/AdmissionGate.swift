@@ -56,6 +56,17 @@ public final class AdmissionGate: Sendable {
         }
     }
 
+    /// Takes a run slot if one is free right now (never while others wait: a free slot means nobody does).
+    /// Call after `admit()` returned true (or without it when `queue` is nil); `release()` gives it back.
+    public func tryAcquire() -> Bool {
+        state.withLock { state in
+            guard state.running < concurrency else { return false }
+            if queue == nil { state.admitted += 1 }
+            state.running += 1
+            return true
+        }
+    }
+
     /// Gives the run slot (and the admission) back; the longest waiter runs next.
     public func release() {
         let next = state.withLock { state -> CheckedContinuation<Void, Never>? in

@@ -81,16 +81,40 @@ public final class Dispatcher: Sendable {
         let started = ContinuousClock.now
         await route.gate.acquire()
         defer { route.gate.release() }
+        let context = context(for: stanza, on: route)
+        let outcome = await route.handler.handle(stanza, context: context)
+        return finish(outcome, of: stanza, on: route, context: context, started: started)
+    }
+
+    /// Starts an admitted stanza without a task of its own when its handler supports that and the route has a
+    /// free run slot; `completion` then gets the stamped replies, on whichever thread the handler reports from.
+    /// False: nothing was started; use `run(_:on:)`.
+    public func start(_ stanza: Stanza, on route: Route, completion: @escaping @Sendable ([Stanza]) -> Void) -> Bool {
+        guard route.handler.startsWithoutWaiting, route.gate.tryAcquire() else { return false }
+        let started = ContinuousClock.now
+        let context = context(for: stanza, on: route)
+        route.handler.start(stanza, context: context) { outcome in
+            route.gate.release()
+            completion(self.finish(outcome, of: stanza, on: route, context: context, started: started))
+        }
+        return true
+    }
+
+    private func context(for stanza: Stanza, on route: Route) -> HandlerContext {
         var handlerLogger = logger
         handlerLogger[metadataKey: "route"] = "\(route.name)"
         handlerLogger[metadataKey: "stanza.id"] = "\(stanza.id ?? "")"
-        let context = HandlerContext(route: route.name, component: builtIns.domain, logger: handlerLogger)
-        let outcome = await route.handler.handle(stanza, context: context)
+        return HandlerContext(route: route.name, component: builtIns.domain, logger: handlerLogger)
+    }
+
+    /// Stamps the handler's replies and logs the stanza.
+    private func finish(_ outcome: HandlerOutcome, of stanza: Stanza, on route: Route, context: HandlerContext,
+                        started: ContinuousClock.Instant) -> [Stanza] {
         let (replies, refusal) = stamper.stamp(outcome, replyingTo: stanza)
         var metadata = outcome.metadata
         if let refusal {
             metadata["problem"] = "\(refusal.description)"
-            handlerLogger.error("handler reply refused", metadata: ["problem": "\(refusal.description)"])
+            context.logger.error("handler reply refused", metadata: ["problem": "\(refusal.description)"])
         }
         log(stanza, route: route.name, replies: replies, started: started, metadata: metadata)
         return replies

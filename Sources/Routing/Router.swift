@@ -33,6 +33,11 @@ public final class Router: Service, Sendable {
                     send(dispatcher.answerFull(stanza, route: route), for: stanza)
                 case .admitted(let route):
                     inFlight.add(1, ordering: .relaxed)
+                    let startedDirectly = dispatcher.start(stanza, on: route) { replies in
+                        self.send(replies, for: stanza)
+                        self.inFlight.subtract(1, ordering: .relaxed)
+                    }
+                    if startedDirectly { continue }
                     group.addTask {
                         let replies = await self.dispatcher.run(stanza, on: route)
                         self.send(replies, for: stanza)

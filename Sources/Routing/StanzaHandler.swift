@@ -8,6 +8,22 @@ import XMPPCore
 public protocol StanzaHandler: Sendable {
     /// Handles `stanza` and reports what should be sent back. Must not throw: every failure is an outcome.
     func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome
+
+    /// True when `start` hands the stanza over without waiting and calls back from whichever thread learns the
+    /// outcome (a worker pool's reader): the router then runs no task per stanza and the reply is sent from that
+    /// thread, without hopping through the cooperative pool.
+    var startsWithoutWaiting: Bool { get }
+
+    /// Starts handling `stanza`; `completion` gets the outcome exactly once. Must not block.
+    func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void)
+}
+
+extension StanzaHandler {
+    public var startsWithoutWaiting: Bool { false }
+
+    public func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
+        Task { completion(await handle(stanza, context: context)) }
+    }
 }
 
 /// What a handler knows about the route and the daemon while it runs.

@@ -686,7 +686,47 @@ struct MappingCase: CustomTestStringConvertible, Sendable {
         #expect(error?.message.hasPrefix("invalid JSON") == true)
     }
 
+    @Test func stringsAndEscapes() throws {
+        #expect(try JSONValue.parse(#""a\"b\\c\/d\b\f\n\r\t""#) == .string("a\"b\\c/d\u{8}\u{C}\n\r\t"))
+        #expect(try JSONValue.parse(#""\u00e9\u00E9 \ud834\udd1e é 𝄞""#) == .string("éé 𝄞 é 𝄞"))
+        #expect(try JSONValue.parse(#"{"k":1,"k":2}"#) == ["k": 2], "a repeated key keeps its last value")
+        #expect(try JSONValue.parse(" \n\t[ 1 , { \"a\" : [ ] } ]\r\n") == [1, ["a": []]])
+        // U+2028/U+2029 and DEL are escaped on output; everything else non-ASCII is written as UTF-8.
+        #expect(JSONValue.string("a\u{2028}b\u{2029}c\u{7F}é").serialized() == #""a\u2028b\u2029c\u007fé""#)
+        #expect(JSONValue.object(["b": 1, "a": 2, "é": 3, "Z": 4]).serialized() == #"{"Z":4,"a":2,"b":1,"é":3}"#)
+    }
+
+    @Test(arguments: [
+        (#""\ud834""#, "a lone high surrogate"), (#""\udd1e""#, "a lone low surrogate"),
+        (#""\ud834\u0041""#, "a high surrogate before a non-surrogate"), (#""\x41""#, "an unknown escape"),
+        (#""\u12""#, "a short \\u escape"), ("\"a\u{1}b\"", "a raw control character"), (#""abc"#, "an unterminated string"),
+        ("-", "a lone minus"), ("1.", "a fraction without digits"), ("1e", "an exponent without digits"),
+        ("-01", "a leading zero"), ("+1", "a plus sign"), (".5", "a leading dot"), ("[1,]", "a trailing comma"),
+        (#"{"a":1,}"#, "a trailing comma in an object"), ("[01]", "a leading zero in an array"), ("NaN", "NaN"),
+    ] as [(String, String)])
+    func malformedTextIsRefused(_ text: String, _ what: String) {
+        let error = #expect(throws: JSONMappingError.self, "\(what)") { try JSONValue.parse(text) }
+        #expect(error?.code == .invalidJSON)
+        #expect(error?.message.hasPrefix("invalid JSON: ") == true)
+    }
+
+    @Test func failuresNameTheirCause() {
+        func message(_ bytes: [UInt8]) -> String? {
+            do { _ = try JSONValue.parse(bytes); return nil } catch { return error.message }
+        }
+        #expect(message(Array("  \n".utf8)) == "invalid JSON: the input is empty")
+        #expect(message([0x22, 0xC3, 0x28, 0x22]) == "invalid JSON: the input is not valid UTF-8")
+        #expect(message(Array("[1 2]".utf8))?.contains("not well-formed JSON text") == true)
+        #expect(message(Array("1e400".utf8)) == "invalid JSON: the number is malformed or too large for a double")
+        #expect(message(Array(#"[{"x":{"y":[0,1e999]}}]"#.utf8))
+            == "invalid JSON: the number at $[0].x.y[1] is malformed or too large for a double")
+    }
+
     @Test func nestingIsBounded() throws {
+        let limit = String(repeating: "[", count: 512) + String(repeating: "]", count: 512)
+        #expect(try JSONValue.parse(limit).serialized() == limit, "512 levels are allowed")
+        let over = String(repeating: "{\"a\":", count: 513) + "1" + String(repeating: "}", count: 513)
+        #expect(throws: JSONMappingError.self, "513 are not") { try JSONValue.parse(over) }
         let shallow = String(repeating: "[", count: 200) + String(repeating: "]", count: 200)
         #expect(try JSONValue.parse(shallow).serialized() == shallow)
         let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
