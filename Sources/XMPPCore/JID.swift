@@ -17,60 +17,98 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
 
     public init(_ string: String) throws(JIDError) {
         func fail(_ reason: String) -> JIDError { JIDError(reason: reason, input: string) }
+        // Split on the first "/" and then the first "@" before it, by UTF-8 code unit (both are ASCII).
         var rest = Substring(string)
         var resource: Substring?
-        if let slash = rest.firstIndex(of: "/") {
-            resource = rest[rest.index(after: slash)...]
+        if let slash = rest.utf8.firstIndex(of: UInt8(ascii: "/")) {
+            resource = rest[rest.utf8.index(after: slash)...]
             rest = rest[..<slash]
         }
         var local: Substring?
-        if let at = rest.firstIndex(of: "@") {
+        if let at = rest.utf8.firstIndex(of: UInt8(ascii: "@")) {
             local = rest[..<at]
-            rest = rest[rest.index(after: at)...]
+            rest = rest[rest.utf8.index(after: at)...]
         }
-        var domain = String(rest)
-        if domain.hasSuffix(".") { domain.removeLast() }
-        domain = domain.lowercased()
+        if rest.utf8.last == UInt8(ascii: ".") { rest = rest.dropLast() }
+        let domain = Self.lowercased(rest)
 
         if let local {
             if local.isEmpty { throw fail("empty localpart") }
             if local.utf8.count > Self.maxPartBytes { throw fail("localpart longer than 1023 bytes") }
-            for scalar in local.unicodeScalars {
-                if Self.isControlOrSpace(scalar) { throw fail("localpart contains a space or control character") }
-                if Self.isForbidden(scalar, in: Self.forbiddenInLocalpart) {
-                    throw fail("localpart contains the forbidden character \(Character(scalar))")
-                }
+            if let bad = Self.firstBad(in: local, forbidden: Self.forbiddenInLocalpart, spaces: true) {
+                throw fail(bad.isControlOrSpace
+                    ? "localpart contains a space or control character"
+                    : "localpart contains the forbidden character \(Character(bad.scalar))")
             }
         }
         if domain.isEmpty { throw fail("empty domain") }
         if domain.utf8.count > Self.maxPartBytes { throw fail("domain longer than 1023 bytes") }
-        if domain.hasPrefix("[") {
+        if domain.utf8.first == UInt8(ascii: "[") {
             // IPv6 literal: brackets around hex digits, colons and dots.
             guard domain.hasSuffix("]"), domain.count > 2,
                 domain.dropFirst().dropLast().allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." })
             else { throw fail("malformed IPv6 literal domain") }
         } else {
-            for label in domain.split(separator: ".", omittingEmptySubsequences: false) {
-                if label.isEmpty { throw fail("empty label in domain") }
-                if label.utf8.count > 63 { throw fail("domain label longer than 63 bytes") }
-            }
-            for scalar in domain.unicodeScalars {
-                if Self.isControlOrSpace(scalar) { throw fail("domain contains a space or control character") }
-                if Self.isForbidden(scalar, in: Self.forbiddenInDomain) {
-                    throw fail("domain contains the forbidden character \(Character(scalar))")
+            // Labels between dots: none empty, none over 63 bytes.
+            var labelBytes = 0
+            for byte in domain.utf8 {
+                if byte == UInt8(ascii: ".") {
+                    if labelBytes == 0 { throw fail("empty label in domain") }
+                    labelBytes = 0
+                } else {
+                    labelBytes += 1
+                    if labelBytes > 63 { throw fail("domain label longer than 63 bytes") }
                 }
+            }
+            if labelBytes == 0 { throw fail("empty label in domain") }
+            if let bad = Self.firstBad(in: Substring(domain), forbidden: Self.forbiddenInDomain, spaces: true) {
+                throw fail(bad.isControlOrSpace
+                    ? "domain contains a space or control character"
+                    : "domain contains the forbidden character \(Character(bad.scalar))")
             }
         }
         if let resource {
             if resource.isEmpty { throw fail("empty resource") }
             if resource.utf8.count > Self.maxPartBytes { throw fail("resource longer than 1023 bytes") }
-            for scalar in resource.unicodeScalars where Self.isControl(scalar) {
+            if Self.firstBad(in: resource, forbidden: (0, 0), spaces: false) != nil {
                 throw fail("resource contains a control character")
             }
         }
         self.localpart = local.map(String.init)
         self.domain = domain
         self.resource = resource.map(String.init)
+    }
+
+    /// The domain lower-cased; ASCII (nearly every domain) without `String.lowercased()`'s Unicode machinery.
+    private static func lowercased(_ domain: Substring) -> String {
+        var hasUpper = false
+        for byte in domain.utf8 {
+            if byte >= 0x80 { return domain.lowercased() }
+            if byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") { hasUpper = true }
+        }
+        guard hasUpper else { return String(domain) }
+        return String(decoding: domain.utf8.map { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") ? $0 + 32 : $0 },
+                      as: UTF8.self)
+    }
+
+    /// The first character a part must not contain: a control character (or, with `spaces`, whitespace), or
+    /// one of the `forbidden` ASCII characters. Pure-ASCII parts are checked byte by byte.
+    private static func firstBad(in part: Substring, forbidden: (low: UInt64, high: UInt64), spaces: Bool)
+        -> (scalar: Unicode.Scalar, isControlOrSpace: Bool)?
+    {
+        if part.utf8.allSatisfy({ $0 < 0x80 }) {
+            for byte in part.utf8 {
+                let scalar = Unicode.Scalar(byte)
+                if byte < 0x20 || byte == 0x7F || (spaces && byte == 0x20) { return (scalar, true) }
+                if isForbidden(scalar, in: forbidden) { return (scalar, false) }
+            }
+            return nil
+        }
+        for scalar in part.unicodeScalars {
+            if spaces ? isControlOrSpace(scalar) : isControl(scalar) { return (scalar, true) }
+            if isForbidden(scalar, in: forbidden) { return (scalar, false) }
+        }
+        return nil
     }
 
     public init(localpart: String? = nil, domain: String, resource: String? = nil) throws(JIDError) {
