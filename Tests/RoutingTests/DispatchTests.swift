@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import Testing
 import XMPPCore
@@ -117,4 +118,64 @@ private func stanza(_ xml: String) throws -> Stanza {
 actor OrderLog {
     var items: [Int] = []
     func append(_ item: Int) { items.append(item) }
+}
+
+@Suite struct DirectStartTests {
+    /// A handler that takes the stanza at once and answers from a thread of its own, like a worker pool.
+    struct ThreadAnswering: StanzaHandler {
+        var startsWithoutWaiting: Bool { true }
+
+        func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
+            Issue.record("the task path was taken")
+            return HandlerOutcome()
+        }
+
+        func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
+            let body = stanza.body ?? ""
+            Thread.detachNewThread {
+                var reply = Stanza(kind: .message)
+                reply.element.append(Element("body", namespace: Namespace.client, text: "echo: " + body))
+                completion(HandlerOutcome(replies: [reply]))
+            }
+        }
+    }
+
+    struct TaskOnly: StanzaHandler {
+        func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome { HandlerOutcome() }
+    }
+
+    static let builtIns = BuiltInResponder(domain: "bot.example.org", discoName: "Bot", routedFeatures: [], items: [],
+                                           softwareVersion: "1")
+
+    @Test func aHandlerThatStartsWithoutWaitingAnswersThroughTheCompletionWithStampedReplies() async throws {
+        let route = Route(name: "direct", rule: RouteRule(kinds: [.message]), handler: ThreadAnswering(), concurrency: 1, queue: 0)
+        let dispatcher = Dispatcher(routes: [route], builtIns: Self.builtIns, logger: Logger(label: "test"))
+        let incoming = try stanza("<message type='chat' id='m1' from='a@example.org/r' to='echo@bot.example.org'><body>hi</body></message>")
+        guard case .admitted(let admitted) = dispatcher.admit(incoming) else {
+            Issue.record("not admitted")
+            return
+        }
+        let replies = await withCheckedContinuation { (continuation: CheckedContinuation<[Stanza]?, Never>) in
+            let started = dispatcher.start(incoming, on: admitted) { continuation.resume(returning: $0) }
+            if !started { continuation.resume(returning: nil) }
+        }
+        let reply = try #require(replies?.first)
+        #expect(reply.body == "echo: hi")
+        #expect(reply.from == "echo@bot.example.org" && reply.to == "a@example.org/r" && reply.type == "chat")
+        #expect(route.gate.load == 0, "the run slot and the admission were given back")
+    }
+
+    @Test func otherHandlersAndFullRoutesTakeTheTaskPath() throws {
+        let incoming = try stanza("<message type='chat' id='m1' from='a@example.org/r' to='echo@bot.example.org'><body>hi</body></message>")
+        let plain = Route(name: "plain", rule: RouteRule(kinds: [.message]), handler: TaskOnly(), concurrency: 1, queue: 0)
+        #expect(!Dispatcher(routes: [plain], builtIns: Self.builtIns, logger: Logger(label: "test"))
+            .start(incoming, on: plain) { _ in Issue.record("completed") })
+
+        let busy = Route(name: "busy", rule: RouteRule(kinds: [.message]), handler: ThreadAnswering(), concurrency: 1, queue: 5)
+        #expect(busy.gate.admit() && busy.gate.tryAcquire(), "the only run slot is taken")
+        #expect(busy.gate.admit())
+        #expect(!Dispatcher(routes: [busy], builtIns: Self.builtIns, logger: Logger(label: "test"))
+            .start(incoming, on: busy) { _ in Issue.record("completed") }, "no free slot: the stanza waits in a task")
+        #expect(busy.gate.load == 2, "nothing was given back by the refused start")
+    }
 }
