@@ -89,6 +89,19 @@ def process_cpu(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def process_rss(pids: list[int]) -> int:
+    """Resident memory (KiB) of these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 def pids_running(fragment: str) -> list[int]:
     """Processes whose command line contains `fragment`."""
     found = []
@@ -116,6 +129,8 @@ async def interleaved(client: "EchoClient", targets: list[tuple[str, str]], roun
             echoes = max(1, client.received_total - sent_before)
             used = "".join(f"  {name} {(process_cpu(pids()) - before[name]) / echoes * 1e6:4.0f} µs"
                            for name, pids in (cpu or {}).items())
+            if cpu and "stanzad" in cpu:
+                used += f"  stanzad RSS {process_rss(cpu['stanzad']()) // 1024} MiB"
             rates[label].append(rate)
             print(f"  round {number} {label:<8} {rate:9.0f} echoes/s" + (f"  CPU/echo:{used}" if used else "")
                   + (f"  ({errors} error replies)" if errors else ""), flush=True)

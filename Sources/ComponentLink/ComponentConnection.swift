@@ -55,6 +55,8 @@ public final class ComponentConnection: Service, Sendable {
     /// Stanzas addressed to the component, for the router.
     public let inbound: AsyncStream<Stanza>
     private let inboundContinuation: AsyncStream<Stanza>.Continuation
+    /// Takes stanzas synchronously on the link's own task before they reach `inbound` (see `setDirectInbound`).
+    private let directInbound = DirectInboundSlot()
 
     public init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.settings = settings
@@ -66,6 +68,12 @@ public final class ComponentConnection: Service, Sendable {
     }
 
     // MARK: Public API
+
+    /// Lets `handler` take each arriving stanza where the link reads it, without a hop to the `inbound`
+    /// consumer's task; a stanza it returns false for goes to `inbound` as usual. It must not block. nil removes it.
+    public func setDirectInbound(_ handler: (@Sendable (Stanza) -> Bool)?) {
+        directInbound.set(handler)
+    }
 
     public var health: LinkHealth { shared.withLock { $0.health } }
     public var lastError: ComponentLinkError? { shared.withLock { $0.lastError } }
@@ -380,7 +388,40 @@ public final class ComponentConnection: Service, Sendable {
     }
 
     fileprivate func deliver(_ stanza: Stanza) {
+        if directInbound.take(stanza) { return }
         inboundContinuation.yield(stanza)
+    }
+}
+
+/// Holds the direct-inbound handler. A plain pthread mutex rather than `Mutex`: with a closure stored in a
+/// `Mutex<(@Sendable (Stanza) -> Bool)?>`, every stanza passed to it stayed allocated (RSS grew by about
+/// 600 bytes per stanza in the 10,000-stanza soak test; Swift 6.3.1).
+final class DirectInboundSlot: @unchecked Sendable {
+    private var handler: (@Sendable (Stanza) -> Bool)?
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func set(_ handler: (@Sendable (Stanza) -> Bool)?) {
+        pthread_mutex_lock(mutex)
+        self.handler = handler
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Offers `stanza` to the handler (called outside the lock); false when there is none or it declined.
+    func take(_ stanza: Stanza) -> Bool {
+        pthread_mutex_lock(mutex)
+        let handler = self.handler
+        pthread_mutex_unlock(mutex)
+        return handler?(stanza) ?? false
     }
 }
 
@@ -483,16 +524,23 @@ private struct SessionLoop {
         try await write(ready)
     }
 
+    /// Writes everything queued as one buffer: one hop to the event loop and one system call for a burst of
+    /// replies instead of one per stanza.
     mutating func write(_ items: [Outgoing]) async throws {
-        for item in items {
-            do {
-                try await write(item.xml)
-                item.waiter?.continuation.resume(returning: .success(()))
-            } catch {
+        guard !items.isEmpty else { return }
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(items.reduce(0) { $0 + $1.xml.utf8.count })
+        for item in items { buffer.writeString(item.xml) }
+        do {
+            try await outbound.write(buffer)
+            lastWrite = .now
+        } catch {
+            for item in items {
                 item.waiter?.continuation.resume(returning: .failure(SendError(.linkLost, "write failed: \(error)")))
-                throw error
             }
+            throw error
         }
+        for item in items { item.waiter?.continuation.resume(returning: .success(())) }
     }
 
     mutating func write(_ text: String) async throws {

@@ -56,8 +56,13 @@ public final class Dispatcher: Sendable {
     }
 
     public func admit(_ stanza: Stanza) -> Admission {
-        guard let route = routes.first(where: { $0.rule.matches(stanza) }) else { return .builtIn }
+        guard let route = route(for: stanza) else { return .builtIn }
         return route.gate.admit() ? .admitted(route) : .full(route)
+    }
+
+    /// The first route whose rule matches, without admitting the stanza; nil: the built-ins answer it.
+    public func route(for stanza: Stanza) -> Route? {
+        routes.first(where: { $0.rule.matches(stanza) })
     }
 
     /// The built-in answer to a stanza no route takes.
@@ -122,6 +127,8 @@ public final class Dispatcher: Sendable {
 
     private func log(_ stanza: Stanza, route: String, replies: [Stanza], started: ContinuousClock.Instant,
                      metadata extra: Logger.Metadata = [:]) {
+        // Built only when it is printed: at `notice` and above this line costs nothing.
+        guard logger.logLevel <= .info else { return }
         var outcome = replies.isEmpty ? "none" : "reply"
         if let error = replies.first(where: { $0.type == "error" })?.error, replies.count == 1 {
             outcome = "error \(error.condition)"

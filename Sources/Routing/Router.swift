@@ -23,6 +23,7 @@ public final class Router: Service, Sendable {
     }
 
     public func run() async throws {
+        connection.setDirectInbound { [self] stanza in handleDirectly(stanza) }
         await withDiscardingTaskGroup { group in
             // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.
             for await stanza in connection.inbound.cancelOnGracefulShutdown() {
@@ -45,6 +46,7 @@ public final class Router: Service, Sendable {
                     }
                 }
             }
+            connection.setDirectInbound(nil)
             let running = inFlight.load(ordering: .relaxed)
             guard running > 0 else { return }
             logger.notice("waiting for running handlers", metadata: ["handlers": "\(running)", "limit_s": "\(drainTimeout.components.seconds)"])
@@ -57,6 +59,34 @@ public final class Router: Service, Sendable {
                 group.cancelAll()
             }
         }
+    }
+
+    /// Takes, where the link reads them, the stanzas that need no task: built-in answers, refusals of full routes
+    /// and routes whose handler starts without waiting (workers). False: the stanza goes through `run`'s loop.
+    private func handleDirectly(_ stanza: Stanza) -> Bool {
+        guard let route = dispatcher.route(for: stanza) else {
+            send(dispatcher.answerBuiltIn(stanza), for: stanza)
+            return true
+        }
+        guard route.handler.startsWithoutWaiting else { return false }
+        guard route.gate.admit() else {
+            send(dispatcher.answerFull(stanza, route: route), for: stanza)
+            return true
+        }
+        inFlight.add(1, ordering: .relaxed)
+        let started = dispatcher.start(stanza, on: route) { replies in
+            self.send(replies, for: stanza)
+            self.inFlight.subtract(1, ordering: .relaxed)
+        }
+        if !started {
+            // Every run slot is taken: this stanza waits for one (in its place in the route's queue) in a task.
+            Task {
+                let replies = await self.dispatcher.run(stanza, on: route)
+                self.send(replies, for: stanza)
+                self.inFlight.subtract(1, ordering: .relaxed)
+            }
+        }
+        return true
     }
 
     private func send(_ replies: [Stanza], for stanza: Stanza) {
