@@ -380,8 +380,15 @@ func checkShape(_ element: Element, level: Int, maxDepth: Int) {
 // MARK: JSON mode
 
 /// JSON → stanza never crashes (a refusal is a `JSONMappingError`); whatever it accepts serializes, re-parses to
-/// itself and survives the JSON round trips below.
+/// itself and survives the JSON round trips below. Any JSON value accepted at all round-trips through its text.
 func fuzzJSON(_ bytes: [UInt8]) {
+    // Any JSON value the reader accepts is written as text that reads back as the same value.
+    if let value = try? JSONValue.parse(bytes) {
+        let text = value.serialized()
+        guard let again = try? JSONValue.parse(text), again == value else {
+            fatalError("JSON mode: a value does not read back\n  input:   \(String(decoding: bytes, as: UTF8.self))\n  written: \(text)")
+        }
+    }
     let stanza: Stanza
     do {
         stanza = try StanzaJSON.decode(parsing: bytes)
