@@ -53,7 +53,7 @@ extension JSONValue {
     }
 
     /// Compact JSON text: no whitespace, object keys sorted by their UTF-8 bytes, control characters
-    /// (and U+2028/U+2029) escaped, other characters as UTF-8. Non-finite doubles, which JSON cannot
+    /// (and U+2028/U+2029, and U+FFFE/U+FFFF which XML cannot carry) escaped, other characters as UTF-8. Non-finite doubles, which JSON cannot
     /// carry, are written as `null`.
     public func serialized() -> String {
         String(decoding: serializedBytes(), as: UTF8.self)
@@ -119,6 +119,11 @@ extension JSONValue {
                 case 0..<0x20, 0x7F: escape = hexEscape(UInt32(byte))
                 case 0xE2 where index + 2 < bytes.count && bytes[index + 1] == 0x80 && (bytes[index + 2] == 0xA8 || bytes[index + 2] == 0xA9):
                     escape = hexEscape(bytes[index + 2] == 0xA8 ? 0x2028 : 0x2029)
+                    width = 3
+                case 0xEF where index + 2 < bytes.count && bytes[index + 1] == 0xBF && (bytes[index + 2] == 0xBE || bytes[index + 2] == 0xBF):
+                    // U+FFFE and U+FFFF: valid in JSON, not in XML 1.0. Escaped, the text can travel inside a stanza
+                    // (a `payload`, a `stanza` field) and still reads back as the same value.
+                    escape = hexEscape(bytes[index + 2] == 0xBE ? 0xFFFE : 0xFFFF)
                     width = 3
                 default: escape = nil
                 }

@@ -693,6 +693,11 @@ struct MappingCase: CustomTestStringConvertible, Sendable {
         #expect(try JSONValue.parse(" \n\t[ 1 , { \"a\" : [ ] } ]\r\n") == [1, ["a": []]])
         // U+2028/U+2029 and DEL are escaped on output; everything else non-ASCII is written as UTF-8.
         #expect(JSONValue.string("a\u{2028}b\u{2029}c\u{7F}é").serialized() == #""a\u2028b\u2029c\u007fé""#)
+        // U+FFFE/U+FFFF are JSON but not XML: escaped, JSON text always fits in a stanza (found by the fuzzer in a
+        // `payload` object key).
+        let noncharacters = JSONValue.object(["k\u{FFFF}": .string("v\u{FFFE}")])
+        #expect(noncharacters.serialized() == #"{"k\uffff":"v\ufffe"}"#)
+        #expect(try JSONValue.parse(noncharacters.serialized()) == noncharacters)
         #expect(JSONValue.object(["b": 1, "a": 2, "é": 3, "Z": 4]).serialized() == #"{"Z":4,"a":2,"b":1,"é":3}"#)
     }
 
