@@ -33,17 +33,9 @@ public final class Router: Service, Sendable {
                 case .full(let route):
                     send(dispatcher.answerFull(stanza, route: route), for: stanza)
                 case .admitted(let route):
+                    // Handlers that start without waiting were taken by `handleDirectly` already.
                     inFlight.add(1, ordering: .relaxed)
-                    let startedDirectly = dispatcher.start(stanza, on: route) { replies in
-                        self.send(replies, for: stanza)
-                        self.inFlight.subtract(1, ordering: .relaxed)
-                    }
-                    if startedDirectly { continue }
-                    group.addTask {
-                        let replies = await self.dispatcher.run(stanza, on: route)
-                        self.send(replies, for: stanza)
-                        self.inFlight.subtract(1, ordering: .relaxed)
-                    }
+                    group.addTask { self.finish(await self.dispatcher.run(stanza, on: route), for: stanza) }
                 }
             }
             connection.setDirectInbound(nil)
@@ -74,19 +66,17 @@ public final class Router: Service, Sendable {
             return true
         }
         inFlight.add(1, ordering: .relaxed)
-        let started = dispatcher.start(stanza, on: route) { replies in
-            self.send(replies, for: stanza)
-            self.inFlight.subtract(1, ordering: .relaxed)
-        }
-        if !started {
+        if !dispatcher.start(stanza, on: route, completion: { self.finish($0, for: stanza) }) {
             // Every run slot is taken: this stanza waits for one (in its place in the route's queue) in a task.
-            Task {
-                let replies = await self.dispatcher.run(stanza, on: route)
-                self.send(replies, for: stanza)
-                self.inFlight.subtract(1, ordering: .relaxed)
-            }
+            Task { self.finish(await self.dispatcher.run(stanza, on: route), for: stanza) }
         }
         return true
+    }
+
+    /// An admitted stanza is done: its replies go out and it no longer counts as running.
+    private func finish(_ replies: [Stanza], for stanza: Stanza) {
+        send(replies, for: stanza)
+        inFlight.subtract(1, ordering: .relaxed)
     }
 
     private func send(_ replies: [Stanza], for stanza: Stanza) {

@@ -346,25 +346,22 @@ public final class XMLStreamParser {
         var result: [Attribute] = []
         result.reserveCapacity(count)
         for index in 0..<count {
-            result.append(attribute(attributes + index * 5))
-        }
-        return result
-    }
-
-    /// One attribute from libxml2's five pointers: localname, prefix, URI, value begin, value end.
-    @inline(__always)
-    private func attribute(_ base: UnsafeMutablePointer<UnsafePointer<xmlChar>?>) -> Attribute {
-        var value = ""
-        if let begin = base[3], let end = base[4] {
+            let base = attributes + index * 5
+            guard let begin = base[3], let end = base[4] else { continue }
             let bytes = UnsafeBufferPointer(start: begin, count: max(0, end - begin))
+            let value: String
             // libxml2 hands '&' in attribute values over as "&#38;" (and only '&'): undo exactly that.
             if bytes.contains(UInt8(ascii: "&")) {
                 value = String(decoding: bytes, as: UTF8.self).replacingAll(libxmlAmpersand, with: "&")
             } else {
                 value = values.string(bytes)
             }
+            let attributeName = name(base[0]) ?? ""
+            let namespace = namespace(base[2])
+            let prefix = name(base[1])
+            result.append(Attribute(name: attributeName, value: value, namespace: namespace, prefix: prefix))
         }
-        return Attribute(name: name(base[0]) ?? "", value: value, namespace: namespace(base[2]), prefix: name(base[1]))
+        return result
     }
 
     fileprivate func endElement() {
