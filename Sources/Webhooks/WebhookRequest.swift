@@ -45,6 +45,12 @@ public struct WebhookRequest: Sendable, Equatable {
         a.url == b.url && a.body == b.body && a.headers.map { "\($0.0): \($0.1)" } == b.headers.map { "\($0.0): \($0.1)" }
     }
 
+    init(url: String, headers: [(String, String)], body: [UInt8]) {
+        self.url = url
+        self.headers = headers
+        self.body = body
+    }
+
     public static let accept = "application/xmpp+xml, application/json, text/plain"
 
     /// The request for `stanza`; `delivery` is the Stanzad-Delivery id (the same for every retry).
@@ -66,7 +72,14 @@ public struct WebhookRequest: Sendable, Equatable {
             ("Content-Type", contentType), ("Accept", Self.accept), ("User-Agent", settings.userAgent),
             ("Stanzad-Delivery", delivery),
         ]
-        if let lang = stanza.lang, !lang.isEmpty { headers.append(("Content-Language", lang)) }
+        // Only a well-formed language tag (BCP 47: letters, digits, hyphens) becomes a header; anything else in
+        // xml:lang (spaces, line breaks) is not forwarded rather than breaking the request.
+        if let lang = stanza.lang, !lang.isEmpty, lang.utf8.count <= 64, lang.utf8.allSatisfy({
+            ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z")) || ($0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z"))
+                || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || $0 == UInt8(ascii: "-")
+        }) {
+            headers.append(("Content-Language", lang))
+        }
         for (name, value) in settings.headers.sorted(by: { $0.key < $1.key }) { headers.append((name, value)) }
         if let secret = settings.hmacSecret {
             headers.append(("Stanzad-Signature", Self.signature(body, secret: secret)))

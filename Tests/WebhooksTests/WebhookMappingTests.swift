@@ -36,6 +36,15 @@ private let chat = "<message type='chat' id='m 1' from='alice@example.org/phone'
         #expect(Dictionary(uniqueKeysWithValues: xmlRequest.headers)["Content-Type"] == "application/xmpp+xml")
     }
 
+    @Test func contentLanguageOnlyForAWellFormedTag() throws {
+        let settings = WebhookSettings(urlTemplate: "http://h/", format: .text)
+        let odd = "<message to='echo@bot.example.org' from='a@example.org/r' xml:lang='de&#13;&#10;X-Injected: 1'><body>hi</body></message>"
+        let request = try WebhookRequest(stanza: try stanza(odd), settings: settings, delivery: "d1")
+        #expect(!request.headers.contains { $0.0 == "Content-Language" || $0.0 == "X-Injected" })
+        let fine = try WebhookRequest(stanza: try stanza("<message to='echo@bot.example.org' xml:lang='pt-BR'><body>hi</body></message>"), settings: settings, delivery: "d1")
+        #expect(fine.headers.contains { $0 == ("Content-Language", "pt-BR") })
+    }
+
     @Test func signatureIsHMACSHA256OfTheBody() {
         // Reference value from Python: hmac.new(b"k3y", b'{"a":1}', hashlib.sha256).hexdigest()
         #expect(WebhookRequest.signature(Array(#"{"a":1}"#.utf8), secret: "k3y")

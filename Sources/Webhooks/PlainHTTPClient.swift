@@ -1,0 +1,377 @@
+// A small HTTP/1.1 client for `http://` webhooks: one POST at a time per keep-alive connection, on NIO with
+// NIOHTTP1's encoder and decoder. It exists for speed. async-http-client's per-request machinery (request bag,
+// task, pool state machine, tracing) cost more CPU per stanza than everything else on a webhook route together
+// (docs/PERFORMANCE.md); `https://` URLs still go through async-http-client and its TLS stack.
+//
+// Threading: a connection's state lives on its channel's event loop. The idle list is shared under a lock.
+
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Where an `http://` URL points.
+struct PlainHTTPTarget: Sendable, Hashable {
+    var host: String
+    var port: Int
+    /// The `Host` header: the URL's authority.
+    var authority: String
+    /// Path and query, at least "/".
+    var path: String
+
+    /// nil for anything but a plain `http://host[:port][/path][?query]` URL (https, user info, bad port, no host).
+    init?(_ url: String) {
+        guard url.utf8.count > 7, url.prefix(7).lowercased() == "http://" else { return nil }
+        let rest = url.dropFirst(7)
+        let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
+        let authority = rest[..<authorityEnd]
+        var path = String(rest[authorityEnd...])
+        if let fragment = path.firstIndex(of: "#") { path = String(path[..<fragment]) }
+        if path.isEmpty || path.first == "?" { path = "/" + path }
+        guard !authority.isEmpty, !authority.contains("@"),
+              !path.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F }) else { return nil }
+        var host: Substring
+        var portText: Substring?
+        if authority.first == "[" {
+            guard let close = authority.firstIndex(of: "]") else { return nil }
+            host = authority[authority.index(after: authority.startIndex)..<close]
+            let after = authority[authority.index(after: close)...]
+            if !after.isEmpty {
+                guard after.first == ":" else { return nil }
+                portText = after.dropFirst()
+            }
+        } else if let colon = authority.lastIndex(of: ":") {
+            host = authority[..<colon]
+            portText = authority[authority.index(after: colon)...]
+        } else {
+            host = authority
+        }
+        guard !host.isEmpty else { return nil }
+        var port = 80
+        if let portText, !portText.isEmpty {
+            guard portText.allSatisfy(\.isASCII), let number = Int(portText), (1...65535).contains(number) else { return nil }
+            port = number
+        }
+        self.host = String(host)
+        self.port = port
+        self.authority = String(authority)
+        self.path = path
+    }
+}
+
+/// Keep-alive connections to plain HTTP webhooks, shared by every route.
+final class PlainHTTPClient: Sendable {
+    let group: any EventLoopGroup
+    let connectTimeout: TimeAmount
+    let idleTimeout: TimeAmount
+    private let pool = NIOLockedValueBox(Pool())
+
+    private struct Pool {
+        var idle: [PlainHTTPTarget.Key: [PlainHTTPConnection]] = [:]
+        var stopped = false
+    }
+
+    init(group: any EventLoopGroup, connectTimeout: TimeAmount, idleTimeout: TimeAmount) {
+        self.group = group
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+    }
+
+    /// POSTs `body` and calls `done` once, on an event loop, with the result.
+    func post(_ target: PlainHTTPTarget, headers: [(String, String)], body: [UInt8], timeout: TimeAmount, maxBody: Int,
+              done: @escaping @Sendable (WebhookHandler.Attempt) -> Void) {
+        if let problem = Self.invalidHeader(headers) {
+            done(.connectionFailed(problem))
+            return
+        }
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path)
+        head.headers.reserveCapacity(headers.count + 2)
+        head.headers.add(name: "Host", value: target.authority)
+        for (name, value) in headers { head.headers.add(name: name, value: value) }
+        head.headers.add(name: "Content-Length", value: String(body.count))
+        let exchange = PlainHTTPExchange(
+            head: head, body: body, deadline: .now() + timeout, maxBody: maxBody, done: done)
+        if let connection = checkOut(target.key) {
+            connection.start(exchange, reused: true)
+        } else {
+            connect(target, exchange)
+        }
+    }
+
+    /// Opens a new connection for `exchange`.
+    func connect(_ target: PlainHTTPTarget, _ exchange: PlainHTTPExchange) {
+        let eventLoop = group.any()
+        let timeout = min(connectTimeout, max(exchange.deadline - .now(), .milliseconds(1)))
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(timeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
+                    try channel.pipeline.syncOperations.addHandler(PlainHTTPHandler(client: self, target: target))
+                }
+            }
+            .connect(host: target.host, port: target.port)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    PlainHTTPConnection(channel: channel, client: self, target: target).start(exchange, reused: false)
+                case .failure(let error as ChannelError) where error == .connectTimeout(timeout):
+                    exchange.finish(exchange.deadline <= .now() ? .timedOut : .connectionFailed("connect timed out"))
+                case .failure(let error):
+                    exchange.finish(.connectionFailed("\(error)"))
+                }
+            }
+    }
+
+    /// Puts a connection whose last response ended cleanly back for the next request.
+    func checkIn(_ connection: PlainHTTPConnection) {
+        let now = NIODeadline.now()
+        let kept = pool.withLockedValue { pool -> Bool in
+            if pool.stopped { return false }
+            connection.idleSince = now
+            pool.idle[connection.key, default: []].append(connection)
+            return true
+        }
+        if !kept { connection.channel.close(promise: nil) }
+    }
+
+    private func checkOut(_ key: PlainHTTPTarget.Key) -> PlainHTTPConnection? {
+        let now = NIODeadline.now()
+        var stale: [PlainHTTPConnection] = []
+        let found = pool.withLockedValue { pool -> PlainHTTPConnection? in
+            while let connection = pool.idle[key]?.popLast() {
+                if connection.channel.isActive && now - connection.idleSince < idleTimeout { return connection }
+                stale.append(connection)
+            }
+            return nil
+        }
+        for connection in stale { connection.channel.close(promise: nil) }
+        return found
+    }
+
+    /// Closes every idle connection; later check-ins close theirs.
+    func shutdown() {
+        let all = pool.withLockedValue { pool in
+            defer { pool = Pool(stopped: true) }
+            return pool.idle.values.flatMap { $0 }
+        }
+        for connection in all { connection.channel.close(promise: nil) }
+    }
+
+    /// A reason when a header would break the request (a line break or NUL in a value, or a bad name).
+    static func invalidHeader(_ headers: [(String, String)]) -> String? {
+        for (name, value) in headers {
+            if name.isEmpty || name.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7F || $0 == UInt8(ascii: ":") }) {
+                return "header name \"\(name)\" is not a valid HTTP token"
+            }
+            if value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0 }) {
+                return "header \(name) has a line break or NUL in its value"
+            }
+        }
+        return nil
+    }
+}
+
+extension PlainHTTPTarget {
+    struct Key: Hashable, Sendable {
+        var host: String
+        var port: Int
+    }
+
+    var key: Key { Key(host: host, port: port) }
+}
+
+/// One request and its response, finished exactly once.
+final class PlainHTTPExchange: Sendable {
+    let head: HTTPRequestHead
+    let body: [UInt8]
+    let deadline: NIODeadline
+    let maxBody: Int
+    private let done: NIOLockedValueBox<(@Sendable (WebhookHandler.Attempt) -> Void)?>
+
+    init(head: HTTPRequestHead, body: [UInt8], deadline: NIODeadline, maxBody: Int,
+         done: @escaping @Sendable (WebhookHandler.Attempt) -> Void) {
+        self.head = head
+        self.body = body
+        self.deadline = deadline
+        self.maxBody = maxBody
+        self.done = NIOLockedValueBox(done)
+    }
+
+    func finish(_ result: WebhookHandler.Attempt) {
+        let callback = done.withLockedValue { done in
+            defer { done = nil }
+            return done
+        }
+        callback?(result)
+    }
+}
+
+/// A keep-alive connection.
+final class PlainHTTPConnection: @unchecked Sendable {
+    let channel: any Channel
+    let client: PlainHTTPClient
+    let target: PlainHTTPTarget
+    var key: PlainHTTPTarget.Key { target.key }
+    /// Only read and written under the client's pool lock.
+    var idleSince = NIODeadline.now()
+
+    init(channel: any Channel, client: PlainHTTPClient, target: PlainHTTPTarget) {
+        self.channel = channel
+        self.client = client
+        self.target = target
+    }
+
+    /// Sends `exchange` on this connection (from any thread).
+    func start(_ exchange: PlainHTTPExchange, reused: Bool) {
+        if channel.eventLoop.inEventLoop {
+            start0(exchange, reused: reused)
+        } else {
+            channel.eventLoop.execute { self.start0(exchange, reused: reused) }
+        }
+    }
+
+    private func start0(_ exchange: PlainHTTPExchange, reused: Bool) {
+        guard let handler = try? channel.pipeline.syncOperations.handler(type: PlainHTTPHandler.self) else {
+            // Closed and torn down since it was put back.
+            if reused { client.connect(target, exchange) } else { exchange.finish(.connectionFailed("the connection was closed")) }
+            return
+        }
+        handler.begin(exchange, connection: self, reused: reused)
+    }
+}
+
+/// The end of a connection's pipeline: sends the request, collects the response (up to the cap), enforces the
+/// deadline, and hands the connection back when the response ended and the server keeps it open.
+final class PlainHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let client: PlainHTTPClient
+    private let target: PlainHTTPTarget
+    private var context: ChannelHandlerContext?
+    private var current: Current?
+
+    private struct Current {
+        var exchange: PlainHTTPExchange
+        var connection: PlainHTTPConnection
+        var reused: Bool
+        var timer: Scheduled<Void>
+        var head: HTTPResponseHead?
+        var body: ByteBuffer?
+        var received = false
+    }
+
+    init(client: PlainHTTPClient, target: PlainHTTPTarget) {
+        self.client = client
+        self.target = target
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func begin(_ exchange: PlainHTTPExchange, connection: PlainHTTPConnection, reused: Bool) {
+        guard let context, current == nil, context.channel.isActive else {
+            retryOrFail(exchange, reused: reused, "the connection was closed")
+            return
+        }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let timer = context.eventLoop.scheduleTask(deadline: exchange.deadline) { bound.value.expire(exchange) }
+        current = Current(exchange: exchange, connection: connection, reused: reused, timer: timer)
+        context.write(wrapOutboundOut(.head(exchange.head)), promise: nil)
+        if !exchange.body.isEmpty {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: exchange.body)))), promise: nil)
+        }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard current != nil else { return }
+        current?.received = true
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            if head.status.code < 200 { return }
+            if let length = head.headers.first(name: "Content-Length").flatMap({ Int($0) }), length > (current?.exchange.maxBody ?? 0) {
+                fail(.bodyTooLarge)
+                return
+            }
+            current?.head = head
+        case .body(var part):
+            guard var current else { return }
+            if (current.body?.readableBytes ?? 0) + part.readableBytes > current.exchange.maxBody {
+                fail(.bodyTooLarge)
+                return
+            }
+            if current.body == nil {
+                current.body = part
+            } else {
+                current.body?.writeBuffer(&part)
+            }
+            self.current = current
+        case .end:
+            guard let current, let head = current.head else { return }
+            self.current = nil
+            current.timer.cancel()
+            if head.isKeepAlive && context.channel.isActive {
+                client.checkIn(current.connection)
+            } else {
+                context.close(promise: nil)
+            }
+            current.exchange.finish(.response(
+                status: Int(head.status.code), reason: head.status.reasonPhrase,
+                contentType: head.headers.first(name: "Content-Type"), retryAfter: head.headers.first(name: "Retry-After"),
+                body: current.body.map { Array(buffer: $0) } ?? []))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let current, !current.received {
+            self.current = nil
+            current.timer.cancel()
+            retryOrFail(current.exchange, reused: current.reused, "the webhook closed the connection without responding")
+        } else {
+            fail(.connectionFailed("the webhook closed the connection in the middle of its response"))
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let current, !current.received {
+            self.current = nil
+            current.timer.cancel()
+            retryOrFail(current.exchange, reused: current.reused, "\(error)")
+        } else {
+            fail(.connectionFailed("\(error)"))
+        }
+        context.close(promise: nil)
+    }
+
+    private func expire(_ exchange: PlainHTTPExchange) {
+        if current?.exchange === exchange { fail(.timedOut) }
+    }
+
+    /// A kept-alive connection that ends before any byte of the response came back was almost always closed by the
+    /// server while it sat idle, so the request is sent once more on a new connection (as browsers and most HTTP
+    /// clients do); on a new connection the same failure is final.
+    private func retryOrFail(_ exchange: PlainHTTPExchange, reused: Bool, _ reason: String) {
+        if reused && exchange.deadline > .now() {
+            client.connect(target, exchange)
+        } else {
+            exchange.finish(.connectionFailed(reason))
+        }
+    }
+
+    /// Ends the current exchange with `result` and closes the connection (it is mid-response).
+    private func fail(_ result: WebhookHandler.Attempt) {
+        guard let current else { return }
+        self.current = nil
+        current.timer.cancel()
+        context?.close(promise: nil)
+        current.exchange.finish(result)
+    }
+}

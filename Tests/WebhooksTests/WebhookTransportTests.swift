@@ -1,0 +1,204 @@
+// The two webhook transports (our plain HTTP/1.1 client for http:// and async-http-client, which https:// uses)
+// against one scripted local server: both must report the same result for the same exchange.
+
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+
+@testable import Webhooks
+
+/// A scripted HTTP/1.1 server speaking raw bytes, so it can misbehave on purpose. The request path picks the
+/// answer; it counts connections and requests.
+private final class ScriptedServer: Sendable {
+    let channel: any Channel
+    let connections = NIOLockedValueBox(0)
+    let requests = NIOLockedValueBox<[String]>([])
+
+    var port: Int { channel.localAddress?.port ?? 0 }
+
+    init() async throws {
+        let box = NIOLockedValueBox<ScriptedServer?>(nil)
+        channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Connection(server: box))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        box.withLockedValue { $0 = self }
+    }
+
+    func stop() async {
+        try? await channel.close()
+    }
+
+    private final class Connection: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let server: NIOLockedValueBox<ScriptedServer?>
+        var buffer = ByteBuffer()
+        var served = 0
+
+        init(server: NIOLockedValueBox<ScriptedServer?>) {
+            self.server = server
+        }
+
+        func channelActive(context: ChannelHandlerContext) {
+            server.withLockedValue { $0 }?.connections.withLockedValue { $0 += 1 }
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var part = unwrapInboundIn(data)
+            buffer.writeBuffer(&part)
+            while let text = buffer.getString(at: buffer.readerIndex, length: buffer.readableBytes),
+                  let headEnd = text.range(of: "\r\n\r\n") {
+                let head = String(text[..<headEnd.lowerBound])
+                let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                    .flatMap { Int($0.dropFirst(15).trimmingCharacters(in: .whitespaces)) } ?? 0
+                let headBytes = text.utf8.distance(from: text.startIndex, to: headEnd.upperBound)
+                guard buffer.readableBytes >= headBytes + length else { return }
+                buffer.moveReaderIndex(forwardBy: headBytes)
+                let body = buffer.readString(length: length) ?? ""
+                let path = head.split(separator: " ").dropFirst().first.map(String.init) ?? "/"
+                server.withLockedValue { $0 }?.requests.withLockedValue { $0.append(path) }
+                served += 1
+                answer(path, body: body, head: head, context: context)
+            }
+        }
+
+        func answer(_ path: String, body: String, head: String, context: ChannelHandlerContext) {
+            func send(_ text: String, close: Bool = false) {
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text)), promise: nil)
+                if close { context.close(promise: nil) }
+            }
+            switch path {
+            case "/echo":
+                send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+            case "/host":
+                let line = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("host:") } ?? ""
+                let host = line.dropFirst(5).trimmingCharacters(in: .whitespaces)
+                send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(host.utf8.count)\r\n\r\n\(host)")
+            case "/busy":
+                send("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n")
+            case "/big":
+                send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n" + String(repeating: "x", count: 100))
+            case "/big-chunked":
+                send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nxxxxxxxx\r\n8\r\nxxxxxxxx\r\n0\r\n\r\n")
+            case "/until-close":
+                send("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it", close: true)
+            case "/silent":
+                break
+            case "/hang-up":
+                context.close(promise: nil)
+            case "/half":
+                send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 50\r\n\r\nonly part", close: true)
+            case "/second-dropped":
+                // The first request on a connection is answered; a later one on the same connection is dropped, the
+                // way a server drops a kept-alive connection it has just timed out.
+                if served == 1 {
+                    send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+                } else {
+                    context.close(promise: nil)
+                }
+            default:
+                send("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            }
+        }
+    }
+}
+
+/// One POST through `client` (plain or async-http-client), its result as text.
+private func post(_ url: String, client: WebhookClient, body: String = "hi", headers: [(String, String)] = [],
+                  timeout: TimeAmount = .seconds(5), maxBody: Int = 64) async -> String {
+    let handler = WebhookHandler(
+        settings: WebhookSettings(urlTemplate: url, format: .text, maxBody: maxBody), client: client)
+    let request = WebhookRequest(url: url, headers: [("Content-Type", "text/plain")] + headers, body: Array(body.utf8))
+    let attempt = await withCheckedContinuation { continuation in
+        handler.send(request, timeout: timeout) { continuation.resume(returning: $0) }
+    }
+    switch attempt {
+    case .response(let status, _, let contentType, let retryAfter, let body):
+        return "\(status) \(contentType ?? "-") \(retryAfter ?? "-") \(String(decoding: body, as: UTF8.self))"
+    case .connectionFailed:
+        return "connection failed"
+    case .timedOut:
+        return "timed out"
+    case .bodyTooLarge:
+        return "body too large"
+    }
+}
+
+@Suite(.serialized) struct WebhookTransportTests {
+    static let transports = [true, false]
+
+    @Test(arguments: transports)
+    func bothTransportsAgree(plain: Bool) async throws {
+        let server = try await ScriptedServer()
+        let client = WebhookClient(plainHTTP: plain)
+        let base = "http://127.0.0.1:\(server.port)"
+        #expect(await post(base + "/echo", client: client, body: "hello") == "200 text/plain - hello")
+        #expect(await post(base + "/host", client: client) == "200 text/plain - 127.0.0.1:\(server.port)")
+        #expect(await post(base + "/busy", client: client) == "503 - 7 ")
+        #expect(await post(base + "/big", client: client) == "body too large")
+        #expect(await post(base + "/big-chunked", client: client, maxBody: 10) == "body too large")
+        #expect(await post(base + "/until-close", client: client) == "200 text/plain - all of it")
+        #expect(await post(base + "/silent", client: client, timeout: .milliseconds(300)) == "timed out")
+        #expect(await post(base + "/hang-up", client: client) == "connection failed")
+        #expect(await post(base + "/half", client: client) == "connection failed")
+        #expect(await post(base + "/echo", client: client, headers: [("X-Bad", "a\r\nInjected: 1")]) == "connection failed")
+        await server.stop()
+        #expect(await post(base + "/echo", client: client) == "connection failed")
+        await client.shutdown()
+    }
+
+    @Test func keepAliveReusesOneConnection() async throws {
+        let server = try await ScriptedServer()
+        let client = WebhookClient(plainHTTP: true)
+        for number in 0..<20 {
+            #expect(await post("http://127.0.0.1:\(server.port)/echo", client: client, body: "n\(number)") == "200 text/plain - n\(number)")
+        }
+        #expect(server.connections.withLockedValue { $0 } == 1)
+        await client.shutdown()
+        await server.stop()
+    }
+
+    @Test func aKeptAliveConnectionTheServerDroppedIsRetriedOnANewOne() async throws {
+        let server = try await ScriptedServer()
+        let client = WebhookClient(plainHTTP: true)
+        let url = "http://127.0.0.1:\(server.port)/second-dropped"
+        #expect(await post(url, client: client) == "200 text/plain - ok")
+        #expect(await post(url, client: client) == "200 text/plain - ok")
+        #expect(server.connections.withLockedValue { $0 } == 2)
+        #expect(server.requests.withLockedValue { $0 }.count == 3)
+        await client.shutdown()
+        await server.stop()
+    }
+}
+
+@Suite struct PlainHTTPTargetTests {
+    @Test func parsesHostPortAndPath() throws {
+        let target = try #require(PlainHTTPTarget("http://127.0.0.1:8080/in/message?to=a%40b#frag"))
+        #expect(target.host == "127.0.0.1" && target.port == 8080)
+        #expect(target.authority == "127.0.0.1:8080")
+        #expect(target.path == "/in/message?to=a%40b")
+        let bare = try #require(PlainHTTPTarget("HTTP://example.org"))
+        #expect(bare.host == "example.org" && bare.port == 80 && bare.path == "/")
+        #expect(PlainHTTPTarget("http://h?x=1")?.path == "/?x=1")
+        let v6 = try #require(PlainHTTPTarget("http://[::1]:9/x"))
+        #expect(v6.host == "::1" && v6.port == 9 && v6.authority == "[::1]:9")
+    }
+
+    @Test(arguments: ["https://example.org/", "http://user:pw@example.org/", "http://:80/", "http://h:0/",
+                      "http://h:99999/", "http://h:8x/", "http://[::1/", "http://h/a b", "ftp://h/", "http://"])
+    func rejectsWhatItCannotServe(url: String) {
+        #expect(PlainHTTPTarget(url) == nil)
+    }
+
+    @Test func headerValidation() {
+        #expect(PlainHTTPClient.invalidHeader([("A", "b")]) == nil)
+        #expect(PlainHTTPClient.invalidHeader([("A", "b\nc")])?.contains("line break") == true)
+        #expect(PlainHTTPClient.invalidHeader([("A B", "c")])?.contains("not a valid HTTP token") == true)
+    }
+}
