@@ -71,10 +71,40 @@ final class PlainHTTPClient: Sendable {
         var stopped = false
     }
 
+    private let sweeper = NIOLockedValueBox<RepeatedTask?>(nil)
+
     init(group: any EventLoopGroup, connectTimeout: TimeAmount, idleTimeout: TimeAmount) {
         self.group = group
         self.connectTimeout = connectTimeout
         self.idleTimeout = idleTimeout
+        let every = max(TimeAmount.nanoseconds(idleTimeout.nanoseconds / 6), .milliseconds(10))
+        let task = group.next().scheduleRepeatedTask(initialDelay: every, delay: every) { [weak self] _ in
+            self?.closeIdle()
+        }
+        sweeper.withLockedValue { $0 = task }
+    }
+
+    /// Closes connections idle for `idleTimeout` or longer, and forgets ones the server has closed.
+    func closeIdle() {
+        let now = NIODeadline.now()
+        let expired = pool.withLockedValue { pool -> [PlainHTTPConnection] in
+            var expired: [PlainHTTPConnection] = []
+            for key in pool.idle.keys {
+                pool.idle[key]?.removeAll { connection in
+                    let drop = !connection.channel.isActive || now - connection.idleSince >= idleTimeout
+                    if drop { expired.append(connection) }
+                    return drop
+                }
+                if pool.idle[key]?.isEmpty == true { pool.idle[key] = nil }
+            }
+            return expired
+        }
+        for connection in expired { connection.channel.close(promise: nil) }
+    }
+
+    /// Idle connections per host:port (tests).
+    var idleCount: Int {
+        pool.withLockedValue { $0.idle.values.reduce(0) { $0 + $1.count } }
     }
 
     /// POSTs `body` and calls `done` once, on an event loop, with the result.
@@ -151,6 +181,7 @@ final class PlainHTTPClient: Sendable {
 
     /// Closes every idle connection; later check-ins close theirs.
     func shutdown() {
+        sweeper.withLockedValue { $0 }?.cancel()
         let all = pool.withLockedValue { pool in
             defer { pool = Pool(stopped: true) }
             return pool.idle.values.flatMap { $0 }

@@ -14,10 +14,14 @@ private final class ScriptedServer: Sendable {
     let channel: any Channel
     let connections = NIOLockedValueBox(0)
     let requests = NIOLockedValueBox<[String]>([])
+    /// One element per connection the other side closed.
+    let closes: AsyncStream<Void>
+    let closed: AsyncStream<Void>.Continuation
 
     var port: Int { channel.localAddress?.port ?? 0 }
 
     init() async throws {
+        (closes, closed) = AsyncStream.makeStream()
         let box = NIOLockedValueBox<ScriptedServer?>(nil)
         channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -47,6 +51,10 @@ private final class ScriptedServer: Sendable {
 
         func channelActive(context: ChannelHandlerContext) {
             server.withLockedValue { $0 }?.connections.withLockedValue { $0 += 1 }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            server.withLockedValue { $0 }?.closed.yield()
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -161,6 +169,26 @@ private func post(_ url: String, client: WebhookClient, body: String = "hi", hea
         }
         #expect(server.connections.withLockedValue { $0 } == 1)
         await client.shutdown()
+        await server.stop()
+    }
+
+    @Test(.timeLimit(.minutes(1))) func idleConnectionsAreClosed() async throws {
+        let server = try await ScriptedServer()
+        let client = PlainHTTPClient(group: MultiThreadedEventLoopGroup.singleton, connectTimeout: .seconds(5), idleTimeout: .milliseconds(200))
+        let target = try #require(PlainHTTPTarget("http://127.0.0.1:\(server.port)/echo"))
+        let attempt = await withCheckedContinuation { continuation in
+            client.post(target, headers: [], body: Array("x".utf8), timeout: .seconds(5), maxBody: 10) { continuation.resume(returning: $0) }
+        }
+        guard case .response(200, _, _, _, _) = attempt else {
+            Issue.record("no 200: \(attempt)")
+            return
+        }
+        #expect(client.idleCount == 1)
+        // The sweep (every 33 ms here) closes it once it has been idle for 200 ms: the server sees the close.
+        var closes = server.closes.makeAsyncIterator()
+        await closes.next()
+        #expect(client.idleCount == 0)
+        client.shutdown()
         await server.stop()
     }
 
