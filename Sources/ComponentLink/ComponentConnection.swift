@@ -292,6 +292,9 @@ public final class ComponentConnection: Service, Sendable {
                 throw SendError(.queueFull, "the send queue is full (\(settings.sendQueue) stanzas waiting for the link)")
             }
             state.queue.append(item)
+            // One flush signal per batch: the session loop takes everything queued when it handles the signal.
+            if state.flushSignalled { return (nil, expired) }
+            state.flushSignalled = state.wake != nil
             return (state.wake, expired)
         }
         finishExpired(expired)
@@ -300,6 +303,7 @@ public final class ComponentConnection: Service, Sendable {
 
     fileprivate func takeQueue() -> (ready: [Outgoing], expired: [Outgoing]) {
         shared.withLock { state in
+            state.flushSignalled = false
             let expired = state.expiredBacklog + state.expire(now: .now)
             state.expiredBacklog = []
             let ready = Array(state.queue)
@@ -322,6 +326,7 @@ public final class ComponentConnection: Service, Sendable {
     fileprivate func setWake(_ wake: AsyncStream<Input>.Continuation?) {
         shared.withLock {
             $0.wake = wake
+            $0.flushSignalled = false
             if wake != nil {
                 $0.health = .connected
                 $0.lastError = nil
@@ -613,6 +618,8 @@ private struct SharedState: Sendable {
     var expiredBacklog: [Outgoing] = []
     var pendingIQs: [String: PendingIQ] = [:]
     var wake: AsyncStream<ComponentConnection.Input>.Continuation?
+    /// A `.flush` is on its way to the session loop and has not been handled yet.
+    var flushSignalled = false
     var health: LinkHealth = .connecting
     var lastError: ComponentLinkError?
     var shuttingDown = false
