@@ -20,21 +20,68 @@ public enum Namespace {
 /// An attribute. `namespace` is nil for the common unprefixed case; `xml:lang` has the XML namespace.
 public struct Attribute: Hashable, Sendable {
     public var name: String
-    public var namespace: String?
-    /// The prefix seen in the source (or chosen by the builder); used only for namespaced attributes.
-    public var prefix: String?
     public var value: String
+    /// Namespace and prefix, nil in nearly every attribute, share one optional reference: an attribute is five
+    /// words instead of eight, and copying or destroying one touches three references instead of four.
+    private var qualifier: Qualifier?
+
+    public var namespace: String? {
+        get { qualifier?.namespace }
+        set { qualifier = Qualifier.make(namespace: newValue, prefix: qualifier?.prefix) }
+    }
+
+    /// The prefix seen in the source (or chosen by the builder); used only for namespaced attributes.
+    public var prefix: String? {
+        get { qualifier?.prefix }
+        set { qualifier = Qualifier.make(namespace: qualifier?.namespace, prefix: newValue) }
+    }
 
     public init(name: String, value: String, namespace: String? = nil, prefix: String? = nil) {
         self.name = name
         self.value = value
-        self.namespace = namespace
-        self.prefix = prefix
+        self.qualifier = Qualifier.make(namespace: namespace, prefix: prefix)
     }
 
     /// `xml:lang="…"`.
     public static func lang(_ value: String) -> Attribute {
-        Attribute(name: "lang", value: value, namespace: Namespace.xml, prefix: "xml")
+        Attribute(name: "lang", value: value, qualifier: Qualifier.xml)
+    }
+
+    /// For the parser, which keeps one `Qualifier` per namespace and prefix seen.
+    init(name: String, value: String, qualifier: Qualifier?) {
+        self.name = name
+        self.value = value
+        self.qualifier = qualifier
+    }
+
+    public static func == (lhs: Attribute, rhs: Attribute) -> Bool {
+        lhs.name == rhs.name && lhs.value == rhs.value && lhs.namespace == rhs.namespace && lhs.prefix == rhs.prefix
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(name)
+        hasher.combine(namespace)
+        hasher.combine(prefix)
+        hasher.combine(value)
+    }
+
+    /// An attribute's namespace and prefix. Immutable, so attributes can share one.
+    final class Qualifier: Sendable {
+        let namespace: String?
+        let prefix: String?
+
+        static let xml = Qualifier(namespace: Namespace.xml, prefix: "xml")
+
+        init(namespace: String?, prefix: String?) {
+            self.namespace = namespace
+            self.prefix = prefix
+        }
+
+        /// nil when both are nil (the common case: no allocation).
+        static func make(namespace: String?, prefix: String?) -> Qualifier? {
+            if namespace == nil && prefix == nil { return nil }
+            return Qualifier(namespace: namespace, prefix: prefix)
+        }
     }
 }
 

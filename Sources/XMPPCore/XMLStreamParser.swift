@@ -122,6 +122,9 @@ public final class XMLStreamParser {
     @exclusivity(unchecked) private var boundary = 0
     @exclusivity(unchecked) private var names = InternedNames()
     @exclusivity(unchecked) private var values = RecentValues()
+    /// libxml2's namespace and prefix pointers (dictionary strings: stable for the parser's life) and their qualifier.
+    @exclusivity(unchecked) private var lastQualifier:
+        (uri: UnsafePointer<xmlChar>?, prefix: UnsafePointer<xmlChar>?, qualifier: Attribute.Qualifier)?
     var wrapperCloseFed = false
     /// In fragments, the wrapper start tag shifts columns on its line; error positions are reported without it.
     var columnAdjustment: (line: Int, columns: Int)?
@@ -357,11 +360,19 @@ public final class XMLStreamParser {
                 value = values.string(bytes)
             }
             let attributeName = name(base[0]) ?? ""
-            let namespace = namespace(base[2])
-            let prefix = name(base[1])
-            result.append(Attribute(name: attributeName, value: value, namespace: namespace, prefix: prefix))
+            result.append(Attribute(name: attributeName, value: value, qualifier: qualifier(uri: base[2], prefix: base[1])))
         }
         return result
+    }
+
+    /// The namespace and prefix of an attribute: nil for an unprefixed one, else shared with the last attribute
+    /// that had the same ones (in practice `xml:lang`).
+    private func qualifier(uri: UnsafePointer<xmlChar>?, prefix: UnsafePointer<xmlChar>?) -> Attribute.Qualifier? {
+        if uri == nil && prefix == nil { return nil }
+        if let last = lastQualifier, last.uri == uri, last.prefix == prefix { return last.qualifier }
+        let qualifier = Attribute.Qualifier(namespace: namespace(uri), prefix: name(prefix))
+        lastQualifier = (uri, prefix, qualifier)
+        return qualifier
     }
 
     fileprivate func endElement() {
