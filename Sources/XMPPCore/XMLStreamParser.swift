@@ -109,7 +109,7 @@ public final class XMLStreamParser {
     @exclusivity(unchecked) private var stack: [Element] = []
     /// Character data not yet added to the innermost open element. Only the innermost element can have pending
     /// text: a child's start tag and every end tag flush it.
-    @exclusivity(unchecked) private var pendingText: [UInt8] = []
+    @exclusivity(unchecked) private var pendingText = ByteBuffer()
     @exclusivity(unchecked) private var depth = 0  // 1 = inside the root
     @exclusivity(unchecked) private var events: [XMLStreamEvent] = []
     @exclusivity(unchecked) private var failure: XMLStreamError?
@@ -151,6 +151,7 @@ public final class XMLStreamParser {
     deinit {
         if let context { xmlFreeParserCtxt(context) }
         values.deallocate()
+        pendingText.deallocate()
     }
 
     /// True once the stream has been closed or has failed; feed nothing more.
@@ -415,13 +416,13 @@ public final class XMLStreamParser {
             stop(.textOutsideElement, "character data outside a stanza")
             return
         }
-        pendingText.append(contentsOf: UnsafeBufferPointer(start: pointer, count: length))
+        pendingText.append(pointer, count: length)
     }
 
     private func flushText() {
         guard !stack.isEmpty, !pendingText.isEmpty else { return }
-        let text = pendingText.withUnsafeBufferPointer { values.string($0) }
-        pendingText.removeAll(keepingCapacity: true)
+        let text = values.string(pendingText.bytes)
+        pendingText.removeAll()
         appendChild(.text(text))
     }
 
@@ -560,6 +561,45 @@ fileprivate struct RecentValues {
             hash = (hash ^ raw.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)) &* 0xFF51_AFD7_ED55_8CCD
         }
         return Int(truncatingIfNeeded: (hash &* 0x9E37_79B9_7F4A_7C15) >> UInt64(64 - slotBits))
+    }
+}
+
+/// A growable byte buffer for pending character data: appending a text and emptying the buffer are a copy and a
+/// store, where `[UInt8]`'s generic `append(contentsOf:)` and `removeAll(keepingCapacity:)` cost about 200
+/// instructions per text. The owner calls `deallocate()`.
+fileprivate struct ByteBuffer {
+    private var base: UnsafeMutablePointer<UInt8>?
+    private var capacity = 0
+    private(set) var count = 0
+
+    var isEmpty: Bool { count == 0 }
+    var bytes: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: base, count: count) }
+
+    mutating func append(_ pointer: UnsafePointer<UInt8>, count added: Int) {
+        if count + added > capacity { grow(to: count + added) }
+        guard let base else { return }
+        (base + count).initialize(from: pointer, count: added)
+        count += added
+    }
+
+    mutating func removeAll() { count = 0 }
+
+    private mutating func grow(to needed: Int) {
+        let newCapacity = max(needed, capacity * 2, 256)
+        let newBase = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
+        if let base {
+            newBase.initialize(from: base, count: count)
+            base.deallocate()
+        }
+        base = newBase
+        capacity = newCapacity
+    }
+
+    mutating func deallocate() {
+        base?.deallocate()
+        base = nil
+        capacity = 0
+        count = 0
     }
 }
 
