@@ -634,9 +634,35 @@ fileprivate struct InternedNames {
         if unescapingAmpersands && value.utf8.contains(UInt8(ascii: "&")) {
             value = value.replacingAll(libxmlAmpersand, with: "&")
         }
+        if value.utf8.count > 15, let known = Self.wellKnown.first(where: { $0 == value }) { value = known }
         if count < Self.maxCount { insert(key, value) }
         return value
     }
+
+    /// Namespaces most stanzas carry. Longer than 15 bytes, a String lives on the heap and every element that
+    /// holds it retains and releases it, atomically; a string literal is immortal, so handing out the literal
+    /// instead saves two atomic operations per element.
+    static let wellKnown: [String] = [
+        Namespace.client, Namespace.componentAccept, Namespace.server, Namespace.stream, Namespace.stanzas,
+        Namespace.streams, Namespace.xml,
+        "http://jabber.org/protocol/address", "http://jabber.org/protocol/caps",
+        "http://jabber.org/protocol/chatstates", "http://jabber.org/protocol/commands",
+        "http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items",
+        "http://jabber.org/protocol/ibb", "http://jabber.org/protocol/muc", "http://jabber.org/protocol/muc#admin",
+        "http://jabber.org/protocol/muc#owner", "http://jabber.org/protocol/muc#user",
+        "http://jabber.org/protocol/nick", "http://jabber.org/protocol/pubsub",
+        "http://jabber.org/protocol/pubsub#event", "http://jabber.org/protocol/pubsub#owner",
+        "http://jabber.org/protocol/rsm", "http://jabber.org/protocol/xhtml-im", "http://www.w3.org/1999/xhtml",
+        "http://www.w3.org/2005/Atom", "jabber:iq:last", "jabber:iq:private", "jabber:iq:register",
+        "jabber:iq:roster", "jabber:iq:search", "jabber:iq:version", "jabber:x:conference", "jabber:x:data",
+        "jabber:x:oob", "urn:ietf:params:xml:ns:vcard-4.0", "urn:xmpp:avatar:data", "urn:xmpp:avatar:metadata",
+        "urn:xmpp:bookmarks:1", "urn:xmpp:carbons:2", "urn:xmpp:chat-markers:0", "urn:xmpp:delay",
+        "urn:xmpp:eme:0", "urn:xmpp:fallback:0", "urn:xmpp:forward:0", "urn:xmpp:hints",
+        "urn:xmpp:http:upload:0", "urn:xmpp:idle:1", "urn:xmpp:jingle:1", "urn:xmpp:mam:2",
+        "urn:xmpp:message-correct:0", "urn:xmpp:occupant-id:0", "urn:xmpp:omemo:2", "urn:xmpp:ping",
+        "urn:xmpp:reactions:0", "urn:xmpp:receipts", "urn:xmpp:reply:0", "urn:xmpp:sid:0", "urn:xmpp:styling:0",
+        "urn:xmpp:time", "vcard-temp:x:update",
+    ]
 
     private func slot(for key: UInt) -> Int {
         Int(truncatingIfNeeded: (UInt64(key) &* 0x9E37_79B9_7F4A_7C15) >> UInt64(shift))
