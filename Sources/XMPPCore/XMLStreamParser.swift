@@ -503,7 +503,7 @@ public final class XMLStreamParser {
 
 /// Recently seen attribute values and short texts, so that a value repeated across stanzas (a `to` JID, a caps
 /// node, a disco feature) shares one String instead of allocating and decoding it again. Direct-mapped on a hash of
-/// the bytes: a miss takes the slot over. Only lengths that would need an allocation and often repeat are kept
+/// the bytes: a miss takes the slot over (its String is kept from the second sighting on). Only lengths that would need an allocation and often repeat are kept
 /// (up to 15 bytes a String is stored inline). Each slot keeps a copy of its bytes for the comparison.
 fileprivate struct RecentValues {
     static let slotBits = 10
@@ -523,15 +523,25 @@ fileprivate struct RecentValues {
         let keys = self.keys ?? allocate()
         let slot = Self.slot(base, count)
         let key = keys + slot * Self.stride
-        if UnsafeRawPointer(key).load(as: Int.self) == count && memcmp(key + 8, base, count) == 0 {
-            return strings[slot]
+        let header = UnsafeRawPointer(key).load(as: Int.self)
+        if header & Self.lengthMask == count && memcmp(key + 8, base, count) == 0 {
+            if header & Self.holdsString != 0 { return strings[slot] }
+            // Seen for the second time: keep it.
+            let value = String(decoding: bytes, as: UTF8.self)
+            strings[slot] = value
+            UnsafeMutableRawPointer(key).storeBytes(of: count | Self.holdsString, as: Int.self)
+            return value
         }
-        let value = String(decoding: bytes, as: UTF8.self)
+        // Seen for the first time: remember the bytes only. Most such values (ids, hashes) never come again, and
+        // keeping their String would cost an atomic retain now and an atomic release when the slot is taken over.
         UnsafeMutableRawPointer(key).storeBytes(of: count, as: Int.self)
         (key + 8).update(from: base, count: count)
-        strings[slot] = value
-        return value
+        return String(decoding: bytes, as: UTF8.self)
     }
+
+    /// The slot header: the length in the low bits, and whether `strings` holds the slot's String.
+    private static let lengthMask = 0xFFFF
+    private static let holdsString = 0x1_0000
 
     private mutating func allocate() -> UnsafeMutablePointer<UInt8> {
         let keys = UnsafeMutablePointer<UInt8>.allocate(capacity: Self.slotCount * Self.stride)
