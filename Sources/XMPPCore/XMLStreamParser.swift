@@ -356,7 +356,7 @@ public final class XMLStreamParser {
             let value: String
             // libxml2 hands '&' in attribute values over as "&#38;" (and only '&'): undo exactly that.
             if bytes.contains(UInt8(ascii: "&")) {
-                value = String(decoding: bytes, as: UTF8.self).replacingAll(libxmlAmpersand, with: "&")
+                value = Self.unescapingAmpersands(bytes)
             } else {
                 value = values.string(bytes)
             }
@@ -364,6 +364,30 @@ public final class XMLStreamParser {
             result.append(Attribute(name: attributeName, value: value, qualifier: qualifier(uri: base[2], prefix: base[1])))
         }
         return result
+    }
+
+    /// `String(decoding: bytes, as: UTF8.self).replacingAll(libxmlAmpersand, with: "&")` in one pass over the bytes
+    /// (the generic replacement costs about 3000 instructions for a URL with one '&').
+    private static func unescapingAmpersands(_ bytes: UnsafeBufferPointer<UInt8>) -> String {
+        String(unsafeUninitializedCapacity: bytes.count) { output in
+            let count = bytes.count
+            var index = 0
+            var written = 0
+            while index < count {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: "&"), index + 5 <= count, bytes[index + 1] == UInt8(ascii: "#"),
+                    bytes[index + 2] == UInt8(ascii: "3"), bytes[index + 3] == UInt8(ascii: "8"),
+                    bytes[index + 4] == UInt8(ascii: ";")
+                {
+                    index += 5
+                } else {
+                    index += 1
+                }
+                output[written] = byte
+                written += 1
+            }
+            return written
+        }
     }
 
     /// The namespace and prefix of an attribute: nil for an unprefixed one, else shared with the last attribute
