@@ -652,6 +652,8 @@ fileprivate struct InternedNames {
 
     static let maxCount = 4096
 
+    /// Inlined: a hit is a few instructions, about as many as a call's register saving and restoring.
+    @inline(__always)
     mutating func string(_ pointer: UnsafePointer<xmlChar>, unescapingAmpersands: Bool = false) -> String {
         let key = UInt(bitPattern: pointer)
         if count > 0 {
@@ -664,6 +666,11 @@ fileprivate struct InternedNames {
                 slot = (slot + 1) & mask
             }
         }
+        return intern(pointer, key: key, unescapingAmpersands: unescapingAmpersands)
+    }
+
+    @inline(never)
+    private mutating func intern(_ pointer: UnsafePointer<xmlChar>, key: UInt, unescapingAmpersands: Bool) -> String {
         var value = String(cString: pointer)
         if unescapingAmpersands && value.utf8.contains(UInt8(ascii: "&")) {
             value = value.replacingAll(libxmlAmpersand, with: "&")
