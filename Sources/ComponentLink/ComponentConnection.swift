@@ -57,8 +57,6 @@ public final class ComponentConnection: Service, Sendable {
     private let inboundContinuation: AsyncStream<Stanza>.Continuation
     /// Takes stanzas synchronously on the link's own task before they reach `inbound` (see `setDirectInbound`).
     private let directInbound = DirectInboundSlot()
-    /// Stanzas the inbound tap delivered on the event loop; the session loop counts them as reads (idle pings).
-    fileprivate let tappedReads = Atomic<Int>(0)
 
     public init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.settings = settings
@@ -231,7 +229,6 @@ public final class ComponentConnection: Service, Sendable {
                 .connect(host: settings.host, port: settings.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XMLStreamDecoder(limits: limits)))
-                        try channel.pipeline.syncOperations.addHandler(InboundTap(connection: self))
                         return try NIOAsyncChannel<XMLStreamEvent, ByteBuffer>(wrappingChannelSynchronously: channel)
                     }
                 }
@@ -433,36 +430,6 @@ final class DirectInboundSlot: @unchecked Sendable {
     }
 }
 
-/// Delivers stanzas where they are read, on the connection's event loop, once the server's `<handshake/>` has
-/// gone past: no hop through the session loop's tasks for each burst of stanzas, and a handler that starts without
-/// waiting (a webhook's HTTP request, a worker's request line) starts on this thread. Stream order is kept: nothing
-/// before the handshake is taken, and everything the session loop must see itself still goes to it: the stream
-/// header, `<handshake/>`, stream errors, the stream's end, elements that are not stanzas, and iq results and errors
-/// (answers to our own pings and REST requests).
-final class InboundTap: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = XMLStreamEvent
-    typealias InboundOut = XMLStreamEvent
-
-    private let connection: ComponentConnection
-    private var open = false
-
-    init(connection: ComponentConnection) {
-        self.connection = connection
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .stanza(let element) = unwrapInboundIn(data) {
-            if open, let stanza = Stanza(element), stanza.kind != .iq || (stanza.type != "result" && stanza.type != "error") {
-                connection.tappedReads.add(1, ordering: .relaxed)
-                connection.deliver(stanza)
-                return
-            }
-            if element.name == "handshake" && element.elements.isEmpty { open = true }
-        }
-        context.fireChannelRead(data)
-    }
-}
-
 // MARK: - Session loop
 
 /// One connection's event loop: owns the state machine and the writer; everything else talks to it through
@@ -474,7 +441,6 @@ private struct SessionLoop {
     let logger: Logger
     var machine: HandshakeStateMachine
     var lastRead = ContinuousClock.now
-    var tappedReadsSeen = 0
     var lastWrite = ContinuousClock.now
     var pingID: String?
     var pingSentAt: ContinuousClock.Instant?
@@ -538,9 +504,6 @@ private struct SessionLoop {
                 try? await write("<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
                 return .failed(ComponentLinkError(.pingTimeout, "no reply to a ping within \(settings.pingTimeout)"), wasReady: true)
             }
-        } else if case let tapped = connection.tappedReads.load(ordering: .relaxed), tapped != tappedReadsSeen {
-            tappedReadsSeen = tapped
-            lastRead = now
         } else if now - lastRead > settings.pingInterval {
             pingCounter += 1
             let id = "stanzad-ping-\(pingCounter)"
