@@ -361,25 +361,25 @@ final class PlainHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if let current, !current.received {
-            self.current = nil
-            current.timer.cancel()
-            retryOrFail(current.exchange, reused: current.reused, "the webhook closed the connection without responding")
-        } else {
-            fail(.connectionFailed("the webhook closed the connection in the middle of its response"))
-        }
+        connectionLost(before: "the webhook closed the connection without responding",
+                       during: "the webhook closed the connection in the middle of its response")
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        connectionLost(before: "\(error)", during: "\(error)")
+        context.close(promise: nil)
+    }
+
+    /// The connection closed or failed with a request on it: `before` any byte of the answer came back, `during` it.
+    private func connectionLost(before: String, during: String) {
         if let current, !current.received {
             self.current = nil
             current.timer.cancel()
-            retryOrFail(current.exchange, reused: current.reused, "\(error)")
+            retryOrFail(current.exchange, reused: current.reused, before)
         } else {
-            fail(.connectionFailed("\(error)"))
+            fail(.connectionFailed(during))
         }
-        context.close(promise: nil)
     }
 
     private func expire(_ exchange: PlainHTTPExchange) {
