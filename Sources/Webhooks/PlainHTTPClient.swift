@@ -84,6 +84,10 @@ final class PlainHTTPClient: Sendable {
         sweeper.withLockedValue { $0 = task }
     }
 
+    deinit {
+        sweeper.withLockedValue { $0 }?.cancel()
+    }
+
     /// Closes connections idle for `idleTimeout` or longer, and forgets ones the server has closed.
     func closeIdle() {
         let now = NIODeadline.now()
@@ -114,10 +118,20 @@ final class PlainHTTPClient: Sendable {
             done(.connectionFailed(problem))
             return
         }
+        if pool.withLockedValue({ $0.stopped }) {
+            done(.connectionFailed("stanzad is shutting down"))
+            return
+        }
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path)
         head.headers.reserveCapacity(headers.count + 2)
-        head.headers.add(name: "Host", value: target.authority)
-        for (name, value) in headers { head.headers.add(name: name, value: value) }
+        // The framing is ours: a route's own Host replaces the URL's, its Content-Length or Transfer-Encoding is
+        // dropped (as async-http-client does), so the request never carries two of them.
+        if !headers.contains(where: { $0.0.lowercased() == "host" }) { head.headers.add(name: "Host", value: target.authority) }
+        for (name, value) in headers {
+            let lowered = name.lowercased()
+            if lowered == "content-length" || lowered == "transfer-encoding" { continue }
+            head.headers.add(name: name, value: value)
+        }
         head.headers.add(name: "Content-Length", value: String(body.count))
         let exchange = PlainHTTPExchange(
             head: head, body: body, deadline: .now() + timeout, maxBody: maxBody, done: done)
@@ -136,8 +150,10 @@ final class PlainHTTPClient: Sendable {
             .connectTimeout(timeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let handler = PlainHTTPHandler(client: self, target: target)
+                    try channel.pipeline.syncOperations.addHandler(BytesArrived(handler))
                     try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
-                    try channel.pipeline.syncOperations.addHandler(PlainHTTPHandler(client: self, target: target))
+                    try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
             .connect(host: target.host, port: target.port)
@@ -145,10 +161,9 @@ final class PlainHTTPClient: Sendable {
                 switch result {
                 case .success(let channel):
                     PlainHTTPConnection(channel: channel, client: self, target: target).start(exchange, reused: false)
-                case .failure(let error as ChannelError) where error == .connectTimeout(timeout):
-                    exchange.finish(exchange.deadline <= .now() ? .timedOut : .connectionFailed("connect timed out"))
                 case .failure(let error):
-                    exchange.finish(.connectionFailed("\(error)"))
+                    // Out of time for the whole request (the connect timeout was cut to fit it): a timeout.
+                    exchange.finish(exchange.deadline <= .now() ? .timedOut : .connectionFailed("\(error)"))
                 }
             }
     }
@@ -189,17 +204,27 @@ final class PlainHTTPClient: Sendable {
         for connection in all { connection.channel.close(promise: nil) }
     }
 
-    /// A reason when a header would break the request (a line break or NUL in a value, or a bad name).
+    /// A reason when a header would break the request: a name that is not an HTTP token, or a control character
+    /// (line breaks included) other than a tab in a value. The same rules as async-http-client's.
     static func invalidHeader(_ headers: [(String, String)]) -> String? {
         for (name, value) in headers {
-            if name.isEmpty || name.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7F || $0 == UInt8(ascii: ":") }) {
+            if name.isEmpty || !name.utf8.allSatisfy(isTokenCharacter) {
                 return "header name \"\(name)\" is not a valid HTTP token"
             }
-            if value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0 }) {
-                return "header \(name) has a line break or NUL in its value"
+            if value.utf8.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) {
+                return "header \(name) has a line break or another control character in its value"
             }
         }
         return nil
+    }
+
+    private static func isTokenCharacter(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
+        default:
+            "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
     }
 }
 
@@ -321,34 +346,47 @@ final class PlainHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
 
+    /// Bytes came in (before decoding): they belong to the current request's answer; on an idle connection they
+    /// are something no request asked for, so the connection is not reused.
+    func bytesArrived(context: ChannelHandlerContext) {
+        if current != nil {
+            current?.received = true
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard current != nil else { return }
-        current?.received = true
+        guard current != nil else {
+            context.close(promise: nil)
+            return
+        }
         switch unwrapInboundIn(data) {
         case .head(let head):
-            if head.status.code < 200 { return }
+            // 1xx other than 101 are interim (NIO drops them anyway); 101 is final: a protocol switch ends this
+            // exchange and the connection.
+            if head.status.code < 200 && head.status.code != 101 { return }
             if let length = head.headers.first(name: "Content-Length").flatMap({ Int($0) }), length > (current?.exchange.maxBody ?? 0) {
                 fail(.bodyTooLarge)
                 return
             }
             current?.head = head
         case .body(var part):
-            guard var current else { return }
-            if (current.body?.readableBytes ?? 0) + part.readableBytes > current.exchange.maxBody {
+            guard let maxBody = current?.exchange.maxBody else { return }
+            if (current?.body?.readableBytes ?? 0) + part.readableBytes > maxBody {
                 fail(.bodyTooLarge)
                 return
             }
-            if current.body == nil {
-                current.body = part
+            if current?.body == nil {
+                current?.body = part
             } else {
-                current.body?.writeBuffer(&part)
+                current?.body?.writeBuffer(&part)
             }
-            self.current = current
         case .end:
             guard let current, let head = current.head else { return }
             self.current = nil
             current.timer.cancel()
-            if head.isKeepAlive && context.channel.isActive {
+            if head.isKeepAlive && current.exchange.head.isKeepAlive && head.status.code != 101 && context.channel.isActive {
                 client.checkIn(current.connection)
             } else {
                 context.close(promise: nil)
@@ -390,7 +428,9 @@ final class PlainHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// server while it sat idle, so the request is sent once more on a new connection (as browsers and most HTTP
     /// clients do); on a new connection the same failure is final.
     private func retryOrFail(_ exchange: PlainHTTPExchange, reused: Bool, _ reason: String) {
-        if reused && exchange.deadline > .now() {
+        if exchange.deadline <= .now() {
+            exchange.finish(.timedOut)
+        } else if reused {
             client.connect(target, exchange)
         } else {
             exchange.finish(.connectionFailed(reason))
@@ -404,5 +444,23 @@ final class PlainHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         current.timer.cancel()
         context?.close(promise: nil)
         current.exchange.finish(result)
+    }
+}
+
+/// First in a connection's pipeline: tells the handler when raw bytes arrive, before the decoder has made anything
+/// of them. A request is only sent again on a new connection when not one byte of an answer came back.
+final class BytesArrived: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let handler: PlainHTTPHandler
+
+    init(_ handler: PlainHTTPHandler) {
+        self.handler = handler
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        handler.bytesArrived(context: context)
+        context.fireChannelRead(data)
     }
 }

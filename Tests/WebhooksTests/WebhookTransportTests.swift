@@ -102,6 +102,19 @@ private final class ScriptedServer: Sendable {
                 context.close(promise: nil)
             case "/half":
                 send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 50\r\n\r\nonly part", close: true)
+            case "/extra":
+                // More bytes than the Content-Length says: the connection must not be used again.
+                send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nokGARBAGE")
+            case "/switch":
+                send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: Upgrade\r\n\r\n")
+            case "/second-partial":
+                // A later request on the connection gets the start of an answer, then the connection closes: the
+                // server may have acted on it, so it must not be sent again.
+                if served == 1 {
+                    send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+                } else {
+                    send("HTTP/1.1 200 OK\r\nContent-", close: true)
+                }
             case "/second-dropped":
                 // The first request on a connection is answered; a later one on the same connection is dropped, the
                 // way a server drops a kept-alive connection it has just timed out.
@@ -148,6 +161,8 @@ private func post(_ url: String, client: WebhookClient, body: String = "hi", hea
         let base = "http://127.0.0.1:\(server.port)"
         #expect(await post(base + "/echo", client: client, body: "hello") == "200 text/plain - hello")
         #expect(await post(base + "/host", client: client) == "200 text/plain - 127.0.0.1:\(server.port)")
+        #expect(await post(base + "/host", client: client, headers: [("Host", "hooks.example")]) == "200 text/plain - hooks.example")
+        #expect(await post(base + "/echo", client: client, body: "abc", headers: [("Content-Length", "999")]) == "200 text/plain - abc")
         #expect(await post(base + "/busy", client: client) == "503 - 7 ")
         #expect(await post(base + "/big", client: client) == "body too large")
         #expect(await post(base + "/big-chunked", client: client, maxBody: 10) == "body too large")
@@ -169,6 +184,46 @@ private func post(_ url: String, client: WebhookClient, body: String = "hi", hea
         }
         #expect(server.connections.withLockedValue { $0 } == 1)
         await client.shutdown()
+        await server.stop()
+    }
+
+    @Test func aConnectionWithUnaskedBytesIsNotReused() async throws {
+        let server = try await ScriptedServer()
+        let client = WebhookClient(plainHTTP: true)
+        #expect(await post("http://127.0.0.1:\(server.port)/extra", client: client) == "200 text/plain - ok")
+        #expect(await post("http://127.0.0.1:\(server.port)/echo", client: client, body: "next") == "200 text/plain - next")
+        #expect(server.connections.withLockedValue { $0 } == 2)
+        await client.shutdown()
+        await server.stop()
+    }
+
+    @Test func aPartlyAnsweredRequestIsNotSentAgain() async throws {
+        let server = try await ScriptedServer()
+        let client = WebhookClient(plainHTTP: true)
+        let url = "http://127.0.0.1:\(server.port)/second-partial"
+        #expect(await post(url, client: client) == "200 text/plain - ok")
+        #expect(await post(url, client: client) == "connection failed")
+        #expect(server.requests.withLockedValue { $0 }.count == 2)
+        await client.shutdown()
+        await server.stop()
+    }
+
+    @Test func aProtocolSwitchEndsTheExchange() async throws {
+        let server = try await ScriptedServer()
+        let client = WebhookClient(plainHTTP: true)
+        #expect(await post("http://127.0.0.1:\(server.port)/switch", client: client) == "101 - - ")
+        #expect(await post("http://127.0.0.1:\(server.port)/echo", client: client, body: "x") == "200 text/plain - x")
+        #expect(server.connections.withLockedValue { $0 } == 2)
+        await client.shutdown()
+        await server.stop()
+    }
+
+    @Test func nothingIsSentAfterShutdown() async throws {
+        let server = try await ScriptedServer()
+        let client = WebhookClient(plainHTTP: true)
+        await client.shutdown()
+        #expect(await post("http://127.0.0.1:\(server.port)/echo", client: client) == "connection failed")
+        #expect(server.connections.withLockedValue { $0 } == 0)
         await server.stop()
     }
 
@@ -227,6 +282,9 @@ private func post(_ url: String, client: WebhookClient, body: String = "hi", hea
     @Test func headerValidation() {
         #expect(PlainHTTPClient.invalidHeader([("A", "b")]) == nil)
         #expect(PlainHTTPClient.invalidHeader([("A", "b\nc")])?.contains("line break") == true)
+        #expect(PlainHTTPClient.invalidHeader([("A", "b\u{7}c")])?.contains("control character") == true)
+        #expect(PlainHTTPClient.invalidHeader([("A", "tab\there")]) == nil)
+        #expect(PlainHTTPClient.invalidHeader([("a(b", "c")])?.contains("not a valid HTTP token") == true)
         #expect(PlainHTTPClient.invalidHeader([("A B", "c")])?.contains("not a valid HTTP token") == true)
     }
 }
