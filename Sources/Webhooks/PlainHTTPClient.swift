@@ -95,7 +95,7 @@ final class PlainHTTPClient: Sendable {
             var expired: [PlainHTTPConnection] = []
             for key in pool.idle.keys {
                 pool.idle[key]?.removeAll { connection in
-                    let drop = !connection.channel.isActive || now - connection.idleSince >= idleTimeout
+                    let drop = !connection.reusable(at: now, idleTimeout: idleTimeout)
                     if drop { expired.append(connection) }
                     return drop
                 }
@@ -122,16 +122,14 @@ final class PlainHTTPClient: Sendable {
             done(.connectionFailed("stanzad is shutting down"))
             return
         }
-        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path)
-        head.headers.reserveCapacity(headers.count + 2)
         // The framing is ours: a route's own Host replaces the URL's, its Content-Length or Transfer-Encoding is
         // dropped (as async-http-client does), so the request never carries two of them.
-        if !headers.contains(where: { $0.0.lowercased() == "host" }) { head.headers.add(name: "Host", value: target.authority) }
-        for (name, value) in headers {
-            let lowered = name.lowercased()
-            if lowered == "content-length" || lowered == "transfer-encoding" { continue }
-            head.headers.add(name: name, value: value)
-        }
+        var fields = HTTPHeaders(headers)
+        fields.remove(name: "Content-Length")
+        fields.remove(name: "Transfer-Encoding")
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path)
+        if !fields.contains(name: "Host") { head.headers.add(name: "Host", value: target.authority) }
+        head.headers.add(contentsOf: fields)
         head.headers.add(name: "Content-Length", value: String(body.count))
         let exchange = PlainHTTPExchange(
             head: head, body: body, deadline: .now() + timeout, maxBody: maxBody, done: done)
@@ -185,7 +183,7 @@ final class PlainHTTPClient: Sendable {
         var stale: [PlainHTTPConnection] = []
         let found = pool.withLockedValue { pool -> PlainHTTPConnection? in
             while let connection = pool.idle[key]?.popLast() {
-                if connection.channel.isActive && now - connection.idleSince < idleTimeout { return connection }
+                if connection.reusable(at: now, idleTimeout: idleTimeout) { return connection }
                 stale.append(connection)
             }
             return nil
@@ -276,6 +274,11 @@ final class PlainHTTPConnection: @unchecked Sendable {
         self.channel = channel
         self.client = client
         self.target = target
+    }
+
+    /// Still open and idle for less than `idleTimeout`. Called under the client's pool lock.
+    func reusable(at now: NIODeadline, idleTimeout: TimeAmount) -> Bool {
+        channel.isActive && now - idleSince < idleTimeout
     }
 
     /// Sends `exchange` on this connection (from any thread).

@@ -46,15 +46,23 @@ public struct WebhookHandler: StanzaHandler {
     public let settings: WebhookSettings
     public let client: WebhookClient
     /// A URL template without placeholders (the common case) is parsed once.
-    private let fixedRequest: HTTPClient.Request?
-    private let fixedTarget: PlainHTTPTarget?
+    private let fixedEndpoint: Endpoint?
 
     public init(settings: WebhookSettings, client: WebhookClient) {
         self.settings = settings
         self.client = client
-        let fixed = !settings.urlTemplate.contains("{")
-        fixedTarget = fixed && client.plain != nil ? PlainHTTPTarget(settings.urlTemplate) : nil
-        fixedRequest = fixed && fixedTarget == nil ? try? HTTPClient.Request(url: settings.urlTemplate, method: .POST) : nil
+        fixedEndpoint = settings.urlTemplate.contains("{") ? nil : try? Self.endpoint(settings.urlTemplate, client: client)
+    }
+
+    /// Which client a URL goes to: plain `http://` to ours, anything else to async-http-client.
+    private enum Endpoint: Sendable {
+        case plain(PlainHTTPTarget)
+        case other(HTTPClient.Request)
+    }
+
+    private static func endpoint(_ url: String, client: WebhookClient) throws -> Endpoint {
+        if client.plain != nil, let target = PlainHTTPTarget(url) { return .plain(target) }
+        return .other(try HTTPClient.Request(url: url, method: .POST))
     }
 
     enum Attempt {
@@ -84,14 +92,14 @@ public struct WebhookHandler: StanzaHandler {
         var logger = context.logger
         logger[metadataKey: "delivery"] = "\(delivery)"
         let retries = stanza.kind == .message ? settings.retries : 0
-        let delivering = Delivery(
+        let attempts = Delivery(
             handler: self, stanza: stanza, request: request, logger: logger, retries: retries,
-            budgetEnd: .now() + Self.timeAmount(settings.timeout * (retries + 1)), completion: completion)
-        delivering.attempt(1)
+            budgetEnd: .now() + TimeAmount(settings.timeout * (retries + 1)), completion: completion)
+        attempts.attempt(1)
     }
 
-    /// One stanza's attempts. Immutable: each attempt starts only after the one before it has ended.
-    private final class Delivery: Sendable {
+    /// One stanza's attempts. Each attempt starts only after the one before it has ended.
+    private struct Delivery: Sendable {
         let handler: WebhookHandler
         let stanza: Stanza
         let request: WebhookRequest
@@ -100,20 +108,9 @@ public struct WebhookHandler: StanzaHandler {
         let budgetEnd: NIODeadline
         let completion: @Sendable (HandlerOutcome) -> Void
 
-        init(handler: WebhookHandler, stanza: Stanza, request: WebhookRequest, logger: Logger, retries: Int,
-             budgetEnd: NIODeadline, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
-            self.handler = handler
-            self.stanza = stanza
-            self.request = request
-            self.logger = logger
-            self.retries = retries
-            self.budgetEnd = budgetEnd
-            self.completion = completion
-        }
-
         func attempt(_ number: Int) {
             let remaining = budgetEnd - .now()
-            let timeout = min(WebhookHandler.timeAmount(handler.settings.timeout), max(remaining, .milliseconds(1)))
+            let timeout = min(TimeAmount(handler.settings.timeout), max(remaining, .milliseconds(1)))
             handler.send(request, timeout: timeout) { result in self.attempted(number, result) }
         }
 
@@ -132,7 +129,7 @@ public struct WebhookHandler: StanzaHandler {
                 retryable = false
             }
             if retryable && number <= retries {
-                let backoff = WebhookHandler.timeAmount(retryAfter ?? .milliseconds(250) * (1 << min(number - 1, 10)))
+                let backoff = TimeAmount(retryAfter ?? .milliseconds(250) * (1 << min(number - 1, 10)))
                 if .now() + backoff < budgetEnd {
                     logger.notice("webhook attempt failed; retrying", metadata: metadata.merging(["retry_in_ms": "\(backoff.nanoseconds / 1_000_000)"]) { $1 })
                     handler.client.http.eventLoopGroup.any().scheduleTask(in: backoff) { self.attempt(number + 1) }
@@ -173,21 +170,20 @@ public struct WebhookHandler: StanzaHandler {
 
     /// One POST; `done` gets its result on an event loop.
     func send(_ request: WebhookRequest, timeout: TimeAmount, _ done: @escaping @Sendable (Attempt) -> Void) {
-        if let plain = client.plain, let target = fixedTarget ?? (fixedRequest == nil ? PlainHTTPTarget(request.url) : nil) {
-            plain.post(target, headers: request.headers, body: request.body, timeout: timeout, maxBody: settings.maxBody, done: done)
-            return
-        }
         var http: HTTPClient.Request
         do {
-            http = try fixedRequest ?? HTTPClient.Request(url: request.url, method: .POST)
+            switch try fixedEndpoint ?? Self.endpoint(request.url, client: client) {
+            case .plain(let target):
+                client.plain?.post(target, headers: request.headers, body: request.body, timeout: timeout, maxBody: settings.maxBody, done: done)
+                return
+            case .other(let prepared):
+                http = prepared
+            }
         } catch {
             done(.connectionFailed("\(error)"))
             return
         }
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(request.headers.count + 2)
-        for (name, value) in request.headers { headers.add(name: name, value: value) }
-        http.headers = headers
+        http.headers = HTTPHeaders(request.headers)
         http.body = .bytes(request.body)
         let accumulator = ResponseAccumulator(request: http, maxBodySize: settings.maxBody)
         let task = client.http.execute(request: http, delegate: accumulator, eventLoop: .indifferent,
@@ -210,8 +206,4 @@ public struct WebhookHandler: StanzaHandler {
         }
     }
 
-    static func timeAmount(_ duration: Duration) -> TimeAmount {
-        let (seconds, attoseconds) = duration.components
-        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
 }

@@ -151,6 +151,16 @@ private func post(_ url: String, client: WebhookClient, body: String = "hi", hea
     }
 }
 
+/// Runs `body` with a fresh scripted server, a client using the plain HTTP transport and the server's base URL,
+/// then stops both.
+private func withPlainClient(_ body: (ScriptedServer, WebhookClient, String) async throws -> Void) async throws {
+    let server = try await ScriptedServer()
+    let client = WebhookClient(plainHTTP: true)
+    try await body(server, client, "http://127.0.0.1:\(server.port)")
+    await client.shutdown()
+    await server.stop()
+}
+
 @Suite(.serialized) struct WebhookTransportTests {
     static let transports = [true, false]
 
@@ -177,45 +187,36 @@ private func post(_ url: String, client: WebhookClient, body: String = "hi", hea
     }
 
     @Test func keepAliveReusesOneConnection() async throws {
-        let server = try await ScriptedServer()
-        let client = WebhookClient(plainHTTP: true)
-        for number in 0..<20 {
-            #expect(await post("http://127.0.0.1:\(server.port)/echo", client: client, body: "n\(number)") == "200 text/plain - n\(number)")
+        try await withPlainClient { server, client, base in
+            for number in 0..<20 {
+                #expect(await post(base + "/echo", client: client, body: "n\(number)") == "200 text/plain - n\(number)")
+            }
+            #expect(server.connections.withLockedValue { $0 } == 1)
         }
-        #expect(server.connections.withLockedValue { $0 } == 1)
-        await client.shutdown()
-        await server.stop()
     }
 
     @Test func aConnectionWithUnaskedBytesIsNotReused() async throws {
-        let server = try await ScriptedServer()
-        let client = WebhookClient(plainHTTP: true)
-        #expect(await post("http://127.0.0.1:\(server.port)/extra", client: client) == "200 text/plain - ok")
-        #expect(await post("http://127.0.0.1:\(server.port)/echo", client: client, body: "next") == "200 text/plain - next")
-        #expect(server.connections.withLockedValue { $0 } == 2)
-        await client.shutdown()
-        await server.stop()
+        try await withPlainClient { server, client, base in
+            #expect(await post(base + "/extra", client: client) == "200 text/plain - ok")
+            #expect(await post(base + "/echo", client: client, body: "next") == "200 text/plain - next")
+            #expect(server.connections.withLockedValue { $0 } == 2)
+        }
     }
 
     @Test func aPartlyAnsweredRequestIsNotSentAgain() async throws {
-        let server = try await ScriptedServer()
-        let client = WebhookClient(plainHTTP: true)
-        let url = "http://127.0.0.1:\(server.port)/second-partial"
-        #expect(await post(url, client: client) == "200 text/plain - ok")
-        #expect(await post(url, client: client) == "connection failed")
-        #expect(server.requests.withLockedValue { $0 }.count == 2)
-        await client.shutdown()
-        await server.stop()
+        try await withPlainClient { server, client, base in
+            #expect(await post(base + "/second-partial", client: client) == "200 text/plain - ok")
+            #expect(await post(base + "/second-partial", client: client) == "connection failed")
+            #expect(server.requests.withLockedValue { $0 }.count == 2)
+        }
     }
 
     @Test func aProtocolSwitchEndsTheExchange() async throws {
-        let server = try await ScriptedServer()
-        let client = WebhookClient(plainHTTP: true)
-        #expect(await post("http://127.0.0.1:\(server.port)/switch", client: client) == "101 - - ")
-        #expect(await post("http://127.0.0.1:\(server.port)/echo", client: client, body: "x") == "200 text/plain - x")
-        #expect(server.connections.withLockedValue { $0 } == 2)
-        await client.shutdown()
-        await server.stop()
+        try await withPlainClient { server, client, base in
+            #expect(await post(base + "/switch", client: client) == "101 - - ")
+            #expect(await post(base + "/echo", client: client, body: "x") == "200 text/plain - x")
+            #expect(server.connections.withLockedValue { $0 } == 2)
+        }
     }
 
     @Test func nothingIsSentAfterShutdown() async throws {
@@ -248,15 +249,12 @@ private func post(_ url: String, client: WebhookClient, body: String = "hi", hea
     }
 
     @Test func aKeptAliveConnectionTheServerDroppedIsRetriedOnANewOne() async throws {
-        let server = try await ScriptedServer()
-        let client = WebhookClient(plainHTTP: true)
-        let url = "http://127.0.0.1:\(server.port)/second-dropped"
-        #expect(await post(url, client: client) == "200 text/plain - ok")
-        #expect(await post(url, client: client) == "200 text/plain - ok")
-        #expect(server.connections.withLockedValue { $0 } == 2)
-        #expect(server.requests.withLockedValue { $0 }.count == 3)
-        await client.shutdown()
-        await server.stop()
+        try await withPlainClient { server, client, base in
+            #expect(await post(base + "/second-dropped", client: client) == "200 text/plain - ok")
+            #expect(await post(base + "/second-dropped", client: client) == "200 text/plain - ok")
+            #expect(server.connections.withLockedValue { $0 } == 2)
+            #expect(server.requests.withLockedValue { $0 }.count == 3)
+        }
     }
 }
 
