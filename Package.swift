@@ -23,13 +23,10 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
     ],
     targets: [
-        // System libraries of the design (Debian: libxml2-dev, libfcgi-dev).
+        // The system library of the design (Debian: libxml2-dev).
         .systemLibrary(
             name: "CLibXML2", path: "Sources/CLibXML2",
             pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
-        .systemLibrary(
-            name: "CFastCGI", path: "Sources/CFastCGI",
-            pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),
 
         // XMPP core: element tree, serializer, JIDs, stanza errors, the hardened libxml2 parser and the
         // JSON mapping. No I/O.
@@ -89,11 +86,13 @@ let package = Package(
             ],
             swiftSettings: strict),
 
-        // libfcgi acceptor and the mod_rest-compatible REST API.
+        // The FastCGI responder on SwiftNIO (records, a state machine per connection) and the mod_rest-compatible
+        // REST API.
         .target(
             name: "FastCGIFront",
             dependencies: [
-                "XMPPCore", "ComponentLink", "CFastCGI",
+                "XMPPCore", "ComponentLink",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -134,7 +133,10 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing"], swiftSettings: strict),
         .testTarget(name: "ExecutorTests", dependencies: ["Executor"], swiftSettings: strict),
         .testTarget(name: "WebhooksTests", dependencies: ["Webhooks"], swiftSettings: strict),
-        .testTarget(name: "FastCGIFrontTests", dependencies: ["FastCGIFront"], swiftSettings: strict),
+        .testTarget(
+            name: "FastCGIFrontTests",
+            dependencies: ["FastCGIFront", .product(name: "NIOEmbedded", package: "swift-nio")],
+            swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -28,6 +28,7 @@ struct StanzadConfig: Sendable {
         var maxBody = 196_608
         var maxPending = 10_000
         var sendWait = 5
+        var readTimeout = 10
     }
 
     enum Target: Sendable, Equatable {
@@ -206,7 +207,7 @@ struct ConfigLoader {
 
     private mutating func buildRest(_ t: ConfigTable) -> StanzadConfig.Rest {
         allow(t, ["listen", "socket_mode", "path", "credentials", "credentials_file", "iq_timeout", "max_iq_timeout",
-                  "max_body", "max_pending", "send_wait"], section: "rest")
+                  "max_body", "max_pending", "send_wait", "read_timeout"], section: "rest")
         var rest = StanzadConfig.Rest()
         if let listen = string(t, "listen") {
             if listen.hasPrefix("unix:") {
@@ -249,6 +250,7 @@ struct ConfigLoader {
         rest.maxBody = int(t, "max_body", min: 1) ?? 196_608
         rest.maxPending = int(t, "max_pending", min: 1) ?? 10_000
         rest.sendWait = int(t, "send_wait", min: 0) ?? 5
+        rest.readTimeout = int(t, "read_timeout", min: 1) ?? 10
         return rest
     }
 

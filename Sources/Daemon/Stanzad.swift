@@ -103,12 +103,6 @@ struct Run: AsyncParsableCommand {
         var front: FastCGIServer?
         var api: RestAPI?
         if let rest = config.rest {
-            // Before the ServiceGroup: libfcgi installs signal handlers that swift-service-lifecycle must replace.
-            guard FastCGILibrary.initialize() else {
-                logger.error("libfcgi could not be initialised")
-                await factory.client.shutdown()
-                throw ExitCode(ExitStatus.internalError)
-            }
             let rest = RestAPI(
                 settings: RestSettings(
                     domain: config.component.jid, path: rest.path, credentials: rest.credentials,
@@ -126,7 +120,9 @@ struct Run: AsyncParsableCommand {
                 await factory.client.shutdown()  // an HTTP client must be shut down before it goes away
                 throw ExitCode(ExitStatus.config)
             }
-            front = FastCGIServer(listen: listen, socketMode: socketMode, fd: fd, api: rest, logger: logger)
+            front = FastCGIServer(
+                listen: listen, socketMode: socketMode, fd: fd, api: rest, logger: logger,
+                readTimeout: .seconds(config.rest?.readTimeout ?? 10))
         }
         let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, logger: logger)
         logger.notice("stanzad starting", metadata: [
@@ -194,7 +190,7 @@ struct Version: ParsableCommand {
     func run() {
         print("stanzad \(StanzadVersion.string)")
         print("libxml2 \(XMLLibrary.version)")
-        print("libfcgi \(FastCGILibrary.version)")
+        print("FastCGI responder built in (SwiftNIO)")
     }
 }
 

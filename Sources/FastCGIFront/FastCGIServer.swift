@@ -1,101 +1,17 @@
-// The libfcgi front (SPEC §9 FastCGI): one dedicated acceptor thread; a fresh heap-allocated FCGX_Request
-// per connection, handed to Swift concurrency and finished from a thread pool (never on an event loop or
-// in the cooperative pool), so a long-poll holds no thread. Stopped by shutdown() on the listening socket.
+// The FastCGI front (SPEC §9): nginx's FastCGI connections on SwiftNIO's event loops, each connection a
+// FastCGIConnectionStateMachine in a FastCGIChannelHandler. A request costs a task only once it is complete;
+// reading it costs no thread, so a slow or idle client holds only its own connection until `read_timeout`.
+// Requests run in one task group: a long-poll holds no thread, and a client that goes away cancels its request.
 
 #if canImport(Glibc)
 import Glibc
 #endif
-import CFastCGI
-import Foundation
 import Logging
+import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 import XMPPCore
-
-public enum FastCGILibrary {
-    /// The libfcgi version the daemon was built against (libfcgi has no run-time version call).
-    public static let version: String = VERSION
-
-    /// `FCGX_Init`. Call before the ServiceGroup starts: libfcgi installs SIGTERM/SIGPIPE handlers, and
-    /// swift-service-lifecycle must install its own afterwards.
-    public static func initialize() -> Bool {
-        FCGX_Init() == 0
-    }
-}
-
-/// One accepted request, owned by one task at a time until it is finished.
-final class FastCGIExchange: @unchecked Sendable {
-    let request: UnsafeMutablePointer<FCGX_Request>
-
-    init(request: UnsafeMutablePointer<FCGX_Request>) {
-        self.request = request
-    }
-
-    func param(_ name: String) -> String? {
-        guard let value = FCGX_GetParam(name, request.pointee.envp) else { return nil }
-        return String(cString: value)
-    }
-
-    /// Reads the body, at most `limit` + 1 bytes (one more tells "too large").
-    func readBody(limit: Int) -> [UInt8] {
-        var body: [UInt8] = []
-        var buffer = [CChar](repeating: 0, count: 16_384)
-        while body.count <= limit {
-            let count = buffer.withUnsafeMutableBufferPointer { pointer in
-                FCGX_GetStr(pointer.baseAddress, Int32(min(pointer.count, limit + 1 - body.count)), request.pointee.in)
-            }
-            if count <= 0 { break }
-            buffer.withUnsafeBufferPointer { pointer in
-                pointer.prefix(Int(count)).withMemoryRebound(to: UInt8.self) { body.append(contentsOf: $0) }
-            }
-        }
-        return body
-    }
-
-    /// Writes the response and finishes the request (blocking: run on the thread pool).
-    func finish(_ response: RestResponse) {
-        var head = "Status: \(response.status) \(Self.reason(response.status))\r\n"
-        for (name, value) in response.headers { head += "\(name): \(value)\r\n" }
-        if response.header("Content-Type") == nil && !response.body.isEmpty { head += "Content-Type: text/plain\r\n" }
-        head += "Content-Length: \(response.body.count)\r\n\r\n"
-        let out = request.pointee.out
-        _ = head.withCString { FCGX_PutStr($0, Int32(strlen($0)), out) }
-        if !response.body.isEmpty {
-            _ = response.body.withUnsafeBufferPointer { pointer in
-                pointer.withMemoryRebound(to: CChar.self) { FCGX_PutStr($0.baseAddress, Int32($0.count), out) }
-            }
-        }
-        close()
-    }
-
-    /// Finishes and frees the request (closing the connection: one request per connection).
-    func close() {
-        FCGX_Finish_r(request)
-        FCGX_Free(request, 1)
-        request.deallocate()
-    }
-
-    static func reason(_ status: Int) -> String {
-        switch status {
-        case 200: "OK"
-        case 202: "Accepted"
-        case 400: "Bad Request"
-        case 401: "Unauthorized"
-        case 403: "Forbidden"
-        case 404: "Not Found"
-        case 405: "Method Not Allowed"
-        case 409: "Conflict"
-        case 413: "Content Too Large"
-        case 415: "Unsupported Media Type"
-        case 422: "Unprocessable Content"
-        case 500: "Internal Server Error"
-        case 502: "Bad Gateway"
-        case 503: "Service Unavailable"
-        case 504: "Gateway Timeout"
-        default: "Status"
-        }
-    }
-}
 
 public struct FastCGIError: Error, CustomStringConvertible {
     public var description: String
@@ -106,19 +22,25 @@ public final class FastCGIServer: Service, Sendable {
     public let socketMode: UInt16
     let api: RestAPI
     let logger: Logger
-    let pool: NIOThreadPool
-
     let fd: Int32
+    /// A request (params and body) must be complete this long after the connection opened or its last response.
+    let readTimeout: Duration
+    /// Connections at once; beyond it new ones are closed at once (long-polls are bounded by max_pending).
+    let maxConnections: Int
+    private let connections = Atomic<Int>(0)
+    private let lastRefusalLog = Mutex<ContinuousClock.Instant?>(nil)
 
     /// `fd` is the listening socket from `ListeningSocket.open` (opened before the ServiceGroup starts, so a
     /// bad `listen` stops stanzad at once with a clear error).
-    public init(listen: String, socketMode: UInt16, fd: Int32, api: RestAPI, logger: Logger) {
+    public init(listen: String, socketMode: UInt16, fd: Int32, api: RestAPI, logger: Logger,
+                readTimeout: Duration = .seconds(10), maxConnections: Int? = nil) {
         self.listen = listen
         self.socketMode = socketMode
         self.fd = fd
         self.api = api
         self.logger = logger
-        self.pool = NIOThreadPool(numberOfThreads: 2)
+        self.readTimeout = readTimeout
+        self.maxConnections = maxConnections ?? (api.settings.maxPending + 1024)
     }
 
     /// The path of a unix socket, or nil for TCP.
@@ -127,23 +49,42 @@ public final class FastCGIServer: Service, Sendable {
     }
 
     public func run() async throws {
-        let fd = self.fd
-        pool.start()
         let (requests, continuation) = AsyncStream.makeStream(of: FastCGIExchange.self)
-        let maxBody = api.settings.maxBody
-        let acceptor = Thread { [logger] in
-            Self.acceptLoop(fd: fd, maxBody: maxBody, logger: logger, yield: { continuation.yield($0) })
-            continuation.finish()
+        let limits = FastCGIConnectionStateMachine.Limits(maxBody: api.settings.maxBody)
+        let readTimeout = TimeAmount(readTimeout)
+        let logger = self.logger
+        let dispatch: @Sendable (FastCGIExchange) -> Bool = { exchange in
+            if case .enqueued = continuation.yield(exchange) { return true }
+            return false
         }
-        acceptor.name = "stanzad-fastcgi-accept"
-        acceptor.start()
+        let server: any Channel
+        do {
+            server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.maxMessagesPerRead, value: 64)
+                .childChannelInitializer { [self] channel in
+                    guard self.admit(channel) else { return channel.close() }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FastCGIRecordDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(
+                            FastCGIChannelHandler(limits: limits, readTimeout: readTimeout, logger: logger, dispatch: dispatch))
+                    }
+                }
+                .withBoundSocket(fd).get()
+            // NIO listens on an adopted socket with its default backlog (128); a burst of long-polls needs more.
+            _ = Glibc.listen(fd, 4096)
+        } catch {
+            continuation.finish()
+            logger.error("REST API cannot accept connections", metadata: ["listen": "\(listen)", "error": "\(error)"])
+            throw error
+        }
         logger.notice("REST API listening", metadata: ["listen": "\(listen)", "path": "\(api.settings.path)"])
 
         await withDiscardingTaskGroup { group in
             group.addTask {
-                // Graceful shutdown: wake the blocked FCGX_Accept_r (it returns EINVAL) so the thread ends.
+                // Graceful shutdown: no new connections or requests; requests already taken are answered.
                 try? await gracefulShutdown()
-                shutdown(fd, Int32(SHUT_RDWR))
+                try? await server.close()
+                continuation.finish()
             }
             for await exchange in requests {
                 group.addTask { await self.serve(exchange) }
@@ -151,57 +92,44 @@ public final class FastCGIServer: Service, Sendable {
             // Requests still waiting (long-polls) are cancelled: they answer 503.
             group.cancelAll()
         }
-        Glibc.close(fd)
         if let path = socketPath { unlink(path) }
-        try? await pool.shutdownGracefully()
         logger.notice("REST API stopped")
     }
 
-    private func serve(_ exchange: FastCGIExchange) async {
-        var request = RestRequest(method: exchange.param("REQUEST_METHOD") ?? "GET", path: "/")
-        let uri = exchange.param("DOCUMENT_URI") ?? exchange.param("REQUEST_URI") ?? "/"
-        request.path = String(uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "/")
-        request.query = exchange.param("QUERY_STRING") ?? ""
-        request.contentType = exchange.param("CONTENT_TYPE").flatMap { $0.isEmpty ? nil : $0 }
-        request.contentLength = exchange.param("CONTENT_LENGTH").flatMap { Int($0) }
-        request.authorization = exchange.param("HTTP_AUTHORIZATION")
-        request.accept = exchange.param("HTTP_ACCEPT")
-        request.timeout = exchange.param("HTTP_REST_TIMEOUT") ?? exchange.param("HTTP_PROSODY_REST_TIMEOUT")
-        // max_body is checked before reading (SPEC §9): the body of an oversized request is never read.
-        if (request.contentLength ?? 0) <= api.settings.maxBody {
-            request.body = await run { exchange.readBody(limit: self.api.settings.maxBody) }
+    /// Counts a new connection; false (and the connection is closed) beyond `maxConnections`.
+    private func admit(_ channel: any Channel) -> Bool {
+        let count = connections.wrappingAdd(1, ordering: .relaxed).newValue
+        channel.closeFuture.whenComplete { _ in self.connections.wrappingSubtract(1, ordering: .relaxed) }
+        guard count > maxConnections else { return true }
+        let now = ContinuousClock.now
+        let log: Bool = lastRefusalLog.withLock { last in
+            if let last, now - last < .seconds(10) { return false }
+            last = now
+            return true
         }
-        var response = await api.handle(request)
+        if log {
+            logger.warning("FastCGI connection refused: too many connections", metadata: ["max_connections": "\(maxConnections)"])
+        }
+        return false
+    }
+
+    private func serve(_ exchange: FastCGIExchange) async {
+        // The request runs beside a watcher of its connection: whichever ends first ends the other, so a
+        // long-poll whose client went away gives back its max_pending slot at once.
+        let response: RestResponse? = await withTaskGroup(of: RestResponse?.self) { group in
+            group.addTask { await self.api.handle(exchange.request) }
+            group.addTask {
+                await exchange.waitUntilClosed()
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        guard var response else { return }  // the client is gone: nobody to answer
         if Task.isCancelled && response.status >= 500 {
             response = RestResponse(status: 503, headers: [("Retry-After", "5")])
         }
-        let final = response
-        await run { exchange.finish(final) }
-    }
-
-    /// Runs blocking libfcgi calls on the thread pool.
-    private func run<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
-        do {
-            return try await pool.runIfActive(work)
-        } catch {
-            return work()  // the pool is gone only at shutdown; finish the request anyway
-        }
-    }
-
-    private static func acceptLoop(fd: Int32, maxBody: Int, logger: Logger, yield: (FastCGIExchange) -> Void) {
-        while true {
-            let request = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
-            FCGX_InitRequest(request, fd, 0)
-            let result = FCGX_Accept_r(request)
-            if result < 0 {
-                FCGX_Free(request, 1)
-                request.deallocate()
-                if result == -EINVAL || result == -EBADF { return }  // shutdown() on the socket
-                logger.warning("FastCGI accept failed", metadata: ["errno": "\(-result)"])
-                usleep(100_000)
-                continue
-            }
-            yield(FastCGIExchange(request: request))
-        }
+        exchange.respond(response)
     }
 }

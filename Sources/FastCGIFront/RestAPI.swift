@@ -172,7 +172,7 @@ public final class RestAPI: Sendable {
         if let length = request.contentLength, length > settings.maxBody {
             throw RestFailure(413, .modify, .resourceConstraint, "body of \(length) bytes exceeds max_body (\(settings.maxBody) bytes)")
         }
-        guard request.body.count <= settings.maxBody else {
+        guard request.body.count <= settings.maxBody, !request.bodyTooLarge else {
             throw RestFailure(413, .modify, .resourceConstraint, "body exceeds max_body (\(settings.maxBody) bytes)")
         }
         let media = HTTPMediaType.essence(request.contentType)

@@ -9,6 +9,8 @@ public struct RestRequest: Sendable {
     /// From CONTENT_LENGTH: checked against max_body before the body is read.
     public var contentLength: Int?
     public var body: [UInt8]
+    /// The body ran past max_body and was not kept (answered 413 whatever CONTENT_LENGTH said).
+    public var bodyTooLarge = false
     public var authorization: String?
     public var accept: String?
     /// `Rest-Timeout` or `Prosody-Rest-Timeout`.

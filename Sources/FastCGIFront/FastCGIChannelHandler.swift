@@ -1,0 +1,242 @@
+// The I/O shell around FastCGIConnectionStateMachine: one per connection, on its event loop. It keeps the read
+// deadline (a client that sends nothing, or half a record, costs only its own connection), hands complete
+// requests to the server as exchanges, and writes their responses.
+
+import Logging
+import NIOCore
+import Synchronization
+import XMPPCore
+
+/// A request handed to the REST API, answered exactly once with `respond`. When the connection goes away first
+/// (the HTTP client left and nginx closed the upstream connection, or FCGI_ABORT_REQUEST), `waitUntilClosed`
+/// returns, so the server can cancel the work and free what it holds (a long-poll's `max_pending` slot).
+final class FastCGIExchange: Sendable {
+    let request: RestRequest
+    private let write: @Sendable (RestResponse) -> Void
+    private let state = Mutex(State.open(waiter: nil))
+
+    private enum State {
+        case open(waiter: CheckedContinuation<Void, Never>?)
+        case closed
+    }
+
+    init(request: RestRequest, write: @escaping @Sendable (RestResponse) -> Void) {
+        self.request = request
+        self.write = write
+    }
+
+    func respond(_ response: RestResponse) {
+        write(response)
+    }
+
+    /// The connection is gone (or aborted); wakes `waitUntilClosed`.
+    func connectionClosed() {
+        let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
+            guard case .open(let waiter) = state else { return nil }
+            state = .closed
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns when the connection closes, or when the calling task is cancelled.
+    func waitUntilClosed() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow: Bool = state.withLock { state in
+                    guard case .open(nil) = state, !Task.isCancelled else { return true }
+                    state = .open(waiter: continuation)
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            // Wakes the waiter without marking the connection closed.
+            let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
+                guard case .open(let waiter?) = state else { return nil }
+                state = .open(waiter: nil)
+                return waiter
+            }
+            waiter?.resume()
+        }
+    }
+}
+
+final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = FastCGIRecord
+    typealias OutboundOut = ByteBuffer
+
+    private var machine: FastCGIConnectionStateMachine
+    private let readTimeout: TimeAmount
+    private let logger: Logger
+    /// Hands a complete request to the server; false when the server no longer takes requests (shutdown).
+    private let dispatch: @Sendable (FastCGIExchange) -> Bool
+    private var deadline: Scheduled<Void>?
+    private var exchange: FastCGIExchange?
+    private var context: ChannelHandlerContext?
+
+    init(limits: FastCGIConnectionStateMachine.Limits, readTimeout: TimeAmount, logger: Logger,
+         dispatch: @escaping @Sendable (FastCGIExchange) -> Bool) {
+        self.machine = FastCGIConnectionStateMachine(limits: limits)
+        self.readTimeout = readTimeout
+        self.logger = logger
+        self.dispatch = dispatch
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { armDeadline(context: context) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armDeadline(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let record = unwrapInboundIn(data)
+        perform(machine.received(record), context: context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        machine.closed()
+        exchange?.connectionClosed()
+        exchange = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Not FastCGI (a decoder error), or the socket failed: this connection only.
+        logger.debug("FastCGI connection closed on error", metadata: ["error": "\(error)"])
+        machine.closed()
+        context.close(promise: nil)
+    }
+
+    private func perform(_ action: FastCGIConnectionStateMachine.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .write(let bytes):
+            context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        case .dispatch(let request):
+            deadline?.cancel()
+            deadline = nil
+            start(request, context: context)
+        case .abort:
+            exchange?.connectionClosed()
+            exchange = nil
+            context.close(promise: nil)
+        case .close(let error):
+            if let error {
+                logger.info("FastCGI client broke the protocol; connection closed", metadata: ["problem": "\(error.description)"])
+            }
+            context.close(promise: nil)
+        }
+    }
+
+    private func start(_ request: FastCGIConnectionStateMachine.Request, context: ChannelHandlerContext) {
+        let rest = Self.restRequest(request)
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let id = request.requestID
+        let exchange = FastCGIExchange(request: rest) { response in
+            let bytes = Self.encode(response, requestID: id)
+            loop.execute { bound.value.finish(bytes) }
+        }
+        self.exchange = exchange
+        if !dispatch(exchange) {
+            exchange.respond(RestResponse(status: 503, headers: [("Retry-After", "5")]))
+        }
+    }
+
+    /// Writes a response; then the connection serves the next request or closes.
+    private func finish(_ bytes: ByteBuffer) {
+        guard let context, exchange != nil else { return }  // the connection went away meanwhile
+        exchange = nil
+        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        perform(machine.responseSent(), context: context)
+        if machine.isReading, context.channel.isActive { armDeadline(context: context) }
+    }
+
+    private func armDeadline(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: readTimeout) {
+            bound.value.deadlinePassed()
+        }
+    }
+
+    private func deadlinePassed() {
+        guard let context, machine.isReading else { return }
+        logger.info("FastCGI connection closed: no complete request within read_timeout", metadata: [
+            "read_timeout": "\(readTimeout.nanoseconds / 1_000_000_000)s", "idle": "\(machine.isIdle)",
+        ])
+        machine.closed()
+        context.close(promise: nil)
+    }
+
+    // MARK: Mapping
+
+    static func restRequest(_ request: FastCGIConnectionStateMachine.Request) -> RestRequest {
+        let params = request.params
+        func param(_ name: String) -> String? {
+            guard let value = params[name], !value.isEmpty else { return nil }
+            return value
+        }
+        let uri = param("DOCUMENT_URI") ?? param("REQUEST_URI") ?? "/"
+        var rest = RestRequest(method: param("REQUEST_METHOD") ?? "GET", path: "/")
+        rest.path = String(uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "/")
+        rest.query = param("QUERY_STRING") ?? ""
+        rest.contentType = param("CONTENT_TYPE")
+        rest.contentLength = param("CONTENT_LENGTH").flatMap { Int($0) }
+        rest.bodyTooLarge = request.bodyTooLarge
+        rest.authorization = param("HTTP_AUTHORIZATION")
+        rest.accept = param("HTTP_ACCEPT")
+        rest.timeout = param("HTTP_REST_TIMEOUT") ?? param("HTTP_PROSODY_REST_TIMEOUT")
+        if !request.bodyTooLarge {
+            rest.body = Array(buffer: request.body)
+        }
+        return rest
+    }
+
+    /// A CGI-style response (Status line, headers, body) in STDOUT records, then END_REQUEST.
+    static func encode(_ response: RestResponse, requestID: UInt16) -> ByteBuffer {
+        var head = "Status: \(response.status) \(reason(response.status))\r\n"
+        for (name, value) in response.headers { head += "\(name): \(value)\r\n" }
+        if response.header("Content-Type") == nil && !response.body.isEmpty { head += "Content-Type: text/plain\r\n" }
+        head += "Content-Length: \(response.body.count)\r\n\r\n"
+        var bytes = ByteBuffer()
+        bytes.reserveCapacity(head.utf8.count + response.body.count)
+        bytes.writeString(head)
+        bytes.writeBytes(response.body)
+        return FastCGIRecord.response(requestID: requestID, bytes: bytes)
+    }
+
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 200: "OK"
+        case 202: "Accepted"
+        case 400: "Bad Request"
+        case 401: "Unauthorized"
+        case 403: "Forbidden"
+        case 404: "Not Found"
+        case 405: "Method Not Allowed"
+        case 409: "Conflict"
+        case 413: "Content Too Large"
+        case 415: "Unsupported Media Type"
+        case 422: "Unprocessable Content"
+        case 429: "Too Many Requests"
+        case 500: "Internal Server Error"
+        case 502: "Bad Gateway"
+        case 503: "Service Unavailable"
+        case 504: "Gateway Timeout"
+        default: "Status"
+        }
+    }
+}
