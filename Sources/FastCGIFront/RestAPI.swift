@@ -194,15 +194,18 @@ public final class RestAPI: Sendable {
             }
             return try fromJSON(value, kind: kind, type: type, to: to)
         case "application/x-www-form-urlencoded":
-            guard let form = Self.parseForm(request.body) else {
-                throw RestFailure(400, .modify, .badRequest, "malformed form body (expected key=value&…)")
+            switch FormBody.decode(request.body, charset: try charset(of: request)) {
+            case .success(let form):
+                return try fromJSON(.object(form.mapValues { .string($0) }), kind: kind, type: type, to: to)
+            case .failure(let failure):
+                throw RestFailure(400, .modify, .badRequest, "malformed form body: \(failure.description)")
             }
-            return try fromJSON(.object(form.mapValues { .string($0) }), kind: kind, type: type, to: to)
         case "text/plain":
-            guard UTF8Validator.isValid(request.body) else {
-                throw RestFailure(400, .modify, .badRequest, "text body is not valid UTF-8")
+            let text: String
+            switch try charset(of: request).decode(request.body) {
+            case .success(let decoded): text = decoded
+            case .failure(let failure): throw RestFailure(400, .modify, .badRequest, "the text body \(failure.description)")
             }
-            let text = String(decoding: request.body, as: UTF8.self)
             switch kind ?? .message {
             case .message:
                 guard to != nil else {
@@ -218,6 +221,16 @@ public final class RestAPI: Sendable {
             throw RestFailure(415, .cancel, .featureNotImplemented, "Content-Type missing; use application/xmpp+xml, application/json, application/x-www-form-urlencoded or text/plain")
         default:
             throw RestFailure(415, .cancel, .featureNotImplemented, "unsupported Content-Type \(JID.quoted(media)); use application/xmpp+xml, application/json, application/x-www-form-urlencoded or text/plain")
+        }
+    }
+
+    /// The body's charset (text and form bodies); 415 for one we do not read.
+    private func charset(of request: RestRequest) throws -> BodyCharset {
+        do {
+            return try BodyCharset.of(contentType: request.contentType)
+        } catch {
+            throw RestFailure(415, .cancel, .featureNotImplemented,
+                              "charset \(JID.quoted(error.name)) is not supported; send UTF-8 (or ISO-8859-1 or US-ASCII)")
         }
     }
 
@@ -260,7 +273,11 @@ public final class RestAPI: Sendable {
     /// `GET {path}/{query}/{to}`: an iq get with the named payload.
     private func queryIQ(_ query: String, to: String, query parameters: String) throws -> Stanza {
         var iq = Stanza(kind: .iq, type: "get", to: to)
-        let values = Self.parseForm(Array(parameters.utf8)) ?? [:]
+        let values: [String: String]
+        switch FormBody.decode(Array(parameters.utf8), charset: .utf8) {
+        case .success(let decoded): values = decoded
+        case .failure(let failure): throw RestFailure(400, .modify, .badRequest, "malformed query string: \(failure.description)")
+        }
         var payload: Element
         switch query {
         case "ping": payload = Element("ping", namespace: "urn:xmpp:ping")
@@ -412,20 +429,5 @@ public final class RestAPI: Sendable {
             }
         }
         return String(decoding: bytes, as: UTF8.self)
-    }
-
-    /// application/x-www-form-urlencoded → map (the last of repeated keys wins); nil when not a form.
-    static func parseForm(_ body: [UInt8]) -> [String: String]? {
-        guard UTF8Validator.isValid(body) else { return nil }
-        let text = String(decoding: body, as: UTF8.self)
-        guard !text.isEmpty else { return [:] }
-        var form: [String: String] = [:]
-        for pair in text.split(separator: "&") {
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            guard parts.count == 2 else { return nil }
-            func decode(_ s: Substring) -> String { percentDecode(s.replacingOccurrences(of: "+", with: " ")) }
-            form[decode(parts[0])] = decode(parts[1])
-        }
-        return form
     }
 }

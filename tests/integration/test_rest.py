@@ -144,6 +144,17 @@ def test_messages_posted_arrive_from_the_component_domain(nginx, alice, content_
     assert str(message["from"]) == COMPONENT
 
 
+@pytest.mark.parametrize("content_type,body", [
+    ("application/x-www-form-urlencoded; charset=iso-8859-1", b"body=caf%E9+cr%E8me"),
+    ("application/x-www-form-urlencoded; charset=ISO-8859-1", b"body=caf\xe9 cr\xe8me"),
+    ("text/plain; charset=iso-8859-1", b"caf\xe9 cr\xe8me"),
+])
+def test_iso_8859_1_bodies_arrive_intact(nginx, alice, content_type, body):
+    status, _, data = call(nginx, "POST", f"/rest/message/chat/alice@{DOMAIN}", body, {"Content-Type": content_type})
+    assert status == 202, data
+    assert alice.next_message(10)["body"] == "café crème"
+
+
 def test_from_may_be_any_address_of_the_component(nginx, alice):
     status, _, _ = call(nginx, "POST", "/rest", f"<message to='alice@{DOMAIN}' from='news@{COMPONENT}/feed'><body>n</body></message>",
                         {"Content-Type": "application/xmpp+xml"})
@@ -210,6 +221,16 @@ BAD = [
     ("unknown route", "POST", "/rest/a/b/c/d", "text/plain", "x", {}, True, 404, "item-not-found"),
     ("unknown query", "GET", f"/rest/frobnicate/{DOMAIN}", None, "", {}, True, 404, "item-not-found"),
     ("bad timeout header", "GET", f"/rest/ping/{DOMAIN}", None, "", {"Rest-Timeout": "soon"}, True, 400, "bad-request"),
+    # Forms are decoded strictly: nothing altered silently (it used to become U+FFFD, "%%", or lose its é).
+    ("form with invalid escape", "POST", f"/rest/message/chat/alice@{DOMAIN}", "application/x-www-form-urlencoded", "body=%zz%", {}, True, 400, "bad-request"),
+    ("form with truncated escape", "POST", f"/rest/message/chat/alice@{DOMAIN}", "application/x-www-form-urlencoded", "body=50%", {}, True, 400, "bad-request"),
+    ("form escaping invalid UTF-8", "POST", f"/rest/message/chat/alice@{DOMAIN}", "application/x-www-form-urlencoded", "body=%C3%28", {}, True, 400, "bad-request"),
+    ("form with raw invalid UTF-8", "POST", f"/rest/message/chat/alice@{DOMAIN}", "application/x-www-form-urlencoded", b"body=caf\xe9", {}, True, 400, "bad-request"),
+    ("form pair without =", "POST", "/rest", "application/x-www-form-urlencoded", f"to=alice%40{DOMAIN}&body", {}, True, 400, "bad-request"),
+    ("form in utf-16", "POST", f"/rest/message/chat/alice@{DOMAIN}", "application/x-www-form-urlencoded; charset=utf-16", "body=x", {}, True, 415, "feature-not-implemented"),
+    ("text in utf-16", "POST", f"/rest/message/chat/alice@{DOMAIN}", "text/plain; charset=utf-16", "x", {}, True, 415, "feature-not-implemented"),
+    ("text with invalid UTF-8", "POST", f"/rest/message/chat/alice@{DOMAIN}", "text/plain", b"caf\xe9", {}, True, 400, "bad-request"),
+    ("query with invalid escape", "GET", f"/rest/disco/{DOMAIN}?node=%zz", None, "", {}, True, 400, "bad-request"),
 ]
 
 

@@ -1,0 +1,204 @@
+"""The FastCGI front under hostile or heavy use (issue 16): idle and half-sent connections cost only
+themselves, 10,000 long-polls fit in a small, flat memory, and a long-poll whose client left frees its
+max_pending slot at once. Raw FastCGI on stanzad's socket where nginx would hide the case; real nginx where a
+user meets it."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import re
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+import fcgi_client
+from harness import COMPONENT, DOMAIN, Prosody, Stanzad, component_config
+from nginx import Nginx
+
+TOKEN = "Bearer dGVzdC10b2tlbg=="
+DELAY_WORKER = Path(__file__).parent / "handlers" / "delay_worker.py"
+READ_TIMEOUT = 2
+
+
+def rss_mib(pid: int) -> float:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+
+
+def threads(pid: int) -> int:
+    return int(re.search(r"Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+
+
+def start_stanzad(prosody, tmp_path_factory, *, max_pending: int, delay: float) -> tuple[Stanzad, Path]:
+    socket_path = tmp_path_factory.mktemp("run") / "fastcgi.sock"
+    extra = f'''
+[rest]
+listen = "unix:{socket_path}"
+credentials = ["{TOKEN}"]
+max_pending = {max_pending}
+read_timeout = {READ_TIMEOUT}
+
+[[route]]
+name = "delayed"
+kinds = ["iq"]
+to = ["slow@{COMPONENT}"]
+worker = ["{DELAY_WORKER}"]
+env = {{ DELAY = "{delay}" }}
+format = "json"
+in_flight = 10000
+concurrency = 10000
+queue = 10000
+timeout = 60
+'''
+    # send_queue: a burst of 10,000 iqs is queued faster than the first flushes write it.
+    config = component_config(prosody.component_port, send_queue=max_pending + 1000, extra=extra)
+    daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), config)
+    daemon.start()
+    daemon.wait_for_log("component connected")
+    daemon.wait_for_log("REST API listening")
+    return daemon, socket_path
+
+
+@pytest.fixture(scope="module")
+def front(prosody, tmp_path_factory):
+    daemon, socket_path = start_stanzad(prosody, tmp_path_factory, max_pending=10000, delay=3)
+    server = Nginx(tmp_path_factory.mktemp("nginx"), socket_path).start()
+    yield daemon, socket_path, server
+    server.stop()
+    daemon.stop()
+
+
+def timed_call(nginx: Nginx, method: str, path: str, body: str = "", headers: dict | None = None) -> tuple[int, float]:
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=30)
+    started = time.monotonic()
+    connection.request(method, path, body=body.encode(), headers={"Authorization": TOKEN, **(headers or {})})
+    response = connection.getresponse()
+    response.read()
+    elapsed = time.monotonic() - started
+    connection.close()
+    return response.status, elapsed
+
+
+def test_idle_and_half_sent_connections_do_not_slow_the_api_and_are_closed_at_their_deadline(front):
+    daemon, socket_path, nginx = front
+    begin = fcgi_client.record(fcgi_client.BEGIN_REQUEST, 1, bytes([0, 1, 0, 0, 0, 0, 0, 0]))
+    half_sent = begin + fcgi_client.record(fcgi_client.PARAMS, 1, fcgi_client.name_value("REQUEST_METHOD", "GET"))[:12]
+    assert len(half_sent) == 28  # a whole BEGIN_REQUEST and 12 bytes of a PARAMS record, then nothing
+    hostile = []
+    opened = time.monotonic()
+    for i in range(100):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(socket_path))
+        if i % 2:
+            s.sendall(half_sent)
+        hostile.append(s)
+
+    timings = []
+    for _ in range(5):
+        status, elapsed = timed_call(nginx, "GET", "/rest/health")
+        assert status == 200
+        timings.append(elapsed)
+        status, elapsed = timed_call(nginx, "POST", f"/rest/message/chat/alice@{DOMAIN}", "hi", {"Content-Type": "text/plain"})
+        assert status == 202
+        timings.append(elapsed)
+    print(f"with 50 idle and 50 half-sent connections: median {statistics.median(timings) * 1000:.1f} ms, "
+          f"max {max(timings) * 1000:.1f} ms")
+    assert max(timings) < 0.1, timings  # libfcgi's blocking reads held every request for as long as they stayed
+
+    # Each hostile connection is closed by stanzad at read_timeout: the read sees EOF.
+    for s in hostile:
+        s.settimeout(READ_TIMEOUT + 10)
+        assert s.recv(1) == b""
+    closed_after = time.monotonic() - opened
+    print(f"hostile connections closed after {closed_after:.2f} s (read_timeout {READ_TIMEOUT} s)")
+    assert READ_TIMEOUT * 0.9 <= closed_after < READ_TIMEOUT + 5
+    for s in hostile:
+        s.close()
+    assert daemon.wait_for_log("no complete request within read_timeout")
+
+
+def test_ten_thousand_long_polls_three_times_take_little_memory_and_give_it_back(front):
+    daemon, socket_path, _ = front
+    pid = daemon.process.pid
+    iq = "<iq type='get' to='slow@{c}' id='lp{i}'><query xmlns='urn:x'/></iq>"
+    headers = {"Authorization": TOKEN, "Content-Type": "application/xmpp+xml"}
+
+    async def one(i: int, opened: asyncio.Queue) -> int:
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        writer.write(fcgi_client.request("POST", "/rest", iq.format(c=COMPONENT, i=i).encode(), headers))
+        await writer.drain()
+        opened.put_nowait(i)
+        status, _, body = await fcgi_client.read_response(reader)
+        writer.close()
+        if status == 200:
+            assert f'id="lp{i}"'.encode() in body, body
+        return status
+
+    async def round_of(n: int) -> tuple[list[int], float, int]:
+        opened: asyncio.Queue = asyncio.Queue()
+        tasks = [asyncio.ensure_future(one(i, opened)) for i in range(n)]
+        for _ in range(n):
+            await opened.get()  # every request is written; the worker answers each 3 s after it got it
+        peak_rss, peak_threads = rss_mib(pid), threads(pid)
+        while not all(t.done() for t in tasks):
+            peak_rss, peak_threads = max(peak_rss, rss_mib(pid)), max(peak_threads, threads(pid))
+            await asyncio.wait(tasks, timeout=0.2)
+        return [t.result() for t in tasks], peak_rss, peak_threads
+
+    start = rss_mib(pid)
+    loop = asyncio.new_event_loop()
+    try:
+        for number in range(1, 4):
+            statuses, peak, peak_threads = loop.run_until_complete(round_of(10_000))
+            after = rss_mib(pid)
+            print(f"round {number}: RSS {start:.0f} MiB before, peak {peak:.0f}, after {after:.0f}; "
+                  f"peak threads {peak_threads}")
+            assert statuses.count(200) == 10_000, {s: statuses.count(s) for s in set(statuses)}
+            assert peak <= 150
+            assert after <= start * 1.10 + 1, (start, after)
+            assert peak_threads <= 16
+    except BaseException:
+        print("\n".join(l for l in daemon.log().splitlines() if " DEBUG " not in l)[-3000:])
+        raise
+    finally:
+        loop.close()
+
+
+def test_long_polls_whose_clients_left_free_their_max_pending_slots_at_once(tmp_path_factory):
+    prosody = Prosody(tmp_path_factory.mktemp("prosody"))  # its own: the module's serves the front fixture
+    prosody.start()
+    daemon, socket_path = start_stanzad(prosody, tmp_path_factory, max_pending=3, delay=60)
+    nginx = Nginx(tmp_path_factory.mktemp("nginx"), socket_path).start()
+    try:
+        iq = f"<iq type='get' to='slow@{COMPONENT}'><query xmlns='urn:x'/></iq>".encode()
+        clients = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", nginx.port))
+            s.sendall(b"POST /rest HTTP/1.1\r\nHost: x\r\nAuthorization: " + TOKEN.encode() +
+                      b"\r\nContent-Type: application/xmpp+xml\r\nContent-Length: " + str(len(iq)).encode() +
+                      b"\r\n\r\n" + iq)
+            clients.append(s)
+        headers = {"Content-Type": "application/xmpp+xml", "Rest-Timeout": "1"}
+        # The three polls wait for the worker (60 s): a fourth request finds max_pending reached.
+        deadline = time.monotonic() + 10
+        while timed_call(nginx, "POST", "/rest", iq.decode(), headers)[0] != 503:
+            assert time.monotonic() < deadline, "the three long-polls never filled max_pending"
+        for s in clients:
+            s.close()
+        left = time.monotonic()
+        # Within a second of the clients leaving, a request is accepted again: it waits its Rest-Timeout (504),
+        # instead of the 503 it got while the slots were held.
+        while True:
+            status, _ = timed_call(nginx, "POST", "/rest", iq.decode(), headers)
+            if status == 504:
+                break
+            assert status == 503
+            assert time.monotonic() - left < 1, "slots still held after the clients left"
+        print(f"slot free {time.monotonic() - left:.2f} s after the clients left")
+    finally:
+        nginx.stop()
+        daemon.stop()
+        prosody.stop()
