@@ -2,6 +2,7 @@
 
 import Foundation
 import XMPPCore
+import Routing
 
 struct StanzadConfig: Sendable {
     struct Component: Sendable, Equatable {
@@ -60,6 +61,8 @@ struct StanzadConfig: Sendable {
         var workers = 1
         var maxRequests = 0
         var inFlight = 1
+        /// Takes messages and presences from the component's own addresses (off: the loop guard).
+        var fromSelf = false
     }
 
     var file: String
@@ -70,6 +73,8 @@ struct StanzadConfig: Sendable {
     var routes: [Route] = []
     var maxProcesses = 64
     var killGrace = 2
+    /// `[limits] per_sender`: stanzas per sender (bare JID) that reach handlers; nil: no limit.
+    var perSender: RateLimitSpec?
     /// Non-fatal findings (e.g. a secret file readable by others), for `check` and the log.
     var warnings: [ConfigError] = []
 }
@@ -139,9 +144,15 @@ struct ConfigLoader {
         }
         if let value = root["limits"] {
             if case .table(let t) = value {
-                allow(t, ["max_processes", "kill_grace"], section: "limits")
+                allow(t, ["max_processes", "kill_grace", "per_sender"], section: "limits")
                 config.maxProcesses = int(t, "max_processes", min: 1) ?? 64
                 config.killGrace = int(t, "kill_grace", min: 0) ?? 2
+                if let text = string(t, "per_sender") {
+                    switch RateLimitSpec.parse(text) {
+                    case .success(let spec): config.perSender = spec
+                    case .failure(let failure): error(t.line(of: "per_sender"), "per_sender \(failure.description)")
+                    }
+                }
             } else { error(root.line(of: "limits"), "limits must be a table ([limits])") }
         }
         if let value = root["route"] {
@@ -257,7 +268,7 @@ struct ConfigLoader {
     private mutating func buildRoute(_ t: ConfigTable, componentDomain: String?) -> StanzadConfig.Route? {
         allow(t, ["name", "kinds", "types", "to", "from", "body", "exec", "worker", "webhook", "format", "timeout",
                   "concurrency", "queue", "env", "pass_env", "workdir", "max_output", "headers", "hmac_secret",
-                  "hmac_secret_file", "retries", "workers", "max_requests", "in_flight"], section: "route")
+                  "hmac_secret_file", "retries", "workers", "max_requests", "in_flight", "from_self"], section: "route")
         let name = string(t, "name", required: true, section: "[[route]]")
         var kinds: [StanzaKind] = [.message]
         if let values = stringArray(t, "kinds") {
@@ -290,6 +301,7 @@ struct ConfigLoader {
         route.types = stringArray(t, "types")
         route.to = stringArray(t, "to")?.map(JIDPattern.init)
         route.from = stringArray(t, "from")?.map(JIDPattern.init)
+        route.fromSelf = bool(t, "from_self") ?? false
         if let body = string(t, "body") {
             do { _ = try Regex(body) } catch {
                 self.error(t.line(of: "body"), "body regex \"\(body)\" does not compile: \(error)")

@@ -33,7 +33,8 @@ final class RouteFactory: Sendable {
             let format = HandlerFormat(rawValue: route.format) ?? .text
             let rule = RouteRule(
                 kinds: Set(route.kinds), types: route.types.map(Set.init), to: route.to, from: route.from,
-                body: route.body.flatMap { try? BodyPattern($0) }, requiresBody: format == .text)
+                body: route.body.flatMap { try? BodyPattern($0) }, requiresBody: format == .text,
+                refusesFromDomain: route.fromSelf ? nil : config.component.jid)
             let handler: any StanzaHandler
             switch route.target {
             case .exec(let argv):

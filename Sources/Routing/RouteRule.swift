@@ -11,19 +11,26 @@ public struct RouteRule: Sendable {
     public var body: BodyPattern?
     /// A `text` route takes only messages with a body (SPEC §5.1).
     public var requiresBody: Bool
+    /// The component's domain when the loop guard is on: messages and presences from an address of the component
+    /// itself are not taken (two of its addresses answering each other would loop forever). nil: the route opts in
+    /// (`from_self = true`). iq get/set cannot loop (their answers are results, never answered) and always match.
+    public var refusesFromDomain: String?
 
     public init(kinds: Set<StanzaKind> = [.message], types: Set<String>? = nil, to: [JIDPattern]? = nil,
-                from: [JIDPattern]? = nil, body: BodyPattern? = nil, requiresBody: Bool = false) {
+                from: [JIDPattern]? = nil, body: BodyPattern? = nil, requiresBody: Bool = false,
+                refusesFromDomain: String? = nil) {
         self.kinds = kinds
         self.types = types
         self.to = to
         self.from = from
         self.body = body
         self.requiresBody = requiresBody
+        self.refusesFromDomain = refusesFromDomain?.lowercased()
     }
 
     public func matches(_ stanza: Stanza) -> Bool {
         guard kinds.contains(stanza.kind) else { return false }
+        if let domain = refusesFromDomain, stanza.kind != .iq, isFromSelf(stanza, domain: domain) { return false }
         if let types {
             let type = stanza.type ?? Self.implicitType(of: stanza.kind)
             guard types.contains(type) else { return false }
@@ -39,6 +46,11 @@ public struct RouteRule: Sendable {
             if let body, !body.matches(text) { return false }
         }
         return true
+    }
+
+    private func isFromSelf(_ stanza: Stanza, domain: String) -> Bool {
+        guard let from = stanza.from else { return false }
+        return JID.parse(from)?.domain == domain
     }
 
     /// The type a stanza without a `type` attribute has (RFC 6120).

@@ -9,6 +9,7 @@ import sys
 import time
 
 delay = float(os.environ.get("DELAY", "2"))
+announce = os.environ.get("ANNOUNCE") == "1"  # a stderr line per request taken (tests wait for it)
 due: list[tuple[float, int, str]] = []
 counter = 0
 buffered = b""
@@ -25,6 +26,9 @@ while True:
         for line in lines:
             counter += 1
             heapq.heappush(due, (time.monotonic() + delay, counter, json.loads(line)["ref"]))
+            if announce:
+                sys.stderr.write(f"request {counter} taken\n")
+                sys.stderr.flush()
     out = []
     while due and due[0][0] <= time.monotonic():
         out.append(json.dumps({"ref": heapq.heappop(due)[2]}) + "\n")
