@@ -52,6 +52,7 @@ final class Reloader: Service, Sendable {
             logger.warning("configuration change needs a restart", metadata: ["section": "\(name)"])
         }
         dispatcher.reload(routes: factory.routes(for: config), builtIns: config.builtInResponder())
+        dispatcher.setRateLimit(config.perSender)
         if let rest = config.rest { api?.reload(credentials: rest.credentials) }
         active.withLock { $0 = config }
         logger.notice("configuration reloaded", metadata: ["config": "\(file)", "routes": "\(config.routes.count)"])

@@ -99,6 +99,7 @@ struct Run: AsyncParsableCommand {
         let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
         let dispatcher = Dispatcher(
             routes: factory.routes(for: config), builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
+        dispatcher.setRateLimit(config.perSender)
         let router = Router(connection: connection, dispatcher: dispatcher, logger: logger)
         var front: FastCGIServer?
         var api: RestAPI?

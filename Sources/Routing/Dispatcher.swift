@@ -28,6 +28,8 @@ public final class Dispatcher: Sendable {
     }
 
     private let table: Mutex<Table>
+    /// `[limits] per_sender`; nil: no limit. Replaced (buckets and all) when a reload changes the rate.
+    private let rateLimit = Mutex<SenderRateLimit?>(nil)
     public let stamper: ReplyStamper
     let logger: Logger
 
@@ -45,6 +47,30 @@ public final class Dispatcher: Sendable {
         table.withLock { $0 = Table(routes: routes, builtIns: builtIns) }
     }
 
+    /// Sets the per-sender limit (at start and on SIGHUP); an unchanged rate keeps the senders' buckets.
+    public func setRateLimit(_ spec: RateLimitSpec?) {
+        rateLimit.withLock { current in
+            guard current?.spec != spec else { return }
+            current = spec.map(SenderRateLimit.init)
+        }
+    }
+
+    /// The per-sender limit for a stanza a route would take: nil when it may go on, else the answer to send
+    /// instead (wait/policy-violation; nothing for a stanza that takes no error). The handler does not run.
+    public func refuseOverLimit(_ stanza: Stanza, route: Route) -> [Stanza]? {
+        guard let limit = rateLimit.withLock({ $0 }), let from = stanza.from, let sender = JID.parse(from)?.bare.description else { return nil }
+        guard case .limited(let refusedInARow) = limit.take(sender: sender) else { return nil }
+        if refusedInARow == 1 {
+            logger.warning("sender over its rate limit; its stanzas are refused", metadata: [
+                "from": "\(sender)", "route": "\(route.name)", "per_sender": "\(limit.spec)",
+            ])
+        }
+        let error = StanzaError(.wait, .policyViolation, text: "rate limit: at most \(limit.spec.count) stanzas per \(limit.spec.seconds) s; try again later")
+        let replies = stamper.errorReply(to: stanza, error)
+        log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["limit": "per_sender", "refused_in_a_row": "\(refusedInARow)"])
+        return replies
+    }
+
     /// What happens to a stanza, decided synchronously at arrival.
     public enum Admission: Sendable {
         /// No route matches: the built-in responders answer.
@@ -53,10 +79,13 @@ public final class Dispatcher: Sendable {
         case admitted(Route)
         /// A route matches but its concurrency and queue are full.
         case full(Route)
+        /// A route matches but the sender is over `[limits] per_sender`: send these instead.
+        case limited(Route, replies: [Stanza])
     }
 
     public func admit(_ stanza: Stanza) -> Admission {
         guard let route = route(for: stanza) else { return .builtIn }
+        if let replies = refuseOverLimit(stanza, route: route) { return .limited(route, replies: replies) }
         return route.gate.admit() ? .admitted(route) : .full(route)
     }
 

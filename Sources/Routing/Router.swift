@@ -32,6 +32,8 @@ public final class Router: Service, Sendable {
                     send(dispatcher.answerBuiltIn(stanza), for: stanza)
                 case .full(let route):
                     send(dispatcher.answerFull(stanza, route: route), for: stanza)
+                case .limited(_, let replies):
+                    send(replies, for: stanza)
                 case .admitted(let route):
                     // Handlers that start without waiting were taken by `handleDirectly` already.
                     inFlight.add(1, ordering: .relaxed)
@@ -61,6 +63,10 @@ public final class Router: Service, Sendable {
             return true
         }
         guard route.handler.startsWithoutWaiting else { return false }
+        if let replies = dispatcher.refuseOverLimit(stanza, route: route) {
+            send(replies, for: stanza)
+            return true
+        }
         guard route.gate.admit() else {
             send(dispatcher.answerFull(stanza, route: route), for: stanza)
             return true

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import Daemon
+import Routing
 
 private func load(_ text: String) -> Result<StanzadConfig, ConfigErrors> {
     Result { () throws(ConfigErrors) in try ConfigLoader.load(text: text, file: "/etc/stanzad/stanzad.toml") }
@@ -37,6 +38,20 @@ private let minimal = """
         let config = try load(text).get()
         #expect(config.warnings.map(\.description) == [
             "/etc/stanzad/stanzad.toml:7: route \"q\" has format \"text\", which takes only messages with a body; its iq will never match (use format = \"json\" or \"xml\")",
+        ])
+    }
+
+    @Test func perSenderLimitAndFromSelfAreReadAndCheckedWithFileLine() throws {
+        let text = minimal + "\n[limits]\nper_sender = \"20/10s\"\n\n[[route]]\nname = \"a\"\nexec = [\"/bin/cat\"]\nfrom_self = true\n"
+        let config = try load(text).get()
+        #expect(config.perSender == RateLimitSpec(count: 20, seconds: 10))
+        #expect(config.routes.first?.fromSelf == true)
+        #expect(try load(minimal).get().perSender == nil)
+        #expect(errors(minimal + "\n[limits]\nper_sender = \"20 per minute\"\n") == [
+            "/etc/stanzad/stanzad.toml:6: per_sender \"20 per minute\" is not a rate such as \"20/10s\" (stanzas per seconds)",
+        ])
+        #expect(errors(minimal + "\n[[route]]\nname = \"a\"\nexec = [\"/bin/cat\"]\nfrom_self = \"yes\"\n") == [
+            "/etc/stanzad/stanzad.toml:8: from_self must be true or false, not a string",
         ])
     }
 

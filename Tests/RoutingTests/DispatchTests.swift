@@ -179,3 +179,51 @@ actor OrderLog {
         #expect(busy.gate.load == 2, "nothing was given back by the refused start")
     }
 }
+
+@Suite struct LoopGuardAndRateLimitTests {
+    static let builtIns = DirectStartTests.builtIns
+
+    @Test func messagesAndPresencesFromTheComponentItselfReachOnlyRoutesThatOptIn() throws {
+        let guarded = RouteRule(kinds: [.message, .presence, .iq], refusesFromDomain: "Bot.Example.org")
+        let optedIn = RouteRule(kinds: [.message, .presence, .iq])
+        let fromSelf = try stanza("<message type='chat' from='a@bot.example.org' to='b@bot.example.org'><body>x</body></message>")
+        let fromDomain = try stanza("<presence from='bot.example.org' to='b@bot.example.org'/>")
+        let fromUser = try stanza("<message type='chat' from='a@example.org/r' to='b@bot.example.org'><body>x</body></message>")
+        let iqFromSelf = try stanza("<iq type='get' id='q' from='bot.example.org' to='slow@bot.example.org'><q xmlns='urn:x'/></iq>")
+        #expect(!guarded.matches(fromSelf) && !guarded.matches(fromDomain))
+        #expect(guarded.matches(fromUser))
+        #expect(guarded.matches(iqFromSelf), "an iq get/set is answered by a result, which is never answered: no loop")
+        #expect(optedIn.matches(fromSelf) && optedIn.matches(fromDomain))
+    }
+
+    @Test func aSenderOverItsLimitGetsPolicyViolationAndTheHandlerDoesNotRun() throws {
+        let route = Route(name: "echo", rule: RouteRule(kinds: [.message]), handler: DirectStartTests.TaskOnly(), concurrency: 10, queue: 10)
+        let dispatcher = Dispatcher(routes: [route], builtIns: Self.builtIns, logger: Logger(label: "test"))
+        dispatcher.setRateLimit(RateLimitSpec(count: 2, seconds: 60))
+        let message = try stanza("<message type='chat' id='m1' from='a@example.org/r' to='echo@bot.example.org'><body>hi</body></message>")
+        let other = try stanza("<message type='chat' id='m2' from='b@example.org/r' to='echo@bot.example.org'><body>hi</body></message>")
+        var admitted = 0
+        var refusals: [[Stanza]] = []
+        for _ in 0..<5 {
+            switch dispatcher.admit(message) {
+            case .admitted: admitted += 1
+            case .limited(_, let replies): refusals.append(replies)
+            default: Issue.record("unexpected admission")
+            }
+        }
+        #expect(admitted == 2 && refusals.count == 3)
+        let error = try #require(refusals.first?.first?.error)
+        #expect(error.type == .wait && error.condition == .policyViolation)
+        #expect(error.text == "rate limit: at most 2 stanzas per 60 s; try again later")
+        guard case .admitted = dispatcher.admit(other) else {
+            Issue.record("another sender was limited too")
+            return
+        }
+        let errorMessage = try stanza("<message type='error' id='m3' from='a@example.org/r' to='echo@bot.example.org'/>")
+        guard case .limited(_, let replies) = dispatcher.admit(errorMessage) else {
+            Issue.record("an error stanza bypassed the limit")
+            return
+        }
+        #expect(replies.isEmpty, "an error is never answered with an error")
+    }
+}
