@@ -5,19 +5,20 @@
 import Logging
 import NIOCore
 import Synchronization
-import XMPPCore
 
-/// A request handed to the REST API, answered exactly once with `respond`. When the connection goes away first
-/// (the HTTP client left and nginx closed the upstream connection, or FCGI_ABORT_REQUEST), `waitUntilClosed`
-/// returns, so the server can cancel the work and free what it holds (a long-poll's `max_pending` slot).
+/// A request handed to the REST API, answered at most once with `respond`. When the connection goes away first
+/// (the HTTP client left and nginx closed the upstream connection, or FCGI_ABORT_REQUEST), the request's wait is
+/// cancelled, so what it holds (a long-poll's `max_pending` slot) is given back at once.
 final class FastCGIExchange: Sendable {
     let request: RestRequest
     private let write: @Sendable (RestResponse) -> Void
-    private let state = Mutex(State.open(waiter: nil))
+    private let state = Mutex(State.open(nil))
 
     private enum State {
-        case open(waiter: CheckedContinuation<Void, Never>?)
+        case open(RestCancellation?)
+        /// The connection is gone; a late response is dropped.
         case closed
+        case answered
     }
 
     init(request: RestRequest, write: @escaping @Sendable (RestResponse) -> Void) {
@@ -25,40 +26,48 @@ final class FastCGIExchange: Sendable {
         self.write = write
     }
 
-    func respond(_ response: RestResponse) {
+    /// The way to stop the request's wait; cancelled at once when the connection is already gone.
+    func attach(_ cancellation: RestCancellation?) {
+        guard let cancellation else { return }
+        let closed: Bool = state.withLock { state in
+            guard case .open = state else { return true }
+            state = .open(cancellation)
+            return false
+        }
+        if closed { cancellation.cancel() }
+    }
+
+    /// Writes the response unless one was written or the connection is gone; true when it was written.
+    @discardableResult
+    func respond(_ response: RestResponse) -> Bool {
+        let first: Bool = state.withLock { state in
+            guard case .open = state else { return false }
+            state = .answered
+            return true
+        }
+        if first { write(response) }
+        return first
+    }
+
+    /// Answers (if not yet answered) and stops the wait: shutdown.
+    func abandon(with response: RestResponse) {
+        let cancellation: RestCancellation? = state.withLock { state in
+            guard case .open(let cancellation) = state else { return nil }
+            state = .answered
+            return cancellation
+        }
         write(response)
+        cancellation?.cancel()
     }
 
-    /// The connection is gone (or aborted); wakes `waitUntilClosed`.
+    /// The connection is gone (or aborted): stops the wait.
     func connectionClosed() {
-        let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
-            guard case .open(let waiter) = state else { return nil }
+        let cancellation: RestCancellation? = state.withLock { state in
+            guard case .open(let cancellation) = state else { return nil }
             state = .closed
-            return waiter
+            return cancellation
         }
-        waiter?.resume()
-    }
-
-    /// Returns when the connection closes, or when the calling task is cancelled.
-    func waitUntilClosed() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow: Bool = state.withLock { state in
-                    guard case .open(nil) = state, !Task.isCancelled else { return true }
-                    state = .open(waiter: continuation)
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        } onCancel: {
-            // Wakes the waiter without marking the connection closed.
-            let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
-                guard case .open(let waiter?) = state else { return nil }
-                state = .open(waiter: nil)
-                return waiter
-            }
-            waiter?.resume()
-        }
+        cancellation?.cancel()
     }
 }
 
@@ -69,14 +78,14 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     private var machine: FastCGIConnectionStateMachine
     private let readTimeout: TimeAmount
     private let logger: Logger
-    /// Hands a complete request to the server; false when the server no longer takes requests (shutdown).
-    private let dispatch: @Sendable (FastCGIExchange) -> Bool
+    /// Hands a complete request to the server, which answers it through the exchange.
+    private let dispatch: @Sendable (FastCGIExchange) -> Void
     private var deadline: Scheduled<Void>?
     private var exchange: FastCGIExchange?
     private var context: ChannelHandlerContext?
 
     init(limits: FastCGIConnectionStateMachine.Limits, readTimeout: TimeAmount, logger: Logger,
-         dispatch: @escaping @Sendable (FastCGIExchange) -> Bool) {
+         dispatch: @escaping @Sendable (FastCGIExchange) -> Void) {
         self.machine = FastCGIConnectionStateMachine(limits: limits)
         self.readTimeout = readTimeout
         self.logger = logger
@@ -150,9 +159,7 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
             loop.execute { bound.value.finish(bytes) }
         }
         self.exchange = exchange
-        if !dispatch(exchange) {
-            exchange.respond(RestResponse(status: 503, headers: [("Retry-After", "5")]))
-        }
+        dispatch(exchange)
     }
 
     /// Writes a response; then the connection serves the next request or closes.

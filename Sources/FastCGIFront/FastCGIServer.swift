@@ -1,7 +1,8 @@
 // The FastCGI front (SPEC §9): nginx's FastCGI connections on SwiftNIO's event loops, each connection a
 // FastCGIConnectionStateMachine in a FastCGIChannelHandler. A request costs a task only once it is complete;
 // reading it costs no thread, so a slow or idle client holds only its own connection until `read_timeout`.
-// Requests run in one task group: a long-poll holds no thread, and a client that goes away cancels its request.
+// A request is answered through a callback: a long-poll holds neither a thread nor a task, and a client that
+// goes away cancels its request.
 
 #if canImport(Glibc)
 import Glibc
@@ -29,6 +30,13 @@ public final class FastCGIServer: Service, Sendable {
     let maxConnections: Int
     private let connections = Atomic<Int>(0)
     private let lastRefusalLog = Mutex<ContinuousClock.Instant?>(nil)
+    /// Requests the API has not answered yet, for shutdown.
+    private let outstanding = Mutex(Outstanding())
+
+    private struct Outstanding {
+        var exchanges: [ObjectIdentifier: FastCGIExchange] = [:]
+        var shuttingDown = false
+    }
 
     /// `fd` is the listening socket from `ListeningSocket.open` (opened before the ServiceGroup starts, so a
     /// bad `listen` stops stanzad at once with a clear error).
@@ -49,14 +57,9 @@ public final class FastCGIServer: Service, Sendable {
     }
 
     public func run() async throws {
-        let (requests, continuation) = AsyncStream.makeStream(of: FastCGIExchange.self)
         let limits = FastCGIConnectionStateMachine.Limits(maxBody: api.settings.maxBody)
         let readTimeout = TimeAmount(readTimeout)
         let logger = self.logger
-        let dispatch: @Sendable (FastCGIExchange) -> Bool = { exchange in
-            if case .enqueued = continuation.yield(exchange) { return true }
-            return false
-        }
         let server: any Channel
         do {
             server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -66,34 +69,51 @@ public final class FastCGIServer: Service, Sendable {
                     return channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FastCGIRecordDecoder()))
                         try channel.pipeline.syncOperations.addHandler(
-                            FastCGIChannelHandler(limits: limits, readTimeout: readTimeout, logger: logger, dispatch: dispatch))
+                            FastCGIChannelHandler(limits: limits, readTimeout: readTimeout, logger: logger) { self.start($0) })
                     }
                 }
                 .withBoundSocket(fd).get()
             // NIO listens on an adopted socket with its default backlog (128); a burst of long-polls needs more.
             _ = Glibc.listen(fd, 4096)
         } catch {
-            continuation.finish()
             logger.error("REST API cannot accept connections", metadata: ["listen": "\(listen)", "error": "\(error)"])
             throw error
         }
         logger.notice("REST API listening", metadata: ["listen": "\(listen)", "path": "\(api.settings.path)"])
 
-        await withDiscardingTaskGroup { group in
-            group.addTask {
-                // Graceful shutdown: no new connections or requests; requests already taken are answered.
-                try? await gracefulShutdown()
-                try? await server.close()
-                continuation.finish()
-            }
-            for await exchange in requests {
-                group.addTask { await self.serve(exchange) }
-            }
-            // Requests still waiting (long-polls) are cancelled: they answer 503.
-            group.cancelAll()
+        // Graceful shutdown: no new connections or requests; requests still waiting (long-polls) answer 503.
+        try? await gracefulShutdown()
+        try? await server.close()
+        let waiting: [FastCGIExchange] = outstanding.withLock { state in
+            state.shuttingDown = true
+            defer { state.exchanges.removeAll() }
+            return Array(state.exchanges.values)
         }
+        for exchange in waiting { exchange.abandon(with: Self.shuttingDown) }
         if let path = socketPath { unlink(path) }
-        logger.notice("REST API stopped")
+        logger.notice("REST API stopped", metadata: ["answered_503": "\(waiting.count)"])
+    }
+
+    static let shuttingDown = RestResponse(status: 503, headers: [("Retry-After", "5")])
+
+    /// Runs a complete request: the API answers at once or when the link has done its part. No task and no
+    /// thread waits for it; the exchange is remembered only so that shutdown can answer it.
+    private func start(_ exchange: FastCGIExchange) {
+        let key = ObjectIdentifier(exchange)
+        let refused: Bool = outstanding.withLock { state in
+            guard !state.shuttingDown else { return true }
+            state.exchanges[key] = exchange
+            return false
+        }
+        guard !refused else {
+            exchange.respond(Self.shuttingDown)
+            return
+        }
+        let cancellation = api.handle(exchange.request) { response in
+            self.outstanding.withLock { _ = $0.exchanges.removeValue(forKey: key) }
+            exchange.respond(response)
+        }
+        exchange.attach(cancellation)
     }
 
     /// Counts a new connection; false (and the connection is closed) beyond `maxConnections`.
@@ -111,25 +131,5 @@ public final class FastCGIServer: Service, Sendable {
             logger.warning("FastCGI connection refused: too many connections", metadata: ["max_connections": "\(maxConnections)"])
         }
         return false
-    }
-
-    private func serve(_ exchange: FastCGIExchange) async {
-        // The request runs beside a watcher of its connection: whichever ends first ends the other, so a
-        // long-poll whose client went away gives back its max_pending slot at once.
-        let response: RestResponse? = await withTaskGroup(of: RestResponse?.self) { group in
-            group.addTask { await self.api.handle(exchange.request) }
-            group.addTask {
-                await exchange.waitUntilClosed()
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
-        }
-        guard var response else { return }  // the client is gone: nobody to answer
-        if Task.isCancelled && response.status >= 500 {
-            response = RestResponse(status: 503, headers: [("Retry-After", "5")])
-        }
-        exchange.respond(response)
     }
 }

@@ -66,20 +66,32 @@ public final class RestAPI: Sendable {
     static let xmppXML = "application/xmpp+xml"
     static let json = "application/json"
 
-    public func handle(_ request: RestRequest) async -> RestResponse {
+    /// Answers `request` through `respond`, exactly once: at once for what needs no XMPP round trip, else when the
+    /// link has taken the stanza or the iq's reply has come. The cancellation (for a request that waits) ends the
+    /// wait early with 503.
+    @discardableResult
+    public func handle(_ request: RestRequest, respond: @escaping @Sendable (RestResponse) -> Void) -> RestCancellation? {
         let output = Negotiation.choose(accept: request.accept, requestType: HTTPMediaType.essence(request.contentType))
         do {
-            return try await route(request, output: output)
+            return try route(request, output: output, respond: respond)
         } catch let failure as RestFailure {
-            return errorResponse(failure, output: output)
+            respond(errorResponse(failure, output: output))
         } catch {
-            return errorResponse(RestFailure(500, .wait, .internalServerError, "\(error)"), output: output)
+            respond(errorResponse(RestFailure(500, .wait, .internalServerError, "\(error)"), output: output))
+        }
+        return nil
+    }
+
+    /// `handle` for callers that can wait (tests, tools).
+    public func handle(_ request: RestRequest) async -> RestResponse {
+        await withCheckedContinuation { (continuation: CheckedContinuation<RestResponse, Never>) in
+            handle(request) { continuation.resume(returning: $0) }
         }
     }
 
     // MARK: Routing
 
-    private func route(_ request: RestRequest, output: String) async throws -> RestResponse {
+    private func route(_ request: RestRequest, output: String, respond: @escaping @Sendable (RestResponse) -> Void) throws -> RestCancellation? {
         guard request.path == settings.path || request.path.hasPrefix(settings.path + "/") else {
             throw RestFailure(404, .cancel, .itemNotFound, "no such resource; the REST API is at \(settings.path)")
         }
@@ -90,29 +102,31 @@ public final class RestAPI: Sendable {
 
         if segments == ["health"] {
             try allow(request, ["GET", "HEAD"])
-            return health()
+            respond(health())
+            return nil
         }
         try authorize(request)
         switch segments.count {
         case 0:
             try allow(request, ["POST"])
             let stanza = try parse(request, kind: nil, type: nil, to: nil)
-            return try await send(stanza, request: request, output: output)
+            return try send(stanza, request: request, output: output, respond: respond)
         case 1 where segments[0] == "echo":
             try allow(request, ["POST"])
             let stanza = try stamp(try parse(request, kind: nil, type: nil, to: nil))
-            return encode(stanza, status: 200, output: output)
+            respond(encode(stanza, status: 200, output: output))
+            return nil
         case 2:
             try allow(request, ["GET"])
             let stanza = try stamp(try queryIQ(segments[0], to: segments[1], query: request.query))
-            return try await send(stanza, request: request, output: output)
+            return try send(stanza, request: request, output: output, respond: respond)
         case 3:
             try allow(request, ["POST"])
             guard let kind = StanzaKind(rawValue: segments[0]) else {
                 throw RestFailure(404, .cancel, .itemNotFound, "unknown kind \(JID.quoted(segments[0])) in the path (use message, presence or iq)")
             }
             let stanza = try parse(request, kind: kind, type: segments[1].isEmpty ? nil : segments[1], to: segments[2].isEmpty ? nil : segments[2])
-            return try await send(stanza, request: request, output: output)
+            return try send(stanza, request: request, output: output, respond: respond)
         default:
             throw RestFailure(404, .cancel, .itemNotFound, "no such resource under \(settings.path)")
         }
@@ -333,15 +347,16 @@ public final class RestAPI: Sendable {
 
     // MARK: Sending
 
-    private func send(_ parsed: Stanza, request: RestRequest, output: String) async throws -> RestResponse {
+    private func send(_ parsed: Stanza, request: RestRequest, output: String,
+                      respond: @escaping @Sendable (RestResponse) -> Void) throws -> RestCancellation? {
         let stanza = try stamp(parsed)
         if stanza.kind != .iq {
-            do {
-                try await sender.deliver(stanza, wait: settings.sendWait)
-            } catch {
-                throw failure(for: error, iq: false)
+            return sender.deliver(stanza, wait: settings.sendWait) { [self] result in
+                switch result {
+                case .success: respond(RestResponse(status: 202))
+                case .failure(let error): respond(errorResponse(failure(for: error, iq: false), output: output))
+                }
             }
-            return RestResponse(status: 202)
         }
         var timeout = settings.iqTimeout
         if let header = request.timeout {
@@ -351,11 +366,11 @@ public final class RestAPI: Sendable {
             timeout = .seconds(seconds)
         }
         timeout = min(timeout, settings.maxIQTimeout)
-        do {
-            let reply = try await sender.ask(stanza, timeout: timeout, maxPending: settings.maxPending)
-            return encode(reply, status: 200, output: output)
-        } catch {
-            throw failure(for: error, iq: true)
+        return sender.ask(stanza, timeout: timeout, maxPending: settings.maxPending) { [self] result in
+            switch result {
+            case .success(let reply): respond(encode(reply, status: 200, output: output))
+            case .failure(let error): respond(errorResponse(failure(for: error, iq: true), output: output))
+            }
         }
     }
 

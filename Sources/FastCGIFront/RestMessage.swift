@@ -46,14 +46,32 @@ public struct RestResponse: Sendable {
     }
 }
 
-/// What the REST API needs from the component link (ComponentConnection conforms in the Daemon).
+/// Stops a request that waits (for the link, or for an iq's reply): its completion then runs with a failure at
+/// once. Used when the HTTP client went away and at shutdown.
+public struct RestCancellation: Sendable {
+    private let action: @Sendable () -> Void
+
+    public init(_ action: @escaping @Sendable () -> Void) {
+        self.action = action
+    }
+
+    public func cancel() {
+        action()
+    }
+}
+
+/// What the REST API needs from the component link (ComponentConnection conforms in the Daemon). Completions
+/// run exactly once, on whatever thread finishes the work; nothing waits in a task, so a waiting request costs
+/// only its bookkeeping.
 public protocol StanzaSender: Sendable {
     /// "connected", "connecting" or "failed".
     var linkState: String { get }
     /// Writes a message or presence; waits up to `wait` for a lost link to come back.
-    func deliver(_ stanza: XMPPCore.Stanza, wait: Duration) async throws(ComponentLink.SendError)
-    /// Sends an iq get/set and waits for its reply.
-    func ask(_ iq: XMPPCore.Stanza, timeout: Duration, maxPending: Int) async throws(ComponentLink.SendError) -> XMPPCore.Stanza
+    func deliver(_ stanza: XMPPCore.Stanza, wait: Duration,
+                 completion: @escaping @Sendable (Result<Void, ComponentLink.SendError>) -> Void) -> RestCancellation?
+    /// Sends an iq get/set; `completion` gets its reply (result or error stanza) or why there is none.
+    func ask(_ iq: XMPPCore.Stanza, timeout: Duration, maxPending: Int,
+             completion: @escaping @Sendable (Result<XMPPCore.Stanza, ComponentLink.SendError>) -> Void) -> RestCancellation?
 }
 
 import ComponentLink

@@ -25,6 +25,7 @@ send_wait = 30
 name = "sink"
 to = ["sink@{COMPONENT}"]
 exec = ["/bin/true"]
+from_self = true  # the REST message comes from the component itself
 '''
     daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), component_config(prosody.component_port, reconnect_max=1, extra=extra))
     daemon.start()
