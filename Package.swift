@@ -27,6 +27,8 @@ let package = Package(
         .systemLibrary(
             name: "CLibXML2", path: "Sources/CLibXML2",
             pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        // glibc's <malloc.h> (malloc_trim after a burst of long-polls).
+        .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
 
         // XMPP core: element tree, serializer, JIDs, stanza errors, the hardened libxml2 parser and the
         // JSON mapping. No I/O.
@@ -91,7 +93,7 @@ let package = Package(
         .target(
             name: "FastCGIFront",
             dependencies: [
-                "XMPPCore", "ComponentLink",
+                "XMPPCore", "ComponentLink", "CMalloc",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

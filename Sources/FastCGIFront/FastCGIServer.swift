@@ -5,6 +5,7 @@
 // goes away cancels its request.
 
 #if canImport(Glibc)
+import CMalloc
 import Glibc
 #endif
 import Logging
@@ -36,7 +37,12 @@ public final class FastCGIServer: Service, Sendable {
     private struct Outstanding {
         var exchanges: [ObjectIdentifier: FastCGIExchange] = [:]
         var shuttingDown = false
+        /// Most requests waiting at once since memory was last given back.
+        var peak = 0
     }
+
+    /// A burst of at least this many waiting requests is followed by `malloc_trim` once they are all answered.
+    static let trimAfterBurst = 1000
 
     /// `fd` is the listening socket from `ListeningSocket.open` (opened before the ServiceGroup starts, so a
     /// bad `listen` stops stanzad at once with a clear error).
@@ -103,6 +109,7 @@ public final class FastCGIServer: Service, Sendable {
         let refused: Bool = outstanding.withLock { state in
             guard !state.shuttingDown else { return true }
             state.exchanges[key] = exchange
+            state.peak = max(state.peak, state.exchanges.count)
             return false
         }
         guard !refused else {
@@ -110,10 +117,25 @@ public final class FastCGIServer: Service, Sendable {
             return
         }
         let cancellation = api.handle(exchange.request) { response in
-            self.outstanding.withLock { _ = $0.exchanges.removeValue(forKey: key) }
+            let burstOver: Bool = self.outstanding.withLock { state in
+                state.exchanges.removeValue(forKey: key)
+                guard state.exchanges.isEmpty, state.peak >= Self.trimAfterBurst else { return false }
+                state.peak = 0
+                state.exchanges = [:]  // a dictionary keeps its capacity when emptied
+                return true
+            }
             exchange.respond(response)
+            if burstOver { Self.giveMemoryBack() }
         }
         exchange.attach(cancellation)
+    }
+
+    /// After a burst of long-polls the allocator keeps the freed memory in its arenas; hand the free pages back to
+    /// the system so that RSS returns to its level before the burst (a few milliseconds, once per burst).
+    static func giveMemoryBack() {
+        #if canImport(Glibc)
+        _ = malloc_trim(0)
+        #endif
     }
 
     /// Counts a new connection; false (and the connection is closed) beyond `maxConnections`.
