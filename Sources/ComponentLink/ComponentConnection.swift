@@ -529,6 +529,33 @@ private struct SessionLoop {
         try await write(ready)
     }
 
+    /// A stanza the parser skipped for breaking a per-stanza limit: the link stays up and the sender learns why.
+    mutating func refuse(_ refused: RefusedStanza) async throws {
+        logger.notice(
+            "inbound stanza refused",
+            metadata: [
+                "kind": "\(refused.name)", "stanza.id": "\(refused.id ?? "")", "from": "\(refused.from ?? "")",
+                "to": "\(refused.to ?? "")", "type": "\(refused.type ?? "")", "reason": "\(refused.reason.message)",
+            ])
+        if refused.name == "iq", refused.type == "result" || refused.type == "error", let id = refused.id {
+            if id == pingID {
+                // The server answered our ping, however oddly.
+                pingID = nil
+                pingSentAt = nil
+            } else if let reply = ComponentConnection.refusedReply(refused, domain: settings.jid) {
+                // A request waiting for this reply gets the refusal instead of waiting for its timeout.
+                _ = connection.resolveIQ(reply)
+            }
+            return
+        }
+        guard let reply = ComponentConnection.errorReply(to: refused, domain: settings.jid) else { return }
+        do {
+            try await write(connection.policy.serialize(reply))
+        } catch let error as SendError {
+            logger.notice("error reply to a refused stanza not sent", metadata: ["stanza.id": "\(refused.id ?? "")", "error": "\(error)"])
+        }
+    }
+
     /// Writes everything queued as one buffer: one hop to the event loop and one system call for a burst of
     /// replies instead of one per stanza.
     mutating func write(_ items: [Outgoing]) async throws {
@@ -580,6 +607,9 @@ private struct SessionLoop {
             }
             if connection.resolveIQ(stanza) { return nil }
             connection.deliver(stanza)
+            return nil
+        case .refuse(let refused):
+            try await refuse(refused)
             return nil
         case .close(let streamError, let reason):
             if let streamError {
@@ -641,5 +671,40 @@ private struct SharedState: Sendable {
         }
         queue = kept
         return expired
+    }
+}
+
+// MARK: - Refused stanzas
+
+extension ComponentConnection {
+    /// The error a refused stanza gets, as SPEC §8 builds error replies: modify/policy-violation saying which
+    /// limit it broke, from the address it was sent to. nil when it must get none: not a stanza, no addresses, an
+    /// iq that is not a request, or a stanza of type error or result.
+    static func errorReply(to refused: RefusedStanza, domain: String) -> Stanza? {
+        guard let incoming = stanza(refused), refused.from != nil, refused.to != nil, incoming.allowsReply,
+            incoming.kind != .iq || incoming.isRequest
+        else { return nil }
+        return incoming.errorReply(policyViolation(refused, domain: domain))
+    }
+
+    /// A refused iq result or error as the error stanza its requester gets in its place.
+    static func refusedReply(_ refused: RefusedStanza, domain: String) -> Stanza? {
+        guard var reply = stanza(refused), reply.kind == .iq else { return nil }
+        reply.type = "error"
+        reply.element.children = [.element(policyViolation(refused, domain: domain).element(namespace: refused.namespace))]
+        return reply
+    }
+
+    private static func stanza(_ refused: RefusedStanza) -> Stanza? {
+        var element = Element(refused.name, namespace: refused.namespace)
+        element[attribute: "type"] = refused.type
+        element[attribute: "id"] = refused.id
+        element[attribute: "from"] = refused.from
+        element[attribute: "to"] = refused.to
+        return Stanza(element)
+    }
+
+    private static func policyViolation(_ refused: RefusedStanza, domain: String) -> StanzaError {
+        StanzaError(.modify, .policyViolation, text: refused.reason.message, by: domain)
     }
 }

@@ -184,3 +184,56 @@ private func streamError(_ condition: String, text: String? = nil) -> XMLStreamE
         #expect(ComponentSettings.parentDomain(of: "localhost") == "localhost")
     }
 }
+
+@Suite struct RefusedStanzaTests {
+    let deep = XMLStreamError(.depthExceeded, "stanza nested deeper than 64 levels")
+
+    func refused(_ name: String, type: String?, from: String? = "alice@example.org/phone") -> RefusedStanza {
+        RefusedStanza(name: name, namespace: Namespace.componentAccept, id: "x1", from: from, to: "echo@bot.example.org", type: type, reason: deep)
+    }
+
+    @Test func aRefusedStanzaKeepsTheLinkUp() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "s3cret")
+        _ = machine.connected()
+        _ = machine.received(header())
+        _ = machine.received(.stanza(Element("handshake", namespace: Namespace.componentAccept)))
+        let event = XMLStreamEvent.refused(refused("message", type: "chat"))
+        #expect(machine.received(event) == .refuse(refused("message", type: "chat")))
+        #expect(machine.isReady)
+    }
+
+    @Test func aRefusedStanzaBeforeTheHandshakeClosesTheStream() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "s3cret")
+        _ = machine.connected()
+        _ = machine.received(header())
+        guard case .close = machine.received(.refused(refused("handshake", type: nil))) else {
+            Issue.record("not closed")
+            return
+        }
+    }
+
+    @Test func theSenderGetsPolicyViolationSayingWhy() throws {
+        let reply = try #require(ComponentConnection.errorReply(to: refused("message", type: "chat"), domain: "bot.example.org"))
+        #expect(reply.kind == .message && reply.type == "error" && reply.id == "x1")
+        #expect(reply.from == "echo@bot.example.org" && reply.to == "alice@example.org/phone")
+        let error = try #require(reply.error)
+        #expect(error.type == .modify && error.condition == .policyViolation)
+        #expect(error.text == "stanza nested deeper than 64 levels" && error.by == "bot.example.org")
+        for (name, type) in [("iq", "get"), ("iq", "set"), ("presence", nil), ("presence", "subscribe"), ("message", nil)] {
+            #expect(ComponentConnection.errorReply(to: refused(name, type: type), domain: "bot.example.org") != nil, "\(name) \(type ?? "-")")
+        }
+    }
+
+    @Test func noErrorReplyToErrorsResultsOrNonStanzas() {
+        for (name, type) in [("message", "error"), ("presence", "error"), ("iq", "result"), ("iq", "error"), ("iq", nil), ("handshake", nil)] {
+            #expect(ComponentConnection.errorReply(to: refused(name, type: type), domain: "bot.example.org") == nil, "\(name) \(type ?? "-")")
+        }
+        #expect(ComponentConnection.errorReply(to: refused("message", type: "chat", from: nil), domain: "bot.example.org") == nil)
+    }
+
+    @Test func aRefusedIqResultBecomesAnErrorForItsRequester() throws {
+        let reply = try #require(ComponentConnection.refusedReply(refused("iq", type: "result"), domain: "bot.example.org"))
+        #expect(reply.type == "error" && reply.id == "x1" && reply.from == "alice@example.org/phone")
+        #expect(reply.error?.condition == .policyViolation)
+    }
+}
