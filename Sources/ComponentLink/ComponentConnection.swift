@@ -143,7 +143,7 @@ public final class ComponentConnection: Service, Sendable {
     // MARK: Service
 
     public func run() async throws {
-        var attempt = 0
+        var schedule = ReconnectSchedule(cap: settings.reconnectMax)
         var lastLoggedError: String?
         defer {
             inboundContinuation.finish()
@@ -158,14 +158,13 @@ public final class ComponentConnection: Service, Sendable {
             case .shutdown:
                 return
             case .failed(let error, let wasReady):
-                if wasReady { attempt = 0 }
+                if wasReady { schedule.linkUp() }
                 shared.withLock {
                     $0.lastError = error
                     $0.health = error.isConfigurationError ? .failed : ($0.health == .failed && !wasReady ? .failed : .connecting)
                 }
                 failSentIQs(SendError(.linkLost, "the component link was lost: \(error)"))
-                let delay = backoff(attempt: attempt)
-                attempt += 1
+                let delay = schedule.delay(after: error, at: .now, jitter: Double.random(in: 0.8...1.2))
                 let text = error.description
                 var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(delay)"]
                 if error.isConfigurationError, let hint = error.hint(jid: settings.jid) {
@@ -189,20 +188,6 @@ public final class ComponentConnection: Service, Sendable {
                 if Task.isShuttingDownGracefully { return }
             }
         }
-    }
-
-    /// Exponential backoff with jitter: about 1, 2, 4, … seconds up to `reconnect_max`, never under 1 s.
-    func backoff(attempt: Int) -> Duration {
-        let capSeconds = max(1.0, Double(settings.reconnectMax.components.seconds))
-        let base = min(capSeconds, pow2(attempt))
-        let jittered = base * Double.random(in: 0.8...1.2)
-        return .milliseconds(Int64(max(1.0, min(capSeconds, jittered)) * 1000))
-    }
-
-    private func pow2(_ n: Int) -> Double {
-        var value = 1.0
-        for _ in 0..<min(n, 30) { value *= 2 }
-        return value
     }
 
     enum Outcome {

@@ -167,24 +167,6 @@ private func streamError(_ condition: String, text: String? = nil) -> XMLStreamE
     }
 }
 
-@Suite struct BackoffTests {
-    @Test func growsExponentiallyToTheCapWithJitter() {
-        var settings = ComponentSettings(jid: "bot.example.org", host: "127.0.0.1", port: 5347, secret: "x")
-        settings.reconnectMax = .seconds(10)
-        let connection = ComponentConnection(settings: settings, logger: .init(label: "test"))
-        for attempt in 0..<12 {
-            let delay = connection.backoff(attempt: attempt)
-            let base = min(10.0, Double(1 << min(attempt, 20)))
-            #expect(delay >= .seconds(1), "never under 1 s")
-            #expect(delay <= .seconds(10), "never over reconnect_max")
-            #expect(delay >= .milliseconds(Int64(min(base * 0.8, 10) * 1000) - 1))
-            #expect(delay <= .milliseconds(Int64(max(1, base * 1.2) * 1000) + 1))
-        }
-        #expect(ComponentSettings.parentDomain(of: "bot.example.org") == "example.org")
-        #expect(ComponentSettings.parentDomain(of: "localhost") == "localhost")
-    }
-}
-
 @Suite struct RefusedStanzaTests {
     let deep = XMLStreamError(.depthExceeded, "stanza nested deeper than 64 levels")
 
