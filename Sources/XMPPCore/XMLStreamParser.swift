@@ -393,25 +393,39 @@ public final class XMLStreamParser {
             return
         }
         if depth == 2 && mode == .stream && consumed - boundary > limits.maxStanzaBytes {
-            // A start tag that alone outgrows the cap: the same verdict as when libxml2 holds it across reads.
-            return stop(.stanzaTooLarge, tooLarge.message)
+            return startTagTooLarge()
         }
         if depth - 1 > limits.maxDepth || attributeCount > limits.maxAttributes {
-            let reason =
-                depth - 1 > limits.maxDepth
-                ? XMLStreamError(.depthExceeded, "stanza nested deeper than \(limits.maxDepth) levels")
-                : XMLStreamError(.tooManyAttributes, "element with more than \(limits.maxAttributes) attributes")
-            guard mode == .stream else { return stop(reason.code, reason.message) }
-            if let top = stack.first {
-                beginSkipping(refused(top, reason))
-            } else {
-                // The top-level element itself: read only its addressing attributes.
-                beginSkipping(refusedStart(elementName, namespace, attributeCount, attributes, reason))
-            }
-            return
+            return limitBroken(elementName, namespace, attributeCount, attributes)
         }
         flushText()
         stack.append(Element(elementName, namespace: namespace, attributes: readAttributes(count: attributeCount, attributes)))
+    }
+
+    /// A start tag that alone outgrows the cap: the same verdict as when libxml2 holds it across reads.
+    @inline(never)
+    private func startTagTooLarge() {
+        stop(.stanzaTooLarge, tooLarge.message)
+    }
+
+    /// The element starting now is too deep or has too many attributes: on a stream its stanza is skipped, a
+    /// fragment fails. Out of line, to keep `startElement` small.
+    @inline(never)
+    private func limitBroken(
+        _ elementName: String, _ namespace: String?, _ attributeCount: Int,
+        _ attributes: UnsafeMutablePointer<UnsafePointer<xmlChar>?>?
+    ) {
+        let reason =
+            depth - 1 > limits.maxDepth
+            ? XMLStreamError(.depthExceeded, "stanza nested deeper than \(limits.maxDepth) levels")
+            : XMLStreamError(.tooManyAttributes, "element with more than \(limits.maxAttributes) attributes")
+        guard mode == .stream else { return stop(reason.code, reason.message) }
+        if let top = stack.first {
+            beginSkipping(refused(top, reason))
+        } else {
+            // The top-level element itself: read only its addressing attributes.
+            beginSkipping(refusedStart(elementName, namespace, attributeCount, attributes, reason))
+        }
     }
 
     private var currentByte: UInt8? {
