@@ -1,5 +1,6 @@
 // The component link as a Service: connects, handshakes, reconnects with backoff, keeps the link alive,
-// queues outgoing stanzas while it is down and matches iq replies to their waiters.
+// queues outgoing stanzas while it is down and matches iq replies to their waiters. Deadlines (queued stanzas,
+// senders waiting for the link, iqs waiting for replies) fire from a timer in every state of the link.
 
 import DequeModule
 import Logging
@@ -63,7 +64,7 @@ public final class ComponentConnection: Service, Sendable {
         self.policy = OutboundPolicy(domain: settings.jid, maxStanzaBytes: settings.maxStanza)
         self.logger = logger
         self.group = group
-        self.shared = Mutex(SharedState())
+        self.shared = Mutex(SharedState(queue: OutboundQueue(capacity: settings.sendQueue)))
         (inbound, inboundContinuation) = AsyncStream.makeStream(of: Stanza.self)
     }
 
@@ -79,10 +80,18 @@ public final class ComponentConnection: Service, Sendable {
     public var lastError: ComponentLinkError? { shared.withLock { $0.lastError } }
     public var isConnected: Bool { shared.withLock { $0.wake != nil } }
 
+    /// Stanzas waiting for the link and iqs waiting for replies (for tests).
+    var backlog: (queued: Int, pendingIQs: Int) { shared.withLock { ($0.queue.items.count, $0.queue.pending.count) } }
+
     /// Validates and queues a stanza; it is written as soon as the link is up. Does not wait.
     public func send(_ stanza: Stanza) throws(SendError) {
         let xml = try policy.serialize(stanza)
-        try enqueue(Outgoing(xml: xml, deadline: .now + settings.sendQueueTTL, waiter: nil, iqID: nil))
+        let wake: AsyncStream<Input>.Continuation? = try shared.withLock { (state) throws(SendError) in
+            try state.checkOpen()
+            try state.queue.append(Outgoing(xml: xml, deadline: .now + settings.sendQueueTTL, waiter: nil, iqID: nil))
+            return queued(&state)
+        }
+        wake?.yield(.flush)
     }
 
     /// Validates and queues a stanza and waits until it has been written to the server (or has expired in the
@@ -93,10 +102,22 @@ public final class ComponentConnection: Service, Sendable {
         let deadline = ContinuousClock.now + min(wait ?? settings.sendQueueTTL, settings.sendQueueTTL)
         let result: Result<Void, SendError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, SendError>, Never>) in
-                do throws(SendError) {
-                    try enqueue(Outgoing(xml: xml, deadline: deadline, waiter: Waiter(id: id, continuation: continuation), iqID: nil))
-                } catch {
-                    continuation.resume(returning: .failure(error))
+                let item = Outgoing(xml: xml, deadline: deadline, waiter: Waiter(id: id, continuation: continuation), iqID: nil)
+                let queued: Result<AsyncStream<Input>.Continuation?, SendError> = shared.withLock { state in
+                    // Checked under the lock that `onCancel` takes: a cancellation before this point is seen here,
+                    // one after it finds the waiter queued.
+                    if Task.isCancelled { return .failure(SendError(.expired, "cancelled while waiting for the link")) }
+                    do throws(SendError) {
+                        try state.checkOpen()
+                        try state.queue.append(item)
+                    } catch {
+                        return .failure(error)
+                    }
+                    return .success(self.queued(&state))
+                }
+                switch queued {
+                case .success(let wake): wake?.yield(.flush)
+                case .failure(let error): continuation.resume(returning: .failure(error))
                 }
             }
         } onCancel: {
@@ -114,27 +135,28 @@ public final class ComponentConnection: Service, Sendable {
         let deadline = ContinuousClock.now + timeout
         let result: Result<Stanza, SendError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Result<Stanza, SendError>, Never>) in
-                let registered: SendError? = shared.withLock { state in
-                    if state.pendingIQs[id] != nil { return SendError(.duplicateID, "an iq with id \(id) is already waiting") }
-                    if state.pendingIQs.count >= maxPending { return SendError(.tooManyPending, "\(maxPending) iqs are already waiting") }
-                    state.pendingIQs[id] = PendingIQ(continuation: continuation, deadline: deadline, to: iq.to, sent: false)
-                    return nil
-                }
-                if let registered {
-                    continuation.resume(returning: .failure(registered))
-                    return
-                }
-                do throws(SendError) {
-                    try enqueue(Outgoing(xml: xml, deadline: min(deadline, .now + settings.sendQueueTTL), waiter: nil, iqID: id))
-                } catch {
-                    if let pending = shared.withLock({ $0.pendingIQs.removeValue(forKey: id) }) {
-                        pending.continuation.resume(returning: .failure(error))
+                let item = Outgoing(xml: xml, deadline: min(deadline, .now + settings.sendQueueTTL), waiter: nil, iqID: id)
+                let pending = PendingIQ(deadline: deadline, to: iq.to, replier: continuation)
+                let queued: Result<AsyncStream<Input>.Continuation?, SendError> = shared.withLock { state in
+                    // Checked under the lock that `onCancel` takes: a cancellation before this point is seen here,
+                    // one after it finds the iq registered.
+                    if Task.isCancelled { return .failure(SendError(.timeout, "request cancelled")) }
+                    do throws(SendError) {
+                        try state.checkOpen()
+                        try state.queue.request(item, id: id, iq: pending, maxPending: maxPending)
+                    } catch {
+                        return .failure(error)
                     }
+                    return .success(self.queued(&state))
+                }
+                switch queued {
+                case .success(let wake): wake?.yield(.flush)
+                case .failure(let error): continuation.resume(returning: .failure(error))
                 }
             }
         } onCancel: {
-            if let pending = self.shared.withLock({ $0.pendingIQs.removeValue(forKey: id) }) {
-                pending.continuation.resume(returning: .failure(SendError(.timeout, "request cancelled")))
+            if let pending = self.shared.withLock({ $0.queue.cancelRequest(id: id) }) {
+                pending.replier.resume(returning: .failure(SendError(.timeout, "request cancelled")))
             }
         }
         return try result.get()
@@ -143,7 +165,7 @@ public final class ComponentConnection: Service, Sendable {
     // MARK: Service
 
     public func run() async throws {
-        var attempt = 0
+        var schedule = ReconnectSchedule(cap: settings.reconnectMax)
         var lastLoggedError: String?
         defer {
             inboundContinuation.finish()
@@ -158,14 +180,13 @@ public final class ComponentConnection: Service, Sendable {
             case .shutdown:
                 return
             case .failed(let error, let wasReady):
-                if wasReady { attempt = 0 }
+                if wasReady { schedule.linkUp() }
                 shared.withLock {
                     $0.lastError = error
                     $0.health = error.isConfigurationError ? .failed : ($0.health == .failed && !wasReady ? .failed : .connecting)
                 }
                 failSentIQs(SendError(.linkLost, "the component link was lost: \(error)"))
-                let delay = backoff(attempt: attempt)
-                attempt += 1
+                let delay = schedule.delay(after: error, at: .now, jitter: Double.random(in: 0.8...1.2))
                 let text = error.description
                 var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(delay)"]
                 if error.isConfigurationError, let hint = error.hint(jid: settings.jid) {
@@ -189,20 +210,6 @@ public final class ComponentConnection: Service, Sendable {
                 if Task.isShuttingDownGracefully { return }
             }
         }
-    }
-
-    /// Exponential backoff with jitter: about 1, 2, 4, … seconds up to `reconnect_max`, never under 1 s.
-    func backoff(attempt: Int) -> Duration {
-        let capSeconds = max(1.0, Double(settings.reconnectMax.components.seconds))
-        let base = min(capSeconds, pow2(attempt))
-        let jittered = base * Double.random(in: 0.8...1.2)
-        return .milliseconds(Int64(max(1.0, min(capSeconds, jittered)) * 1000))
-    }
-
-    private func pow2(_ n: Int) -> Double {
-        var value = 1.0
-        for _ in 0..<min(n, 30) { value *= 2 }
-        return value
     }
 
     enum Outcome {
@@ -283,43 +290,58 @@ public final class ComponentConnection: Service, Sendable {
 
     // MARK: Queue plumbing (used by SessionLoop)
 
-    fileprivate func enqueue(_ item: Outgoing) throws(SendError) {
-        let (wake, expired): (AsyncStream<Input>.Continuation?, [Outgoing]) = try shared.withLock { (state) throws(SendError) in
-            if state.shuttingDown { throw SendError(.shuttingDown, "stanzad is shutting down") }
-            let expired = state.expire(now: .now)
-            guard state.queue.count < settings.sendQueue else {
-                state.expiredBacklog += expired
-                throw SendError(.queueFull, "the send queue is full (\(settings.sendQueue) stanzas waiting for the link)")
-            }
-            state.queue.append(item)
-            // One flush signal per batch: the session loop takes everything queued when it handles the signal.
-            if state.flushSignalled { return (nil, expired) }
-            state.flushSignalled = state.wake != nil
-            return (state.wake, expired)
-        }
-        finishExpired(expired)
-        wake?.yield(.flush)
+    /// After something was queued (under the lock): the timer covers its deadline, and the session loop is
+    /// signalled (once per batch) when the link is up. Returns the loop's input to signal, if any.
+    private func queued(_ state: inout SharedState) -> AsyncStream<Input>.Continuation? {
+        // An iq's request is due no later than the iq itself; when the timer fires for it, it is set again for
+        // the iq's own deadline if the request was written by then.
+        if let deadline = state.queue.items.last?.deadline { armTimer(&state, for: deadline) }
+        // One flush signal per batch: the session loop takes everything queued when it handles the signal.
+        if state.flushSignalled { return nil }
+        state.flushSignalled = state.wake != nil
+        return state.wake
     }
 
-    fileprivate func takeQueue() -> (ready: [Outgoing], expired: [Outgoing]) {
+    /// Makes sure the deadline timer fires by `deadline` (under the lock). One timer on the link's event loop
+    /// group covers every deadline: it is moved earlier when needed and, when it fires, set for the next one.
+    private func armTimer(_ state: inout SharedState, for deadline: ContinuousClock.Instant) {
+        if let armed = state.timer, armed.deadline <= deadline { return }
+        state.timer?.task.cancel()
+        let delay = max(.zero, deadline - .now)
+        let task = group.any().scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.deadlinesDue() ?? () }
+        state.timer = (deadline, task)
+    }
+
+    /// The timer fired: answers everything due and sets the timer for what is due next. Timers are at least
+    /// `timerResolution` apart, so a crowd of iqs with deadlines a few microseconds apart costs a few scans of
+    /// the queue, not one each.
+    private func deadlinesDue() {
+        let expired: OutboundQueue<Waiter, IQReplier>.Expired = shared.withLock { state in
+            state.timer = nil
+            let now = ContinuousClock.now
+            let expired = state.queue.expire(now: now)
+            if let next = state.queue.nextDeadline { armTimer(&state, for: max(next, now + Self.timerResolution)) }
+            return expired
+        }
+        finish(expired)
+    }
+
+    static let timerResolution: Duration = .milliseconds(20)
+
+    private func finish(_ expired: OutboundQueue<Waiter, IQReplier>.Expired) {
+        guard !expired.isEmpty else { return }
+        let error = SendError(.expired, "waited longer than send_queue_ttl (or send_wait) for the component link")
+        for item in expired.items { item.waiter?.continuation.resume(returning: .failure(error)) }
+        for (iq, code) in expired.iqs {
+            let error = code == .timeout ? SendError(.timeout, "no reply within the timeout") : error
+            iq.replier.resume(returning: .failure(error))
+        }
+    }
+
+    fileprivate func takeQueue() -> [Outgoing] {
         shared.withLock { state in
             state.flushSignalled = false
-            let expired = state.expiredBacklog + state.expire(now: .now)
-            state.expiredBacklog = []
-            let ready = Array(state.queue)
-            state.queue.removeAll()
-            for item in ready { if let id = item.iqID { state.pendingIQs[id]?.sent = true } }
-            return (ready, expired)
-        }
-    }
-
-    fileprivate func finishExpired(_ items: [Outgoing]) {
-        for item in items {
-            let error = SendError(.expired, "waited longer than send_queue_ttl for the component link")
-            item.waiter?.continuation.resume(returning: .failure(error))
-            if let id = item.iqID, let pending = shared.withLock({ $0.pendingIQs.removeValue(forKey: id) }) {
-                pending.continuation.resume(returning: .failure(error))
-            }
+            return state.queue.takeAll()
         }
     }
 
@@ -341,54 +363,29 @@ public final class ComponentConnection: Service, Sendable {
     /// Delivers an iq reply to its waiter; true when it was one.
     fileprivate func resolveIQ(_ stanza: Stanza) -> Bool {
         guard stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id else { return false }
-        let pending: PendingIQ? = shared.withLock { state in
-            guard let entry = state.pendingIQs[id] else { return nil }
-            // A reply must come from the address the request went to (bare/full forms compare by JID).
-            if let to = entry.to, let from = stanza.from, JID.parse(to) != JID.parse(from) { return nil }
-            return state.pendingIQs.removeValue(forKey: id)
-        }
-        guard let pending else { return false }
-        pending.continuation.resume(returning: .success(stanza))
+        guard let pending = shared.withLock({ $0.queue.resolve(id: id, from: stanza.from) }) else { return false }
+        pending.replier.resume(returning: .success(stanza))
         return true
     }
 
-    fileprivate func expirePendingIQs() {
-        let now = ContinuousClock.now
-        let expired: [PendingIQ] = shared.withLock { state in
-            let ids = state.pendingIQs.filter { $0.value.deadline <= now }.map(\.key)
-            return ids.compactMap { state.pendingIQs.removeValue(forKey: $0) }
-        }
-        for entry in expired {
-            entry.continuation.resume(returning: .failure(SendError(.timeout, "no reply within the timeout")))
-        }
-    }
-
     private func failSentIQs(_ error: SendError) {
-        let failed: [PendingIQ] = shared.withLock { state in
-            let ids = state.pendingIQs.filter { $0.value.sent }.map(\.key)
-            return ids.compactMap { state.pendingIQs.removeValue(forKey: $0) }
-        }
-        for entry in failed { entry.continuation.resume(returning: .failure(error)) }
+        let failed = shared.withLock { $0.queue.removeSent() }
+        for entry in failed { entry.replier.resume(returning: .failure(error)) }
     }
 
     private func failAll(_ error: SendError) {
-        let (queue, pending): ([Outgoing], [PendingIQ]) = shared.withLock { state in
+        let (items, pending) = shared.withLock { state in
             state.shuttingDown = true
-            let q = Array(state.queue)
-            state.queue.removeAll()
-            let p = Array(state.pendingIQs.values)
-            state.pendingIQs.removeAll()
-            return (q, p)
+            state.timer?.task.cancel()
+            state.timer = nil
+            return state.queue.removeAll()
         }
-        for item in queue { item.waiter?.continuation.resume(returning: .failure(error)) }
-        for entry in pending { entry.continuation.resume(returning: .failure(error)) }
+        for item in items { item.waiter?.continuation.resume(returning: .failure(error)) }
+        for entry in pending { entry.replier.resume(returning: .failure(error)) }
     }
 
     private func cancelWaiter(_ id: Int) {
-        let item: Outgoing? = shared.withLock { state in
-            guard let index = state.queue.firstIndex(where: { $0.waiter?.id == id }) else { return nil }
-            return state.queue.remove(at: index)
-        }
+        let item = shared.withLock { $0.queue.removeItem { $0.waiter?.id == id } }
         item?.waiter?.continuation.resume(returning: .failure(SendError(.expired, "cancelled while waiting for the link")))
     }
 
@@ -488,16 +485,13 @@ private struct SessionLoop {
 
     mutating func tick() async throws -> ComponentConnection.Outcome? {
         let now = ContinuousClock.now
-        connection.expirePendingIQs()
         if !machine.isReady {
             if now - startedAt > settings.handshakeTimeout {
                 return .failed(ComponentLinkError(.handshakeTimeout, "no handshake reply within \(settings.handshakeTimeout)"), wasReady: false)
             }
             return nil
         }
-        let (ready, expired) = connection.takeQueue()
-        connection.finishExpired(expired)
-        try await write(ready)
+        try await write(connection.takeQueue())
         if let sentAt = pingSentAt {
             if now - sentAt > settings.pingTimeout {
                 logger.notice("no reply to ping, reconnecting", metadata: ["ping_timeout": "\(settings.pingTimeout)"])
@@ -524,9 +518,34 @@ private struct SessionLoop {
 
     mutating func flush() async throws {
         guard machine.isReady else { return }
-        let (ready, expired) = connection.takeQueue()
-        connection.finishExpired(expired)
-        try await write(ready)
+        try await write(connection.takeQueue())
+    }
+
+    /// A stanza the parser skipped for breaking a per-stanza limit: the link stays up and the sender learns why.
+    mutating func refuse(_ refused: RefusedStanza) async throws {
+        logger.notice(
+            "inbound stanza refused",
+            metadata: [
+                "kind": "\(refused.name)", "stanza.id": "\(refused.id ?? "")", "from": "\(refused.from ?? "")",
+                "to": "\(refused.to ?? "")", "type": "\(refused.type ?? "")", "reason": "\(refused.reason.message)",
+            ])
+        if refused.name == "iq", refused.type == "result" || refused.type == "error", let id = refused.id {
+            if id == pingID {
+                // The server answered our ping, however oddly.
+                pingID = nil
+                pingSentAt = nil
+            } else if let reply = ComponentConnection.refusedReply(refused, domain: settings.jid) {
+                // A request waiting for this reply gets the refusal instead of waiting for its timeout.
+                _ = connection.resolveIQ(reply)
+            }
+            return
+        }
+        guard let reply = ComponentConnection.errorReply(to: refused, domain: settings.jid) else { return }
+        do {
+            try await write(connection.policy.serialize(reply))
+        } catch let error as SendError {
+            logger.notice("error reply to a refused stanza not sent", metadata: ["stanza.id": "\(refused.id ?? "")", "error": "\(error)"])
+        }
     }
 
     /// Writes everything queued as one buffer: one hop to the event loop and one system call for a burst of
@@ -581,6 +600,9 @@ private struct SessionLoop {
             if connection.resolveIQ(stanza) { return nil }
             connection.deliver(stanza)
             return nil
+        case .refuse(let refused):
+            try await refuse(refused)
+            return nil
         case .close(let streamError, let reason):
             if let streamError {
                 try? await write("<stream:error><\(streamError) xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
@@ -598,25 +620,14 @@ struct Waiter: Sendable {
     let continuation: CheckedContinuation<Result<Void, SendError>, Never>
 }
 
-struct Outgoing: Sendable {
-    let xml: String
-    let deadline: ContinuousClock.Instant
-    let waiter: Waiter?
-    let iqID: String?
-}
-
-struct PendingIQ: Sendable {
-    let continuation: CheckedContinuation<Result<Stanza, SendError>, Never>
-    let deadline: ContinuousClock.Instant
-    let to: String?
-    var sent: Bool
-}
+typealias IQReplier = CheckedContinuation<Result<Stanza, SendError>, Never>
+typealias Outgoing = OutboundQueue<Waiter, IQReplier>.Item
+typealias PendingIQ = OutboundQueue<Waiter, IQReplier>.PendingIQ
 
 private struct SharedState: Sendable {
-    var queue = Deque<Outgoing>()
-    /// Expired items removed while a lock holder could not answer them; answered on the next tick.
-    var expiredBacklog: [Outgoing] = []
-    var pendingIQs: [String: PendingIQ] = [:]
+    var queue: OutboundQueue<Waiter, IQReplier>
+    /// The deadline timer: when it fires, and the task to cancel when an earlier deadline needs it sooner.
+    var timer: (deadline: ContinuousClock.Instant, task: Scheduled<Void>)?
     var wake: AsyncStream<ComponentConnection.Input>.Continuation?
     /// A `.flush` is on its way to the session loop and has not been handled yet.
     var flushSignalled = false
@@ -625,21 +636,51 @@ private struct SharedState: Sendable {
     var shuttingDown = false
     var waiterCounter = 0
 
+    init(queue: OutboundQueue<Waiter, IQReplier>) {
+        self.queue = queue
+    }
+
     mutating func nextWaiterID() -> Int {
         waiterCounter += 1
         return waiterCounter
     }
 
-    /// Removes expired items from the queue and returns them.
-    @discardableResult
-    mutating func expire(now: ContinuousClock.Instant) -> [Outgoing] {
-        guard let first = queue.first, first.deadline <= now || queue.contains(where: { $0.deadline <= now }) else { return [] }
-        var kept = Deque<Outgoing>()
-        var expired: [Outgoing] = []
-        for item in queue {
-            if item.deadline <= now { expired.append(item) } else { kept.append(item) }
-        }
-        queue = kept
-        return expired
+    func checkOpen() throws(SendError) {
+        if shuttingDown { throw SendError(.shuttingDown, "stanzad is shutting down") }
+    }
+}
+
+// MARK: - Refused stanzas
+
+extension ComponentConnection {
+    /// The error a refused stanza gets, as SPEC §8 builds error replies: modify/policy-violation saying which
+    /// limit it broke, from the address it was sent to. nil when it must get none: not a stanza, no addresses, an
+    /// iq that is not a request, or a stanza of type error or result.
+    static func errorReply(to refused: RefusedStanza, domain: String) -> Stanza? {
+        guard let incoming = stanza(refused), refused.from != nil, refused.to != nil, incoming.allowsReply,
+            incoming.kind != .iq || incoming.isRequest
+        else { return nil }
+        return incoming.errorReply(policyViolation(refused, domain: domain))
+    }
+
+    /// A refused iq result or error as the error stanza its requester gets in its place.
+    static func refusedReply(_ refused: RefusedStanza, domain: String) -> Stanza? {
+        guard var reply = stanza(refused), reply.kind == .iq else { return nil }
+        reply.type = "error"
+        reply.element.children = [.element(policyViolation(refused, domain: domain).element(namespace: refused.namespace))]
+        return reply
+    }
+
+    private static func stanza(_ refused: RefusedStanza) -> Stanza? {
+        var element = Element(refused.name, namespace: refused.namespace)
+        element[attribute: "type"] = refused.type
+        element[attribute: "id"] = refused.id
+        element[attribute: "from"] = refused.from
+        element[attribute: "to"] = refused.to
+        return Stanza(element)
+    }
+
+    private static func policyViolation(_ refused: RefusedStanza, domain: String) -> StanzaError {
+        StanzaError(.modify, .policyViolation, text: refused.reason.message, by: domain)
     }
 }

@@ -88,6 +88,9 @@ public struct HandshakeStateMachine: Sendable {
         case ready(streamID: String)
         /// A stanza for the router.
         case deliver(Element)
+        /// A stanza the parser skipped for breaking a per-stanza limit: answer it with an error if it may be
+        /// answered; the stream goes on.
+        case refuse(RefusedStanza)
         /// Write a stream error (if any), `</stream:stream>`, then close the connection.
         case close(streamError: String?, reason: ComponentLinkError)
         /// Nothing to do.
@@ -138,6 +141,9 @@ public struct HandshakeStateMachine: Sendable {
             if let error = streamError(element) { return fail(streamError: nil, error) }
             return .deliver(element)
 
+        case (.ready, .refused(let refused)):
+            return .refuse(refused)
+
         case (.closed, _):
             return .none
 
@@ -155,6 +161,9 @@ public struct HandshakeStateMachine: Sendable {
         case (_, .stanza(let element)):
             if let error = streamError(element) { return fail(streamError: nil, error) }
             return fail(streamError: "not-authorized", .badHeader, "stanza <\(element.name)> before the handshake completed")
+
+        case (_, .refused(let refused)):
+            return fail(streamError: "not-authorized", .badHeader, "<\(refused.name)> before the handshake completed (\(refused.reason))")
 
         case (_, .streamOpened):
             return fail(streamError: "bad-format", .badHeader, "unexpected second stream header")

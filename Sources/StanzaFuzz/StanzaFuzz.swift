@@ -126,6 +126,7 @@ struct Outcome: Equatable, CustomStringConvertible {
             case .streamOpened(let e): "  opened \(e.xmlDescription)"
             case .stanza(let e): "  stanza \(e.xmlDescription)"
             case .streamClosed: "  closed"
+            case .refused(let refused): "  refused <\(refused.name)> id=\(refused.id ?? "-"): \(refused.reason)"
             }
         }
         lines.append("  error: \(error.map { "\($0) (\(message))" } ?? "none")")
@@ -410,7 +411,7 @@ func fuzzJSON(_ bytes: [UInt8]) {
     }
     // No depth or size cap here: `html` and `stanza` are parsed with the default limits one or two levels below
     // the top, and escaping makes the text longer.
-    let unlimited = XMLLimits(maxDepth: .max, maxStanzaBytes: .max)
+    let unlimited = XMLLimits(maxDepth: .max, maxStanzaBytes: .max, maxAttributes: .max)
     checkShape(stanza.element, level: 1, maxDepth: .max)
     checkReparses(stanza.element, xml, limits: unlimited)
 

@@ -1,7 +1,8 @@
 // The hardened XML parser on libxml2's SAX2 push interface. Takes bytes in any split and yields the
 // stream header, complete stanzas and the stream close, enforcing SPEC §12 (restricted XML, no network,
-// depth, per-stanza byte cap, UTF-8). The same machinery parses standalone fragments (REST bodies,
-// handler output) into stanzas.
+// depth, per-stanza byte cap, UTF-8). On a stream, a stanza over a per-stanza limit is skipped to its end and
+// reported on its own; only a broken stream fails. The same machinery parses standalone fragments (REST
+// bodies, handler output) into stanzas, where any limit fails the whole fragment.
 
 internal import CLibXML2
 
@@ -19,6 +20,36 @@ public enum XMLStreamEvent: Hashable, Sendable {
     case stanza(Element)
     /// `</stream:stream>`.
     case streamClosed
+    /// A top-level element over a per-stanza limit (depth, attributes, size), skipped to its end without being
+    /// built; the stream goes on. Streams only: in a fragment the same limits fail the parse.
+    indirect case refused(RefusedStanza)
+}
+
+/// What is known of a top-level element that was refused for breaking a per-stanza limit: its name and the
+/// addressing attributes of its start tag, enough to answer the sender with an error.
+public struct RefusedStanza: Hashable, Sendable {
+    /// The element's local name (`message`, `presence`, `iq`, or anything else at the first level).
+    public var name: String
+    public var namespace: String?
+    public var id: String?
+    public var from: String?
+    public var to: String?
+    public var type: String?
+    /// Which limit it broke; the message says it in words ("stanza nested deeper than 64 levels").
+    public var reason: XMLStreamError
+
+    public init(
+        name: String, namespace: String? = nil, id: String? = nil, from: String? = nil, to: String? = nil,
+        type: String? = nil, reason: XMLStreamError
+    ) {
+        self.name = name
+        self.namespace = namespace
+        self.id = id
+        self.from = from
+        self.to = to
+        self.type = type
+        self.reason = reason
+    }
 }
 
 /// Why the input was refused.
@@ -34,6 +65,8 @@ public struct XMLStreamError: Error, Hashable, Sendable, CustomStringConvertible
         public static let depthExceeded = Code(value: "depth-exceeded")
         /// One stanza larger than the byte cap.
         public static let stanzaTooLarge = Code(value: "stanza-too-large")
+        /// An element with more attributes than the limit.
+        public static let tooManyAttributes = Code(value: "too-many-attributes")
         /// Bytes that are not UTF-8.
         public static let invalidUTF8 = Code(value: "invalid-utf8")
         /// A fragment that must hold one stanza holds more than one root element.
@@ -58,7 +91,7 @@ public struct XMLStreamError: Error, Hashable, Sendable, CustomStringConvertible
     public var streamCondition: String {
         switch code {
         case .restrictedXML: "restricted-xml"
-        case .stanzaTooLarge, .depthExceeded: "policy-violation"
+        case .stanzaTooLarge, .depthExceeded, .tooManyAttributes: "policy-violation"
         case .invalidUTF8: "unsupported-encoding"
         default: "not-well-formed"
         }
@@ -71,10 +104,14 @@ public struct XMLLimits: Hashable, Sendable {
     public var maxDepth: Int
     /// Largest stanza in bytes, as received.
     public var maxStanzaBytes: Int
+    /// Most attributes on one element (namespace declarations not counted). Real stanzas carry a dozen at most;
+    /// libxml2 itself sets no limit.
+    public var maxAttributes: Int
 
-    public init(maxDepth: Int = 64, maxStanzaBytes: Int = 524_288) {
+    public init(maxDepth: Int = 64, maxStanzaBytes: Int = 524_288, maxAttributes: Int = 64) {
         self.maxDepth = maxDepth
         self.maxStanzaBytes = maxStanzaBytes
+        self.maxAttributes = maxAttributes
     }
 }
 
@@ -111,6 +148,11 @@ public final class XMLStreamParser {
     /// text: a child's start tag and every end tag flush it.
     @exclusivity(unchecked) private var pendingText = ByteBuffer()
     @exclusivity(unchecked) private var depth = 0  // 1 = inside the root
+    /// Streams: the top-level element being skipped for breaking a per-stanza limit. While set, callbacks only
+    /// count depth; the element's end tag hands it over as `.refused`. `skipping` mirrors `refusal != nil` for the
+    /// hot callbacks (a Bool test instead of an optional struct's).
+    @exclusivity(unchecked) private var skipping = false
+    private var refusal: RefusedStanza?
     @exclusivity(unchecked) private var events: [XMLStreamEvent] = []
     @exclusivity(unchecked) private var failure: XMLStreamError?
     private var libxmlMessage: String?
@@ -156,6 +198,10 @@ public final class XMLStreamParser {
 
     /// True once the stream has been closed or has failed; feed nothing more.
     public var isFinished: Bool { closed || failure != nil }
+
+    /// What is held of the stanza being built: open elements and character data not yet added (for tests that
+    /// check a skipped stanza is not built).
+    var retained: (openElements: Int, pendingTextBytes: Int) { (stack.count, pendingText.count) }
 
     /// Feeds bytes; returns the events they completed. After an error the parser is finished; events
     /// completed earlier in the same call are dropped (use `feed(_:into:)` to keep them).
@@ -261,9 +307,23 @@ public final class XMLStreamParser {
             throw fail(.notWellFormed, message)
         }
         // Bytes received for the stanza being built (or held by libxml2 waiting for '>').
-        if bytesFed - boundary > limits.maxStanzaBytes {
-            throw fail(.stanzaTooLarge, "stanza larger than \(limits.maxStanzaBytes) bytes")
+        if bytesFed - boundary > limits.maxStanzaBytes { try stanzaOverCap() }
+    }
+
+    /// The refusal reason for a stanza over the byte cap (one text, wherever the cap is noticed).
+    private var tooLarge: XMLStreamError {
+        XMLStreamError(.stanzaTooLarge, "stanza larger than \(limits.maxStanzaBytes) bytes")
+    }
+
+    /// More bytes than the cap have arrived since the current stanza began. On a stream, a stanza whose start tag
+    /// has been read is skipped from here on: libxml2 goes on parsing it (bounded: it holds only what it cannot
+    /// parse yet), nothing more is built. A start tag that alone outgrows the cap, which libxml2 would have to
+    /// hold whole, fails the stream, as does any overflow in a fragment.
+    private func stanzaOverCap() throws(XMLStreamError) {
+        if mode == .fragment || (!skipping && stack.isEmpty) || bytesFed - consumed > limits.maxStanzaBytes {
+            throw fail(.stanzaTooLarge, tooLarge.message)
         }
+        if !skipping, let top = stack.first { beginSkipping(refused(top, tooLarge)) }
     }
 
     /// libxml2's message with the position (in fragments, as if the internal wrapper were not there).
@@ -319,6 +379,7 @@ public final class XMLStreamParser {
     ) {
         guard failure == nil else { return halt() }
         depth += 1
+        if skipping { return }
         let elementName = name(localname) ?? ""
         let namespace = namespace(uri)
         if depth == 1 {
@@ -331,12 +392,40 @@ public final class XMLStreamParser {
             boundary = consumed + (currentByte == UInt8(ascii: ">") ? 1 : 0)
             return
         }
-        if depth - 1 > limits.maxDepth {
-            stop(.depthExceeded, "elements nested deeper than \(limits.maxDepth) levels")
-            return
+        if depth == 2 && mode == .stream && consumed - boundary > limits.maxStanzaBytes {
+            return startTagTooLarge()
+        }
+        if depth - 1 > limits.maxDepth || attributeCount > limits.maxAttributes {
+            return limitBroken(elementName, namespace, attributeCount, attributes)
         }
         flushText()
         stack.append(Element(elementName, namespace: namespace, attributes: readAttributes(count: attributeCount, attributes)))
+    }
+
+    /// A start tag that alone outgrows the cap: the same verdict as when libxml2 holds it across reads.
+    @inline(never)
+    private func startTagTooLarge() {
+        stop(.stanzaTooLarge, tooLarge.message)
+    }
+
+    /// The element starting now is too deep or has too many attributes: on a stream its stanza is skipped, a
+    /// fragment fails. Out of line, to keep `startElement` small.
+    @inline(never)
+    private func limitBroken(
+        _ elementName: String, _ namespace: String?, _ attributeCount: Int,
+        _ attributes: UnsafeMutablePointer<UnsafePointer<xmlChar>?>?
+    ) {
+        let reason =
+            depth - 1 > limits.maxDepth
+            ? XMLStreamError(.depthExceeded, "stanza nested deeper than \(limits.maxDepth) levels")
+            : XMLStreamError(.tooManyAttributes, "element with more than \(limits.maxAttributes) attributes")
+        guard mode == .stream else { return stop(reason.code, reason.message) }
+        if let top = stack.first {
+            beginSkipping(refused(top, reason))
+        } else {
+            // The top-level element itself: read only its addressing attributes.
+            beginSkipping(refusedStart(elementName, namespace, attributeCount, attributes, reason))
+        }
     }
 
     private var currentByte: UInt8? {
@@ -352,18 +441,65 @@ public final class XMLStreamParser {
         for index in 0..<count {
             let base = attributes + index * 5
             guard let begin = base[3], let end = base[4] else { continue }
-            let bytes = UnsafeBufferPointer(start: begin, count: max(0, end - begin))
-            let value: String
-            // libxml2 hands '&' in attribute values over as "&#38;" (and only '&'): undo exactly that.
-            if bytes.contains(UInt8(ascii: "&")) {
-                value = Self.unescapingAmpersands(bytes)
-            } else {
-                value = values.string(bytes)
-            }
+            let value = attributeValue(begin, end)
             let attributeName = name(base[0]) ?? ""
             result.append(Attribute(name: attributeName, value: value, qualifier: qualifier(uri: base[2], prefix: base[1])))
         }
         return result
+    }
+
+    @inline(__always)
+    private func attributeValue(_ begin: UnsafePointer<xmlChar>, _ end: UnsafePointer<xmlChar>) -> String {
+        let bytes = UnsafeBufferPointer(start: begin, count: max(0, end - begin))
+        // libxml2 hands '&' in attribute values over as "&#38;" (and only '&'): undo exactly that.
+        if bytes.contains(UInt8(ascii: "&")) { return Self.unescapingAmpersands(bytes) }
+        return values.string(bytes)
+    }
+
+    // MARK: Skipping a stanza over a per-stanza limit
+
+    private func refused(_ top: Element, _ reason: XMLStreamError) -> RefusedStanza {
+        RefusedStanza(
+            name: top.name, namespace: top.namespace, id: top[attribute: "id"], from: top[attribute: "from"],
+            to: top[attribute: "to"], type: top[attribute: "type"], reason: reason)
+    }
+
+    /// A refused top-level element from its start tag: the addressing attributes, without building the others.
+    private func refusedStart(
+        _ elementName: String, _ namespace: String?, _ count: Int, _ attributes: UnsafeMutablePointer<UnsafePointer<xmlChar>?>?,
+        _ reason: XMLStreamError
+    ) -> RefusedStanza {
+        var refused = RefusedStanza(name: elementName, namespace: namespace, reason: reason)
+        guard count > 0, let attributes else { return refused }
+        for index in 0..<count {
+            let base = attributes + index * 5
+            // Unqualified attributes only, as `Element[attribute:]` reads them.
+            guard base[2] == nil, let begin = base[3], let end = base[4] else { continue }
+            switch name(base[0]) {
+            case "id": refused.id = attributeValue(begin, end)
+            case "from": refused.from = attributeValue(begin, end)
+            case "to": refused.to = attributeValue(begin, end)
+            case "type": refused.type = attributeValue(begin, end)
+            default: continue
+            }
+        }
+        return refused
+    }
+
+    /// Drops what was built of the current stanza; from here on callbacks only count depth.
+    private func beginSkipping(_ refused: RefusedStanza) {
+        refusal = refused
+        skipping = true
+        stack.removeAll(keepingCapacity: true)
+        pendingText.removeAll()
+    }
+
+    /// The skipped stanza's end tag: report it, and the next stanza starts here.
+    private func endSkipping() {
+        skipping = false
+        boundary = consumed
+        if let refusal { events.append(.refused(refusal)) }
+        refusal = nil
     }
 
     /// `String(decoding: bytes, as: UTF8.self).replacingAll(libxmlAmpersand, with: "&")` in one pass over the bytes
@@ -403,6 +539,10 @@ public final class XMLStreamParser {
     fileprivate func endElement() {
         guard failure == nil else { return halt() }
         defer { depth -= 1 }
+        if skipping {
+            if depth == 2 { endSkipping() }
+            return
+        }
         if depth == 1 {
             if mode == .fragment && !wrapperCloseFed {
                 stop(.notWellFormed, "closing tag without a matching start tag")
@@ -417,7 +557,12 @@ public final class XMLStreamParser {
         if stack.isEmpty {
             let end = consumed
             if end - boundary > limits.maxStanzaBytes {
-                stop(.stanzaTooLarge, "stanza of \(end - boundary) bytes is larger than \(limits.maxStanzaBytes) bytes")
+                guard mode == .stream else {
+                    return stop(.stanzaTooLarge, "stanza of \(end - boundary) bytes is larger than \(limits.maxStanzaBytes) bytes")
+                }
+                // Complete before a slice ended: refused here rather than skipped.
+                boundary = end
+                events.append(.refused(refused(element, tooLarge)))
                 return
             }
             boundary = end
@@ -429,7 +574,7 @@ public final class XMLStreamParser {
 
     fileprivate func characters(_ pointer: UnsafePointer<xmlChar>?, _ length: Int) {
         guard failure == nil else { return halt() }
-        guard let pointer, length > 0 else { return }
+        guard let pointer, length > 0, !skipping else { return }
         if stack.isEmpty {
             // Between stanzas: whitespace keepalives are fine; anything else is not.
             let buffer = UnsafeBufferPointer(start: pointer, count: length)

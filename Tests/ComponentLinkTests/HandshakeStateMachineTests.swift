@@ -167,20 +167,55 @@ private func streamError(_ condition: String, text: String? = nil) -> XMLStreamE
     }
 }
 
-@Suite struct BackoffTests {
-    @Test func growsExponentiallyToTheCapWithJitter() {
-        var settings = ComponentSettings(jid: "bot.example.org", host: "127.0.0.1", port: 5347, secret: "x")
-        settings.reconnectMax = .seconds(10)
-        let connection = ComponentConnection(settings: settings, logger: .init(label: "test"))
-        for attempt in 0..<12 {
-            let delay = connection.backoff(attempt: attempt)
-            let base = min(10.0, Double(1 << min(attempt, 20)))
-            #expect(delay >= .seconds(1), "never under 1 s")
-            #expect(delay <= .seconds(10), "never over reconnect_max")
-            #expect(delay >= .milliseconds(Int64(min(base * 0.8, 10) * 1000) - 1))
-            #expect(delay <= .milliseconds(Int64(max(1, base * 1.2) * 1000) + 1))
+@Suite struct RefusedStanzaTests {
+    let deep = XMLStreamError(.depthExceeded, "stanza nested deeper than 64 levels")
+
+    func refused(_ name: String, type: String?, from: String? = "alice@example.org/phone") -> RefusedStanza {
+        RefusedStanza(name: name, namespace: Namespace.componentAccept, id: "x1", from: from, to: "echo@bot.example.org", type: type, reason: deep)
+    }
+
+    @Test func aRefusedStanzaKeepsTheLinkUp() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "s3cret")
+        _ = machine.connected()
+        _ = machine.received(header())
+        _ = machine.received(.stanza(Element("handshake", namespace: Namespace.componentAccept)))
+        let event = XMLStreamEvent.refused(refused("message", type: "chat"))
+        #expect(machine.received(event) == .refuse(refused("message", type: "chat")))
+        #expect(machine.isReady)
+    }
+
+    @Test func aRefusedStanzaBeforeTheHandshakeClosesTheStream() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "s3cret")
+        _ = machine.connected()
+        _ = machine.received(header())
+        guard case .close = machine.received(.refused(refused("handshake", type: nil))) else {
+            Issue.record("not closed")
+            return
         }
-        #expect(ComponentSettings.parentDomain(of: "bot.example.org") == "example.org")
-        #expect(ComponentSettings.parentDomain(of: "localhost") == "localhost")
+    }
+
+    @Test func theSenderGetsPolicyViolationSayingWhy() throws {
+        let reply = try #require(ComponentConnection.errorReply(to: refused("message", type: "chat"), domain: "bot.example.org"))
+        #expect(reply.kind == .message && reply.type == "error" && reply.id == "x1")
+        #expect(reply.from == "echo@bot.example.org" && reply.to == "alice@example.org/phone")
+        let error = try #require(reply.error)
+        #expect(error.type == .modify && error.condition == .policyViolation)
+        #expect(error.text == "stanza nested deeper than 64 levels" && error.by == "bot.example.org")
+        for (name, type) in [("iq", "get"), ("iq", "set"), ("presence", nil), ("presence", "subscribe"), ("message", nil)] {
+            #expect(ComponentConnection.errorReply(to: refused(name, type: type), domain: "bot.example.org") != nil, "\(name) \(type ?? "-")")
+        }
+    }
+
+    @Test func noErrorReplyToErrorsResultsOrNonStanzas() {
+        for (name, type) in [("message", "error"), ("presence", "error"), ("iq", "result"), ("iq", "error"), ("iq", nil), ("handshake", nil)] {
+            #expect(ComponentConnection.errorReply(to: refused(name, type: type), domain: "bot.example.org") == nil, "\(name) \(type ?? "-")")
+        }
+        #expect(ComponentConnection.errorReply(to: refused("message", type: "chat", from: nil), domain: "bot.example.org") == nil)
+    }
+
+    @Test func aRefusedIqResultBecomesAnErrorForItsRequester() throws {
+        let reply = try #require(ComponentConnection.refusedReply(refused("iq", type: "result"), domain: "bot.example.org"))
+        #expect(reply.type == "error" && reply.id == "x1" && reply.from == "alice@example.org/phone")
+        #expect(reply.error?.condition == .policyViolation)
     }
 }

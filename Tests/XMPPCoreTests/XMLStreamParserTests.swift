@@ -37,6 +37,32 @@ private func stanzas(_ events: [XMLStreamEvent]) -> [Element] {
     events.compactMap { if case .stanza(let e) = $0 { e } else { nil } }
 }
 
+private func refusals(_ events: [XMLStreamEvent]) -> [RefusedStanza] {
+    events.compactMap { if case .refused(let r) = $0 { r } else { nil } }
+}
+
+/// The input cut in two at every byte boundary must give the same events and error as the input whole (and byte
+/// at a time, and in 7-byte pieces: `parseAllSplits`).
+private func parseAtEveryCut(_ text: String, limits: XMLLimits = XMLLimits()) -> (events: [XMLStreamEvent], error: XMLStreamError?) {
+    let whole = parseAllSplits(text, limits: limits)
+    let bytes = Array(text.utf8)
+    for cut in 1..<bytes.count {
+        let parser = XMLStreamParser(limits: limits)
+        var events: [XMLStreamEvent] = []
+        var error: XMLStreamError?
+        do {
+            try parser.feed(bytes[..<cut], into: &events)
+            try parser.feed(bytes[cut...], into: &events)
+        } catch let e {
+            error = e
+        }
+        #expect(events == whole.events, "cut at \(cut): events differ from whole")
+        #expect(error?.code == whole.error?.code, "cut at \(cut): error differs from whole")
+        if events != whole.events || error?.code != whole.error?.code { break }
+    }
+    return whole
+}
+
 let prosodyHeader =
     "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xml:lang='en' "
     + "id='0f5c4ab2-6c5e-4b7e-9a8b-3c1d2e4f5a6b' from='bot.example.org' xmlns='jabber:component:accept'>"
@@ -172,13 +198,92 @@ let prosodyHeader =
         "<message to='a@b'>" + String(repeating: "<x>", count: levels - 1) + String(repeating: "</x>", count: levels - 1) + "</message>"
     }
 
-    @Test func nesting64IsAcceptedAnd65Rejected() {
+    @Test func nesting64IsAcceptedAnd65IsRefusedWithoutEndingTheStream() {
         let ok = parseAllSplits(prosodyHeader + Self.nested(64))
         #expect(ok.error == nil)
         #expect(stanzas(ok.events).count == 1)
-        let deep = parseAllSplits(prosodyHeader + Self.nested(65))
-        #expect(deep.error?.code == .depthExceeded)
-        #expect(deep.error?.streamCondition == "policy-violation")
+        let deep = parseAllSplits(prosodyHeader + Self.nested(65) + "<message to='a@b' id='next'/>")
+        #expect(deep.error == nil, "a too-deep stanza costs that stanza, not the stream")
+        #expect(refusals(deep.events).map(\.reason.code) == [.depthExceeded])
+        #expect(stanzas(deep.events).map { $0[attribute: "id"] } == ["next"])
+    }
+
+    /// A message nested `levels` deep with addressing attributes, the way a client sends it.
+    static func deepMessage(_ levels: Int, id: String) -> String {
+        "<message from='alice@example.test/x' to='echo@bot.example.test' type='chat' id='\(id)'>"
+            + String(repeating: "<x>", count: levels - 1) + "text" + String(repeating: "</x>", count: levels - 1)
+            + "</message>"
+    }
+
+    @Test func deepStanzaIsSkippedAndTheNextOneArrivesAtEveryCut() {
+        let text = prosodyHeader + Self.deepMessage(100, id: "deep") + " <message to='a@b' id='after'><body>hi</body></message>"
+        let result = parseAtEveryCut(text)
+        #expect(result.error == nil)
+        guard case .streamOpened = result.events.first, result.events.count == 3 else {
+            Issue.record("expected header, refusal, stanza: \(result.events)")
+            return
+        }
+        #expect(
+            result.events[1]
+                == .refused(
+                    RefusedStanza(
+                        name: "message", namespace: Namespace.componentAccept, id: "deep", from: "alice@example.test/x",
+                        to: "echo@bot.example.test", type: "chat",
+                        reason: XMLStreamError(.depthExceeded, "stanza nested deeper than 64 levels"))))
+        #expect(stanzas(result.events).first?.child("body")?.text == "hi")
+    }
+
+    @Test func depthIsCountedWhileSkippingSoTheStanzasEndIsFound() {
+        // Inside the skipped stanza: elements named like the stanza, and the stanza's own name, at every level.
+        let inner = String(repeating: "<message>", count: 70) + String(repeating: "</message>", count: 70)
+        let text = prosodyHeader + "<message id='deep'>" + inner + "<body/></message><iq type='get' id='q'/></stream:stream>"
+        let result = parseAtEveryCut(text)
+        #expect(result.error == nil)
+        #expect(refusals(result.events).map(\.id) == ["deep"])
+        #expect(stanzas(result.events).map { $0[attribute: "id"] } == ["q"])
+        #expect(result.events.last == .streamClosed)
+    }
+
+    @Test func stanzaThousandsOfLevelsDeepIsSkippedToo() {
+        // libxml2's own depth limit (256, in its pull parser) does not apply to push parsing: the stream goes on.
+        let result = parseAllSplits(prosodyHeader + Self.deepMessage(5000, id: "deeper") + "<message to='a@b' id='after'/>")
+        #expect(result.error == nil)
+        #expect(refusals(result.events).map(\.id) == ["deeper"])
+        #expect(stanzas(result.events).map { $0[attribute: "id"] } == ["after"])
+    }
+
+    @Test func brokenXMLInsideASkippedStanzaStillEndsTheStream() {
+        let bad = parseAllSplits(prosodyHeader + "<message>" + String(repeating: "<x>", count: 70) + "</y>")
+        #expect(bad.error?.code == .notWellFormed)
+        let restricted = parseAllSplits(prosodyHeader + "<message>" + String(repeating: "<x>", count: 70) + "<!-- c -->")
+        #expect(restricted.error?.code == .restrictedXML)
+    }
+
+    @Test func elementWithTooManyAttributesIsRefused() {
+        let many = (0..<65).map { " a\($0)='v'" }.joined()
+        // On a nested element: the stanza's addressing comes from its start tag, already read.
+        let nested = parseAtEveryCut(
+            prosodyHeader + "<iq type='get' id='i1' from='alice@example.test/x' to='bot.example.test'><query\(many)/></iq><iq type='get' id='i2'/>",
+            limits: XMLLimits(maxAttributes: 64))
+        #expect(nested.error == nil)
+        #expect(
+            refusals(nested.events)
+                == [
+                    RefusedStanza(
+                        name: "iq", namespace: Namespace.componentAccept, id: "i1", from: "alice@example.test/x",
+                        to: "bot.example.test", type: "get",
+                        reason: XMLStreamError(.tooManyAttributes, "element with more than 64 attributes"))
+                ])
+        #expect(stanzas(nested.events).map { $0[attribute: "id"] } == ["i2"])
+        // On the stanza itself: only its addressing attributes are read.
+        let top = parseAllSplits(prosodyHeader + "<message\(many) id='m&amp;1' to='bot.example.test' xml:lang='en'><body/></message><message id='m2'/>")
+        #expect(top.error == nil)
+        #expect(refusals(top.events).map { [$0.id, $0.to, $0.from] } == [["m&1", "bot.example.test", nil]])
+        #expect(stanzas(top.events).map { $0[attribute: "id"] } == ["m2"])
+        // 64 attributes are fine.
+        let sixtyFour = (0..<62).map { " a\($0)='v'" }.joined()
+        let ok = parseAllSplits(prosodyHeader + "<message id='ok' to='a@b'\(sixtyFour)/>")
+        #expect(ok.error == nil && stanzas(ok.events).count == 1)
     }
 
     /// A message of exactly `size` bytes.
@@ -187,14 +292,27 @@ let prosodyHeader =
         return head + String(repeating: "a", count: size - head.utf8.count - tail.utf8.count) + tail
     }
 
-    @Test func stanzaAtTheCapPassesAndOneByteOverFails() {
+    @Test func stanzaAtTheCapPassesAndOneByteOverIsRefusedAlone() {
         let limits = XMLLimits(maxStanzaBytes: 1000)
         let atCap = parseAllSplits(prosodyHeader + Self.stanza(ofSize: 1000) + Self.stanza(ofSize: 1000), limits: limits)
         #expect(atCap.error == nil)
         #expect(stanzas(atCap.events).count == 2)
-        let over = parseAllSplits(prosodyHeader + Self.stanza(ofSize: 1000) + Self.stanza(ofSize: 1001), limits: limits)
-        #expect(over.error?.code == .stanzaTooLarge)
-        #expect(stanzas(over.events).count == 1, "the stanza before the oversized one is delivered")
+        let over = parseAtEveryCut(
+            prosodyHeader + Self.stanza(ofSize: 1000) + Self.stanza(ofSize: 1001) + Self.stanza(ofSize: 1000), limits: limits)
+        #expect(over.error == nil, "an oversized stanza costs that stanza, not the stream")
+        #expect(stanzas(over.events).count == 2, "the stanzas before and after the oversized one are delivered")
+        #expect(refusals(over.events) == [RefusedStanza(name: "message", namespace: Namespace.componentAccept, to: "a@b",
+                                                        reason: XMLStreamError(.stanzaTooLarge, "stanza larger than 1000 bytes"))])
+        #expect(over.events.count == 4 && over.events[2] == .refused(refusals(over.events)[0]), "in stream order")
+    }
+
+    @Test func startTagLargerThanTheCapEndsTheStream() {
+        // libxml2 must hold a start tag whole until its '>': that cannot be skipped without buffering it.
+        let limits = XMLLimits(maxStanzaBytes: 1000)
+        let text = prosodyHeader + "<message to='a@b' x='" + String(repeating: "a", count: 1200) + "'><body/></message>"
+        let result = parseAllSplits(text, limits: limits)
+        #expect(result.error?.code == .stanzaTooLarge)
+        #expect(result.error?.streamCondition == "policy-violation")
     }
 
     @Test func keepaliveWhitespaceDoesNotCountAgainstTheNextStanza() {
@@ -204,19 +322,20 @@ let prosodyHeader =
         #expect(stanzas(spaced.events).count == 2)
     }
 
-    @Test func hugeStanzaIsCutOffWithoutBufferingItWhole() {
+    @Test func hugeStanzaIsSkippedWithoutBufferingIt() throws {
         let parser = XMLStreamParser(limits: XMLLimits(maxStanzaBytes: 10_000))
-        #expect(throws: Never.self) { _ = try parser.feed(Array((prosodyHeader + "<message to='a@b'><body>").utf8)) }
+        var events = try parser.feed(Array((prosodyHeader + "<message to='a@b' id='huge'><body>").utf8))
         let chunk = [UInt8](repeating: UInt8(ascii: "a"), count: 4096)
-        var fed = 0
-        var error: XMLStreamError?
-        while fed < 10_000_000 {
-            do { _ = try parser.feed(chunk) } catch { let e = error; _ = e; break }
-            fed += chunk.count
+        var maxRetained = 0
+        for _ in 0..<2500 {  // 10 MB
+            try parser.feed(chunk, into: &events)
+            maxRetained = max(maxRetained, parser.retained.pendingTextBytes + parser.retained.openElements)
         }
-        do { _ = try parser.feed(chunk) } catch let e { error = e }
-        #expect(error?.code == .stanzaTooLarge)
-        #expect(fed < 20_000, "stopped after \(fed) bytes")
+        #expect(maxRetained <= 10_000 + 4096, "held \(maxRetained) bytes of a stanza it was skipping")
+        #expect(parser.retained.openElements == 0)
+        try parser.feed(Array("</body></message><message to='a@b' id='next'/>".utf8), into: &events)
+        #expect(refusals(events).map(\.id) == ["huge"])
+        #expect(stanzas(events).map { $0[attribute: "id"] } == ["next"])
     }
 
     @Test func invalidUTF8IsRejected() {
@@ -396,7 +515,8 @@ let prosodyHeader =
         #expect(error("<message>")?.code == .notWellFormed)
         #expect(error("<message/></stanzad-fragment-b1f4><x/>")?.code == .notWellFormed)
         #expect(error("hello")?.code == .textOutsideElement)
-        #expect(error(XMLStreamParserTests.nested(65))?.code == .depthExceeded)
+        #expect(error(XMLStreamParserTests.nested(65))?.code == .depthExceeded, "fragments fail on per-stanza limits")
+        #expect(error("<message" + (0..<65).map { " a\($0)='v'" }.joined() + "/>")?.code == .tooManyAttributes)
         #expect(error(XMLStreamParserTests.nested(64)) == nil)
         #expect(error(XMLStreamParserTests.stanza(ofSize: 501), limits: XMLLimits(maxStanzaBytes: 500))?.code == .stanzaTooLarge)
         #expect(error(XMLStreamParserTests.stanza(ofSize: 500), limits: XMLLimits(maxStanzaBytes: 500)) == nil)

@@ -101,6 +101,24 @@ VirtualHost "{DOMAIN}"
         wait_for_port(self.c2s_port)
         wait_for_port(self.component_port)
 
+    def start_timed(self) -> float:
+        """Starts Prosody (configured before) and returns the wall-clock time (time.time()) at which its component
+        port first accepted a connection, probed every few milliseconds."""
+        self.process = subprocess.Popen(["prosody", "--config", str(self.config), "-F"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.component_port), timeout=0.5):
+                    listening = time.time()
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"component port {self.component_port} did not open within 20 s")
+                time.sleep(0.005)
+        wait_for_port(self.c2s_port)
+        return listening
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()

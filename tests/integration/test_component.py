@@ -140,6 +140,38 @@ def test_reconnects_after_prosody_restart(tmp_path):
         server.stop()
 
 
+def log_time(line: str) -> float:
+    """The wall-clock time of a stanzad text log line (it starts with an ISO 8601 UTC timestamp)."""
+    return datetime.fromisoformat(line.split(" ")[0].replace("Z", "+00:00")).timestamp()
+
+
+def test_after_a_minute_long_outage_the_link_is_back_within_3_s_of_prosody_listening(tmp_path):
+    server = Prosody(tmp_path / "prosody")
+    server.workdir.mkdir()
+    server.start()
+    daemon = Stanzad(tmp_path, component_config(server.component_port, reconnect_max=60))
+    daemon.start()
+    try:
+        daemon.wait_for_log("component connected")
+        server.stop()
+        down = daemon.wait_for_log("component link down")[0]
+        time.sleep(60)  # the outage itself: Prosody stays stopped for a minute
+        listening = server.start_timed()
+        connected = daemon.wait_for_log("component connected", count=2, timeout=30)[1]
+        delay = log_time(connected) - listening
+        # Attempts while Prosody was down: the first failure logs "link down", repeats log "attempt failed".
+        failures = [line for line in daemon.lines
+                    if re.search(r"component link (down|attempt failed)", line) and log_time(line) < listening]
+        outage = listening - log_time(down)
+        rate = len(failures) / outage
+        print(f"outage {outage:.1f} s, {len(failures)} attempts ({rate:.2f}/s), connected {delay:.2f} s after Prosody listened")
+        assert delay <= 3.0, f"connected {delay:.2f} s after Prosody was listening"
+        assert rate <= 1.2, f"{len(failures)} attempts in {outage:.1f} s"
+    finally:
+        daemon.stop()
+        server.stop()
+
+
 def test_wrong_secret_logs_one_clear_error_and_backs_off(prosody, tmp_path):
     daemon = Stanzad(tmp_path, component_config(prosody.component_port, secret="wrong", reconnect_max=4))
     daemon.start()

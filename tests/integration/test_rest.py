@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import COMPONENT, DOMAIN, Stanzad, component_config
+from harness import COMPONENT, DOMAIN, Stanzad, component_config, free_port
 from nginx import Nginx
 
 TOKEN = "Bearer dGVzdC10b2tlbg=="
@@ -113,6 +113,39 @@ concurrency = 10
         loop.close()
         # Two wait for the worker (which answers after 2 s); the third finds the limit reached.
         assert sorted(statuses) == [200, 200, 503]
+    finally:
+        if nginx:
+            nginx.stop()
+        daemon.stop()
+
+
+def test_deadlines_fire_while_the_link_is_down(tmp_path_factory):
+    # Nothing listens on the component port: the link never comes up and waits in its reconnect backoff.
+    socket_path = tmp_path_factory.mktemp("run") / "fastcgi.sock"
+    extra = f'[rest]\nlisten = "unix:{socket_path}"\ncredentials = ["{TOKEN}"]\nsend_wait = 2\n'
+    daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), component_config(free_port(), extra=extra))
+    daemon.start()
+    nginx = None
+    try:
+        daemon.wait_for_log("REST API listening")
+        daemon.wait_for_log("component link down")
+        nginx = Nginx(tmp_path_factory.mktemp("nginx"), socket_path).start()
+        # A lone message: nothing else happens until its send_wait runs out.
+        started = time.monotonic()
+        status, headers, body = call(nginx, "POST", f"/rest/message/chat/alice@{DOMAIN}", "x",
+                                     {"Content-Type": "text/plain", "Accept": "application/json"})
+        elapsed = time.monotonic() - started
+        assert status == 503 and headers["retry-after"] == "2", body
+        assert json.loads(body)["error"]["condition"] == "service-unavailable"
+        assert 1.9 < elapsed < 4, f"503 after {elapsed:.2f} s (send_wait = 2)"
+        # A lone iq: it ends at its Rest-Timeout like any iq without a reply (SPEC §9: 504).
+        started = time.monotonic()
+        status, _, body = call(nginx, "POST", "/rest", f"<iq type='get' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>",
+                               {"Content-Type": "application/xmpp+xml", "Accept": "application/json", "Rest-Timeout": "2"})
+        elapsed = time.monotonic() - started
+        assert status == 504 and json.loads(body)["error"]["condition"] == "remote-server-timeout", body
+        assert 1.9 < elapsed < 4, f"504 after {elapsed:.2f} s (Rest-Timeout: 2)"
+        print(f"link down: message 503 and iq 504, each after about 2 s")
     finally:
         if nginx:
             nginx.stop()
