@@ -97,69 +97,106 @@ public final class ComponentConnection: Service, Sendable {
     /// Validates and queues a stanza and waits until it has been written to the server (or has expired in the
     /// queue, or `wait` has passed while the link was down).
     public func sendAndWait(_ stanza: Stanza, wait: Duration? = nil) async throws(SendError) {
-        let xml = try policy.serialize(stanza)
-        let id = shared.withLock { $0.nextWaiterID() }
-        let deadline = ContinuousClock.now + min(wait ?? settings.sendQueueTTL, settings.sendQueueTTL)
+        let box = CancellationBox()
         let result: Result<Void, SendError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, SendError>, Never>) in
-                let item = Outgoing(xml: xml, deadline: deadline, waiter: Waiter(id: id, continuation: continuation), iqID: nil)
-                let queued: Result<AsyncStream<Input>.Continuation?, SendError> = shared.withLock { state in
-                    // Checked under the lock that `onCancel` takes: a cancellation before this point is seen here,
-                    // one after it finds the waiter queued.
-                    if Task.isCancelled { return .failure(SendError(.expired, "cancelled while waiting for the link")) }
-                    do throws(SendError) {
-                        try state.checkOpen()
-                        try state.queue.append(item)
-                    } catch {
-                        return .failure(error)
-                    }
-                    return .success(self.queued(&state))
-                }
-                switch queued {
-                case .success(let wake): wake?.yield(.flush)
-                case .failure(let error): continuation.resume(returning: .failure(error))
-                }
+                box.set(sendAndWait(stanza, wait: wait) { continuation.resume(returning: $0) })
             }
         } onCancel: {
-            self.cancelWaiter(id)
+            box.cancel()
         }
         try result.get()
     }
 
+    /// `sendAndWait` without a task: `completion` runs once, when the stanza is written or cannot be. The returned
+    /// closure stops the wait (`completion` then gets `expired`); nil when `completion` already ran.
+    @discardableResult
+    public func sendAndWait(_ stanza: Stanza, wait: Duration? = nil,
+                            completion: @escaping @Sendable (Result<Void, SendError>) -> Void) -> (@Sendable () -> Void)? {
+        let xml: String
+        do {
+            xml = try policy.serialize(stanza)
+        } catch {
+            completion(.failure(error))
+            return nil
+        }
+        let deadline = ContinuousClock.now + min(wait ?? settings.sendQueueTTL, settings.sendQueueTTL)
+        let queued: Result<(id: Int, wake: AsyncStream<Input>.Continuation?), SendError> = shared.withLock { state in
+            let id = state.nextWaiterID()
+            do throws(SendError) {
+                try state.checkOpen()
+                try state.queue.append(Outgoing(xml: xml, deadline: deadline, waiter: Waiter(id: id, complete: completion), iqID: nil))
+            } catch {
+                return .failure(error)
+            }
+            return .success((id, self.queued(&state)))
+        }
+        switch queued {
+        case .success(let (id, wake)):
+            wake?.yield(.flush)
+            return { self.cancelWaiter(id) }
+        case .failure(let error):
+            completion(.failure(error))
+            return nil
+        }
+    }
+
     /// Sends an iq get/set and waits for its reply (result or error stanza).
     public func request(_ iq: Stanza, timeout: Duration, maxPending: Int = 10_000) async throws(SendError) -> Stanza {
-        var iq = iq
-        if iq.id == nil { iq.id = RandomID.make() }
-        guard let id = iq.id else { throw SendError(.invalidTo, "iq has no id") }
-        let xml = try policy.serialize(iq)
-        let deadline = ContinuousClock.now + timeout
+        let box = CancellationBox()
         let result: Result<Stanza, SendError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Result<Stanza, SendError>, Never>) in
-                let item = Outgoing(xml: xml, deadline: min(deadline, .now + settings.sendQueueTTL), waiter: nil, iqID: id)
-                let pending = PendingIQ(deadline: deadline, to: iq.to, replier: continuation)
-                let queued: Result<AsyncStream<Input>.Continuation?, SendError> = shared.withLock { state in
-                    // Checked under the lock that `onCancel` takes: a cancellation before this point is seen here,
-                    // one after it finds the iq registered.
-                    if Task.isCancelled { return .failure(SendError(.timeout, "request cancelled")) }
-                    do throws(SendError) {
-                        try state.checkOpen()
-                        try state.queue.request(item, id: id, iq: pending, maxPending: maxPending)
-                    } catch {
-                        return .failure(error)
-                    }
-                    return .success(self.queued(&state))
-                }
-                switch queued {
-                case .success(let wake): wake?.yield(.flush)
-                case .failure(let error): continuation.resume(returning: .failure(error))
-                }
+                box.set(request(iq, timeout: timeout, maxPending: maxPending) { continuation.resume(returning: $0) })
             }
         } onCancel: {
-            if let pending = self.shared.withLock({ $0.queue.cancelRequest(id: id) }) {
-                pending.replier.resume(returning: .failure(SendError(.timeout, "request cancelled")))
-            }
+            box.cancel()
         }
         return try result.get()
+    }
+
+    /// `request` without a task: `completion` gets the reply, or why there is none, exactly once. A waiting iq costs
+    /// its entry in the queue and nothing else. The returned closure stops the wait (`completion` then gets
+    /// `timeout`, and a request not yet written is not sent); nil when `completion` already ran.
+    @discardableResult
+    public func request(_ iq: Stanza, timeout: Duration, maxPending: Int = 10_000,
+                        completion: @escaping @Sendable (Result<Stanza, SendError>) -> Void) -> (@Sendable () -> Void)? {
+        var iq = iq
+        if iq.id == nil { iq.id = RandomID.make() }
+        guard let id = iq.id else {
+            completion(.failure(SendError(.invalidTo, "iq has no id")))
+            return nil
+        }
+        let xml: String
+        do {
+            xml = try policy.serialize(iq)
+        } catch {
+            completion(.failure(error))
+            return nil
+        }
+        let deadline = ContinuousClock.now + timeout
+        let item = Outgoing(xml: xml, deadline: min(deadline, .now + settings.sendQueueTTL), waiter: nil, iqID: id)
+        let pending = PendingIQ(deadline: deadline, to: iq.to, replier: completion)
+        let queued: Result<AsyncStream<Input>.Continuation?, SendError> = shared.withLock { state in
+            do throws(SendError) {
+                try state.checkOpen()
+                try state.queue.request(item, id: id, iq: pending, maxPending: maxPending)
+            } catch {
+                return .failure(error)
+            }
+            return .success(self.queued(&state))
+        }
+        switch queued {
+        case .success(let wake):
+            wake?.yield(.flush)
+            return {
+                if let pending = self.shared.withLock({ $0.queue.cancelRequest(id: id) }) {
+                    pending.replier(.failure(SendError(.timeout, "request cancelled")))
+                }
+            }
+        case .failure(let error):
+            completion(.failure(error))
+            return nil
+        }
     }
 
     // MARK: Service
@@ -331,10 +368,10 @@ public final class ComponentConnection: Service, Sendable {
     private func finish(_ expired: OutboundQueue<Waiter, IQReplier>.Expired) {
         guard !expired.isEmpty else { return }
         let error = SendError(.expired, "waited longer than send_queue_ttl (or send_wait) for the component link")
-        for item in expired.items { item.waiter?.continuation.resume(returning: .failure(error)) }
+        for item in expired.items { item.waiter?.complete(.failure(error)) }
         for (iq, code) in expired.iqs {
             let error = code == .timeout ? SendError(.timeout, "no reply within the timeout") : error
-            iq.replier.resume(returning: .failure(error))
+            iq.replier(.failure(error))
         }
     }
 
@@ -364,13 +401,13 @@ public final class ComponentConnection: Service, Sendable {
     fileprivate func resolveIQ(_ stanza: Stanza) -> Bool {
         guard stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id else { return false }
         guard let pending = shared.withLock({ $0.queue.resolve(id: id, from: stanza.from) }) else { return false }
-        pending.replier.resume(returning: .success(stanza))
+        pending.replier(.success(stanza))
         return true
     }
 
     private func failSentIQs(_ error: SendError) {
         let failed = shared.withLock { $0.queue.removeSent() }
-        for entry in failed { entry.replier.resume(returning: .failure(error)) }
+        for entry in failed { entry.replier(.failure(error)) }
     }
 
     private func failAll(_ error: SendError) {
@@ -380,13 +417,13 @@ public final class ComponentConnection: Service, Sendable {
             state.timer = nil
             return state.queue.removeAll()
         }
-        for item in items { item.waiter?.continuation.resume(returning: .failure(error)) }
-        for entry in pending { entry.replier.resume(returning: .failure(error)) }
+        for item in items { item.waiter?.complete(.failure(error)) }
+        for entry in pending { entry.replier(.failure(error)) }
     }
 
     private func cancelWaiter(_ id: Int) {
         let item = shared.withLock { $0.queue.removeItem { $0.waiter?.id == id } }
-        item?.waiter?.continuation.resume(returning: .failure(SendError(.expired, "cancelled while waiting for the link")))
+        item?.waiter?.complete(.failure(SendError(.expired, "cancelled while waiting for the link")))
     }
 
     fileprivate func deliver(_ stanza: Stanza) {
@@ -560,11 +597,11 @@ private struct SessionLoop {
             lastWrite = .now
         } catch {
             for item in items {
-                item.waiter?.continuation.resume(returning: .failure(SendError(.linkLost, "write failed: \(error)")))
+                item.waiter?.complete(.failure(SendError(.linkLost, "write failed: \(error)")))
             }
             throw error
         }
-        for item in items { item.waiter?.continuation.resume(returning: .success(())) }
+        for item in items { item.waiter?.complete(.success(())) }
     }
 
     mutating func write(_ text: String) async throws {
@@ -617,10 +654,40 @@ private struct SessionLoop {
 
 struct Waiter: Sendable {
     let id: Int
-    let continuation: CheckedContinuation<Result<Void, SendError>, Never>
+    let complete: @Sendable (Result<Void, SendError>) -> Void
 }
 
-typealias IQReplier = CheckedContinuation<Result<Stanza, SendError>, Never>
+typealias IQReplier = @Sendable (Result<Stanza, SendError>) -> Void
+
+/// Joins a task's cancellation to a callback-style wait: `cancel` before `set` cancels at `set`.
+final class CancellationBox: Sendable {
+    private enum State {
+        case waiting
+        case set(@Sendable () -> Void)
+        case cancelled
+    }
+
+    private let state = Mutex(State.waiting)
+
+    func set(_ cancel: (@Sendable () -> Void)?) {
+        guard let cancel else { return }
+        let cancelNow: Bool = state.withLock { state in
+            guard case .waiting = state else { return true }
+            state = .set(cancel)
+            return false
+        }
+        if cancelNow { cancel() }
+    }
+
+    func cancel() {
+        let action: (@Sendable () -> Void)? = state.withLock { state in
+            defer { state = .cancelled }
+            if case .set(let action) = state { return action }
+            return nil
+        }
+        action?()
+    }
+}
 typealias Outgoing = OutboundQueue<Waiter, IQReplier>.Item
 typealias PendingIQ = OutboundQueue<Waiter, IQReplier>.PendingIQ
 

@@ -117,12 +117,20 @@ struct OutboundQueue<Waiter, Replier> {
         guard let entry = pending[id] else { return nil }
         // A reply must come from the address the request went to (bare/full forms compare by JID).
         if let to = entry.to, let from, JID.parse(to) != JID.parse(from) { return nil }
-        return pending.removeValue(forKey: id)
+        return removePending(id)
+    }
+
+    /// Removes a waiting iq; the table's storage goes when it empties (after a burst of 10,000 long-polls it
+    /// would otherwise stay at its largest).
+    private mutating func removePending(_ id: String) -> PendingIQ? {
+        let removed = pending.removeValue(forKey: id)
+        if pending.isEmpty && pending.capacity > 64 { pending = [:] }
+        return removed
     }
 
     /// Stops an iq waiting (its requester was cancelled); its request is not sent any more.
     mutating func cancelRequest(id: String) -> PendingIQ? {
-        guard let iq = pending.removeValue(forKey: id) else { return nil }
+        guard let iq = removePending(id) else { return nil }
         if let index = items.firstIndex(where: { $0.iqID == id }) { items.remove(at: index) }
         return iq
     }

@@ -1,4 +1,4 @@
-// Connects the REST API to the component link.
+// Connects the REST API to the component link, callback to callback: a waiting REST request holds no task.
 
 import ComponentLink
 import FastCGIFront
@@ -11,26 +11,11 @@ struct LinkSender: StanzaSender {
 
     func deliver(_ stanza: Stanza, wait: Duration,
                  completion: @escaping @Sendable (Result<Void, SendError>) -> Void) -> RestCancellation? {
-        let task = Task {
-            do throws(SendError) {
-                try await connection.sendAndWait(stanza, wait: wait)
-                completion(.success(()))
-            } catch {
-                completion(.failure(error))
-            }
-        }
-        return RestCancellation { task.cancel() }
+        connection.sendAndWait(stanza, wait: wait, completion: completion).map(RestCancellation.init)
     }
 
     func ask(_ iq: Stanza, timeout: Duration, maxPending: Int,
              completion: @escaping @Sendable (Result<Stanza, SendError>) -> Void) -> RestCancellation? {
-        let task = Task {
-            do throws(SendError) {
-                completion(.success(try await connection.request(iq, timeout: timeout, maxPending: maxPending)))
-            } catch {
-                completion(.failure(error))
-            }
-        }
-        return RestCancellation { task.cancel() }
+        connection.request(iq, timeout: timeout, maxPending: maxPending, completion: completion).map(RestCancellation.init)
     }
 }

@@ -142,7 +142,10 @@ def test_ten_thousand_long_polls_three_times_take_little_memory_and_give_it_back
     async def one(i: int, opened: asyncio.Queue) -> int:
         reader, writer = await asyncio.open_unix_connection(str(socket_path))
         writer.write(fcgi_client.request("POST", "/rest", iq.format(c=COMPONENT, i=i).encode(), headers))
-        await writer.drain()
+        try:
+            await writer.drain()
+        except ConnectionResetError:
+            pass  # answered and closed already: the answer is still there to read
         opened.put_nowait(i)
         status, _, body = await fcgi_client.read_response(reader)
         writer.close()
@@ -161,9 +164,14 @@ def test_ten_thousand_long_polls_three_times_take_little_memory_and_give_it_back
             await asyncio.wait(tasks, timeout=0.2)
         return [t.result() for t in tasks], peak_rss, peak_threads
 
-    start = rss_mib(pid)
     loop = asyncio.new_event_loop()
     try:
+        # The first burst grows what stays (the allocator's per-thread arenas, NIO's tables) once; the rounds after
+        # it must come back to where they started.
+        statuses, peak, _ = loop.run_until_complete(round_of(10_000))
+        assert statuses.count(200) == 10_000
+        start = rss_mib(pid)
+        print(f"warm-up: peak {peak:.0f} MiB, then {start:.0f} MiB")
         for number in range(1, 4):
             statuses, peak, peak_threads = loop.run_until_complete(round_of(10_000))
             after = rss_mib(pid)
@@ -171,7 +179,7 @@ def test_ten_thousand_long_polls_three_times_take_little_memory_and_give_it_back
                   f"peak threads {peak_threads}")
             assert statuses.count(200) == 10_000, {s: statuses.count(s) for s in set(statuses)}
             assert peak <= 150
-            assert after <= start * 1.10 + 1, (start, after)
+            assert after <= start * 1.10, (start, after)
             assert peak_threads <= 16
     except BaseException:
         print("\n".join(l for l in daemon.log().splitlines() if " DEBUG " not in l)[-3000:])
