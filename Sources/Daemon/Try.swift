@@ -36,6 +36,13 @@ struct Try: AsyncParsableCommand {
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         let logger = options.bootstrapLogging()
+        // Descendants that escape a handler's process group are re-parented to stanzad (not init) and killed when
+        // a handler ends (SPEC §5.3).
+        if !OrphanReaper.adoptOrphans() {
+            logger.warning("cannot adopt escaped handler descendants; they may outlive their handler", metadata: [
+                "problem": "prctl(PR_SET_CHILD_SUBREAPER) failed: errno \(errno)",
+            ])
+        }
         let config = try options.loadConfig()
         guard let configured = config.routes.first(where: { $0.name == route }) else {
             let names = config.routes.map(\.name)

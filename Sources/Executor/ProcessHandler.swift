@@ -71,6 +71,10 @@ public struct ProcessHandler: StanzaHandler {
     func outcome(of result: ProcessResult, for stanza: Stanza, logger: Logger) -> HandlerOutcome {
         var metadata: Logger.Metadata = [:]
         if let pid = result.pid { metadata["pid"] = "\(pid)" }
+        if result.escapedKilled > 0 {
+            metadata["escaped_killed"] = "\(result.escapedKilled)"
+            logger.notice("adopted processes killed after the handler ended", metadata: metadata)
+        }
         switch result.ending {
         case .exited(0):
             metadata["exit"] = "0"

@@ -401,6 +401,7 @@ public final class WorkerPool: Service, Sendable {
             return false
         }
         defer { input.close() }
+        let spawn = OrphanReaper.shared.spawning()
         do {
             let result = try await Subprocess.run(
                 launch, input: .fileDescriptor(FileDescriptor(rawValue: input.readEnd), closeAfterSpawningProcess: true),
@@ -408,6 +409,7 @@ public final class WorkerPool: Service, Sendable {
                 error: .sequence
             ) { execution -> String? in
                 let processID = execution.processIdentifier.value
+                OrphanReaper.shared.spawned(spawn, pid: processID)
                 let sends = state.withLock { state -> [Send] in
                     state.slots[index].pid = processID
                     guard state.slots[index].generation == generation, state.slots[index].accepting else { return [] }
@@ -489,6 +491,13 @@ public final class WorkerPool: Service, Sendable {
             ])
         }
         if let pid { _ = kill(-pid, SIGKILL) }
+        // swift-subprocess has reaped the worker; what escaped its group and was adopted goes now.
+        OrphanReaper.shared.spawned(spawn, pid: nil)
+        if let pid { OrphanReaper.shared.reaped(spawn, pid: pid) }
+        let escaped = await OrphanReaper.shared.sweepOffThePool()
+        if escaped > 0 {
+            log.notice("adopted processes killed after the worker ended", metadata: ["escaped_killed": "\(escaped)"])
+        }
 
         // Whatever was still in flight fails now.
         let (failed, reason, recycled) = state.withLock { state -> ([Request], String?, Bool) in

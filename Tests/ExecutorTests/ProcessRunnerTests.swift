@@ -11,10 +11,22 @@ private func spec(_ script: String, stdin: String = "", timeout: Duration = .sec
         timeout: timeout, killGrace: .milliseconds(500), maxOutput: maxOutput)
 }
 
-private func run(_ spec: ProcessSpec) async -> (ProcessResult, [String]) {
+private func run(_ spec: ProcessSpec, stderrLine: @escaping @Sendable (String, Int32) -> Void = { _, _ in }) async -> (ProcessResult, [String]) {
     let lines = LineLog()
-    let result = await ProcessRunner.run(spec) { line, _ in lines.append(line) }
+    let result = await ProcessRunner.run(spec) { line, pid in
+        lines.append(line)
+        stderrLine(line, pid)
+    }
     return (result, lines.items)
+}
+
+/// Live processes whose argv is exactly `argv`.
+private func processes(withCommandLine argv: [String]) -> [Int32] {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    let wanted = Data(argv.joined(separator: "\0").utf8) + Data([0])
+    return entries.compactMap { Int32($0) }.filter { pid in
+        (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) == wanted
+    }
 }
 
 /// Live (not zombie) processes whose process group is `group`.
@@ -96,6 +108,20 @@ final class LineLog: @unchecked Sendable {
         #expect(result.duration < .seconds(5))
         let group = try #require(result.pid)
         #expect(await groupEmpties(group))
+    }
+
+    @Test func aDaemonThatEscapedTheGroupWithSetsidDoesNotSurviveTheHandler() async throws {
+        #expect(OrphanReaper.adoptOrphans(), "stanzad is the subreaper of what its handlers leave behind")
+        // setsid leaves the handler's session; its shell backgrounds a sleep and exits (a double fork), so the
+        // sleep is orphaned while the handler still runs, and it keeps the handler's stdout open.
+        let marker = "300.\(UInt32.random(in: 100_000...999_999))"
+        let (result, _) = await run(spec("setsid sh -c 'sleep \(marker) &'; echo reply"))
+        defer { for pid in processes(withCommandLine: ["sleep", marker]) { kill(pid, SIGKILL) } }
+        #expect(result.ending == .exited(0))
+        #expect(String(decoding: result.stdout, as: UTF8.self) == "reply\n")
+        // Killed and reaped before `run` returned: nothing to wait for.
+        #expect(processes(withCommandLine: ["sleep", marker]).isEmpty, "the escaped sleep was killed and reaped")
+        print("escaped daemon: reply after \(result.duration)")
     }
 
     @Test func missingExecutableIsASpawnFailure() async {

@@ -1,0 +1,196 @@
+// Descendants that escape a handler's process group (setsid, double fork) and lose their parent are adopted by
+// stanzad (a child subreaper) instead of init; a sweep after every handler ends kills and reaps every adopted
+// child that stanzad did not spawn itself, so nothing a handler starts outlives it or holds its pipes.
+//
+// Only ever one pid at a time is waited for (waitid P_PID): the exec runner and swift-subprocess (workers) reap
+// their own children, and a wait on "any child" would steal their exit statuses.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CSpawn
+import Synchronization
+
+package final class OrphanReaper: Sendable {
+    package static let shared = OrphanReaper()
+
+    /// Makes this process the child subreaper of its descendants (prctl PR_SET_CHILD_SUBREAPER). Call once at
+    /// startup; false when the kernel refused (escaped descendants then go to init and are not killed).
+    package static func adoptOrphans() -> Bool {
+        stanzad_become_subreaper() == 0
+    }
+
+    /// Marks one spawn whose pid is not known yet; see `spawning()`.
+    package struct Spawn: Sendable, Hashable {
+        let token: Int
+    }
+
+    private struct State {
+        /// Children stanzad spawned and still waits for (exec handlers, workers), with the spawn's token.
+        var tracked: [pid_t: Int] = [:]
+        /// Spawns under way: token → when they began, in clock ticks since boot (the unit of /proc starttime).
+        var pending: [Int: UInt64] = [:]
+        var nextToken = 0
+    }
+
+    private let state = Mutex(State())
+    /// One sweep at a time: an adopted child is then killed and reaped by one sweep only, so its pid cannot be
+    /// reaped and reused by a new spawn between a sweep's decision and its kill.
+    private let sweeping = Mutex(())
+
+    /// Runs `start` (a spawn returning the child's pid, nil on failure) with sweeps' decisions held off, and tracks
+    /// the child at once: no sweep ever sees it untracked. Spawns through here are serialised (one posix_spawn,
+    /// well under a millisecond, at a time).
+    package func spawn(_ start: () -> pid_t?) -> Spawn {
+        state.withLock { state in
+            state.nextToken += 1
+            if let pid = start() { state.tracked[pid] = state.nextToken }
+            return Spawn(token: state.nextToken)
+        }
+    }
+
+    /// For a spawn that cannot run inside `spawn(_:)` (swift-subprocess, for workers): call right before it and
+    /// pass the result to `spawned(_:pid:)` once the pid is known. Meanwhile a sweep spares every untracked child
+    /// started since this call, as it may be this one (an escaped process that starts in that window waits for
+    /// the next sweep).
+    package func spawning() -> Spawn {
+        let now = Self.ticksSinceBoot()
+        return state.withLock { state in
+            state.nextToken += 1
+            state.pending[state.nextToken] = now
+            return Spawn(token: state.nextToken)
+        }
+    }
+
+    /// The spawn is over: `pid` is tracked until `reap`/`reaped`. nil: it failed (or was reported already).
+    package func spawned(_ spawn: Spawn, pid: pid_t?) {
+        state.withLock { state in
+            state.pending[spawn.token] = nil
+            if let pid { state.tracked[pid] = spawn.token }
+        }
+    }
+
+    /// Reaps the exited child `pid` (a zombie by now) and stops tracking it, atomically with respect to spawns, so
+    /// a new child that gets the same pid is never mistaken for this one. Returns its wait status, or nil when it
+    /// was already reaped by someone else (ECHILD).
+    package func reap(_ spawn: Spawn, pid: pid_t) -> Int32? {
+        state.withLock { state -> Int32? in
+            var status: Int32 = 0
+            let result = stanzad_wait(pid, 0, &status)
+            if state.tracked[pid] == spawn.token { state.tracked[pid] = nil }
+            return result == pid ? status : nil
+        }
+    }
+
+    /// A child someone else (swift-subprocess) reaped: no longer ours to spare.
+    package func reaped(_ spawn: Spawn, pid: pid_t) {
+        state.withLock { state in
+            if state.tracked[pid] == spawn.token { state.tracked[pid] = nil }
+        }
+    }
+
+    /// Kills (SIGKILL) and reaps every child of stanzad that it did not spawn: descendants of handlers that were
+    /// re-parented to it. Repeats until none is left (killing one re-parents its own children). Blocks: call on
+    /// a thread of its own, never in the cooperative pool or on an event loop. Returns how many were killed.
+    @discardableResult
+    package func sweep() -> Int {
+        sweeping.withLock { _ -> Int in
+            var killed = 0
+            for _ in 0..<64 {  // each round takes one generation of descendants; 64 bounds a fork bomb's depth
+                let victims = adopted()
+                if victims.isEmpty { break }
+                for pid in victims { _ = kill(pid, SIGKILL) }
+                for pid in victims { Self.awaitExit(pid) }
+                killed += victims.count
+            }
+            return killed
+        }
+    }
+
+    /// `sweep()` on a thread of its own, for async callers.
+    package func sweepOffThePool() async -> Int {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Int, Never>) in
+            let started = BlockingThread.start { continuation.resume(returning: self.sweep()) }
+            if !started { continuation.resume(returning: 0) }
+        }
+    }
+
+    /// Children of this process (every thread's) that are neither tracked nor possibly a spawn under way.
+    private func adopted() -> [pid_t] {
+        let children = Self.children()
+        guard !children.isEmpty else { return [] }
+        let (tracked, pendingSince) = state.withLock { state in (state.tracked, state.pending.values.min()) }
+        return children.filter { pid in
+            guard tracked[pid] == nil else { return false }
+            guard let pendingSince else { return true }
+            // A spawn under way may have produced it: spare anything started since (a tick early, for rounding).
+            guard let started = Self.startTicks(of: pid) else { return false }
+            return started + 1 < pendingSince
+        }
+    }
+
+    /// Waits up to 1 s for a killed child to exit and reaps it. A child that does not die (stuck in the kernel)
+    /// is left for a later sweep rather than stalling this one.
+    private static func awaitExit(_ pid: pid_t) {
+        var status: Int32 = 0
+        if stanzad_wait(pid, WNOHANG, &status) != 0 { return }  // reaped now, or not ours any more
+        let pidfd = stanzad_pidfd_open(pid)
+        if pidfd >= 0 {
+            var entry = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+            var rc: Int32
+            repeat { rc = poll(&entry, 1, 1000) } while rc < 0 && errno == EINTR
+            _ = close(pidfd)
+            if rc > 0 { _ = stanzad_wait(pid, WNOHANG, &status) }
+        }
+    }
+
+    /// The pids in /proc/self/task/*/children.
+    static func children() -> [pid_t] {
+        guard let directory = opendir("/proc/self/task") else { return [] }
+        defer { closedir(directory) }
+        var pids: [pid_t] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let tid = Int32(name) else { continue }
+            for field in readSmallFile("/proc/self/task/\(tid)/children").split(separator: 0x20) {
+                if let pid = Int32(String(decoding: field, as: UTF8.self)) { pids.append(pid) }
+            }
+        }
+        return pids
+    }
+
+    /// Field 22 of /proc/<pid>/stat: when it started, in clock ticks since boot.
+    static func startTicks(of pid: pid_t) -> UInt64? {
+        let stat = readSmallFile("/proc/\(pid)/stat")
+        // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+        guard let close = stat.lastIndex(of: UInt8(ascii: ")")) else { return nil }
+        let fields = stat[(close + 1)...].split(separator: 0x20)
+        guard fields.count > 19 else { return nil }
+        return UInt64(String(decoding: fields[19], as: UTF8.self))
+    }
+
+    static func ticksSinceBoot() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &now)
+        let hertz = UInt64(max(1, sysconf(Int32(_SC_CLK_TCK))))
+        return UInt64(now.tv_sec) * hertz + UInt64(now.tv_nsec) * hertz / 1_000_000_000
+    }
+
+    private static func readSmallFile(_ path: String) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { _ = close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count > 0 else { break }
+            bytes.append(contentsOf: buffer[0..<count])
+        }
+        if bytes.last == 0x0A { bytes.removeLast() }
+        return bytes
+    }
+}
