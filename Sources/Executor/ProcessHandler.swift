@@ -105,6 +105,12 @@ public struct ProcessHandler: StanzaHandler {
             metadata["problem"] = "stdout over max_output (\(settings.maxOutput) bytes)"
             logger.error("handler output rejected", metadata: ["problem": "stdout over max_output (\(settings.maxOutput) bytes); the handler was stopped"])
             return .failed(.cancel, .internalServerError, metadata: metadata)
+        case .statusLost:
+            metadata["problem"] = "exit status lost"
+            logger.error("handler exit status lost; its output is discarded", metadata: [
+                "problem": "the process was reaped by someone else (ECHILD), so how it ended is unknown",
+            ])
+            return .failed(.cancel, .internalServerError, metadata: metadata)
         case .spawnFailed(let reason):
             logger.error("handler could not be started", metadata: [
                 "argv0": "\(settings.argv.first ?? "")", "problem": "\(reason)",

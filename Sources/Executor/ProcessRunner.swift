@@ -56,6 +56,9 @@ public struct ProcessResult: Sendable {
         case outputTooLarge
         /// Could not be started (missing, not executable, bad workdir…).
         case spawnFailed(String)
+        /// Exited, but its status was collected by someone else (ECHILD): how it ended is unknown, so its
+        /// output cannot be trusted as a successful reply.
+        case statusLost
     }
 
     public var ending: Ending
@@ -176,7 +179,7 @@ private struct Watch {
     /// Its wait status once it has exited (seen with WNOWAIT: it stays a zombie, holding its pid and group id,
     /// until `run` reaps it at the very end).
     var status: Int32?
-    /// It has exited but someone else reaped it (ECHILD): taken as exit 0.
+    /// It has exited but someone else reaped it (ECHILD).
     var lost = false
     var timedOut = false
     var tooLarge = false
@@ -261,15 +264,17 @@ private struct Watch {
             lost = true
         }
         let ending: ProcessResult.Ending
-        if timedOut {
+        if lost {
+            ending = .statusLost
+        } else if timedOut {
             ending = .timedOut
         } else if tooLarge {
             ending = .outputTooLarge
         } else {
-            ending = Self.ending(ofWaitStatus: lost ? 0 : status ?? 0)
+            ending = Self.ending(ofWaitStatus: status ?? 0)
         }
         return ProcessResult(
-            ending: ending, stdout: tooLarge ? [] : collected, pid: pid, duration: .zero, escapedKilled: escapedKilled)
+            ending: ending, stdout: tooLarge || lost ? [] : collected, pid: pid, duration: .zero, escapedKilled: escapedKilled)
     }
 
     /// A wait(2) status as an exit code or a signal.
@@ -355,7 +360,8 @@ private struct Watch {
         }
     }
 
-    /// Learns whether the handler has exited, without reaping it (WNOWAIT). ECHILD: someone else reaped it.
+    /// Learns whether the handler has exited, without reaping it (WNOWAIT). ECHILD means someone else reaped
+    /// it: its status is lost, and an unknown ending is never taken for success.
     mutating func checkExit() {
         var raw: Int32 = 0
         let result = stanzad_wait(pid, WNOHANG | WNOWAIT, &raw)

@@ -1,7 +1,10 @@
 // Real processes, no XMPP: the failure modes of research/executor-anchors.md that a handler run must survive.
 
 import Foundation
+import Logging
+import Routing
 import Testing
+import XMPPCore
 
 @testable import Executor
 
@@ -122,6 +125,25 @@ final class LineLog: @unchecked Sendable {
         // Killed and reaped before `run` returned: nothing to wait for.
         #expect(processes(withCommandLine: ["sleep", marker]).isEmpty, "the escaped sleep was killed and reaped")
         print("escaped daemon: reply after \(result.duration)")
+    }
+
+    @Test func aHandlerReapedBySomeoneElseIsNotASuccess() async throws {
+        // The stderr callback runs on the thread watching the handler: reaping the handler there, before that
+        // thread learns of its exit, leaves it only ECHILD.
+        let (result, _) = await run(spec("echo reply; echo up >&2; exec 2>&-; exit 0"), stderrLine: { line, pid in
+            guard line == "up" else { return }
+            var status: Int32 = 0
+            _ = waitpid(pid, &status, 0)
+        })
+        #expect(result.ending == .statusLost)
+        #expect(result.stdout.isEmpty, "the output of a handler whose ending is unknown is not a reply")
+        let handler = ProcessHandler(settings: .init(argv: ["/bin/true"], format: .text), processes: AdmissionGate(concurrency: 1, queue: nil))
+        let xml = "<message from='a@example.org/r' to='bot.example.org' type='chat' id='m1'><body>hi</body></message>"
+        let incoming = try #require(Stanza(try XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1)[0]))
+        let outcome = handler.outcome(of: result, for: incoming, logger: Logger(label: "test"))
+        #expect(outcome.replies.isEmpty)
+        #expect(outcome.failure?.type == .cancel)
+        #expect(outcome.failure?.condition == .internalServerError)
     }
 
     @Test func missingExecutableIsASpawnFailure() async {
