@@ -58,13 +58,25 @@ public struct ProcessHandler: StanzaHandler {
             workdir: settings.workdir, stdin: input, timeout: settings.timeout, killGrace: settings.killGrace,
             maxOutput: settings.maxOutput)
 
-        await processes.acquire()
+        // Waiting for the process limit ends without a process when the task is cancelled or stanzad shuts down.
+        guard await processes.acquire() else {
+            return HandlerOutcome(failure: Dispatcher.shuttingDown, metadata: ["queue": "left at shutdown"])
+        }
+        if Task.isCancelled {
+            processes.release()
+            return HandlerOutcome(failure: Dispatcher.shuttingDown, metadata: ["queue": "left at shutdown"])
+        }
         let logger = context.logger
         let result = await ProcessRunner.run(spec) { line, pid in
             logger.warning("handler stderr", metadata: ["pid": "\(pid)", "line": "\(line)"])
         }
         processes.release()
         return outcome(of: result, for: stanza, logger: logger)
+    }
+
+    /// Shutdown: stanzas waiting for `[limits] max_processes` never start a process.
+    public func shutDown() {
+        processes.close()
     }
 
     /// Maps a finished process to replies or an error (SPEC §5.2, §5.3).

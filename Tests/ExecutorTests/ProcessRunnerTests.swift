@@ -199,3 +199,42 @@ final class LineLog: @unchecked Sendable {
         #expect(missing.ending == .spawnFailed("printf: not found in PATH"))
     }
 }
+
+@Suite struct ProcessLimitAtShutdownTests {
+    static func waiting(for marker: String) throws -> (ProcessHandler, AdmissionGate, Task<HandlerOutcome, Never>) {
+        let processes = AdmissionGate(concurrency: 1, queue: nil)
+        #expect(processes.tryAcquire(), "the only process slot is taken")
+        let handler = ProcessHandler(settings: .init(argv: ["/bin/sh", "-c", "touch \(marker)"], format: .text), processes: processes)
+        let xml = "<message from='a@example.org/r' to='bot.example.org' type='chat' id='m1'><body>hi</body></message>"
+        let incoming = try #require(Stanza(try XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1)[0]))
+        let context = HandlerContext(route: "r", component: "bot.example.org", logger: Logger(label: "test"))
+        return (handler, processes, Task { await handler.handle(incoming, context: context) })
+    }
+
+    static func expectShuttingDownWithoutAProcess(_ outcome: HandlerOutcome, marker: String) {
+        #expect(outcome.failure?.type == .cancel)
+        #expect(outcome.failure?.condition == .serviceUnavailable)
+        #expect(outcome.failure?.text == "stanzad is shutting down")
+        #expect(outcome.metadata["pid"] == nil, "no process was started")
+        #expect(!FileManager.default.fileExists(atPath: marker), "the handler never ran")
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aStanzaWaitingForTheProcessLimitAtShutdownNeverStartsAProcess() async throws {
+        let marker = NSTemporaryDirectory() + "stanzad-never-\(UUID().uuidString)"
+        let (handler, processes, task) = try Self.waiting(for: marker)
+        while processes.waiting < 1 { await Task.yield() }
+        handler.shutDown()
+        processes.release()
+        Self.expectShuttingDownWithoutAProcess(await task.value, marker: marker)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aCancelledStanzaWaitingForTheProcessLimitNeverStartsAProcess() async throws {
+        let marker = NSTemporaryDirectory() + "stanzad-never-\(UUID().uuidString)"
+        let (_, processes, task) = try Self.waiting(for: marker)
+        while processes.waiting < 1 { await Task.yield() }
+        task.cancel()
+        processes.release()
+        Self.expectShuttingDownWithoutAProcess(await task.value, marker: marker)
+        #expect(processes.load == 0)
+    }
+}
