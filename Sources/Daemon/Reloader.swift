@@ -52,6 +52,8 @@ final class Reloader: Service, Sendable {
             logger.warning("configuration change needs a restart", metadata: ["section": "\(name)"])
         }
         dispatcher.reload(routes: factory.routes(for: config), builtIns: config.builtInResponder())
+        // Only once no new stanza can reach them: stanzas already admitted to an old route fail or finish there.
+        factory.stopRemovedPools(keeping: config)
         if let rest = config.rest { api?.reload(credentials: rest.credentials) }
         active.withLock { $0 = config }
         logger.notice("configuration reloaded", metadata: ["config": "\(file)", "routes": "\(config.routes.count)"])

@@ -53,7 +53,8 @@ struct Try: AsyncParsableCommand {
         if stanza.id == nil { stanza.id = RandomID.make() }
         // Created only now: from here on every path shuts its HTTP client down.
         let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
-        let routes = factory.routes(for: config)
+        // Only this route: no other route's workers are started.
+        let routes = factory.routes(for: config, only: [route])
         guard let selected = routes.first(where: { $0.name == route }) else {
             await factory.client.shutdown()
             throw ExitCode(ExitStatus.internalError)

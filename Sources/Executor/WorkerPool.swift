@@ -96,8 +96,12 @@ public final class WorkerPool: Service, Sendable {
     private let current: Mutex<Settings>
     let logger: Logger
     private let state: Mutex<State>
+    /// Finished by `stop()`: the pool shuts down as on the service group's graceful shutdown.
+    private let stopRequests: AsyncStream<Void>
+    private let stopRequest: AsyncStream<Void>.Continuation
 
     public init(settings: Settings, logger: Logger) {
+        (stopRequests, stopRequest) = AsyncStream.makeStream()
         self.current = Mutex(settings)
         var logger = logger
         logger[metadataKey: "route"] = "\(settings.route)"
@@ -304,10 +308,18 @@ public final class WorkerPool: Service, Sendable {
                 group.addTask { await self.supervise(index) }
             }
             group.addTask { await self.sweepDeadlines() }
-            try? await gracefulShutdown()
+            // Until the service group shuts down gracefully, or `stop()`.
+            for await _ in stopRequests.cancelOnGracefulShutdown() {}
             beginShutdown()
         }
         logger.notice("workers stopped")
+    }
+
+    /// Shuts this pool down alone (its route is gone after a reload), as a graceful shutdown would: queued
+    /// stanzas fail with service-unavailable, in-flight ones finish within `kill_grace` after the workers' stdin
+    /// closes (or fail), then the workers' groups are killed and `run()` returns.
+    public func stop() {
+        stopRequest.finish()
     }
 
     private func beginShutdown() {
