@@ -146,19 +146,14 @@ package final class OrphanReaper: Sendable {
         }
     }
 
-    /// The pids in /proc/self/task/*/children.
+    /// Children of the main thread: /proc/self/task/<pid>/children. The kernel hands an orphan to the first live
+    /// thread of the subreaper (find_new_reaper), which is the main thread for the daemon's whole life, while the
+    /// children stanzad spawns belong to the threads that spawned them. So one small file holds every adopted
+    /// process, whatever the number of threads (one per running exec handler).
     static func children() -> [pid_t] {
-        guard let directory = opendir("/proc/self/task") else { return [] }
-        defer { closedir(directory) }
-        var pids: [pid_t] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let tid = Int32(name) else { continue }
-            for field in readSmallFile("/proc/self/task/\(tid)/children").split(separator: 0x20) {
-                if let pid = Int32(String(decoding: field, as: UTF8.self)) { pids.append(pid) }
-            }
+        readSmallFile("/proc/self/task/\(getpid())/children").split(separator: 0x20).compactMap {
+            Int32(String(decoding: $0, as: UTF8.self))
         }
-        return pids
     }
 
     /// Field 22 of /proc/<pid>/stat: when it started, in clock ticks since boot.
