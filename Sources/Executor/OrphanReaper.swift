@@ -22,16 +22,16 @@ package final class OrphanReaper: Sendable {
         stanzad_become_subreaper() == 0
     }
 
-    /// Marks one spawn whose pid is not known yet; see `spawning()`.
+    /// One spawn, so that untracking a pid never forgets a newer child that got the same pid.
     package struct Spawn: Sendable, Hashable {
         let token: Int
     }
 
     private struct State {
-        /// Children stanzad spawned and still waits for (exec handlers, workers), with the spawn's token.
+        /// Children stanzad spawned and still waits for (exec handlers, workers), with the spawn's token. They
+        /// belong to the threads that spawned them, never to the main thread whose children a sweep reads, so this
+        /// is a safety net: a tracked child is never killed, whichever thread's list it shows up in.
         var tracked: [pid_t: Int] = [:]
-        /// Spawns under way: token → when they began, in clock ticks since boot (the unit of /proc starttime).
-        var pending: [Int: UInt64] = [:]
         var nextToken = 0
     }
 
@@ -40,36 +40,27 @@ package final class OrphanReaper: Sendable {
     /// reaped and reused by a new spawn between a sweep's decision and its kill.
     private let sweeping = Mutex(())
 
-    /// Runs `start` (a spawn returning the child's pid, nil on failure) with sweeps' decisions held off, and tracks
-    /// the child at once: no sweep ever sees it untracked. Spawns through here are serialised (one posix_spawn,
-    /// well under a millisecond, at a time).
+    /// Runs `start` (a spawn on the calling thread, never the main thread, returning the child's pid or nil) and
+    /// tracks the child. Spawns run in parallel: the lock is taken only to record the pid.
     package func spawn(_ start: () -> pid_t?) -> Spawn {
-        state.withLock { state in
-            state.nextToken += 1
-            if let pid = start() { state.tracked[pid] = state.nextToken }
-            return Spawn(token: state.nextToken)
-        }
+        let spawn = spawning()
+        spawned(spawn, pid: start())
+        return spawn
     }
 
-    /// For a spawn that cannot run inside `spawn(_:)` (swift-subprocess, for workers): call right before it and
-    /// pass the result to `spawned(_:pid:)` once the pid is known. Meanwhile a sweep spares every untracked child
-    /// started since this call, as it may be this one (an escaped process that starts in that window waits for
-    /// the next sweep).
+    /// For a spawn that cannot run inside `spawn(_:)` (swift-subprocess, for workers, on its own spawning thread):
+    /// call before it and pass the result to `spawned(_:pid:)` once the pid is known.
     package func spawning() -> Spawn {
-        let now = Self.ticksSinceBoot()
-        return state.withLock { state in
+        state.withLock { state in
             state.nextToken += 1
-            state.pending[state.nextToken] = now
             return Spawn(token: state.nextToken)
         }
     }
 
-    /// The spawn is over: `pid` is tracked until `reap`/`reaped`. nil: it failed (or was reported already).
+    /// `pid` (nil: the spawn failed, or was reported already) is tracked until `reap`/`reaped`.
     package func spawned(_ spawn: Spawn, pid: pid_t?) {
-        state.withLock { state in
-            state.pending[spawn.token] = nil
-            if let pid { state.tracked[pid] = spawn.token }
-        }
+        guard let pid else { return }
+        state.withLock { state in state.tracked[pid] = spawn.token }
     }
 
     /// Reaps the exited child `pid` (a zombie by now) and stops tracking it, atomically with respect to spawns, so
@@ -117,18 +108,12 @@ package final class OrphanReaper: Sendable {
         }
     }
 
-    /// Children of this process (every thread's) that are neither tracked nor possibly a spawn under way.
+    /// Adopted children: the main thread's children that stanzad did not spawn.
     private func adopted() -> [pid_t] {
         let children = Self.children()
         guard !children.isEmpty else { return [] }
-        let (tracked, pendingSince) = state.withLock { state in (state.tracked, state.pending.values.min()) }
-        return children.filter { pid in
-            guard tracked[pid] == nil else { return false }
-            guard let pendingSince else { return true }
-            // A spawn under way may have produced it: spare anything started since (a tick early, for rounding).
-            guard let started = Self.startTicks(of: pid) else { return false }
-            return started + 1 < pendingSince
-        }
+        let tracked = state.withLock { $0.tracked }
+        return children.filter { tracked[$0] == nil }
     }
 
     /// Waits up to 1 s for a killed child to exit and reaps it. A child that does not die (stuck in the kernel)
@@ -154,23 +139,6 @@ package final class OrphanReaper: Sendable {
         readSmallFile("/proc/self/task/\(getpid())/children").split(separator: 0x20).compactMap {
             Int32(String(decoding: $0, as: UTF8.self))
         }
-    }
-
-    /// Field 22 of /proc/<pid>/stat: when it started, in clock ticks since boot.
-    static func startTicks(of pid: pid_t) -> UInt64? {
-        let stat = readSmallFile("/proc/\(pid)/stat")
-        // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-        guard let close = stat.lastIndex(of: UInt8(ascii: ")")) else { return nil }
-        let fields = stat[(close + 1)...].split(separator: 0x20)
-        guard fields.count > 19 else { return nil }
-        return UInt64(String(decoding: fields[19], as: UTF8.self))
-    }
-
-    static func ticksSinceBoot() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_BOOTTIME, &now)
-        let hertz = UInt64(max(1, sysconf(Int32(_SC_CLK_TCK))))
-        return UInt64(now.tv_sec) * hertz + UInt64(now.tv_nsec) * hertz / 1_000_000_000
     }
 
     private static func readSmallFile(_ path: String) -> [UInt8] {
