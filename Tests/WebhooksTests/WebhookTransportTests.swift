@@ -269,16 +269,16 @@ private func withPlainClient(_ body: (ScriptedServer, WebhookClient, String) asy
         await client.shutdown()
         await server.stop()
     }
-}
 
-@Suite(.serialized) struct WebhookNoResendTests {
+    // Through the handler (same serialized suite: these servers and clients do not run beside the others).
+
     static func stanza(_ xml: String) throws -> Stanza {
         try #require(Stanza(try XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1)[0]))
     }
 
     static let context = HandlerContext(route: "hook", component: "bot.example.org", logger: Logger(label: "test"))
 
-    @Test(arguments: WebhookTransportTests.transports)
+    @Test(arguments: transports)
     func anIqSetTheServerReadAndDroppedGetsRecipientUnavailableAfterOnePOST(plain: Bool) async throws {
         let server = try await ScriptedServer()
         let client = WebhookClient(plainHTTP: plain)
