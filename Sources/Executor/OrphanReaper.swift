@@ -89,11 +89,12 @@ package final class OrphanReaper: Sendable {
     package func sweep() -> Int {
         sweeping.withLock { _ -> Int in
             var killed = 0
+            var stuck = Set<pid_t>()  // killed but not dead within a second: left for a later sweep
             for _ in 0..<64 {  // each round takes one generation of descendants; 64 bounds a fork bomb's depth
-                let victims = adopted()
+                let victims = adopted().filter { !stuck.contains($0) }
                 if victims.isEmpty { break }
                 for pid in victims { _ = kill(pid, SIGKILL) }
-                for pid in victims { Self.awaitExit(pid) }
+                for pid in victims where !Self.awaitExit(pid) { stuck.insert(pid) }
                 killed += victims.count
             }
             return killed
@@ -116,19 +117,18 @@ package final class OrphanReaper: Sendable {
         return children.filter { tracked[$0] == nil }
     }
 
-    /// Waits up to 1 s for a killed child to exit and reaps it. A child that does not die (stuck in the kernel)
-    /// is left for a later sweep rather than stalling this one.
-    private static func awaitExit(_ pid: pid_t) {
+    /// Waits up to 1 s for a killed child to exit and reaps it; false when it did not die (stuck in the kernel):
+    /// it is left for a later sweep rather than stalling this one.
+    private static func awaitExit(_ pid: pid_t) -> Bool {
         var status: Int32 = 0
-        if stanzad_wait(pid, WNOHANG, &status) != 0 { return }  // reaped now, or not ours any more
+        if stanzad_wait(pid, WNOHANG, &status) != 0 { return true }  // reaped now, or not ours any more
         let pidfd = stanzad_pidfd_open(pid)
-        if pidfd >= 0 {
-            var entry = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
-            var rc: Int32
-            repeat { rc = poll(&entry, 1, 1000) } while rc < 0 && errno == EINTR
-            _ = close(pidfd)
-            if rc > 0 { _ = stanzad_wait(pid, WNOHANG, &status) }
-        }
+        guard pidfd >= 0 else { return false }
+        defer { _ = close(pidfd) }
+        var entry = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        var rc: Int32
+        repeat { rc = poll(&entry, 1, 1000) } while rc < 0 && errno == EINTR
+        return rc > 0 && stanzad_wait(pid, WNOHANG, &status) != 0
     }
 
     /// Children of the main thread: /proc/self/task/<pid>/children. The kernel hands an orphan to the first live
