@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -46,4 +48,24 @@ int stanzad_pidfd_open(pid_t pid) {
 
 int stanzad_pipe(int fds[2], int flags) {
     return pipe2(fds, flags);
+}
+
+int stanzad_become_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+int stanzad_wait(pid_t pid, int flags, int *status) {
+    siginfo_t info;
+    info.si_pid = 0;
+    int rc;
+    do { rc = waitid(P_PID, (id_t)pid, &info, WEXITED | flags); } while (rc < 0 && errno == EINTR);
+    if (rc < 0) return -1;
+    if (info.si_pid == 0) return 0;  // WNOHANG and still running
+    switch (info.si_code) {
+    case CLD_EXITED: *status = (info.si_status & 0xff) << 8; break;
+    case CLD_KILLED: *status = info.si_status & 0x7f; break;
+    case CLD_DUMPED: *status = (info.si_status & 0x7f) | 0x80; break;
+    default: *status = 0x7f; break;  // not an exit (waitid with WEXITED only reports exits)
+    }
+    return info.si_pid;
 }

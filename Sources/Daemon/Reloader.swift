@@ -53,6 +53,8 @@ final class Reloader: Service, Sendable {
         }
         dispatcher.reload(routes: factory.routes(for: config), builtIns: config.builtInResponder())
         dispatcher.setRateLimit(config.perSender)
+        // Only once no new stanza can reach them: stanzas already admitted to an old route fail or finish there.
+        factory.stopRemovedPools(keeping: config)
         if let rest = config.rest { api?.reload(credentials: rest.credentials) }
         active.withLock { $0 = config }
         logger.notice("configuration reloaded", metadata: ["config": "\(file)", "routes": "\(config.routes.count)"])

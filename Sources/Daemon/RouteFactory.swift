@@ -1,6 +1,6 @@
 // Turns the configured `[[route]]` tables into routing rules with their handlers. Kept for the daemon's
 // life, so a reload (SIGHUP) shares the process limit and the HTTP client and keeps worker pools (and their
-// queued stanzas) by route name.
+// queued stanzas) by route name; pools whose route a reload removed are stopped.
 
 import Executor
 import Logging
@@ -26,10 +26,11 @@ final class RouteFactory: Sendable {
         self.logger = logger
     }
 
-    /// The routes of `config`. Worker routes reuse the pool of the same name (reloaded with the new
-    /// settings); new ones start on the WorkerHost.
-    func routes(for config: StanzadConfig) -> [Route] {
-        config.routes.map { route in
+    /// The routes of `config` (only those named in `only`, when given: `stanzad try` starts no other route's
+    /// workers). Worker routes reuse the pool of the same name (reloaded with the new settings); new ones start on
+    /// the WorkerHost.
+    func routes(for config: StanzadConfig, only: Set<String>? = nil) -> [Route] {
+        config.routes.filter { only?.contains($0.name) ?? true }.map { route in
             let format = HandlerFormat(rawValue: route.format) ?? .text
             let rule = RouteRule(
                 kinds: Set(route.kinds), types: route.types.map(Set.init), to: route.to, from: route.from,
@@ -70,6 +71,23 @@ final class RouteFactory: Sendable {
                     client: client)
             }
             return Route(name: route.name, rule: rule, handler: handler, concurrency: route.concurrency, queue: route.queue)
+        }
+    }
+
+    /// After a reload: the pools of worker routes `config` no longer has (removed, renamed, or now exec or
+    /// webhook) stop gracefully, so their processes do not run on for good.
+    func stopRemovedPools(keeping config: StanzadConfig) {
+        var kept = Set<String>()
+        for route in config.routes {
+            if case .worker = route.target { kept.insert(route.name) }
+        }
+        let removed = pools.withLock { pools -> [(String, WorkerPool)] in
+            let names = pools.keys.filter { !kept.contains($0) }
+            return names.compactMap { name in pools.removeValue(forKey: name).map { (name, $0) } }
+        }
+        for (name, pool) in removed {
+            logger.notice("worker route removed; stopping its workers", metadata: ["route": "\(name)"])
+            pool.stop()
         }
     }
 }

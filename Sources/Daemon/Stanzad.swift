@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import ComponentLink
+import Executor
 import FastCGIFront
 import Foundation
 import Logging
@@ -81,6 +82,13 @@ struct Run: AsyncParsableCommand {
         // Writing to a handler that exited must be an error, not the end of stanzad.
         signal(SIGPIPE, SIG_IGN)
         let logger = options.bootstrapLogging()
+        // Descendants that escape a handler's process group are re-parented to stanzad (not init) and killed when
+        // a handler ends (SPEC §5.3).
+        if !OrphanReaper.adoptOrphans() {
+            logger.warning("cannot adopt escaped handler descendants; they may outlive their handler", metadata: [
+                "problem": "prctl(PR_SET_CHILD_SUBREAPER) failed: errno \(errno)",
+            ])
+        }
         let config = try options.loadConfig()
         for warning in config.warnings {
             logger.warning("configuration warning", metadata: ["where": "\(warning.file):\(warning.line)", "problem": "\(warning.message)"])

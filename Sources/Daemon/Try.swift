@@ -36,6 +36,13 @@ struct Try: AsyncParsableCommand {
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         let logger = options.bootstrapLogging()
+        // Descendants that escape a handler's process group are re-parented to stanzad (not init) and killed when
+        // a handler ends (SPEC §5.3).
+        if !OrphanReaper.adoptOrphans() {
+            logger.warning("cannot adopt escaped handler descendants; they may outlive their handler", metadata: [
+                "problem": "prctl(PR_SET_CHILD_SUBREAPER) failed: errno \(errno)",
+            ])
+        }
         let config = try options.loadConfig()
         guard let configured = config.routes.first(where: { $0.name == route }) else {
             let names = config.routes.map(\.name)
@@ -46,7 +53,8 @@ struct Try: AsyncParsableCommand {
         if stanza.id == nil { stanza.id = RandomID.make() }
         // Created only now: from here on every path shuts its HTTP client down.
         let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
-        let routes = factory.routes(for: config)
+        // Only this route: no other route's workers are started.
+        let routes = factory.routes(for: config, only: [route])
         guard let selected = routes.first(where: { $0.name == route }) else {
             await factory.client.shutdown()
             throw ExitCode(ExitStatus.internalError)

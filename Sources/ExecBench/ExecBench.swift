@@ -440,7 +440,7 @@ func runPhases(_ options: Options, script: String, stanzas: [Stanza], dispatcher
                         let spec = ProcessSpec(
                             argv: [script], environment: handlerEnvironment, workdir: "/tmp", stdin: bodies[index],
                             timeout: .seconds(10), killGrace: .seconds(2), maxOutput: 262_144)
-                        await processes.acquire()
+                        guard await processes.acquire() else { return false }
                         let result = await ProcessRunner.run(spec) { _, _ in }
                         processes.release()
                         return result.ending == .exited(0) && result.stdout == bodies[index]

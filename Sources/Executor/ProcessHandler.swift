@@ -58,7 +58,14 @@ public struct ProcessHandler: StanzaHandler {
             workdir: settings.workdir, stdin: input, timeout: settings.timeout, killGrace: settings.killGrace,
             maxOutput: settings.maxOutput)
 
-        await processes.acquire()
+        // Waiting for the process limit ends without a process when the task is cancelled or stanzad shuts down.
+        guard await processes.acquire() else {
+            return HandlerOutcome(failure: Dispatcher.shuttingDown, metadata: ["queue": "left at shutdown"])
+        }
+        if Task.isCancelled {
+            processes.release()
+            return HandlerOutcome(failure: Dispatcher.shuttingDown, metadata: ["queue": "left at shutdown"])
+        }
         let logger = context.logger
         let result = await ProcessRunner.run(spec) { line, pid in
             logger.warning("handler stderr", metadata: ["pid": "\(pid)", "line": "\(line)"])
@@ -67,10 +74,19 @@ public struct ProcessHandler: StanzaHandler {
         return outcome(of: result, for: stanza, logger: logger)
     }
 
+    /// Shutdown: stanzas waiting for `[limits] max_processes` never start a process.
+    public func shutDown() {
+        processes.close()
+    }
+
     /// Maps a finished process to replies or an error (SPEC §5.2, §5.3).
     func outcome(of result: ProcessResult, for stanza: Stanza, logger: Logger) -> HandlerOutcome {
         var metadata: Logger.Metadata = [:]
         if let pid = result.pid { metadata["pid"] = "\(pid)" }
+        if result.escapedKilled > 0 {
+            metadata["escaped_killed"] = "\(result.escapedKilled)"
+            logger.notice("adopted processes killed after the handler ended", metadata: metadata)
+        }
         switch result.ending {
         case .exited(0):
             metadata["exit"] = "0"
@@ -100,6 +116,12 @@ public struct ProcessHandler: StanzaHandler {
         case .outputTooLarge:
             metadata["problem"] = "stdout over max_output (\(settings.maxOutput) bytes)"
             logger.error("handler output rejected", metadata: ["problem": "stdout over max_output (\(settings.maxOutput) bytes); the handler was stopped"])
+            return .failed(.cancel, .internalServerError, metadata: metadata)
+        case .statusLost:
+            metadata["problem"] = "exit status lost"
+            logger.error("handler exit status lost; its output is discarded", metadata: [
+                "problem": "the process was reaped by someone else (ECHILD), so how it ended is unknown",
+            ])
             return .failed(.cancel, .internalServerError, metadata: metadata)
         case .spawnFailed(let reason):
             logger.error("handler could not be started", metadata: [

@@ -1,7 +1,8 @@
 // One exec handler process: posix_spawn into its own session and process group with a clean environment,
 // stdin written then closed, stdout captured up to a cap, stderr read concurrently and handed over line by
 // line, a deadline with SIGTERM → grace → SIGKILL to the whole group, and whatever is left of the group killed
-// after the handler exits (so a grandchild holding a pipe neither stalls the reply nor survives it).
+// after the handler exits, with any descendant that escaped the group and was adopted by stanzad (OrphanReaper),
+// so a grandchild holding a pipe neither stalls the reply nor survives it.
 //
 // Exec handlers live for milliseconds, so their spawn path is ours rather than swift-subprocess's (which
 // workers use): swift-subprocess spawns on one shared thread and hops between threads several times per run,
@@ -55,12 +56,17 @@ public struct ProcessResult: Sendable {
         case outputTooLarge
         /// Could not be started (missing, not executable, bad workdir…).
         case spawnFailed(String)
+        /// Exited, but its status was collected by someone else (ECHILD): how it ended is unknown, so its
+        /// output cannot be trusted as a successful reply.
+        case statusLost
     }
 
     public var ending: Ending
     public var stdout: [UInt8]
     public var pid: Int32?
     public var duration: Duration
+    /// Descendants that had escaped the handler's group, adopted by stanzad and killed after it ended.
+    public var escapedKilled = 0
 }
 
 public enum ProcessRunner {
@@ -120,9 +126,13 @@ enum HandlerProcess {
         }
         let environment = spec.environment.map { "\($0.key)=\($0.value)" }
         var pid: pid_t = 0
-        let rc = withCStrings(spec.argv) { argv in
+        var rc: Int32 = 0
+        let spawn = withCStrings(spec.argv) { argv in
             withCStrings(environment) { envp in
-                stanzad_spawn(path, argv, envp, spec.workdir, input.read, output.write, errors.write, &pid)
+                OrphanReaper.shared.spawn { () -> pid_t? in
+                    rc = stanzad_spawn(path, argv, envp, spec.workdir, input.read, output.write, errors.write, &pid)
+                    return rc == 0 ? pid : nil
+                }
             }
         }
         guard rc == 0 else {
@@ -132,7 +142,7 @@ enum HandlerProcess {
         input.closeRead()
         output.closeWrite()
         errors.closeWrite()
-        var watch = Watch(spec: spec, pid: pid, stdin: input.write, stdout: output.read, stderr: errors.read, stop: stop.readEnd)
+        var watch = Watch(spec: spec, pid: pid, spawn: spawn, stdin: input.write, stdout: output.read, stderr: errors.read, stop: stop.readEnd)
         input.write = -1
         output.read = -1
         errors.read = -1
@@ -154,6 +164,7 @@ enum HandlerProcess {
 private struct Watch {
     let spec: ProcessSpec
     let pid: pid_t
+    let spawn: OrphanReaper.Spawn
     var stdin: Int32
     var stdout: Int32
     var stderr: Int32
@@ -165,18 +176,21 @@ private struct Watch {
     /// Read buffer for stdout and stderr, reused for every read.
     var scratch = [UInt8](repeating: 0, count: 65_536)
     var lines: StderrLines
+    /// Its wait status once it has exited (seen with WNOWAIT: it stays a zombie, holding its pid and group id,
+    /// until `run` reaps it at the very end).
     var status: Int32?
+    /// It has exited but someone else reaped it (ECHILD).
+    var lost = false
     var timedOut = false
     var tooLarge = false
     var stopped = false
     let deadline: ContinuousClock.Instant
     var killAt: ContinuousClock.Instant?
-    /// After the handler exits: how long its pipes may stay open (a member that left the group holds them).
-    var drainUntil: ContinuousClock.Instant?
 
-    init(spec: ProcessSpec, pid: pid_t, stdin: Int32, stdout: Int32, stderr: Int32, stop: Int32) {
+    init(spec: ProcessSpec, pid: pid_t, spawn: OrphanReaper.Spawn, stdin: Int32, stdout: Int32, stderr: Int32, stop: Int32) {
         self.spec = spec
         self.pid = pid
+        self.spawn = spawn
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
@@ -189,26 +203,25 @@ private struct Watch {
     }
 
     mutating func run(stderrLine: (String) -> Void) -> ProcessResult {
-        while status == nil || stdout >= 0 || stderr >= 0 {
+        while status == nil, !lost {
             let now = ContinuousClock.now
-            if status == nil {
-                if let killAt, now >= killAt {
-                    _ = kill(-pid, SIGKILL)
-                    self.killAt = nil
-                } else if killAt == nil, !timedOut, !stopped, now >= deadline {
-                    timedOut = true
-                    terminate()
-                }
-                if pidfd < 0 { reap(blocking: false) }
-            } else if let drainUntil, now >= drainUntil {
-                break
+            if let killAt, now >= killAt {
+                _ = kill(-pid, SIGKILL)
+                self.killAt = nil
+            } else if killAt == nil, !timedOut, !stopped, now >= deadline {
+                timedOut = true
+                terminate()
+            }
+            if pidfd < 0 {
+                checkExit()
+                if status != nil || lost { break }
             }
             var fds: [pollfd] = []
             if stdin >= 0 { fds.append(pollfd(fd: stdin, events: Int16(POLLOUT), revents: 0)) }
             if stdout >= 0 { fds.append(pollfd(fd: stdout, events: Int16(POLLIN), revents: 0)) }
             if stderr >= 0 { fds.append(pollfd(fd: stderr, events: Int16(POLLIN), revents: 0)) }
-            if status == nil, pidfd >= 0 { fds.append(pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)) }
-            if status == nil, !stopped { fds.append(pollfd(fd: stop, events: Int16(POLLIN), revents: 0)) }
+            if pidfd >= 0 { fds.append(pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)) }
+            if !stopped { fds.append(pollfd(fd: stop, events: Int16(POLLIN), revents: 0)) }
             let timeout = pollTimeout(now: now)
             let ready = poll(&fds, nfds_t(fds.count), timeout)
             if ready < 0 {
@@ -220,7 +233,7 @@ private struct Watch {
                 case stdin: feedInput()
                 case stdout: readOutput()
                 case stderr: readErrors(stderrLine)
-                case pidfd: reap(blocking: false)
+                case pidfd: checkExit()
                 case stop:
                     stopped = true
                     terminate()
@@ -228,40 +241,58 @@ private struct Watch {
                 }
             }
         }
-        lines.finish(emit: stderrLine)
-        // Whatever the handler left behind in its group goes now. The group id cannot be reused while any
-        // member lives, so this never hits an unrelated process.
+        // Whatever the handler left behind in its group goes now. Its pid (so its group id) stays taken until it is
+        // reaped below, so this never hits an unrelated process.
         _ = kill(-pid, SIGKILL)
-        if status == nil { reap(blocking: true) }
+        if status == nil, !lost { awaitExit() }  // poll failed: the handler was killed just above
         Self.close(&stdin)
+        // Descendants that left the group (setsid, double fork) and were re-parented to stanzad go too.
+        let escapedKilled = OrphanReaper.shared.sweep()
+        // Every writer is gone or killed: what is in the pipes now is all there is. A killed process may take a
+        // moment to close its ends; its output is not waited for (no EOF needed).
+        if stdout >= 0 { readOutput() }
+        if stderr >= 0 { readErrors(stderrLine) }
+        lines.finish(emit: stderrLine)
         Self.close(&stdout)
         Self.close(&stderr)
         Self.close(&pidfd)
+        if lost {
+            OrphanReaper.shared.reaped(spawn, pid: pid)
+        } else if let final = OrphanReaper.shared.reap(spawn, pid: pid) {
+            status = final
+        } else {
+            lost = true
+        }
         let ending: ProcessResult.Ending
-        if timedOut {
+        if lost {
+            ending = .statusLost
+        } else if timedOut {
             ending = .timedOut
         } else if tooLarge {
             ending = .outputTooLarge
         } else {
-            let raw = status ?? 0
-            ending = raw & 0x7f == 0 ? .exited((raw >> 8) & 0xff) : .signaled(raw & 0x7f)
+            ending = Self.ending(ofWaitStatus: status ?? 0)
         }
-        return ProcessResult(ending: ending, stdout: tooLarge ? [] : collected, pid: pid, duration: .zero)
+        return ProcessResult(
+            ending: ending, stdout: tooLarge || lost ? [] : collected, pid: pid, duration: .zero, escapedKilled: escapedKilled)
+    }
+
+    /// A wait(2) status as an exit code or a signal.
+    static func ending(ofWaitStatus raw: Int32) -> ProcessResult.Ending {
+        raw & 0x7f == 0 ? .exited((raw >> 8) & 0xff) : .signaled(raw & 0x7f)
     }
 
     /// Milliseconds to the next timed step, at most 1 s (without a pidfd: 10 ms, the exit is polled).
     func pollTimeout(now: ContinuousClock.Instant) -> Int32 {
         var next: ContinuousClock.Instant
-        if status != nil {
-            next = drainUntil ?? now + .seconds(1)
-        } else if let killAt {
+        if let killAt {
             next = killAt
         } else if !timedOut, !stopped {
             next = deadline
         } else {
             next = now + .seconds(1)
         }
-        if pidfd < 0, status == nil { next = min(next, now + .milliseconds(10)) }
+        if pidfd < 0 { next = min(next, now + .milliseconds(10)) }
         let left = next - now
         if left <= .zero { return 0 }
         let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
@@ -329,21 +360,24 @@ private struct Watch {
         }
     }
 
-    /// Collects the handler's status; once it has exited, the rest of its group is killed so pipes a
-    /// grandchild holds close, and whatever is still buffered is read for at most one more second.
-    mutating func reap(blocking: Bool) {
+    /// Learns whether the handler has exited, without reaping it (WNOWAIT). ECHILD means someone else reaped
+    /// it: its status is lost, and an unknown ending is never taken for success.
+    mutating func checkExit() {
         var raw: Int32 = 0
-        var result: pid_t
-        repeat { result = waitpid(pid, &raw, blocking ? 0 : WNOHANG) } while result < 0 && errno == EINTR
-        guard result == pid else {
-            if result < 0 { status = 0 }  // ECHILD: someone else reaped it; nothing more to learn.
-            return
+        let result = stanzad_wait(pid, WNOHANG | WNOWAIT, &raw)
+        if result == pid {
+            status = raw
+            killAt = nil
+        } else if result < 0 {
+            lost = true
         }
-        status = raw
-        killAt = nil
-        _ = kill(-pid, SIGKILL)
-        drainUntil = .now + .seconds(1)
-        if stdin >= 0 { Self.close(&stdin) }
+    }
+
+    /// Blocks until the (killed) handler has exited, without reaping it.
+    mutating func awaitExit() {
+        var raw: Int32 = 0
+        let result = stanzad_wait(pid, WNOWAIT, &raw)
+        if result == pid { status = raw } else { lost = true }
     }
 
     static func close(_ fd: inout Int32) {

@@ -96,8 +96,12 @@ public final class WorkerPool: Service, Sendable {
     private let current: Mutex<Settings>
     let logger: Logger
     private let state: Mutex<State>
+    /// Finished by `stop()`: the pool shuts down as on the service group's graceful shutdown.
+    private let stopRequests: AsyncStream<Void>
+    private let stopRequest: AsyncStream<Void>.Continuation
 
     public init(settings: Settings, logger: Logger) {
+        (stopRequests, stopRequest) = AsyncStream.makeStream()
         self.current = Mutex(settings)
         var logger = logger
         logger[metadataKey: "route"] = "\(settings.route)"
@@ -304,10 +308,18 @@ public final class WorkerPool: Service, Sendable {
                 group.addTask { await self.supervise(index) }
             }
             group.addTask { await self.sweepDeadlines() }
-            try? await gracefulShutdown()
+            // Until the service group shuts down gracefully, or `stop()`.
+            for await _ in stopRequests.cancelOnGracefulShutdown() {}
             beginShutdown()
         }
         logger.notice("workers stopped")
+    }
+
+    /// Shuts this pool down alone (its route is gone after a reload), as a graceful shutdown would: queued
+    /// stanzas fail with service-unavailable, in-flight ones finish within `kill_grace` after the workers' stdin
+    /// closes (or fail), then the workers' groups are killed and `run()` returns.
+    public func stop() {
+        stopRequest.finish()
     }
 
     private func beginShutdown() {
@@ -401,6 +413,7 @@ public final class WorkerPool: Service, Sendable {
             return false
         }
         defer { input.close() }
+        let spawn = OrphanReaper.shared.spawning()
         do {
             let result = try await Subprocess.run(
                 launch, input: .fileDescriptor(FileDescriptor(rawValue: input.readEnd), closeAfterSpawningProcess: true),
@@ -408,6 +421,7 @@ public final class WorkerPool: Service, Sendable {
                 error: .sequence
             ) { execution -> String? in
                 let processID = execution.processIdentifier.value
+                OrphanReaper.shared.spawned(spawn, pid: processID)
                 let sends = state.withLock { state -> [Send] in
                     state.slots[index].pid = processID
                     guard state.slots[index].generation == generation, state.slots[index].accepting else { return [] }
@@ -489,6 +503,13 @@ public final class WorkerPool: Service, Sendable {
             ])
         }
         if let pid { _ = kill(-pid, SIGKILL) }
+        // swift-subprocess has reaped the worker; what escaped its group and was adopted goes now.
+        OrphanReaper.shared.spawned(spawn, pid: nil)
+        if let pid { OrphanReaper.shared.reaped(spawn, pid: pid) }
+        let escaped = await OrphanReaper.shared.sweepOffThePool()
+        if escaped > 0 {
+            log.notice("adopted processes killed after the worker ended", metadata: ["escaped_killed": "\(escaped)"])
+        }
 
         // Whatever was still in flight fails now.
         let (failed, reason, recycled) = state.withLock { state -> ([Request], String?, Bool) in

@@ -1,5 +1,6 @@
 // Bounded concurrency with a bounded FIFO queue: `concurrency` runs at once, `queue` more may wait,
-// anything beyond is refused at arrival (SPEC §4 concurrency/queue, §5.3 resource-constraint).
+// anything beyond is refused at arrival (SPEC §4 concurrency/queue, §5.3 resource-constraint). A waiter whose
+// task is cancelled leaves the queue, and closing the gate (shutdown) turns every waiter away: neither runs.
 
 import DequeModule
 import Synchronization
@@ -9,10 +10,19 @@ public final class AdmissionGate: Sendable {
     /// nil: unbounded waiting (the global process limit, whose waiters are already bounded by their routes).
     public let queue: Int?
 
+    private struct Waiter {
+        let id: Int
+        /// Resumed with true when the run slot passes to it, false when it is turned away.
+        let continuation: CheckedContinuation<Bool, Never>
+    }
+
     private struct State {
         var admitted = 0
         var running = 0
-        var waiters: Deque<CheckedContinuation<Void, Never>> = []
+        var waiters: Deque<Waiter> = []
+        var nextWaiter = 0
+        /// Shutting down: nobody waits for a slot any more.
+        var closed = false
     }
 
     private let state = Mutex(State())
@@ -33,34 +43,64 @@ public final class AdmissionGate: Sendable {
     }
 
     /// Waits for a run slot. Call after `admit()` returned true (or without it when `queue` is nil).
-    public func acquire() async {
-        let granted = state.withLock { state -> Bool in
+    /// True: the slot is taken; `release()` gives it back. False: the caller's task was cancelled or the gate was
+    /// closed before a slot came; the admission is given back already and nothing may run.
+    public func acquire() async -> Bool {
+        let id = state.withLock { state -> Int? in
             if queue == nil { state.admitted += 1 }
-            if state.running < concurrency {
+            if state.running < concurrency, !state.closed, !Task.isCancelled {
                 state.running += 1
-                return true
+                return nil
             }
-            return false
+            state.nextWaiter += 1
+            return state.nextWaiter
         }
-        if granted { return }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let resumeNow = state.withLock { state -> Bool in
-                if state.running < concurrency {
-                    state.running += 1
-                    return true
+        guard let id else { return true }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let now = state.withLock { state -> Bool? in
+                    // Checked under the lock: a cancellation either came before (seen here) or finds the waiter.
+                    if state.closed || Task.isCancelled {
+                        state.admitted -= 1
+                        return false
+                    }
+                    if state.running < concurrency {
+                        state.running += 1
+                        return true
+                    }
+                    state.waiters.append(Waiter(id: id, continuation: continuation))
+                    return nil
                 }
-                state.waiters.append(continuation)
-                return false
+                if let now { continuation.resume(returning: now) }
             }
-            if resumeNow { continuation.resume() }
+        } onCancel: {
+            let waiter = state.withLock { state -> Waiter? in
+                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                state.admitted -= 1
+                return state.waiters.remove(at: index)
+            }
+            waiter?.continuation.resume(returning: false)
         }
+    }
+
+    /// Shutdown: every waiter is turned away now (its `acquire` returns false) and so is every later one. Runs
+    /// that hold a slot are not touched.
+    public func close() {
+        let waiters = state.withLock { state -> Deque<Waiter> in
+            state.closed = true
+            let waiters = state.waiters
+            state.waiters.removeAll()
+            state.admitted -= waiters.count
+            return waiters
+        }
+        for waiter in waiters { waiter.continuation.resume(returning: false) }
     }
 
     /// Takes a run slot if one is free right now (never while others wait: a free slot means nobody does).
     /// Call after `admit()` returned true (or without it when `queue` is nil); `release()` gives it back.
     public func tryAcquire() -> Bool {
         state.withLock { state in
-            guard state.running < concurrency else { return false }
+            guard state.running < concurrency, !state.closed else { return false }
             if queue == nil { state.admitted += 1 }
             state.running += 1
             return true
@@ -69,13 +109,13 @@ public final class AdmissionGate: Sendable {
 
     /// Gives the run slot (and the admission) back; the longest waiter runs next.
     public func release() {
-        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+        let next = state.withLock { state -> Waiter? in
             state.admitted -= 1
             if let waiter = state.waiters.popFirst() { return waiter }  // the slot passes on: running unchanged
             state.running -= 1
             return nil
         }
-        next?.resume()
+        next?.continuation.resume(returning: true)
     }
 
     /// Stanzas admitted and not yet released (running plus waiting).

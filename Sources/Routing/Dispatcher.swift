@@ -25,6 +25,9 @@ public final class Dispatcher: Sendable {
     private struct Table {
         var routes: [Route]
         var builtIns: BuiltInResponder
+        /// Routes replaced by a reload that still had stanzas running or queued: shutdown closes them too.
+        var retired: [Route] = []
+        var shuttingDown = false
     }
 
     private let table: Mutex<Table>
@@ -44,7 +47,13 @@ public final class Dispatcher: Sendable {
 
     /// SIGHUP: the next stanza takes the new routes; stanzas already admitted finish on the old ones.
     public func reload(routes: [Route], builtIns: BuiltInResponder) {
-        table.withLock { $0 = Table(routes: routes, builtIns: builtIns) }
+        let shuttingDown = table.withLock { table -> Bool in
+            table.retired = (table.retired + table.routes).filter { $0.gate.load > 0 }
+            table.routes = routes
+            table.builtIns = builtIns
+            return table.shuttingDown
+        }
+        if shuttingDown { for route in routes { route.gate.close() } }
     }
 
     /// Sets the per-sender limit (at start and on SIGHUP); an unchanged rate keeps the senders' buckets.
@@ -70,6 +79,23 @@ public final class Dispatcher: Sendable {
         log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["limit": "per_sender", "refused_in_a_row": "\(refusedInARow)"])
         return replies
     }
+
+    /// Shutdown (SPEC §11): stanzas still waiting for a run slot, in a route's queue or in a handler's own (the
+    /// process limit), never start; each is answered cancel/service-unavailable "stanzad is shutting down".
+    /// Running handlers are not touched.
+    public func shutDown() {
+        let routes = table.withLock { table -> [Route] in
+            table.shuttingDown = true
+            return table.routes + table.retired
+        }
+        for route in routes {
+            route.gate.close()
+            route.handler.shutDown()
+        }
+    }
+
+    /// The error for a stanza that was admitted but never started because stanzad is going down.
+    public static let shuttingDown = StanzaError(.cancel, .serviceUnavailable, text: "stanzad is shutting down")
 
     /// What happens to a stanza, decided synchronously at arrival.
     public enum Admission: Sendable {
@@ -113,7 +139,12 @@ public final class Dispatcher: Sendable {
     /// Runs an admitted stanza through its route's handler and returns the stamped replies.
     public func run(_ stanza: Stanza, on route: Route) async -> [Stanza] {
         let started = ContinuousClock.now
-        await route.gate.acquire()
+        guard await route.gate.acquire() else {
+            // Cancelled or shut down while queued: the handler never runs.
+            let replies = stamper.errorReply(to: stanza, Self.shuttingDown)
+            log(stanza, route: route.name, replies: replies, started: started, metadata: ["queue": "left at shutdown"])
+            return replies
+        }
         defer { route.gate.release() }
         let context = context(for: stanza, on: route)
         let outcome = await route.handler.handle(stanza, context: context)

@@ -41,6 +41,8 @@ public final class Router: Service, Sendable {
                 }
             }
             connection.setDirectInbound(nil)
+            // Queued stanzas never start; they are answered "shutting down" now, while the link still sends.
+            dispatcher.shutDown()
             let running = inFlight.load(ordering: .relaxed)
             guard running > 0 else { return }
             logger.notice("waiting for running handlers", metadata: ["handlers": "\(running)", "limit_s": "\(drainTimeout.components.seconds)"])

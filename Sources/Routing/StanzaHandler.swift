@@ -16,6 +16,9 @@ public protocol StanzaHandler: Sendable {
 
     /// Starts handling `stanza`; `completion` gets the outcome exactly once. Must not block.
     func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void)
+
+    /// Shutdown: stanzas waiting in the handler's own queue (not yet started) are turned away.
+    func shutDown()
 }
 
 extension StanzaHandler {
@@ -24,6 +27,8 @@ extension StanzaHandler {
     public func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
         Task { completion(await handle(stanza, context: context)) }
     }
+
+    public func shutDown() {}
 }
 
 /// What a handler knows about the route and the daemon while it runs.

@@ -281,9 +281,12 @@ final class PlainHTTPConnection: @unchecked Sendable {
         channel.isActive && now - idleSince < idleTimeout
     }
 
-    /// Sends `exchange` on this connection (from any thread).
+    /// Sends `exchange` on this connection (from any thread). A kept-alive connection is always written to from a
+    /// task of its event loop, never inline: the loop first handles what already arrived on the socket, so a close
+    /// the server sent while the connection sat idle is seen before the request is written (it then goes out on a
+    /// new connection instead of into a closing one).
     func start(_ exchange: PlainHTTPExchange, reused: Bool) {
-        if channel.eventLoop.inEventLoop {
+        if channel.eventLoop.inEventLoop && !reused {
             start0(exchange, reused: reused)
         } else {
             channel.eventLoop.execute { self.start0(exchange, reused: reused) }
@@ -318,6 +321,8 @@ final class PlainHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var timer: Scheduled<Void>
         var head: HTTPResponseHead?
         var body: ByteBuffer?
+        /// The request's last byte was handed to the kernel: from here on the server may have acted on it.
+        var sent = false
         var received = false
     }
 
@@ -346,7 +351,23 @@ final class PlainHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if !exchange.body.isEmpty {
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: exchange.body)))), promise: nil)
         }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        // Writes complete in order, so the last one's promise tells whether the whole request left.
+        let written = context.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenComplete { result in bound.value.written(exchange, result) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
+    }
+
+    /// The request was written out, or the write failed: then not all of it reached the server, which therefore
+    /// cannot have acted on it, and it may go out again on a new connection.
+    private func written(_ exchange: PlainHTTPExchange, _ result: Result<Void, any Error>) {
+        guard let current, current.exchange === exchange else { return }
+        switch result {
+        case .success:
+            self.current?.sent = true
+        case .failure(let error):
+            connectionLost(before: "the request could not be written: \(error)", during: "\(error)")
+            context?.close(promise: nil)
+        }
     }
 
     /// Bytes came in (before decoding): they belong to the current request's answer; on an idle connection they
@@ -413,13 +434,19 @@ final class PlainHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// The connection closed or failed with a request on it: `before` any byte of the answer came back, `during` it.
+    /// Only a request that provably never reached the server (its write failed) is sent again; one that was
+    /// written out may have been read and acted on even though no answer came (a POST is not idempotent), so it
+    /// fails, and whether to try again is the route's decision (`retries`, with the same Stanzad-Delivery).
     private func connectionLost(before: String, during: String) {
-        if let current, !current.received {
+        guard let current else { return }
+        if current.received {
+            fail(.connectionFailed(during))
+        } else if current.sent {
+            fail(.connectionFailed(before))
+        } else {
             self.current = nil
             current.timer.cancel()
             retryOrFail(current.exchange, reused: current.reused, before)
-        } else {
-            fail(.connectionFailed(during))
         }
     }
 
@@ -427,9 +454,8 @@ final class PlainHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if current?.exchange === exchange { fail(.timedOut) }
     }
 
-    /// A kept-alive connection that ends before any byte of the response came back was almost always closed by the
-    /// server while it sat idle, so the request is sent once more on a new connection (as browsers and most HTTP
-    /// clients do); on a new connection the same failure is final.
+    /// A request that never got onto a kept-alive connection (found closed before the write, or the write failed)
+    /// goes out on a new connection; on a new connection the same failure is final.
     private func retryOrFail(_ exchange: PlainHTTPExchange, reused: Bool, _ reason: String) {
         if exchange.deadline <= .now() {
             exchange.finish(.timedOut)

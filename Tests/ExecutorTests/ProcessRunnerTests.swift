@@ -1,7 +1,10 @@
 // Real processes, no XMPP: the failure modes of research/executor-anchors.md that a handler run must survive.
 
 import Foundation
+import Logging
+import Routing
 import Testing
+import XMPPCore
 
 @testable import Executor
 
@@ -11,10 +14,22 @@ private func spec(_ script: String, stdin: String = "", timeout: Duration = .sec
         timeout: timeout, killGrace: .milliseconds(500), maxOutput: maxOutput)
 }
 
-private func run(_ spec: ProcessSpec) async -> (ProcessResult, [String]) {
+private func run(_ spec: ProcessSpec, stderrLine: @escaping @Sendable (String, Int32) -> Void = { _, _ in }) async -> (ProcessResult, [String]) {
     let lines = LineLog()
-    let result = await ProcessRunner.run(spec) { line, _ in lines.append(line) }
+    let result = await ProcessRunner.run(spec) { line, pid in
+        lines.append(line)
+        stderrLine(line, pid)
+    }
     return (result, lines.items)
+}
+
+/// Live processes whose argv is exactly `argv`.
+private func processes(withCommandLine argv: [String]) -> [Int32] {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    let wanted = Data(argv.joined(separator: "\0").utf8) + Data([0])
+    return entries.compactMap { Int32($0) }.filter { pid in
+        (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) == wanted
+    }
 }
 
 /// Live (not zombie) processes whose process group is `group`.
@@ -98,6 +113,39 @@ final class LineLog: @unchecked Sendable {
         #expect(await groupEmpties(group))
     }
 
+    @Test func aDaemonThatEscapedTheGroupWithSetsidDoesNotSurviveTheHandler() async throws {
+        #expect(OrphanReaper.adoptOrphans(), "stanzad is the subreaper of what its handlers leave behind")
+        // setsid leaves the handler's session; its shell backgrounds a sleep and exits (a double fork), so the
+        // sleep is orphaned while the handler still runs, and it keeps the handler's stdout open.
+        let marker = "300.\(UInt32.random(in: 100_000...999_999))"
+        let (result, _) = await run(spec("setsid sh -c 'sleep \(marker) &'; echo reply"))
+        defer { for pid in processes(withCommandLine: ["sleep", marker]) { kill(pid, SIGKILL) } }
+        #expect(result.ending == .exited(0))
+        #expect(String(decoding: result.stdout, as: UTF8.self) == "reply\n")
+        // Killed and reaped before `run` returned: nothing to wait for.
+        #expect(processes(withCommandLine: ["sleep", marker]).isEmpty, "the escaped sleep was killed and reaped")
+        print("escaped daemon: reply after \(result.duration)")
+    }
+
+    @Test func aHandlerReapedBySomeoneElseIsNotASuccess() async throws {
+        // The stderr callback runs on the thread watching the handler: reaping the handler there, before that
+        // thread learns of its exit, leaves it only ECHILD.
+        let (result, _) = await run(spec("echo reply; echo up >&2; exec 2>&-; exit 0"), stderrLine: { line, pid in
+            guard line == "up" else { return }
+            var status: Int32 = 0
+            _ = waitpid(pid, &status, 0)
+        })
+        #expect(result.ending == .statusLost)
+        #expect(result.stdout.isEmpty, "the output of a handler whose ending is unknown is not a reply")
+        let handler = ProcessHandler(settings: .init(argv: ["/bin/true"], format: .text), processes: AdmissionGate(concurrency: 1, queue: nil))
+        let xml = "<message from='a@example.org/r' to='bot.example.org' type='chat' id='m1'><body>hi</body></message>"
+        let incoming = try #require(Stanza(try XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1)[0]))
+        let outcome = handler.outcome(of: result, for: incoming, logger: Logger(label: "test"))
+        #expect(outcome.replies.isEmpty)
+        #expect(outcome.failure?.type == .cancel)
+        #expect(outcome.failure?.condition == .internalServerError)
+    }
+
     @Test func missingExecutableIsASpawnFailure() async {
         let result = await ProcessRunner.run(ProcessSpec(
             argv: ["/nonexistent/handler"], environment: [:], workdir: "/tmp", stdin: [], timeout: .seconds(5),
@@ -149,5 +197,44 @@ final class LineLog: @unchecked Sendable {
         byName.environment = ["PATH": "/nonexistent"]
         let (missing, _) = await run(byName)
         #expect(missing.ending == .spawnFailed("printf: not found in PATH"))
+    }
+}
+
+@Suite struct ProcessLimitAtShutdownTests {
+    static func waiting(for marker: String) throws -> (ProcessHandler, AdmissionGate, Task<HandlerOutcome, Never>) {
+        let processes = AdmissionGate(concurrency: 1, queue: nil)
+        #expect(processes.tryAcquire(), "the only process slot is taken")
+        let handler = ProcessHandler(settings: .init(argv: ["/bin/sh", "-c", "touch \(marker)"], format: .text), processes: processes)
+        let xml = "<message from='a@example.org/r' to='bot.example.org' type='chat' id='m1'><body>hi</body></message>"
+        let incoming = try #require(Stanza(try XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1)[0]))
+        let context = HandlerContext(route: "r", component: "bot.example.org", logger: Logger(label: "test"))
+        return (handler, processes, Task { await handler.handle(incoming, context: context) })
+    }
+
+    static func expectShuttingDownWithoutAProcess(_ outcome: HandlerOutcome, marker: String) {
+        #expect(outcome.failure?.type == .cancel)
+        #expect(outcome.failure?.condition == .serviceUnavailable)
+        #expect(outcome.failure?.text == "stanzad is shutting down")
+        #expect(outcome.metadata["pid"] == nil, "no process was started")
+        #expect(!FileManager.default.fileExists(atPath: marker), "the handler never ran")
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aStanzaWaitingForTheProcessLimitAtShutdownNeverStartsAProcess() async throws {
+        let marker = NSTemporaryDirectory() + "stanzad-never-\(UUID().uuidString)"
+        let (handler, processes, task) = try Self.waiting(for: marker)
+        while processes.waiting < 1 { await Task.yield() }
+        handler.shutDown()
+        processes.release()
+        Self.expectShuttingDownWithoutAProcess(await task.value, marker: marker)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aCancelledStanzaWaitingForTheProcessLimitNeverStartsAProcess() async throws {
+        let marker = NSTemporaryDirectory() + "stanzad-never-\(UUID().uuidString)"
+        let (_, processes, task) = try Self.waiting(for: marker)
+        while processes.waiting < 1 { await Task.yield() }
+        task.cancel()
+        processes.release()
+        Self.expectShuttingDownWithoutAProcess(await task.value, marker: marker)
+        #expect(processes.load == 0)
     }
 }

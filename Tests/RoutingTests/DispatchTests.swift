@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import Testing
 import XMPPCore
 
@@ -96,13 +97,13 @@ private func stanza(_ xml: String) throws -> Stanza {
     @Test func waitersRunInOrderAsSlotsFree() async {
         let gate = AdmissionGate(concurrency: 1, queue: 10)
         #expect(gate.admit())
-        await gate.acquire()
+        #expect(await gate.acquire())
         let order = OrderLog()
         await withTaskGroup(of: Void.self) { group in
             for index in 0..<3 {
                 #expect(gate.admit())
                 group.addTask {
-                    await gate.acquire()
+                    #expect(await gate.acquire())
                     await order.append(index)
                     gate.release()
                 }
@@ -225,5 +226,89 @@ actor OrderLog {
             return
         }
         #expect(replies.isEmpty, "an error is never answered with an error")
+    }
+}
+
+/// A handler that records each stanza it gets and holds the one with id "m1" until `releaseAll()`.
+final class HeldHandler: StanzaHandler {
+    private let state = Mutex<(received: [String], held: [CheckedContinuation<Void, Never>])>(([], []))
+    let started = AsyncStream<String>.makeStream()
+
+    var received: [String] { state.withLock { $0.received } }
+
+    func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
+        await withCheckedContinuation { continuation in
+            let hold = state.withLock { state -> Bool in
+                state.received.append(stanza.id ?? "")
+                if stanza.id == "m1" { state.held.append(continuation) }
+                return stanza.id == "m1"
+            }
+            started.continuation.yield(stanza.id ?? "")
+            if !hold { continuation.resume() }
+        }
+        var reply = Stanza(kind: .message)
+        reply.element.append(Element("body", namespace: Namespace.client, text: "done"))
+        return HandlerOutcome(replies: [reply])
+    }
+
+    func releaseAll() {
+        for continuation in state.withLock({ state in defer { state.held = [] }; return state.held }) { continuation.resume() }
+    }
+}
+
+@Suite struct QueuedAtShutdownTests {
+    static let builtIns = BuiltInResponder(domain: "bot.example.org", discoName: "Bot", routedFeatures: [], items: [],
+                                           softwareVersion: "1")
+
+    static func message(_ id: String) throws -> Stanza {
+        try stanza("<message type='chat' id='\(id)' from='a@example.org/r' to='held@bot.example.org'><body>hi</body></message>")
+    }
+
+    /// One stanza running (held by the handler), one waiting in the route's queue.
+    static func oneRunningOneQueued() async throws -> (HeldHandler, Route, Dispatcher, Task<[Stanza], Never>, Task<[Stanza], Never>) {
+        let handler = HeldHandler()
+        let route = Route(name: "held", rule: RouteRule(kinds: [.message]), handler: handler, concurrency: 1, queue: 5)
+        let dispatcher = Dispatcher(routes: [route], builtIns: builtIns, logger: Logger(label: "test"))
+        let first = try message("m1"), second = try message("m2")
+        #expect(route.gate.admit() && route.gate.admit())
+        let running = Task { await dispatcher.run(first, on: route) }
+        for await id in handler.started.stream where id == "m1" { break }
+        let queued = Task { await dispatcher.run(second, on: route) }
+        while route.gate.waiting < 1 { await Task.yield() }
+        return (handler, route, dispatcher, running, queued)
+    }
+
+    static func expectShuttingDown(_ replies: [Stanza], id: String) {
+        #expect(replies.count == 1)
+        #expect(replies.first?.type == "error" && replies.first?.id == id)
+        #expect(replies.first?.error?.type == .cancel)
+        #expect(replies.first?.error?.condition == .serviceUnavailable)
+        #expect(replies.first?.error?.text == "stanzad is shutting down")
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aStanzaQueuedAtShutdownIsAnsweredShuttingDownAndNeverRuns() async throws {
+        let (handler, route, dispatcher, running, queued) = try await Self.oneRunningOneQueued()
+        dispatcher.shutDown()
+        #expect(route.gate.waiting == 0)
+        handler.releaseAll()
+        Self.expectShuttingDown(await queued.value, id: "m2")
+        #expect(await running.value.first?.body == "done", "the running handler finishes as usual")
+        #expect(handler.received == ["m1"], "the queued stanza never reached the handler")
+        #expect(route.gate.load == 0)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aCancelledStanzaLeavesTheQueueAndNeverRuns() async throws {
+        let (handler, route, dispatcher, running, queued) = try await Self.oneRunningOneQueued()
+        queued.cancel()
+        handler.releaseAll()
+        Self.expectShuttingDown(await queued.value, id: "m2")
+        #expect(await running.value.first?.body == "done")
+        #expect(handler.received == ["m1"], "the cancelled stanza never reached the handler")
+        #expect(route.gate.load == 0 && route.gate.waiting == 0, "its place was given back")
+        // The slot accounting is intact: the next stanza runs.
+        #expect(route.gate.admit())
+        let third = try Self.message("m3")
+        #expect(await dispatcher.run(third, on: route).first?.body == "done")
+        #expect(handler.received == ["m1", "m3"])
     }
 }

@@ -1,10 +1,13 @@
 // The two webhook transports (our plain HTTP/1.1 client for http:// and async-http-client, which https:// uses)
 // against one scripted local server: both must report the same result for the same exchange.
 
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Routing
 import Testing
+import XMPPCore
 
 @testable import Webhooks
 
@@ -14,6 +17,8 @@ private final class ScriptedServer: Sendable {
     let channel: any Channel
     let connections = NIOLockedValueBox(0)
     let requests = NIOLockedValueBox<[String]>([])
+    /// The Stanzad-Delivery header of each request ("" without one).
+    let deliveries = NIOLockedValueBox<[String]>([])
     /// One element per connection the other side closed.
     let closes: AsyncStream<Void>
     let closed: AsyncStream<Void>.Continuation
@@ -71,6 +76,9 @@ private final class ScriptedServer: Sendable {
                 let body = buffer.readString(length: length) ?? ""
                 let path = head.split(separator: " ").dropFirst().first.map(String.init) ?? "/"
                 server.withLockedValue { $0 }?.requests.withLockedValue { $0.append(path) }
+                let delivery = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("stanzad-delivery:") }
+                    .map { $0.dropFirst(17).trimmingCharacters(in: .whitespaces) } ?? ""
+                server.withLockedValue { $0 }?.deliveries.withLockedValue { $0.append(delivery) }
                 served += 1
                 answer(path, body: body, head: head, context: context)
             }
@@ -248,12 +256,57 @@ private func withPlainClient(_ body: (ScriptedServer, WebhookClient, String) asy
         await server.stop()
     }
 
-    @Test func aKeptAliveConnectionTheServerDroppedIsRetriedOnANewOne() async throws {
+    @Test(arguments: transports)
+    func aRequestTheServerReadOnAKeptAliveConnectionAndClosedWithoutAnsweringIsSentOnce(plain: Bool) async throws {
+        let server = try await ScriptedServer()
+        let client = WebhookClient(plainHTTP: plain)
+        let base = "http://127.0.0.1:\(server.port)"
+        #expect(await post(base + "/second-dropped", client: client) == "200 text/plain - ok")
+        // The server read the second POST and may have acted on it: it must not arrive a second time.
+        #expect(await post(base + "/second-dropped", client: client) == "connection failed")
+        #expect(server.requests.withLockedValue { $0 }.count == 2, "exactly one POST per request")
+        #expect(server.connections.withLockedValue { $0 } == 1)
+        await client.shutdown()
+        await server.stop()
+    }
+
+    // Through the handler (same serialized suite: these servers and clients do not run beside the others).
+
+    static func stanza(_ xml: String) throws -> Stanza {
+        try #require(Stanza(try XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1)[0]))
+    }
+
+    static let context = HandlerContext(route: "hook", component: "bot.example.org", logger: Logger(label: "test"))
+
+    @Test(arguments: transports)
+    func anIqSetTheServerReadAndDroppedGetsRecipientUnavailableAfterOnePOST(plain: Bool) async throws {
+        let server = try await ScriptedServer()
+        let client = WebhookClient(plainHTTP: plain)
+        let handler = WebhookHandler(
+            settings: WebhookSettings(urlTemplate: "http://127.0.0.1:\(server.port)/second-dropped", format: .xml), client: client)
+        let prime = try Self.stanza("<message type='chat' id='m1' from='a@example.org/r' to='bot.example.org'><body>hi</body></message>")
+        #expect(await handler.handle(prime, context: Self.context).failure == nil)
+        let set = try Self.stanza("<iq type='set' id='q1' from='a@example.org/r' to='bot.example.org'><query xmlns='urn:example:deploy'/></iq>")
+        let outcome = await handler.handle(set, context: Self.context)
+        #expect(outcome.failure?.type == .wait)
+        #expect(outcome.failure?.condition == .recipientUnavailable)
+        #expect(server.requests.withLockedValue { $0 }.count == 2, "the iq set was POSTed once")
+        await client.shutdown()
+        await server.stop()
+    }
+
+    @Test func aMessageOnARouteWithRetriesIsSentAgainWithTheSameDelivery() async throws {
         try await withPlainClient { server, client, base in
-            #expect(await post(base + "/second-dropped", client: client) == "200 text/plain - ok")
-            #expect(await post(base + "/second-dropped", client: client) == "200 text/plain - ok")
-            #expect(server.connections.withLockedValue { $0 } == 2)
-            #expect(server.requests.withLockedValue { $0 }.count == 3)
+            let handler = WebhookHandler(
+                settings: WebhookSettings(urlTemplate: base + "/second-dropped", format: .text, retries: 1), client: client)
+            let first = try Self.stanza("<message type='chat' id='m1' from='a@example.org/r' to='bot.example.org'><body>hi</body></message>")
+            #expect(await handler.handle(first, context: Self.context).failure == nil)
+            let second = try Self.stanza("<message type='chat' id='m2' from='a@example.org/r' to='bot.example.org'><body>again</body></message>")
+            let outcome = await handler.handle(second, context: Self.context)
+            #expect(outcome.failure == nil, "the route's retry got the answer on a new connection")
+            let deliveries = server.deliveries.withLockedValue { $0 }
+            #expect(deliveries.count == 3)
+            #expect(deliveries.count == 3 && deliveries[1] == deliveries[2] && deliveries[0] != deliveries[1])
         }
     }
 }

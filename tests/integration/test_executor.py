@@ -43,6 +43,8 @@ ROUTES = "".join([
     route("notstanza", [SH, "-c", "echo '<html><body>hi</body></html>'"], "xml"),
     route("badutf8", [SH, "-c", "printf 'caf\\\\351'"]),
     route("grandchild", [SH, "-c", "echo reply; sleep 301 & exit 0"]),
+    # setsid leaves the handler's group; its shell backgrounds a sleep (holding stdout) and exits: a double fork.
+    route("escaped", [SH, "-c", "setsid sh -c 'sleep 303.7 &'; echo reply"], timeout=5),
     route("fork50", [SH, "-c", "for i in $(seq 50); do sleep 302 & done; sleep 302"], timeout=1),
     route("cat", ["/bin/cat"], concurrency=4, queue=2000),
     route("wide", [SH, "-c", "sleep 1; cat"], concurrency=4, queue=100),
@@ -216,6 +218,15 @@ def test_grandchild_holding_stdout_neither_delays_the_reply_nor_survives(alice):
     assert gone(r"^sleep 301 ")
 
 
+def test_a_daemon_that_escaped_the_group_with_setsid_neither_delays_the_reply_nor_survives(alice):
+    started = time.monotonic()
+    assert ask(alice, "escaped", "x")["body"] == "reply"
+    elapsed = time.monotonic() - started
+    print(f"escaped daemon: reply after {elapsed * 1000:.0f} ms")
+    assert elapsed < 5, "within the route's timeout"
+    assert gone(r"^sleep 303\.7 ")
+
+
 def test_fifty_sleepers_are_all_killed_at_the_timeout(alice):
     reply = ask(alice, "fork50", "x")
     assert condition(reply) == ("wait", "remote-server-timeout")
@@ -305,6 +316,18 @@ def test_try_runs_a_route_without_a_server(tmp_path):
     assert re.fullmatch(rf'<message from="echo@{COMPONENT}" to="user@example.org/try" id="[^"]+" type="chat">'
                         r"<body>hi</body></message>\n", result.stdout)
     assert "exit=0" in result.stderr and "duration_ms=" in result.stderr
+
+
+def test_try_kills_a_daemon_that_escaped_the_group_with_setsid(tmp_path):
+    config = tmp_path / "stanzad.toml"
+    config.write_text(component_config(1, extra=route("escaped", [SH, "-c", "setsid sh -c 'sleep 304.7 &'; echo reply"])))
+    started = time.monotonic()
+    result = subprocess.run([str(stanzad_binary()), "try", "--config", str(config), "--route", "escaped", "--body", "x"],
+                            capture_output=True, text=True, timeout=30)
+    print(f"try with an escaped daemon: {(time.monotonic() - started) * 1000:.0f} ms")
+    assert result.returncode == 0, result.stderr
+    assert "<body>reply</body>" in result.stdout
+    assert gone(r"^sleep 304\.7 ")
 
 
 def test_try_reads_a_stanza_from_stdin_and_reports_failures(tmp_path):

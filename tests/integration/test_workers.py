@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import COMPONENT, DOMAIN, REPO, Client, Stanzad, component_config
+from harness import COMPONENT, DOMAIN, REPO, Client, Stanzad, component_config, stanzad_binary
 from test_executor import ask, burst, condition, process_state
 
 TRICKY = Path(__file__).parent / "handlers" / "tricky_worker.py"
@@ -150,3 +151,16 @@ def test_sigterm_stops_workers_cleanly(prosody, tmp_path):
     assert daemon.wait(10) == 0
     assert time.monotonic() - started < 3
     assert len(daemon.wait_for_log(r'worker ended .*status="exit 0"', count=3)) == 3
+
+
+def test_try_starts_only_the_workers_of_its_route(tmp_path):
+    marker = tmp_path / "b-started"
+    config = tmp_path / "stanzad.toml"
+    config.write_text(component_config(1, extra=worker_route("a", [str(REPO / "handlers" / "worker_echo.py")])
+                                       + worker_route("b", ["/bin/sh", "-c", f"touch {marker}; exec cat >/dev/null"])))
+    result = subprocess.run([str(stanzad_binary()), "try", "--config", str(config), "--route", "a", "--body", "hi"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "<body>hi</body>" in result.stdout, result.stdout
+    assert result.stderr.count("worker started") == 1, result.stderr
+    assert not marker.exists(), "route b's worker was started"

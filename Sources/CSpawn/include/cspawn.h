@@ -17,4 +17,13 @@ int stanzad_pidfd_open(pid_t pid);
 /// pipe2(2) (needs _GNU_SOURCE, which Swift's Glibc module does not define).
 int stanzad_pipe(int fds[2], int flags);
 
+/// prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants are re-parented to this process instead of init.
+/// Not inherited by children (fork clears it), so handlers never adopt anything. 0 or -1 with errno set.
+int stanzad_become_subreaper(void);
+
+/// waitid(P_PID, pid, WEXITED | flags) (flags: WNOHANG, WNOWAIT), retried on EINTR. Returns `pid` with
+/// `*status` set in wait(2) form (WIFEXITED/WTERMSIG decode it) once it has exited, 0 when WNOHANG and it has
+/// not, -1 with errno set (ECHILD: not our child, or already reaped). Only ever this one pid: never P_ALL.
+int stanzad_wait(pid_t pid, int flags, int *status);
+
 #endif
