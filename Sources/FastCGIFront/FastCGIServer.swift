@@ -29,7 +29,6 @@ public final class FastCGIServer: Service, Sendable {
     let readTimeout: Duration
     /// Connections at once; beyond it new ones are closed at once (long-polls are bounded by max_pending).
     let maxConnections: Int
-    private let connections = Atomic<Int>(0)
     private let lastRefusalLog = Mutex<ContinuousClock.Instant?>(nil)
     private let acceptLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     /// Requests the API has not answered yet, for shutdown.
@@ -38,12 +37,14 @@ public final class FastCGIServer: Service, Sendable {
     private struct Outstanding {
         var exchanges: [ObjectIdentifier: FastCGIExchange] = [:]
         var shuttingDown = false
-        /// Most requests waiting at once since memory was last given back.
-        var peak = 0
     }
 
-    /// A burst of at least this many waiting requests is followed by `malloc_trim` once they are all answered.
-    static let trimAfterBurst = 1000
+    /// Open connections, and the most open at once since memory was last given back.
+    private let connectionCount = Mutex((open: 0, peak: 0))
+
+    /// A burst of at least this many connections is followed by `malloc_trim` once all but a 64th of them
+    /// have closed (kept-alive nginx connections stay open).
+    static let trimAfterBurst = 256
 
     /// `fd` is the listening socket from `ListeningSocket.open` (opened before the ServiceGroup starts, so a
     /// bad `listen` stops stanzad at once with a clear error).
@@ -116,7 +117,6 @@ public final class FastCGIServer: Service, Sendable {
         let refused: Bool = outstanding.withLock { state in
             guard !state.shuttingDown else { return true }
             state.exchanges[key] = exchange
-            state.peak = max(state.peak, state.exchanges.count)
             return false
         }
         guard !refused else {
@@ -124,32 +124,23 @@ public final class FastCGIServer: Service, Sendable {
             return
         }
         let cancellation = api.handle(exchange.request) { response in
-            let burstOver: Bool = self.outstanding.withLock { state in
+            self.outstanding.withLock { state in
                 state.exchanges.removeValue(forKey: key)
-                guard state.exchanges.isEmpty, state.peak >= Self.trimAfterBurst else { return false }
-                state.peak = 0
-                state.exchanges = [:]  // a dictionary keeps its capacity when emptied
-                return true
+                if state.exchanges.isEmpty && state.exchanges.capacity > 64 { state.exchanges = [:] }  // keeps its capacity otherwise
             }
-            // Before the last answer: once a client has every answer of the burst, the memory is back.
-            if burstOver { Self.giveMemoryBack() }
             exchange.respond(response)
         }
         exchange.attach(cancellation)
     }
 
-    /// After a burst of long-polls the allocator keeps the freed memory in its arenas; hand the free pages back to
-    /// the system so that RSS returns to its level before the burst (a few milliseconds, once per burst).
-    static func giveMemoryBack() {
-        #if canImport(Glibc)
-        _ = malloc_trim(0)
-        #endif
-    }
-
     /// Counts a new connection; false (and the connection is closed) beyond `maxConnections`.
     private func admit(_ channel: any Channel) -> Bool {
-        let count = connections.wrappingAdd(1, ordering: .relaxed).newValue
-        channel.closeFuture.whenComplete { _ in self.connections.wrappingSubtract(1, ordering: .relaxed) }
+        let count: Int = connectionCount.withLock { count in
+            count.open += 1
+            count.peak = max(count.peak, count.open)
+            return count.open
+        }
+        channel.closeFuture.whenComplete { _ in self.connectionClosed() }
         guard count > maxConnections else { return true }
         let now = ContinuousClock.now
         let log: Bool = lastRefusalLog.withLock { last in
@@ -161,5 +152,20 @@ public final class FastCGIServer: Service, Sendable {
             logger.warning("FastCGI connection refused: too many connections", metadata: ["max_connections": "\(maxConnections)"])
         }
         return false
+    }
+
+    /// After a burst (thousands of long-polls) the allocator keeps the freed memory in its arenas: once the burst's
+    /// connections have closed, the free pages go back to the system, so RSS returns to its level before the burst
+    /// (a few milliseconds, once per burst).
+    private func connectionClosed() {
+        let burstOver: Bool = connectionCount.withLock { count in
+            count.open -= 1
+            guard count.peak >= Self.trimAfterBurst, count.open <= count.peak / 64 else { return false }
+            count.peak = count.open
+            return true
+        }
+        #if canImport(Glibc)
+        if burstOver { _ = malloc_trim(0) }
+        #endif
     }
 }
