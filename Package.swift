@@ -89,11 +89,11 @@ let package = Package(
             swiftSettings: strict),
 
         // The FastCGI responder on SwiftNIO (records, a state machine per connection) and the mod_rest-compatible
-        // REST API.
+        // REST API. It reaches the link only through its StanzaSender protocol (the Daemon connects the two).
         .target(
             name: "FastCGIFront",
             dependencies: [
-                "XMPPCore", "ComponentLink", "CMalloc",
+                "XMPPCore", "CMalloc",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -137,7 +137,7 @@ let package = Package(
         .testTarget(name: "WebhooksTests", dependencies: ["Webhooks"], swiftSettings: strict),
         .testTarget(
             name: "FastCGIFrontTests",
-            dependencies: ["FastCGIFront", .product(name: "NIOEmbedded", package: "swift-nio")],
+            dependencies: ["FastCGIFront", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
     ],

@@ -10,12 +10,27 @@ struct LinkSender: StanzaSender {
     var linkState: String { connection.health.rawValue }
 
     func deliver(_ stanza: Stanza, wait: Duration,
-                 completion: @escaping @Sendable (Result<Void, SendError>) -> Void) -> RestCancellation? {
-        connection.sendAndWait(stanza, wait: wait, completion: completion).map(RestCancellation.init)
+                 completion: @escaping @Sendable (Result<Void, SendFailure>) -> Void) -> RestCancellation? {
+        connection.sendAndWait(stanza, wait: wait) { completion($0.mapError(Self.failure)) }.map(RestCancellation.init)
     }
 
     func ask(_ iq: Stanza, timeout: Duration, maxPending: Int,
-             completion: @escaping @Sendable (Result<Stanza, SendError>) -> Void) -> RestCancellation? {
-        connection.request(iq, timeout: timeout, maxPending: maxPending, completion: completion).map(RestCancellation.init)
+             completion: @escaping @Sendable (Result<Stanza, SendFailure>) -> Void) -> RestCancellation? {
+        connection.request(iq, timeout: timeout, maxPending: maxPending) { completion($0.mapError(Self.failure)) }
+            .map(RestCancellation.init)
+    }
+
+    /// The link's error as the REST API's.
+    static func failure(_ error: SendError) -> SendFailure {
+        switch error.code {
+        case .timeout: SendFailure(.timeout, error.message)
+        case .linkLost: SendFailure(.linkLost, error.message)
+        case .tooManyPending: SendFailure(.tooManyPending, error.message)
+        case .tooLarge: SendFailure(.tooLarge, error.message)
+        case .invalidFrom: SendFailure(.invalidFrom, error.message)
+        case .invalidTo, .unserializable: SendFailure(.invalidStanza, error.message)
+        case .duplicateID: SendFailure(.duplicateID, error.message)
+        default: SendFailure(.unavailable(error.code.description), error.message)
+        }
     }
 }

@@ -1,7 +1,6 @@
 // The mod_rest-compatible REST API (SPEC §9) as request in, response out: routes, auth, body parsing,
 // stamping and validation with their status codes, content negotiation, the iq long-poll, /health.
 
-import ComponentLink
 import Foundation
 import Synchronization
 import XMPPCore
@@ -374,9 +373,9 @@ public final class RestAPI: Sendable {
         }
     }
 
-    private func failure(for error: SendError, iq: Bool) -> RestFailure {
+    private func failure(for error: SendFailure, iq: Bool) -> RestFailure {
         let retry = [("Retry-After", "\(max(1, settings.sendWait.components.seconds))")]
-        switch error.code {
+        switch error.reason {
         case .timeout:
             return RestFailure(504, .wait, .remoteServerTimeout, "no reply within the timeout")
         case .linkLost:
@@ -387,13 +386,13 @@ public final class RestAPI: Sendable {
             return RestFailure(413, .modify, .resourceConstraint, error.message)
         case .invalidFrom:
             return RestFailure(403, .auth, .forbidden, error.message)
-        case .invalidTo, .unserializable:
+        case .invalidStanza:
             return RestFailure(422, .modify, .badRequest, error.message)
         case .duplicateID:
             return RestFailure(409, .cancel, .conflict, error.message)
-        default:
-            // queue-full, expired (link down longer than send_wait / the queue TTL), shutting-down.
-            return RestFailure(503, .wait, .serviceUnavailable, "the XMPP server is not reachable right now (\(error.code)); try again later", headers: retry)
+        case .unavailable(let why):
+            // Queue full, expired (link down longer than send_wait / the queue TTL), shutting down.
+            return RestFailure(503, .wait, .serviceUnavailable, "the XMPP server is not reachable right now (\(why)); try again later", headers: retry)
         }
     }
 

@@ -60,6 +60,37 @@ public struct RestCancellation: Sendable {
     }
 }
 
+/// Why the link could not send a request's stanza or bring its reply: what the API turns into an HTTP status. The
+/// link's own error type stays in ComponentLink; the Daemon maps one to the other.
+public struct SendFailure: Error, Sendable, Equatable {
+    public enum Reason: Sendable, Equatable {
+        /// No reply within the timeout (504).
+        case timeout
+        /// The link went down after the iq was written (502).
+        case linkLost
+        /// `max_pending` iqs already wait (503).
+        case tooManyPending
+        /// Larger than `max_stanza` once serialized (413).
+        case tooLarge
+        /// `from` outside the component domain (403).
+        case invalidFrom
+        /// `to` missing, not a JID, or the stanza cannot be serialized (422).
+        case invalidStanza
+        /// An iq with this id already waits (409).
+        case duplicateID
+        /// The link cannot take it now: queue full, waited too long, shutting down (503); the value names which.
+        case unavailable(String)
+    }
+
+    public var reason: Reason
+    public var message: String
+
+    public init(_ reason: Reason, _ message: String) {
+        self.reason = reason
+        self.message = message
+    }
+}
+
 /// What the REST API needs from the component link (ComponentConnection conforms in the Daemon). Completions
 /// run exactly once, on whatever thread finishes the work; nothing waits in a task, so a waiting request costs
 /// only its bookkeeping.
@@ -68,11 +99,10 @@ public protocol StanzaSender: Sendable {
     var linkState: String { get }
     /// Writes a message or presence; waits up to `wait` for a lost link to come back.
     func deliver(_ stanza: XMPPCore.Stanza, wait: Duration,
-                 completion: @escaping @Sendable (Result<Void, ComponentLink.SendError>) -> Void) -> RestCancellation?
+                 completion: @escaping @Sendable (Result<Void, SendFailure>) -> Void) -> RestCancellation?
     /// Sends an iq get/set; `completion` gets its reply (result or error stanza) or why there is none.
     func ask(_ iq: XMPPCore.Stanza, timeout: Duration, maxPending: Int,
-             completion: @escaping @Sendable (Result<XMPPCore.Stanza, ComponentLink.SendError>) -> Void) -> RestCancellation?
+             completion: @escaping @Sendable (Result<XMPPCore.Stanza, SendFailure>) -> Void) -> RestCancellation?
 }
 
-import ComponentLink
 import XMPPCore

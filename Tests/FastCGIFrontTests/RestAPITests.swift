@@ -1,4 +1,3 @@
-import ComponentLink
 import Synchronization
 import Testing
 import XMPPCore
@@ -10,7 +9,7 @@ final class FakeSender: StanzaSender, Sendable {
     enum Answer: Sendable {
         case delivered
         case reply(Stanza)
-        case failure(SendError)
+        case failure(SendFailure)
         /// Keeps the request waiting until cancelled (then it fails as the link would at shutdown).
         case wait
     }
@@ -25,15 +24,15 @@ final class FakeSender: StanzaSender, Sendable {
     var cancelled: Int { state.withLock { $0.cancelled } }
     var linkState: String { state.withLock { $0.link } }
 
-    func deliver(_ stanza: Stanza, wait: Duration, completion: @escaping @Sendable (Result<Void, SendError>) -> Void) -> RestCancellation? {
+    func deliver(_ stanza: Stanza, wait: Duration, completion: @escaping @Sendable (Result<Void, SendFailure>) -> Void) -> RestCancellation? {
         answer(stanza) { result in completion(result.map { _ in () }) }
     }
 
-    func ask(_ iq: Stanza, timeout: Duration, maxPending: Int, completion: @escaping @Sendable (Result<Stanza, SendError>) -> Void) -> RestCancellation? {
+    func ask(_ iq: Stanza, timeout: Duration, maxPending: Int, completion: @escaping @Sendable (Result<Stanza, SendFailure>) -> Void) -> RestCancellation? {
         answer(iq, completion)
     }
 
-    private func answer(_ stanza: Stanza, _ completion: @escaping @Sendable (Result<Stanza, SendError>) -> Void) -> RestCancellation? {
+    private func answer(_ stanza: Stanza, _ completion: @escaping @Sendable (Result<Stanza, SendFailure>) -> Void) -> RestCancellation? {
         let answer = state.withLock { state in
             state.sent.append(stanza)
             return state.answer
@@ -45,7 +44,7 @@ final class FakeSender: StanzaSender, Sendable {
         case .wait:
             return RestCancellation { [self] in
                 state.withLock { $0.cancelled += 1 }
-                completion(.failure(SendError(.shuttingDown, "cancelled")))
+                completion(.failure(SendFailure(.unavailable("shutting-down"), "cancelled")))
             }
         }
         return nil
@@ -92,19 +91,19 @@ final class FakeSender: StanzaSender, Sendable {
     }
 
     @Test(arguments: [
-        (SendError.Code.timeout, true, 504, "remote-server-timeout"),
+        (SendFailure.Reason.timeout, true, 504, "remote-server-timeout"),
         (.linkLost, true, 502, "recipient-unavailable"),
         (.tooManyPending, true, 503, "resource-constraint"),
         (.tooLarge, false, 413, "resource-constraint"),
         (.invalidFrom, false, 403, "forbidden"),
-        (.invalidTo, false, 422, "bad-request"),
+        (.invalidStanza, false, 422, "bad-request"),
         (.duplicateID, true, 409, "conflict"),
-        (.queueFull, false, 503, "service-unavailable"),
-        (.expired, false, 503, "service-unavailable"),
-        (.shuttingDown, true, 503, "service-unavailable"),
+        (.unavailable("queue-full"), false, 503, "service-unavailable"),
+        (.unavailable("expired"), false, 503, "service-unavailable"),
+        (.unavailable("shutting-down"), true, 503, "service-unavailable"),
     ])
-    func sendErrorsBecomeTheirStatus(code: SendError.Code, iq: Bool, status: Int, expected: String) async {
-        let api = Self.api(FakeSender(.failure(SendError(code, "test"))))
+    func sendErrorsBecomeTheirStatus(reason: SendFailure.Reason, iq: Bool, status: Int, expected: String) async {
+        let api = Self.api(FakeSender(.failure(SendFailure(reason, "test"))))
         let response = await api.handle(Self.post(iq ? Self.ping : Self.message))
         #expect(response.status == status)
         #expect(condition(response) == expected)
