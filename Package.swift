@@ -68,6 +68,7 @@ let package = Package(
             dependencies: [
                 "XMPPCore", "ComponentLink", "Routing", "CSpawn",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

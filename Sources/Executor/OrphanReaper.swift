@@ -29,8 +29,8 @@ package final class OrphanReaper: Sendable {
 
     private struct State {
         /// Children stanzad spawned and still waits for (exec handlers, workers), with the spawn's token. They
-        /// belong to the threads that spawned them, never to the main thread whose children a sweep reads, so this
-        /// is a safety net: a tracked child is never killed, whichever thread's list it shows up in.
+        /// belong to the thread that spawned them (the process loop's), never to the main thread whose children a
+        /// sweep reads, so this is a safety net: a tracked child is never killed, whichever thread's list it is in.
         var tracked: [pid_t: Int] = [:]
         var nextToken = 0
     }
@@ -101,12 +101,16 @@ package final class OrphanReaper: Sendable {
         }
     }
 
-    /// `sweep()` on a thread of its own, for async callers.
+    /// `sweep()` on the sweeper's thread, for async callers.
     package func sweepOffThePool() async -> Int {
         await withCheckedContinuation { (continuation: CheckedContinuation<Int, Never>) in
-            let started = BlockingThread.start { continuation.resume(returning: self.sweep()) }
-            if !started { continuation.resume(returning: 0) }
+            ProcessLoop.sweeper.execute { continuation.resume(returning: self.sweep()) }
         }
+    }
+
+    /// Whether stanzad has adopted children to sweep (reads one small /proc file; never blocks on a process).
+    package func hasAdopted() -> Bool {
+        !adopted().isEmpty
     }
 
     /// Adopted children: the main thread's children that stanzad did not spawn.
@@ -133,8 +137,8 @@ package final class OrphanReaper: Sendable {
 
     /// Children of the main thread: /proc/self/task/<pid>/children. The kernel hands an orphan to the first live
     /// thread of the subreaper (find_new_reaper), which is the main thread for the daemon's whole life, while the
-    /// children stanzad spawns belong to the threads that spawned them. So one small file holds every adopted
-    /// process, whatever the number of threads (one per running exec handler).
+    /// children stanzad spawns belong to the process loop's thread, which spawned them. So one small file holds
+    /// every adopted process.
     static func children() -> [pid_t] {
         readSmallFile("/proc/self/task/\(getpid())/children").split(separator: 0x20).compactMap {
             Int32(String(decoding: $0, as: UTF8.self))
