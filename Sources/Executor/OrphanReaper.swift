@@ -2,8 +2,8 @@
 // stanzad (a child subreaper) instead of init; a sweep after every handler ends kills and reaps every adopted
 // child that stanzad did not spawn itself, so nothing a handler starts outlives it or holds its pipes.
 //
-// Only ever one pid at a time is waited for (waitid P_PID): the exec runner and swift-subprocess (workers) reap
-// their own children, and a wait on "any child" would steal their exit statuses.
+// Only ever one pid at a time is waited for (waitid P_PID): exec handlers and workers reap their own children,
+// and a wait on "any child" would steal their exit statuses.
 
 #if canImport(Glibc)
 import Glibc
@@ -48,8 +48,8 @@ package final class OrphanReaper: Sendable {
         return spawn
     }
 
-    /// For a spawn that cannot run inside `spawn(_:)` (swift-subprocess, for workers, on its own spawning thread):
-    /// call before it and pass the result to `spawned(_:pid:)` once the pid is known.
+    /// For a spawn that cannot run inside `spawn(_:)`: call before it and pass the result to `spawned(_:pid:)`
+    /// once the pid is known.
     package func spawning() -> Spawn {
         state.withLock { state in
             state.nextToken += 1
@@ -75,7 +75,7 @@ package final class OrphanReaper: Sendable {
         }
     }
 
-    /// A child someone else (swift-subprocess) reaped: no longer ours to spare.
+    /// A child someone else reaped (ECHILD): no longer ours to spare.
     package func reaped(_ spawn: Spawn, pid: pid_t) {
         state.withLock { state in
             if state.tracked[pid] == spawn.token { state.tracked[pid] = nil }

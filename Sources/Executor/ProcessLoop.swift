@@ -75,6 +75,11 @@ final class ProcessLoop: @unchecked Sendable {
         return true
     }
 
+    /// Stops watching `fd` (if it was), leaving it open.
+    func stopWatching(_ fd: Int32) {
+        if watchers.removeValue(forKey: fd) != nil { _ = stanzad_epoll_remove(epoll, fd) }
+    }
+
     /// Stops watching `fd` (if it was) and closes it; `fd` becomes -1.
     func close(_ fd: inout Int32) {
         guard fd >= 0 else { return }

@@ -5,9 +5,9 @@
 // so a grandchild holding a pipe neither stalls the reply nor survives it. It runs on the process loop
 // (ProcessLoop): no thread of its own.
 //
-// Exec handlers live for milliseconds, so their spawn path is ours rather than swift-subprocess's (which
-// workers use): swift-subprocess spawns on one shared thread and hops between threads several times per run,
-// which cost about a tenth of bench/exec's throughput (docs/PERFORMANCE.md).
+// Exec handlers live for milliseconds, so their spawn path is ours rather than swift-subprocess's (used before):
+// swift-subprocess spawns on one shared thread and hops between threads several times per run, which cost about
+// a tenth of bench/exec's throughput (docs/PERFORMANCE.md).
 
 #if canImport(Glibc)
 import Glibc
@@ -17,9 +17,6 @@ import Musl
 import Darwin
 #endif
 import CSpawn
-import Subprocess
-import Synchronization
-import SystemPackage
 
 /// What to run and with which limits.
 public struct ProcessSpec: Sendable {
@@ -359,53 +356,26 @@ final class HandlerProcess: ProcessLoopWatcher, @unchecked Sendable {
     }
 }
 
+/// A failed system call's errno.
+struct SystemCallError: Error, CustomStringConvertible {
+    let code: Int32
+    var description: String { "\(String(cString: strerror(code))) (errno \(code))" }
+}
+
 /// A pipe's two ends (-1 once closed).
 private struct Pipe {
     var read: Int32 = -1
     var write: Int32 = -1
 
-    static func make() throws(Errno) -> Pipe {
+    static func make() throws(SystemCallError) -> Pipe {
         var ends: [Int32] = [-1, -1]
-        guard stanzad_pipe(&ends, O_CLOEXEC) == 0 else { throw Errno(rawValue: errno) }
+        guard stanzad_pipe(&ends, O_CLOEXEC) == 0 else { throw SystemCallError(code: errno) }
         return Pipe(read: ends[0], write: ends[1])
     }
 
     mutating func closeRead() { if read >= 0 { _ = Glibc.close(read) }; read = -1 }
     mutating func closeWrite() { if write >= 0 { _ = Glibc.close(write) }; write = -1 }
     mutating func closeBoth() { closeRead(); closeWrite() }
-}
-
-/// Wakes a handler's watching thread from the task that awaits it (cancellation).
-final class StopSignal: Sendable {
-    let readEnd: Int32
-    /// The write end; nil once closed, so a late `fire` can never write into a reused descriptor number.
-    private let writeEnd: Mutex<Int32?>
-
-    init() throws(Errno) {
-        var ends: [Int32] = [-1, -1]
-        guard stanzad_pipe(&ends, O_CLOEXEC | O_NONBLOCK) == 0 else { throw Errno(rawValue: errno) }
-        readEnd = ends[0]
-        writeEnd = Mutex(ends[1])
-    }
-
-    func fire() {
-        writeEnd.withLock { fd in
-            guard let fd else { return }
-            var byte: UInt8 = 1
-            _ = write(fd, &byte, 1)
-        }
-    }
-
-    /// After the watching thread is done; a later `fire` is a no-op.
-    func close() {
-        let fd = writeEnd.withLock { fd in
-            defer { fd = nil }
-            return fd
-        }
-        guard let fd else { return }
-        _ = Glibc.close(fd)
-        _ = Glibc.close(readEnd)
-    }
 }
 
 /// A detached OS thread for work that blocks.
@@ -435,36 +405,11 @@ enum BlockingThread {
 }
 
 /// Runs `body` with `strings` as a NULL-terminated C array.
-private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
     var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
     pointers.append(nil)
     defer { for pointer in pointers { free(pointer) } }
     return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
-}
-
-/// How every handler process (exec and worker) is started.
-enum HandlerLaunch {
-    /// Its own session and process group, on swift-subprocess's posix_spawn path (no uid/gid, no
-    /// processGroupID), exactly `environment`, and a teardown of SIGTERM to the group, `killGrace`, then
-    /// SIGKILL to the group.
-    static func configuration(program: String, arguments: [String], environment: [String: String], workdir: String,
-                              killGrace: Duration) -> Configuration {
-        var options = PlatformOptions()
-        options.createSession = true
-        options.teardownSequence = teardown(killGrace)
-        var keys: [Environment.Key: String] = [:]
-        for (name, value) in environment {
-            if let key = Environment.Key(rawValue: name) { keys[key] = value }
-        }
-        return Configuration(
-            executable: program.contains("/") ? .path(FilePath(program)) : .name(program),
-            arguments: Arguments(arguments), environment: .custom(keys), workingDirectory: FilePath(workdir),
-            platformOptions: options)
-    }
-
-    static func teardown(_ killGrace: Duration) -> [TeardownStep] {
-        [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: killGrace)]
-    }
 }
 
 /// Splits stderr into lines, keeping at most `limit` bytes in all (the rest is counted and dropped).

@@ -13,10 +13,7 @@ import Musl
 import DequeModule
 import Logging
 import ServiceLifecycle
-import CSpawn
-import Subprocess
 import Synchronization
-import SystemPackage
 import XMPPCore
 
 public final class WorkerPool: Service, Sendable {
@@ -74,8 +71,8 @@ public final class WorkerPool: Service, Sendable {
         var inFlight: [String: Request] = [:]
         /// The current process's stdin while it takes requests (nil: it takes none).
         var input: WorkerInput?
-        /// The supervisor's kill switch for the current process.
-        var stop: CheckedContinuation<Void, Never>?
+        /// The kill switch of the current process (SIGTERM to its group, kill grace, SIGKILL).
+        var stop: (@Sendable () -> Void)?
         var stopRequested = false
         var stopReason: String?
         /// Being replaced after a reload: its end is planned, not a crash.
@@ -142,7 +139,7 @@ public final class WorkerPool: Service, Sendable {
     }
 
     /// Sends `stanza` to a worker without waiting; `completion` gets the answer (or the failure) exactly once, at
-    /// most `timeout` later, on the thread that settles it (a reader thread, the deadline sweep, a supervisor).
+    /// most `timeout` later, on the thread that settles it (the process loop, the deadline sweep, a supervisor).
     public func submit(_ stanza: Stanza, completion: @escaping @Sendable (Reply) -> Void) {
         let ref = state.withLock { state -> String in
             state.nextRef += 1
@@ -257,11 +254,11 @@ public final class WorkerPool: Service, Sendable {
     /// What stopping a process takes once the lock is released: closing its stdin and pulling its kill switch.
     struct Stop {
         let input: WorkerInput?
-        let killSwitch: CheckedContinuation<Void, Never>?
+        let killSwitch: (@Sendable () -> Void)?
 
         func perform() {
             input?.close()
-            killSwitch?.resume()
+            killSwitch?()
         }
     }
 
@@ -276,9 +273,9 @@ public final class WorkerPool: Service, Sendable {
 
     // MARK: Reader side
 
-    private enum AnswerResult { case ok, unknownRef(String), recycle }
+    enum AnswerResult { case ok, unknownRef(String), recycle }
 
-    private func deliver(_ answer: WorkerProtocol.Answer, from index: Int, settings: Settings) -> AnswerResult {
+    func deliver(_ answer: WorkerProtocol.Answer, from index: Int, settings: Settings) -> AnswerResult {
         let (request, sends, closing, result) = state.withLock {
             state -> (Request?, [Send], WorkerInput?, AnswerResult) in
             guard let request = state.slots[index].inFlight.removeValue(forKey: answer.ref) else {
@@ -340,7 +337,7 @@ public final class WorkerPool: Service, Sendable {
         }
     }
 
-    private var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
+    var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
 
     private func supervise(_ index: Int) async {
         var backoff: Duration = .milliseconds(100)
@@ -375,36 +372,14 @@ public final class WorkerPool: Service, Sendable {
             state.slots[index].recycling = false
             return state.slots[index].generation
         }
-        let grace = settings.killGrace
-        guard let program = settings.argv.first else { return false }
-        let launch = HandlerLaunch.configuration(
-            program: program, arguments: Array(settings.argv.dropFirst()), environment: settings.environment,
-            workdir: settings.workdir, killGrace: grace)
         var workerLogger = logger
         workerLogger[metadataKey: "worker"] = "\(index)"
         let log = workerLogger
-        var pid: Int32?
-        var status: String = "not started"
-        var garbage: String?
-        // stdout is our own pipe, read by a thread of its own that hands each answer straight to its
-        // requester: no task or event-loop hop between the worker's write and the waiting stanza.
-        var outputEnds: [Int32] = [-1, -1]
-        guard stanzad_pipe(&outputEnds, O_CLOEXEC) == 0 else {
-            log.error("worker could not be started", metadata: ["problem": "cannot create a pipe: errno \(errno)"])
-            state.withLock { state in
-                state.slots[index].running = false
-                state.slots[index].accepting = false
-            }
-            return false
-        }
-        let answers = outputEnds[0]
-        defer { _ = close(answers) }
-        // stdin is our own pipe too: requests are written to it by whoever places them (see `perform`).
+        // stdin is our own pipe: requests are written to it by whoever places them (see `perform`).
         let input: WorkerInput
         do {
             input = try WorkerInput()
         } catch {
-            _ = close(outputEnds[1])
             log.error("worker could not be started", metadata: ["problem": "cannot create its stdin: \(error)"])
             state.withLock { state in
                 state.slots[index].running = false
@@ -413,99 +388,19 @@ public final class WorkerPool: Service, Sendable {
             return false
         }
         defer { input.close() }
-        let spawn = OrphanReaper.shared.spawning()
-        do {
-            let result = try await Subprocess.run(
-                launch, input: .fileDescriptor(FileDescriptor(rawValue: input.readEnd), closeAfterSpawningProcess: true),
-                output: .fileDescriptor(FileDescriptor(rawValue: outputEnds[1]), closeAfterSpawningProcess: true),
-                error: .sequence
-            ) { execution -> String? in
-                let processID = execution.processIdentifier.value
-                OrphanReaper.shared.spawned(spawn, pid: processID)
-                let sends = state.withLock { state -> [Send] in
-                    state.slots[index].pid = processID
-                    guard state.slots[index].generation == generation, state.slots[index].accepting else { return [] }
-                    state.slots[index].input = input
-                    return Self.fill(&state, index, inFlight: settings.inFlight)
-                }
-                if !state.withLock({ $0.slots[index].input === input }) { input.close() }
-                log.notice("worker started", metadata: ["pid": "\(processID)"])
-                perform(sends)
-                return await withTaskGroup(of: Void.self, returning: String?.self) { group in
-                    group.addTask {
-                        await input.waitUntilClosed()
-                        // Shutdown: the worker has kill_grace to exit by itself after EOF.
-                        if self.isShuttingDown {
-                            do {
-                                try await Task.sleep(for: grace)
-                                self.stopWorker(index, generation: generation, reason: "shutdown grace elapsed")
-                            } catch {
-                                // The worker exited by itself within the grace period.
-                            }
-                        }
-                    }
-                    group.addTask {
-                        var lines = StderrLines(limit: 65_536)
-                        do {
-                            for try await buffer in execution.standardError {
-                                buffer.withUnsafeBytes { bytes in
-                                    lines.feed(bytes) { log.warning("worker stderr", metadata: ["pid": "\(processID)", "line": "\($0)"]) }
-                                }
-                            }
-                        } catch {}
-                        lines.finish { log.warning("worker stderr", metadata: ["pid": "\(processID)", "line": "\($0)"]) }
-                    }
-                    group.addTask {
-                        // The kill switch: stop requests (timeouts, garbage, shutdown) tear the group down.
-                        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                            let now = self.state.withLock { state -> Bool in
-                                let slot = state.slots[index]
-                                if slot.stopRequested || !slot.running || slot.generation != generation { return true }
-                                state.slots[index].stop = continuation
-                                return false
-                            }
-                            if now { continuation.resume() }
-                        }
-                        if self.state.withLock({ $0.slots[index].running && $0.slots[index].generation == generation }) {
-                            await execution.teardown(using: HandlerLaunch.teardown(grace))
-                        }
-                    }
-                    // Answers ← stdout, until EOF (the worker and everything it started are gone) or a problem.
-                    let problem = await withCheckedContinuation { (continuation: CheckedContinuation<String?, Never>) in
-                        let started = BlockingThread.start {
-                            continuation.resume(returning: self.readAnswers(
-                                from: answers, index: index, settings: settings, pid: processID, log: log))
-                        }
-                        if !started { continuation.resume(returning: "cannot start a thread to read the worker's answers") }
-                    }
-                    if let problem {
-                        self.stopWorker(index, generation: generation, reason: problem)
-                        await execution.teardown(using: HandlerLaunch.teardown(grace))
-                    }
-                    // stdout ended: the worker is gone or going. Release the writer and the kill switch.
-                    self.finishSlot(index, generation: generation)
-                    group.cancelAll()
-                    await group.waitForAll()
-                    return problem
-                }
-            }
-            pid = result.processIdentifier.value
-            garbage = result.closureResult
-            switch result.terminationStatus {
-            case .exited(let code): status = "exit \(code)"
-            case .signaled(let signal): status = "signal \(signal)"
-            }
-        } catch {
-            status = "could not start: \(error)"
+        let process = WorkerProcess(pool: self, index: index, generation: generation, settings: settings, input: input, log: log)
+        let ending = await withCheckedContinuation { (continuation: CheckedContinuation<WorkerProcess.Ending, Never>) in
+            // Set before the loop sees the process (the hand-over through `execute` orders the two).
+            process.completion = { continuation.resume(returning: $0) }
+            ProcessLoop.shared.execute { process.start() }
+        }
+        if let problem = ending.startProblem {
             log.error("worker could not be started", metadata: [
-                "argv0": "\(program)", "problem": "\(error)",
+                "argv0": "\(settings.argv.first ?? "")", "problem": "\(problem)",
                 "hint": "check that the file exists and is executable (chmod +x); `stanzad check` tests this",
             ])
         }
-        if let pid { _ = kill(-pid, SIGKILL) }
-        // swift-subprocess has reaped the worker; what escaped its group and was adopted goes now.
-        OrphanReaper.shared.spawned(spawn, pid: nil)
-        if let pid { OrphanReaper.shared.reaped(spawn, pid: pid) }
+        // What escaped the worker's group and was adopted goes now.
         let escaped = await OrphanReaper.shared.sweepOffThePool()
         if escaped > 0 {
             log.notice("adopted processes killed after the worker ended", metadata: ["escaped_killed": "\(escaped)"])
@@ -519,13 +414,15 @@ public final class WorkerPool: Service, Sendable {
             state.slots[index].running = false
             state.slots[index].accepting = false
             state.slots[index].pid = nil
+            state.slots[index].stop = nil
             let recycled = (slot.recycling || (settings.maxRequests > 0 && slot.served >= settings.maxRequests)) && !slot.stopRequested
             return (failed, slot.stopReason, recycled)
         }
+        let status = ending.status
         for request in failed {
             request.complete(.failed(StanzaError(.cancel, .internalServerError), reason: "worker ended (\(status))"))
         }
-        if let garbage { log.error("worker output rejected; restarting it", metadata: ["problem": "\(garbage)"]) }
+        if let garbage = ending.garbage { log.error("worker output rejected; restarting it", metadata: ["problem": "\(garbage)"]) }
         let planned = recycled || isShuttingDown
         if planned {
             log.info("worker ended", metadata: ["status": "\(status)", "failed_requests": "\(failed.count)"])
@@ -534,40 +431,29 @@ public final class WorkerPool: Service, Sendable {
                 "status": "\(status)", "failed_requests": "\(failed.count)", "reason": "\(reason ?? "it exited")",
             ])
         }
-        return planned && garbage == nil
+        return planned && ending.garbage == nil && ending.startProblem == nil
     }
 
-    /// Reads answer lines from a worker's stdout on the calling (blocking) thread and delivers each one.
-    /// Returns the problem that ends the worker (garbage, an unknown ref, an over-long line), or nil at EOF.
-    private func readAnswers(from fd: Int32, index: Int, settings: Settings, pid: Int32, log: Logger) -> String? {
-        let maxLine = settings.maxLine
-        var splitter = LineSplitter(limit: maxLine)
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { return nil }
-            let fed = buffer.withUnsafeBytes { splitter.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-            guard let lines = fed else {
-                return "worker wrote a line longer than max_output (\(maxLine) bytes)"
-            }
-            for line in lines where !line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) {
-                let answer: WorkerProtocol.Answer
-                do {
-                    answer = try WorkerProtocol.parseAnswer(line)
-                } catch {
-                    return "\(error): \(HandlerOutput.excerpt(line))"
-                }
-                switch deliver(answer, from: index, settings: settings) {
-                case .ok: break
-                case .recycle: log.info("worker reached max_requests; recycling", metadata: ["pid": "\(pid)"])
-                case .unknownRef(let ref): return "worker answered unknown ref \(JID.quoted(ref))"
-                }
-            }
+    /// The process of slot `index` has started: it takes requests (unless it is already being stopped) and its
+    /// kill switch is armed. Returns true when it must be stopped at once. Called on the process loop.
+    func workerStarted(_ index: Int, generation: Int, pid: Int32, input: WorkerInput,
+                       killSwitch: @escaping @Sendable () -> Void) -> Bool {
+        let inFlight = settings.inFlight
+        let (sends, stopNow) = state.withLock { state -> ([Send], Bool) in
+            state.slots[index].pid = pid
+            let slot = state.slots[index]
+            guard slot.generation == generation, slot.running, !slot.stopRequested else { return ([], true) }
+            state.slots[index].stop = killSwitch
+            guard slot.accepting else { return ([], false) }
+            state.slots[index].input = input
+            return (Self.fill(&state, index, inFlight: inFlight), false)
         }
+        if !state.withLock({ $0.slots[index].input === input }) { input.close() }
+        perform(sends)
+        return stopNow
     }
 
-    private func stopWorker(_ index: Int, generation: Int, reason: String) {
+    func stopWorker(_ index: Int, generation: Int, reason: String) {
         let stop = state.withLock { state -> Stop? in
             guard state.slots[index].generation == generation else { return nil }
             return Self.requestStop(&state.slots[index], reason: reason)
@@ -575,16 +461,14 @@ public final class WorkerPool: Service, Sendable {
         stop?.perform()
     }
 
-    /// stdout ended: no more requests to this process, and its kill switch task may finish.
-    private func finishSlot(_ index: Int, generation: Int) {
-        let stop = state.withLock { state -> Stop? in
+    /// stdout ended or the process exited: no more requests to this process; its kill switch is disarmed.
+    func finishSlot(_ index: Int, generation: Int) {
+        let input = state.withLock { state -> WorkerInput? in
             guard state.slots[index].generation == generation else { return nil }
-            let input = Self.stopAccepting(&state.slots[index])
-            defer { state.slots[index].stop = nil }
-            // The process is ending on its own; the switch only has to let its task finish.
+            state.slots[index].stop = nil
             state.slots[index].running = false
-            return Stop(input: input, killSwitch: state.slots[index].stop)
+            return Self.stopAccepting(&state.slots[index])
         }
-        stop?.perform()
+        input?.close()
     }
 }
