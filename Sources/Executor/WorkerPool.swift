@@ -4,6 +4,10 @@
 // with backoff; its in-flight stanzas fail. `maxRequests` recycles a worker: it gets no new requests, its
 // stdin is closed once the last answer is in, and a fresh one starts. On shutdown stdin is closed, the
 // workers get `killGrace` to exit, then their groups are killed.
+//
+// The bookkeeping (which worker is starting, running, draining or stopping, which request is where) is
+// WorkerPoolStateMachine; this shell holds it under one lock with each worker's stdin and kill switch and
+// performs what its events return. The processes themselves are WorkerProcess, on the process loop.
 
 #if canImport(Glibc)
 import Glibc
@@ -54,7 +58,7 @@ public final class WorkerPool: Service, Sendable {
         case failed(StanzaError, reason: String)
     }
 
-    struct Request {
+    struct Request: WorkerRequest {
         let ref: String
         let line: [UInt8]
         let deadline: ContinuousClock.Instant
@@ -62,30 +66,31 @@ public final class WorkerPool: Service, Sendable {
         let complete: @Sendable (Reply) -> Void
     }
 
-    struct Slot {
-        var generation = 0
-        var running = false
-        var accepting = false
-        var served = 0
-        var pid: Int32?
-        var inFlight: [String: Request] = [:]
-        /// The current process's stdin while it takes requests (nil: it takes none).
-        var input: WorkerInput?
-        /// The kill switch of the current process (SIGTERM to its group, kill grace, SIGKILL).
-        var stop: (@Sendable () -> Void)?
-        var stopRequested = false
-        var stopReason: String?
-        /// Being replaced after a reload: its end is planned, not a crash.
-        var recycling = false
-    }
-
     struct State {
-        var queue: Deque<Request> = []
-        var slots: [Slot]
+        var machine: WorkerPoolStateMachine<Request>
+        /// Each worker's stdin while its process takes requests (the machine has it `running`).
+        var inputs: [WorkerInput?]
+        /// Each worker's kill switch while its process runs (SIGTERM to its group, kill grace, SIGKILL).
+        var killSwitches: [(@Sendable () -> Void)?]
         var nextRef = 0
-        var shuttingDown = false
-        /// Refs whose requests timed out; a late answer to one is ignored rather than treated as garbage.
-        var expired: Set<String> = []
+
+        init(workers: Int, inFlight: Int) {
+            machine = WorkerPoolStateMachine(workers: workers, inFlight: inFlight)
+            inputs = Array(repeating: nil, count: machine.workers.count)
+            killSwitches = Array(repeating: nil, count: machine.workers.count)
+        }
+
+        /// Worker `index`'s stdin, to close outside the lock; it takes no more requests.
+        mutating func takeInput(_ index: Int) -> WorkerInput? {
+            defer { inputs[index] = nil }
+            return inputs[index]
+        }
+
+        /// What stopping worker `index` takes once the lock is released.
+        mutating func takeStop(_ index: Int) -> Stop {
+            defer { killSwitches[index] = nil }
+            return Stop(input: takeInput(index), killSwitch: killSwitches[index])
+        }
     }
 
     /// The current settings (replaced by `reload`).
@@ -103,7 +108,7 @@ public final class WorkerPool: Service, Sendable {
         var logger = logger
         logger[metadataKey: "route"] = "\(settings.route)"
         self.logger = logger
-        self.state = Mutex(State(slots: Array(repeating: Slot(), count: settings.workers)))
+        self.state = Mutex(State(workers: settings.workers, inFlight: settings.inFlight))
     }
 
     /// SIGHUP: new settings for the next processes. Every worker is recycled: it takes no new requests,
@@ -111,19 +116,16 @@ public final class WorkerPool: Service, Sendable {
     /// stanzas stay queued for the new workers. The number of workers is fixed until restart.
     public func reload(_ settings: Settings) {
         var settings = settings
-        let count = state.withLock { $0.slots.count }
+        let count = state.withLock { $0.machine.workers.count }
         if settings.workers != count {
             logger.warning("workers count changes take effect at restart", metadata: ["workers": "\(count)", "configured": "\(settings.workers)"])
             settings.workers = count
         }
         current.withLock { $0 = settings }
+        let inFlight = settings.inFlight
         let inputs = state.withLock { state -> [WorkerInput] in
-            var inputs: [WorkerInput] = []
-            for index in state.slots.indices where state.slots[index].running {
-                state.slots[index].recycling = true
-                if let input = Self.stopAccepting(&state.slots[index]) { inputs.append(input) }
-            }
-            return inputs
+            state.machine.inFlightLimit = max(1, inFlight)
+            return state.machine.reload().compactMap { state.takeInput($0) }
         }
         for input in inputs { input.close() }
         logger.notice("worker settings reloaded; recycling workers")
@@ -151,23 +153,16 @@ public final class WorkerPool: Service, Sendable {
     }
 
     private func enqueue(_ request: Request) {
-        enum Action { case fail, send(Send), queued }
-        let inFlight = settings.inFlight
-        let action = state.withLock { state -> Action in
-            if state.shuttingDown { return .fail }
-            for index in state.slots.indices {
-                let slot = state.slots[index]
-                if slot.accepting, slot.inFlight.count < inFlight, let input = slot.input {
-                    state.slots[index].inFlight[request.ref] = request
-                    return .send(Send(index: index, input: input, request: request))
-                }
-            }
-            state.queue.append(request)
-            return .queued
+        let (placement, send) = state.withLock { state -> (WorkerPoolStateMachine<Request>.Placement, Send?) in
+            let placement = state.machine.submit(request)
+            guard case .send(let index) = placement else { return (placement, nil) }
+            // A running worker always has its stdin; without it the write fails and the request is placed again.
+            return (placement, Send(index: index, generation: state.machine.workers[index].generation,
+                                    input: state.inputs[index], request: request))
         }
-        switch action {
-        case .fail: request.complete(.failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
-        case .send(let send): perform([send])
+        switch placement {
+        case .refused: request.complete(.failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
+        case .send: if let send { perform([send]) }
         case .queued: break
         }
     }
@@ -175,41 +170,29 @@ public final class WorkerPool: Service, Sendable {
     /// A request placed with a worker, to be written to its stdin outside the lock.
     struct Send {
         let index: Int
-        let input: WorkerInput
+        let generation: Int
+        let input: WorkerInput?
         let request: Request
     }
 
     /// Writes each request line to its worker's stdin, straight from the calling thread. A worker whose stdin was
     /// closed or broke in the meantime takes no more requests; its request is placed again.
     private func perform(_ sends: [Send]) {
-        for send in sends where !send.input.send(send.request.line) {
-            let (replace, closing) = state.withLock { state -> (Bool, WorkerInput?) in
-                var closing: WorkerInput?
-                if state.slots[send.index].input === send.input { closing = Self.stopAccepting(&state.slots[send.index]) }
-                return (state.slots[send.index].inFlight.removeValue(forKey: send.request.ref) != nil, closing)
+        for send in sends where !(send.input?.send(send.request.line) ?? false) {
+            let (closing, retry) = state.withLock { state -> (WorkerInput?, Request?) in
+                guard state.machine.workers[send.index].generation == send.generation else { return (nil, nil) }
+                let (close, retry) = state.machine.sendFailed(send.request.ref, worker: send.index)
+                return (close ? state.takeInput(send.index) : nil, retry)
             }
             closing?.close()
-            if replace { enqueue(send.request) }
+            if let retry { enqueue(retry) }
         }
     }
 
-    /// Moves queued requests to worker `index` while it has room. Call with the lock held; `perform` the result
-    /// after it.
-    private static func fill(_ state: inout State, _ index: Int, inFlight: Int) -> [Send] {
-        guard let input = state.slots[index].input, state.slots[index].accepting, !state.shuttingDown else { return [] }
-        var sends: [Send] = []
-        while state.slots[index].inFlight.count < inFlight, let request = state.queue.popFirst() {
-            state.slots[index].inFlight[request.ref] = request
-            sends.append(Send(index: index, input: input, request: request))
-        }
-        return sends
-    }
-
-    /// The slot takes no more requests; returns its stdin to close (outside the lock).
-    private static func stopAccepting(_ slot: inout Slot) -> WorkerInput? {
-        slot.accepting = false
-        defer { slot.input = nil }
-        return slot.input
+    /// The sends for requests the machine gave worker `index`. Call with the lock held; `perform` them after it.
+    private static func sends(_ requests: [Request], to index: Int, in state: State) -> [Send] {
+        let generation = state.machine.workers[index].generation
+        return requests.map { Send(index: index, generation: generation, input: state.inputs[index], request: $0) }
     }
 
     /// How often deadlines are checked: a request fails at most this long after its timeout. One sweep for
@@ -220,23 +203,8 @@ public final class WorkerPool: Service, Sendable {
     /// Requests whose deadline passed fail with remote-server-timeout; a worker holding one is restarted.
     private func expireDue(now: ContinuousClock.Instant) {
         let (due, stops) = state.withLock { state -> ([Request], [Stop]) in
-            var due: [Request] = []
-            var stops: [Stop] = []
-            if state.queue.contains(where: { $0.deadline <= now }) {
-                due += state.queue.filter { $0.deadline <= now }
-                state.queue.removeAll { $0.deadline <= now }
-            }
-            for index in state.slots.indices {
-                let late = state.slots[index].inFlight.values.filter { $0.deadline <= now }
-                guard let first = late.first else { continue }
-                for request in late {
-                    state.slots[index].inFlight.removeValue(forKey: request.ref)
-                    state.expired.insert(request.ref)
-                }
-                due += late
-                stops.append(Self.requestStop(&state.slots[index], reason: "request \(first.ref) timed out"))
-            }
-            return (due, stops)
+            let (late, stopping) = state.machine.expire(now: now)
+            return (late, stopping.map { state.takeStop($0.worker) })
         }
         for stop in stops { stop.perform() }
         for request in due {
@@ -262,39 +230,29 @@ public final class WorkerPool: Service, Sendable {
         }
     }
 
-    /// Marks the slot's process for stopping; returns what to do outside the lock.
-    private static func requestStop(_ slot: inout Slot, reason: String) -> Stop {
-        let input = stopAccepting(&slot)
-        if slot.stopReason == nil { slot.stopReason = reason }
-        slot.stopRequested = true
-        defer { slot.stop = nil }
-        return Stop(input: input, killSwitch: slot.stop)
-    }
-
     // MARK: Reader side
 
     enum AnswerResult { case ok, unknownRef(String), recycle }
 
     func deliver(_ answer: WorkerProtocol.Answer, from index: Int, settings: Settings) -> AnswerResult {
-        let (request, sends, closing, result) = state.withLock {
-            state -> (Request?, [Send], WorkerInput?, AnswerResult) in
-            guard let request = state.slots[index].inFlight.removeValue(forKey: answer.ref) else {
-                if state.expired.remove(answer.ref) != nil { return (nil, [], nil, .ok) }
-                return (nil, [], nil, .unknownRef(answer.ref))
-            }
-            state.slots[index].served += 1
-            if settings.maxRequests > 0, state.slots[index].served >= settings.maxRequests {
-                // Recycled: stdin closes now, the worker finishes what it has and exits.
-                return (request, [], Self.stopAccepting(&state.slots[index]), .recycle)
-            }
-            // Capacity freed: the next queued request goes to this worker.
-            return (request, Self.fill(&state, index, inFlight: settings.inFlight), nil, .ok)
+        let (outcome, sends, closing) = state.withLock {
+            state -> (WorkerPoolStateMachine<Request>.Answer, [Send], WorkerInput?) in
+            let outcome = state.machine.answered(answer.ref, worker: index, maxRequests: settings.maxRequests)
+            guard case .deliver(_, let requests, let recycle) = outcome else { return (outcome, [], nil) }
+            // Recycled: stdin closes now, the worker finishes what it has and exits. Otherwise the capacity freed
+            // goes to the next queued request.
+            return (outcome, Self.sends(requests, to: index, in: state), recycle ? state.takeInput(index) : nil)
         }
-        // The next request goes out before this answer is turned into replies: the worker stays busy meanwhile.
-        closing?.close()
-        perform(sends)
-        request?.complete(.answered(answer.replies))
-        return result
+        switch outcome {
+        case .ignored: return .ok
+        case .unknownRef: return .unknownRef(answer.ref)
+        case .deliver(let request, _, let recycle):
+            // The next request goes out before this answer is turned into replies: the worker stays busy meanwhile.
+            closing?.close()
+            perform(sends)
+            request.complete(.answered(answer.replies))
+            return recycle ? .recycle : .ok
+        }
     }
 
     // MARK: Supervision
@@ -309,6 +267,7 @@ public final class WorkerPool: Service, Sendable {
             for await _ in stopRequests.cancelOnGracefulShutdown() {}
             beginShutdown()
         }
+        state.withLock { $0.machine.finished() }
         logger.notice("workers stopped")
     }
 
@@ -321,23 +280,17 @@ public final class WorkerPool: Service, Sendable {
 
     private func beginShutdown() {
         let (inputs, queued) = state.withLock { state -> ([WorkerInput], [Request]) in
-            state.shuttingDown = true
-            var inputs: [WorkerInput] = []
-            for index in state.slots.indices {
-                if let input = Self.stopAccepting(&state.slots[index]) { inputs.append(input) }
-            }
-            let queued = Array(state.queue)
-            state.queue.removeAll()
-            return (inputs, queued)
+            let (queued, closing) = state.machine.beginShutdown()
+            return (closing.compactMap { state.takeInput($0) }, queued)
         }
-        // Each worker's stdin is closed and it has kill_grace to finish (see runWorker).
+        // Each worker's stdin is closed and it has kill_grace to finish (see WorkerProcess).
         for input in inputs { input.close() }
         for request in queued {
             request.complete(.failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
         }
     }
 
-    var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
+    var isShuttingDown: Bool { state.withLock { !$0.machine.isRunning } }
 
     private func supervise(_ index: Int) async {
         var backoff: Duration = .milliseconds(100)
@@ -362,16 +315,7 @@ public final class WorkerPool: Service, Sendable {
     /// Runs one worker process to its end. True when it ended as planned (recycled), false otherwise.
     private func runWorker(_ index: Int) async -> Bool {
         let settings = self.settings  // one snapshot per process (a reload affects the next one)
-        let generation = state.withLock { state -> Int in
-            state.slots[index].generation += 1
-            state.slots[index].running = true
-            state.slots[index].accepting = !state.shuttingDown
-            state.slots[index].served = 0
-            state.slots[index].stopRequested = false
-            state.slots[index].stopReason = nil
-            state.slots[index].recycling = false
-            return state.slots[index].generation
-        }
+        let generation = state.withLock { $0.machine.starting(index) }
         var workerLogger = logger
         workerLogger[metadataKey: "worker"] = "\(index)"
         let log = workerLogger
@@ -381,10 +325,7 @@ public final class WorkerPool: Service, Sendable {
             input = try WorkerInput()
         } catch {
             log.error("worker could not be started", metadata: ["problem": "cannot create its stdin: \(error)"])
-            state.withLock { state in
-                state.slots[index].running = false
-                state.slots[index].accepting = false
-            }
+            _ = state.withLock { $0.machine.exited(index, generation: generation) }
             return false
         }
         defer { input.close() }
@@ -407,23 +348,16 @@ public final class WorkerPool: Service, Sendable {
         }
 
         // Whatever was still in flight fails now.
-        let (failed, reason, recycled) = state.withLock { state -> ([Request], String?, Bool) in
-            let slot = state.slots[index]
-            let failed = Array(slot.inFlight.values)
-            state.slots[index].inFlight.removeAll()
-            state.slots[index].running = false
-            state.slots[index].accepting = false
-            state.slots[index].pid = nil
-            state.slots[index].stop = nil
-            let recycled = (slot.recycling || (settings.maxRequests > 0 && slot.served >= settings.maxRequests)) && !slot.stopRequested
-            return (failed, slot.stopReason, recycled)
+        let (end, leftover) = state.withLock { state -> (WorkerPoolStateMachine<Request>.Ending, Stop) in
+            (state.machine.exited(index, generation: generation), state.takeStop(index))
         }
+        leftover.input?.close()
+        let (failed, reason, planned) = (end.failed, end.reason, end.planned)
         let status = ending.status
         for request in failed {
             request.complete(.failed(StanzaError(.cancel, .internalServerError), reason: "worker ended (\(status))"))
         }
         if let garbage = ending.garbage { log.error("worker output rejected; restarting it", metadata: ["problem": "\(garbage)"]) }
-        let planned = recycled || isShuttingDown
         if planned {
             log.info("worker ended", metadata: ["status": "\(status)", "failed_requests": "\(failed.count)"])
         } else {
@@ -438,36 +372,30 @@ public final class WorkerPool: Service, Sendable {
     /// kill switch is armed. Returns true when it must be stopped at once. Called on the process loop.
     func workerStarted(_ index: Int, generation: Int, pid: Int32, input: WorkerInput,
                        killSwitch: @escaping @Sendable () -> Void) -> Bool {
-        let inFlight = settings.inFlight
-        let (sends, stopNow) = state.withLock { state -> ([Send], Bool) in
-            state.slots[index].pid = pid
-            let slot = state.slots[index]
-            guard slot.generation == generation, slot.running, !slot.stopRequested else { return ([], true) }
-            state.slots[index].stop = killSwitch
-            guard slot.accepting else { return ([], false) }
-            state.slots[index].input = input
-            return (Self.fill(&state, index, inFlight: inFlight), false)
+        let (outcome, sends) = state.withLock { state -> (WorkerPoolStateMachine<Request>.StartOutcome, [Send]) in
+            let (outcome, requests) = state.machine.started(index, generation: generation)
+            guard outcome != .stop else { return (outcome, []) }
+            state.killSwitches[index] = killSwitch
+            guard outcome == .running else { return (outcome, []) }
+            state.inputs[index] = input
+            return (outcome, Self.sends(requests, to: index, in: state))
         }
-        if !state.withLock({ $0.slots[index].input === input }) { input.close() }
+        if outcome != .running { input.close() }
         perform(sends)
-        return stopNow
+        return outcome == .stop
     }
 
     func stopWorker(_ index: Int, generation: Int, reason: String) {
         let stop = state.withLock { state -> Stop? in
-            guard state.slots[index].generation == generation else { return nil }
-            return Self.requestStop(&state.slots[index], reason: reason)
+            state.machine.stop(index, generation: generation, reason: reason) ? state.takeStop(index) : nil
         }
         stop?.perform()
     }
 
-    /// stdout ended or the process exited: no more requests to this process; its kill switch is disarmed.
+    /// stdout ended or the process exited: no more requests to this process.
     func finishSlot(_ index: Int, generation: Int) {
         let input = state.withLock { state -> WorkerInput? in
-            guard state.slots[index].generation == generation else { return nil }
-            state.slots[index].stop = nil
-            state.slots[index].running = false
-            return Self.stopAccepting(&state.slots[index])
+            state.machine.outputEnded(index, generation: generation) ? state.takeInput(index) : nil
         }
         input?.close()
     }
