@@ -27,6 +27,17 @@ final class ProcessLoop: @unchecked Sendable {
     /// `shared`.
     static let sweeper = ProcessLoop(name: "stanzad-sweep")
 
+    /// Spawns of exec handlers: posix_spawn blocks its caller until the child has exec'd (vfork), so handlers
+    /// start in parallel there, off `shared` (whose I/O would otherwise wait), and never in the cooperative pool.
+    private static let spawners = [ProcessLoop(name: "stanzad-spawn"), ProcessLoop(name: "stanzad-spawn")]
+    private static let nextSpawner = Atomic<UInt>(0)
+
+    /// The spawner thread for the next spawn (in turn).
+    static func spawner() -> ProcessLoop {
+        let turn = nextSpawner.add(1, ordering: .relaxed).oldValue
+        return spawners[Int(turn % UInt(spawners.count))]
+    }
+
     private let epoll: Int32
     private let wakeFD: Int32
     private let inbox = Mutex<[@Sendable () -> Void]>([])

@@ -87,7 +87,7 @@ public enum ProcessRunner {
             await withCheckedContinuation { (continuation: CheckedContinuation<ProcessResult, Never>) in
                 // Set before the loop sees the handler (the hand-over through `execute` orders the two).
                 handler.completion = { continuation.resume(returning: $0) }
-                loop.execute { handler.start() }
+                ProcessLoop.spawner().execute { handler.start() }
             }
         } onCancel: {
             loop.execute { handler.stop() }
@@ -96,8 +96,9 @@ public enum ProcessRunner {
         return result
     }
 }
-/// One handler process from spawn to reap, on the process loop: its pipes and pidfd are watched there and its
-/// deadline and kill grace are timers there. Created by the caller; every other use is on the loop's thread.
+/// One handler process from spawn to reap: spawned on a spawner thread, then on the process loop, where its pipes
+/// and pidfd are watched and its deadline and kill grace are timers. Created by the caller; after the spawn, every
+/// use is on the loop's thread.
 final class HandlerProcess: ProcessLoopWatcher, @unchecked Sendable {
     let spec: ProcessSpec
     let loop: ProcessLoop
@@ -137,11 +138,20 @@ final class HandlerProcess: ProcessLoopWatcher, @unchecked Sendable {
         self.lines = StderrLines(limit: spec.maxStderr)
     }
 
+    /// On a spawner thread (posix_spawn blocks until the child has exec'd): the spawn, then the watch on the loop.
     func start() {
-        guard let program = spec.argv.first else { return fail("empty argv") }
-        guard let path = Self.resolve(program, in: spec.environment["PATH"]) else {
-            return fail("\(program): not found in PATH")
+        if let problem = spawnProcess() {
+            loop.execute { [self] in fail(problem) }
+        } else {
+            loop.execute { [self] in watch() }
         }
+    }
+
+    /// Spawns the handler with its three pipes; nil, or why it could not be started. Touches only `pid`, `spawn`
+    /// and the three descriptors, which the loop reads after the hand-over.
+    private func spawnProcess() -> String? {
+        guard let program = spec.argv.first else { return "empty argv" }
+        guard let path = Self.resolve(program, in: spec.environment["PATH"]) else { return "\(program): not found in PATH" }
         var input = Pipe(), output = Pipe(), errors = Pipe()
         defer { input.closeBoth(); output.closeBoth(); errors.closeBoth() }
         do {
@@ -149,11 +159,12 @@ final class HandlerProcess: ProcessLoopWatcher, @unchecked Sendable {
             output = try Pipe.make()
             errors = try Pipe.make()
         } catch {
-            return fail("cannot create pipes: \(error)")
+            return "cannot create pipes: \(error)"
         }
         let environment = spec.environment.map { "\($0.key)=\($0.value)" }
         var rc: Int32 = 0
         var child: pid_t = 0
+        let spec = self.spec
         spawn = withCStrings(spec.argv) { argv in
             withCStrings(environment) { envp in
                 OrphanReaper.shared.spawn { () -> pid_t? in
@@ -162,12 +173,17 @@ final class HandlerProcess: ProcessLoopWatcher, @unchecked Sendable {
                 }
             }
         }
-        guard rc == 0 else { return fail("\(path): \(String(cString: strerror(rc)))") }
+        guard rc == 0 else { return "\(path): \(String(cString: strerror(rc)))" }
         pid = child
-        running = true
-        // The child has its copies; ours of its ends go, so EOF means every holder is gone.
+        // The child has its copies; ours of its ends go (defer above), so EOF means every holder is gone.
         (stdin, stdout, stderr) = (input.write, output.read, errors.read)
         (input.write, output.read, errors.read) = (-1, -1, -1)
+        return nil
+    }
+
+    /// On the loop: its pipes and pidfd are watched, its deadline set.
+    private func watch() {
+        running = true
         for fd in [stdin, stdout, stderr] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
         pidfd = stanzad_pidfd_open(pid)
         if pidfd >= 0, !loop.watch(pidfd, readable: true, by: self) { loop.close(&pidfd) }
