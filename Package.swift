@@ -19,7 +19,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
-        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
     ],
     targets: [
@@ -32,7 +31,7 @@ let package = Package(
 
         // XMPP core: element tree, serializer, JIDs, stanza errors, the hardened libxml2 parser and the
         // JSON mapping. No I/O.
-        // posix_spawn and pidfd_open for the exec runner.
+        // posix_spawn, pidfd_open and epoll for the process loop.
         .target(name: "CSpawn", path: "Sources/CSpawn"),
         .target(name: "XMPPCore", dependencies: ["CLibXML2"], swiftSettings: strict),
 
@@ -62,13 +61,13 @@ let package = Package(
             ],
             swiftSettings: strict),
 
-        // Process handlers (spawn per stanza, workers) on swift-subprocess.
+        // Process handlers (spawn per stanza, workers): one spawner (CSpawn) and one epoll thread (ProcessLoop).
         .target(
             name: "Executor",
             dependencies: [
                 "XMPPCore", "ComponentLink", "Routing", "CSpawn",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),

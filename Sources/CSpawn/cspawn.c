@@ -5,6 +5,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <sys/syscall.h>
@@ -68,4 +71,59 @@ int stanzad_wait(pid_t pid, int flags, int *status) {
     default: *status = 0x7f; break;  // not an exit (waitid with WEXITED only reports exits)
     }
     return info.si_pid;
+}
+
+void stanzad_name_thread(const char *name) {
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+int stanzad_epoll_create(int *wake_fd) {
+    int epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (epoll_fd < 0) return -1;
+    int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake < 0 || stanzad_epoll_add(epoll_fd, wake, 1, -1) < 0) {
+        int saved = errno;
+        if (wake >= 0) close(wake);
+        close(epoll_fd);
+        errno = saved;
+        return -1;
+    }
+    *wake_fd = wake;
+    return epoll_fd;
+}
+
+int stanzad_epoll_add(int epoll_fd, int fd, int readable, long long token) {
+    struct epoll_event event;
+    event.events = readable ? EPOLLIN : EPOLLOUT;
+    event.data.u64 = (uint64_t)token;
+    return epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &event);
+}
+
+int stanzad_epoll_remove(int epoll_fd, int fd) {
+    struct epoll_event event = {0};
+    return epoll_ctl(epoll_fd, EPOLL_CTL_DEL, fd, &event);
+}
+
+int stanzad_epoll_wait(int epoll_fd, long long *tokens, int *kinds, int capacity, int timeout_ms) {
+    struct epoll_event events[64];
+    if (capacity > 64) capacity = 64;
+    int count = epoll_wait(epoll_fd, events, capacity, timeout_ms);
+    for (int i = 0; i < count; i++) {
+        tokens[i] = (long long)events[i].data.u64;
+        kinds[i] = ((events[i].events & EPOLLIN) ? 1 : 0) | ((events[i].events & EPOLLOUT) ? 2 : 0)
+                 | ((events[i].events & (EPOLLERR | EPOLLHUP)) ? 4 : 0);
+    }
+    return count;
+}
+
+void stanzad_wake(int wake_fd) {
+    uint64_t one = 1;
+    ssize_t rc;
+    do { rc = write(wake_fd, &one, sizeof one); } while (rc < 0 && errno == EINTR);
+}
+
+void stanzad_drain_wake(int wake_fd) {
+    uint64_t value;
+    ssize_t rc;
+    do { rc = read(wake_fd, &value, sizeof value); } while (rc < 0 && errno == EINTR);
 }

@@ -5,8 +5,7 @@
 //   ExecBench [--stanzas N] [--rounds R] [--concurrency C] [--only ours|baseline] [--phases]   (defaults: 1000, 5, 4)
 //
 // `--only` (for profiling) runs one contender; its ratio is then meaningless. `--phases` (for profiling) runs,
-// interleaved, the baseline, a bare swift-subprocess run (Subprocess.run with .array input, .bytes output,
-// stderr discarded, no session), ProcessRunner.run alone (session, input writer, stderr reader, deadline timer,
+// interleaved, the baseline, ProcessRunner.run alone (session, input writer, stderr reader, deadline timer,
 // group kill) and the whole dispatcher path, and prints each one's rate and our process's CPU per reply.
 //
 // The handler is a two-line shell script (`#!/bin/sh` + `exec cat`) in a temporary directory, run with
@@ -14,8 +13,8 @@
 //
 // ours:     Dispatcher.admit + Dispatcher.run for each stanza (route match, admission gate, ProcessHandler:
 //           stdin bytes, clean environment, the process-limit gate, ProcessRunner (posix_spawn into its
-//           own session, one watching thread: stdout capture, stderr reader, deadline timer and group kill, output parsing, reply
-//           stamping, the per-stanza log line into a no-op log handler), C stanzas in flight from a task group.
+//           own session on the process loop's thread, which also captures stdout, reads stderr, times the
+//           deadline and kills the group), output parsing, reply stamping, the per-stanza log line into a no-op log handler), C stanzas in flight from a task group.
 // baseline: C OS threads (outside Swift's cooperative pool), each looping: pipe2(O_CLOEXEC) ×2, posix_spawn of
 //           the script with stdin/stdout dup'd onto the pipes and the same small environment, write the body,
 //           close stdin, read stdout to EOF, waitpid. Nothing else.
@@ -25,9 +24,7 @@
 import Executor
 import Logging
 import Routing
-import Subprocess
 import Synchronization
-import SystemPackage
 import XMPPCore
 
 #if canImport(Glibc)
@@ -403,13 +400,8 @@ func runPhases(_ options: Options, script: String, stanzas: [Stanza], dispatcher
     let handlerEnvironment = HandlerInput.environment(
         for: stanzas[0], route: "echo", component: "bot.example.org", env: [:], passEnv: [],
         parent: ["PATH": "/usr/local/bin:/usr/bin:/bin"])
-    var subprocessEnvironment: [Environment.Key: String] = [:]
-    for (name, value) in handlerEnvironment {
-        if let key = Environment.Key(rawValue: name) { subprocessEnvironment[key] = value }
-    }
-    let subprocessEnvironmentValue = subprocessEnvironment
     let n = Double(options.stanzas)
-    let names = ["baseline (posix_spawn threads)", "Subprocess.run, bare", "ProcessRunner.run", "Dispatcher.run (ours)"]
+    let names = ["baseline (posix_spawn threads)", "ProcessRunner.run", "Dispatcher.run (ours)"]
     var rates: [[Double]] = Array(repeating: [], count: names.count)
     var cpu: [[Double]] = Array(repeating: [], count: names.count)
     var childCPU: [[Double]] = Array(repeating: [], count: names.count)
@@ -424,17 +416,6 @@ func runPhases(_ options: Options, script: String, stanzas: [Stanza], dispatcher
             case 0:
                 sample = Sample.take { measureBaseline(script: script, bodies: stringBodies, environment: environment, concurrency: options.concurrency) }
             case 1:
-                sample = await Sample.take {
-                    await drive(options.stanzas, concurrency: options.concurrency) { index in
-                        guard let result = try? await Subprocess.run(
-                            .path(FilePath(script)), environment: .custom(subprocessEnvironmentValue),
-                            workingDirectory: FilePath("/tmp"), input: .array(bodies[index]), output: .bytes(limit: 262_144),
-                            error: .discarded)
-                        else { return false }
-                        return result.standardOutput == bodies[index]
-                    }
-                }
-            case 2:
                 sample = await Sample.take {
                     await drive(options.stanzas, concurrency: options.concurrency) { index in
                         let spec = ProcessSpec(

@@ -2,8 +2,8 @@
 // stanzad (a child subreaper) instead of init; a sweep after every handler ends kills and reaps every adopted
 // child that stanzad did not spawn itself, so nothing a handler starts outlives it or holds its pipes.
 //
-// Only ever one pid at a time is waited for (waitid P_PID): the exec runner and swift-subprocess (workers) reap
-// their own children, and a wait on "any child" would steal their exit statuses.
+// Only ever one pid at a time is waited for (waitid P_PID): exec handlers and workers reap their own children,
+// and a wait on "any child" would steal their exit statuses.
 
 #if canImport(Glibc)
 import Glibc
@@ -29,8 +29,8 @@ package final class OrphanReaper: Sendable {
 
     private struct State {
         /// Children stanzad spawned and still waits for (exec handlers, workers), with the spawn's token. They
-        /// belong to the threads that spawned them, never to the main thread whose children a sweep reads, so this
-        /// is a safety net: a tracked child is never killed, whichever thread's list it shows up in.
+        /// belong to the thread that spawned them (the process loop's), never to the main thread whose children a
+        /// sweep reads, so this is a safety net: a tracked child is never killed, whichever thread's list it is in.
         var tracked: [pid_t: Int] = [:]
         var nextToken = 0
     }
@@ -48,8 +48,8 @@ package final class OrphanReaper: Sendable {
         return spawn
     }
 
-    /// For a spawn that cannot run inside `spawn(_:)` (swift-subprocess, for workers, on its own spawning thread):
-    /// call before it and pass the result to `spawned(_:pid:)` once the pid is known.
+    /// For a spawn that cannot run inside `spawn(_:)`: call before it and pass the result to `spawned(_:pid:)`
+    /// once the pid is known.
     package func spawning() -> Spawn {
         state.withLock { state in
             state.nextToken += 1
@@ -75,7 +75,7 @@ package final class OrphanReaper: Sendable {
         }
     }
 
-    /// A child someone else (swift-subprocess) reaped: no longer ours to spare.
+    /// A child someone else reaped (ECHILD): no longer ours to spare.
     package func reaped(_ spawn: Spawn, pid: pid_t) {
         state.withLock { state in
             if state.tracked[pid] == spawn.token { state.tracked[pid] = nil }
@@ -101,12 +101,16 @@ package final class OrphanReaper: Sendable {
         }
     }
 
-    /// `sweep()` on a thread of its own, for async callers.
+    /// `sweep()` on the sweeper's thread, for async callers.
     package func sweepOffThePool() async -> Int {
         await withCheckedContinuation { (continuation: CheckedContinuation<Int, Never>) in
-            let started = BlockingThread.start { continuation.resume(returning: self.sweep()) }
-            if !started { continuation.resume(returning: 0) }
+            ProcessLoop.sweeper.execute { continuation.resume(returning: self.sweep()) }
         }
+    }
+
+    /// Whether stanzad has adopted children to sweep (reads one small /proc file; never blocks on a process).
+    package func hasAdopted() -> Bool {
+        !adopted().isEmpty
     }
 
     /// Adopted children: the main thread's children that stanzad did not spawn.
@@ -133,8 +137,8 @@ package final class OrphanReaper: Sendable {
 
     /// Children of the main thread: /proc/self/task/<pid>/children. The kernel hands an orphan to the first live
     /// thread of the subreaper (find_new_reaper), which is the main thread for the daemon's whole life, while the
-    /// children stanzad spawns belong to the threads that spawned them. So one small file holds every adopted
-    /// process, whatever the number of threads (one per running exec handler).
+    /// children stanzad spawns belong to the process loop's thread, which spawned them. So one small file holds
+    /// every adopted process.
     static func children() -> [pid_t] {
         readSmallFile("/proc/self/task/\(getpid())/children").split(separator: 0x20).compactMap {
             Int32(String(decoding: $0, as: UTF8.self))

@@ -2,11 +2,12 @@
 // stdin written then closed, stdout captured up to a cap, stderr read concurrently and handed over line by
 // line, a deadline with SIGTERM → grace → SIGKILL to the whole group, and whatever is left of the group killed
 // after the handler exits, with any descendant that escaped the group and was adopted by stanzad (OrphanReaper),
-// so a grandchild holding a pipe neither stalls the reply nor survives it.
+// so a grandchild holding a pipe neither stalls the reply nor survives it. It runs on the process loop
+// (ProcessLoop): no thread of its own.
 //
-// Exec handlers live for milliseconds, so their spawn path is ours rather than swift-subprocess's (which
-// workers use): swift-subprocess spawns on one shared thread and hops between threads several times per run,
-// which cost about a tenth of bench/exec's throughput (docs/PERFORMANCE.md).
+// Exec handlers live for milliseconds, so their spawn path is ours rather than swift-subprocess's (used before):
+// swift-subprocess spawns on one shared thread and hops between threads several times per run, which cost about
+// a tenth of bench/exec's throughput (docs/PERFORMANCE.md).
 
 #if canImport(Glibc)
 import Glibc
@@ -16,9 +17,6 @@ import Musl
 import Darwin
 #endif
 import CSpawn
-import Subprocess
-import Synchronization
-import SystemPackage
 
 /// What to run and with which limits.
 public struct ProcessSpec: Sendable {
@@ -74,47 +72,86 @@ public enum ProcessRunner {
     /// default SIGPIPE disposition would end stanzad instead. Children get default dispositions back at spawn.
     static let ignoreBrokenPipes: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 
-    /// Runs `spec` to completion. `stderrLine` gets each stderr line (without its newline) as it arrives.
+    /// Runs `spec` to completion. `stderrLine` gets each stderr line (without its newline) as it arrives, on the
+    /// process loop's thread.
     ///
-    /// The process is watched by one OS thread of its own (a `poll` loop over its pipes, a pidfd and a
-    /// cancellation pipe), never by the cooperative pool: a handler costs one spawn and one thread, with no
-    /// hops between threads while it runs. Cancelling the calling task stops the handler like its deadline
-    /// does (SIGTERM to the group, `killGrace`, SIGKILL).
+    /// The process is started and watched by the process loop (one thread for every child of stanzad), never by
+    /// the cooperative pool: a handler costs one spawn and a few descriptors, no thread. Cancelling the calling
+    /// task stops the handler like its deadline does (SIGTERM to the group, `killGrace`, SIGKILL).
     public static func run(_ spec: ProcessSpec, stderrLine: @escaping @Sendable (String, Int32) -> Void) async -> ProcessResult {
         _ = ignoreBrokenPipes
         let started = ContinuousClock.now
-        let stop: StopSignal
-        do { stop = try StopSignal() } catch {
-            return ProcessResult(ending: .spawnFailed("cannot create a pipe: \(error)"), stdout: [], pid: nil, duration: .zero)
-        }
+        let loop = ProcessLoop.shared
+        let handler = HandlerProcess(spec: spec, loop: loop, stderrLine: stderrLine)
         var result = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<ProcessResult, Never>) in
-                let thread = BlockingThread.start {
-                    continuation.resume(returning: HandlerProcess.run(spec, stop: stop, stderrLine: stderrLine))
-                }
-                if !thread {
-                    continuation.resume(returning: ProcessResult(
-                        ending: .spawnFailed("cannot start a thread to watch the handler"), stdout: [], pid: nil, duration: .zero))
-                }
+                // Set before the loop sees the handler (the hand-over through `execute` orders the two).
+                handler.completion = { continuation.resume(returning: $0) }
+                ProcessLoop.spawner().execute { handler.start() }
             }
         } onCancel: {
-            stop.fire()
+            loop.execute { handler.stop() }
         }
-        stop.close()
         result.duration = ContinuousClock.now - started
         return result
     }
 }
+/// One handler process from spawn to reap: spawned on a spawner thread, then on the process loop, where its pipes
+/// and pidfd are watched and its deadline and kill grace are timers. Created by the caller; after the spawn, every
+/// use is on the loop's thread.
+final class HandlerProcess: ProcessLoopWatcher, @unchecked Sendable {
+    let spec: ProcessSpec
+    let loop: ProcessLoop
+    let stderrLine: @Sendable (String, Int32) -> Void
+    /// Gets the result, once, on the loop's thread.
+    var completion: @Sendable (ProcessResult) -> Void = { _ in }
 
-/// One handler process from spawn to reap, on the calling (blocking) thread.
-enum HandlerProcess {
-    static func run(_ spec: ProcessSpec, stop: StopSignal, stderrLine: @escaping @Sendable (String, Int32) -> Void) -> ProcessResult {
-        guard let program = spec.argv.first else {
-            return ProcessResult(ending: .spawnFailed("empty argv"), stdout: [], pid: nil, duration: .zero)
+    private var pid: pid_t = 0
+    private var spawn: OrphanReaper.Spawn?
+    private var stdin: Int32 = -1
+    private var stdout: Int32 = -1
+    private var stderr: Int32 = -1
+    private var pidfd: Int32 = -1
+
+    private var written = 0
+    private var collected: [UInt8] = []
+    private var lines: StderrLines
+    /// Its wait status once it has exited (seen with WNOWAIT: it stays a zombie, holding its pid and group id,
+    /// until `finish` reaps it at the very end).
+    private var status: Int32?
+    /// It has exited but someone else reaped it (ECHILD).
+    private var lost = false
+    private var timedOut = false
+    private var tooLarge = false
+    /// The caller was cancelled.
+    private var stopRequested = false
+    private var running = false
+    private var deadlineTimer: Int?
+    private var killTimer: Int?
+    /// Without a pidfd, the exit is polled every 10 ms.
+    private var exitPoll: Int?
+
+    init(spec: ProcessSpec, loop: ProcessLoop, stderrLine: @escaping @Sendable (String, Int32) -> Void) {
+        self.spec = spec
+        self.loop = loop
+        self.stderrLine = stderrLine
+        self.lines = StderrLines(limit: spec.maxStderr)
+    }
+
+    /// On a spawner thread (posix_spawn blocks until the child has exec'd): the spawn, then the watch on the loop.
+    func start() {
+        if let problem = spawnProcess() {
+            loop.execute { [self] in fail(problem) }
+        } else {
+            loop.execute { [self] in watch() }
         }
-        guard let path = resolve(program, in: spec.environment["PATH"]) else {
-            return ProcessResult(ending: .spawnFailed("\(program): not found in PATH"), stdout: [], pid: nil, duration: .zero)
-        }
+    }
+
+    /// Spawns the handler with its three pipes; nil, or why it could not be started. Touches only `pid`, `spawn`
+    /// and the three descriptors, which the loop reads after the hand-over.
+    private func spawnProcess() -> String? {
+        guard let program = spec.argv.first else { return "empty argv" }
+        guard let path = Self.resolve(program, in: spec.environment["PATH"]) else { return "\(program): not found in PATH" }
         var input = Pipe(), output = Pipe(), errors = Pipe()
         defer { input.closeBoth(); output.closeBoth(); errors.closeBoth() }
         do {
@@ -122,31 +159,206 @@ enum HandlerProcess {
             output = try Pipe.make()
             errors = try Pipe.make()
         } catch {
-            return ProcessResult(ending: .spawnFailed("cannot create pipes: \(error)"), stdout: [], pid: nil, duration: .zero)
+            return "cannot create pipes: \(error)"
         }
         let environment = spec.environment.map { "\($0.key)=\($0.value)" }
-        var pid: pid_t = 0
         var rc: Int32 = 0
-        let spawn = withCStrings(spec.argv) { argv in
+        var child: pid_t = 0
+        let spec = self.spec
+        spawn = withCStrings(spec.argv) { argv in
             withCStrings(environment) { envp in
                 OrphanReaper.shared.spawn { () -> pid_t? in
-                    rc = stanzad_spawn(path, argv, envp, spec.workdir, input.read, output.write, errors.write, &pid)
-                    return rc == 0 ? pid : nil
+                    rc = stanzad_spawn(path, argv, envp, spec.workdir, input.read, output.write, errors.write, &child)
+                    return rc == 0 ? child : nil
                 }
             }
         }
-        guard rc == 0 else {
-            return ProcessResult(ending: .spawnFailed("\(path): \(String(cString: strerror(rc)))"), stdout: [], pid: nil, duration: .zero)
+        guard rc == 0 else { return "\(path): \(String(cString: strerror(rc)))" }
+        pid = child
+        // The child has its copies; ours of its ends go (defer above), so EOF means every holder is gone.
+        (stdin, stdout, stderr) = (input.write, output.read, errors.read)
+        (input.write, output.read, errors.read) = (-1, -1, -1)
+        return nil
+    }
+
+    /// On the loop: its pipes and pidfd are watched, its deadline set.
+    private func watch() {
+        running = true
+        for fd in [stdin, stdout, stderr] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        pidfd = stanzad_pidfd_open(pid)
+        if pidfd >= 0, !loop.watch(pidfd, readable: true, by: self) { loop.close(&pidfd) }
+        if pidfd < 0 { pollExit() }
+        // A pipe epoll cannot take is not read: the handler is stopped rather than left to block on it.
+        if !loop.watch(stdout, readable: true, by: self) { loop.close(&stdout); _ = kill(-pid, SIGKILL) }
+        if !loop.watch(stderr, readable: true, by: self) { loop.close(&stderr); _ = kill(-pid, SIGKILL) }
+        if spec.stdin.isEmpty {
+            loop.close(&stdin)
+        } else {
+            feedInput()
+            if stdin >= 0, !loop.watch(stdin, readable: false, by: self) { loop.close(&stdin) }
         }
-        // The child has its copies; ours of its ends go, so EOF means every holder is gone.
-        input.closeRead()
-        output.closeWrite()
-        errors.closeWrite()
-        var watch = Watch(spec: spec, pid: pid, spawn: spawn, stdin: input.write, stdout: output.read, stderr: errors.read, stop: stop.readEnd)
-        input.write = -1
-        output.read = -1
-        errors.read = -1
-        return watch.run { stderrLine($0, pid) }
+        deadlineTimer = loop.schedule(at: .now + spec.timeout) { [self] in
+            deadlineTimer = nil
+            timedOut = true
+            terminate()
+        }
+        if stopRequested { terminate() }
+    }
+
+    /// The caller was cancelled: stop the handler like its deadline does.
+    func stop() {
+        stopRequested = true
+        if running { terminate() }
+    }
+
+    func ready(_ fd: Int32) {
+        switch fd {
+        case stdin: feedInput()
+        case stdout: readOutput()
+        case stderr: readErrors()
+        case pidfd: checkExit()
+        default: break
+        }
+    }
+
+    private func fail(_ reason: String) {
+        completion(ProcessResult(ending: .spawnFailed(reason), stdout: [], pid: nil, duration: .zero))
+    }
+
+    /// SIGTERM to the group now, SIGKILL after the grace.
+    private func terminate() {
+        guard running, status == nil, killTimer == nil else { return }
+        _ = kill(-pid, SIGTERM)
+        killTimer = loop.schedule(at: .now + spec.killGrace) { [self] in
+            _ = kill(-pid, SIGKILL)
+        }
+    }
+
+    private func pollExit() {
+        exitPoll = loop.schedule(at: .now + .milliseconds(10)) { [self] in
+            exitPoll = nil
+            checkExit()
+            if running { pollExit() }
+        }
+    }
+
+    private func feedInput() {
+        while written < spec.stdin.count {
+            let fd = stdin
+            let count = spec.stdin.withUnsafeBytes { bytes in
+                write(fd, bytes.baseAddress.map { $0 + written }, bytes.count - written)
+            }
+            if count > 0 {
+                written += count
+            } else if count < 0, errno == EINTR {
+                continue
+            } else if count < 0, errno == EAGAIN {
+                return
+            } else {
+                break  // EPIPE: the handler stopped reading, which is its right.
+            }
+        }
+        loop.close(&stdin)
+    }
+
+    private func readOutput() {
+        guard !tooLarge else { return }
+        loop.readAvailable(&stdout) { bytes in
+            collected.append(contentsOf: bytes)
+            guard collected.count > spec.maxOutput else { return true }
+            tooLarge = true
+            collected = []
+            return false
+        }
+        if tooLarge {
+            _ = kill(-pid, SIGKILL)
+            loop.close(&stdout)
+        }
+    }
+
+    private func readErrors() {
+        let pid = self.pid
+        let emit = stderrLine
+        loop.readAvailable(&stderr) { bytes in
+            lines.feed(bytes) { emit($0, pid) }
+            return true
+        }
+    }
+
+    /// Learns whether the handler has exited, without reaping it (WNOWAIT). ECHILD means someone else reaped
+    /// it: its status is lost, and an unknown ending is never taken for success.
+    private func checkExit() {
+        guard running else { return }
+        var raw: Int32 = 0
+        let result = stanzad_wait(pid, WNOHANG | WNOWAIT, &raw)
+        if result == pid {
+            status = raw
+        } else if result < 0 {
+            lost = true
+        } else {
+            return
+        }
+        finish()
+    }
+
+    /// The handler has exited: whatever it left behind in its group goes, then what escaped the group and was
+    /// adopted by stanzad, then it is reaped and the result handed over.
+    private func finish() {
+        running = false
+        for timer in [deadlineTimer, killTimer, exitPoll] { loop.cancelTimer(timer) }
+        // Its pid (so its group id) stays taken until it is reaped below, so this never hits an unrelated process.
+        _ = kill(-pid, SIGKILL)
+        loop.close(&stdin)
+        loop.close(&pidfd)
+        // Descendants that left the group (setsid, double fork) and were re-parented to stanzad go too, on the
+        // sweeper's thread when there are any (a killed process is waited for).
+        if OrphanReaper.shared.hasAdopted() {
+            let shared = loop
+            ProcessLoop.sweeper.execute { [self] in
+                let killed = OrphanReaper.shared.sweep()
+                shared.execute { [self] in complete(escapedKilled: killed) }
+            }
+        } else {
+            complete(escapedKilled: 0)
+        }
+    }
+
+    private func complete(escapedKilled: Int) {
+        // Every writer is gone or killed: what is in the pipes now is all there is. A killed process may take a
+        // moment to close its ends; its output is not waited for (no EOF needed).
+        if stdout >= 0 { readOutput() }
+        if stderr >= 0 { readErrors() }
+        let pid = self.pid
+        let emit = stderrLine
+        lines.finish { emit($0, pid) }
+        loop.close(&stdout)
+        loop.close(&stderr)
+        if let spawn {
+            if lost {
+                OrphanReaper.shared.reaped(spawn, pid: pid)
+            } else if let final = OrphanReaper.shared.reap(spawn, pid: pid) {
+                status = final
+            } else {
+                lost = true
+            }
+        }
+        let ending: ProcessResult.Ending
+        if lost {
+            ending = .statusLost
+        } else if timedOut {
+            ending = .timedOut
+        } else if tooLarge {
+            ending = .outputTooLarge
+        } else {
+            ending = Self.ending(ofWaitStatus: status ?? 0)
+        }
+        completion(ProcessResult(
+            ending: ending, stdout: tooLarge || lost ? [] : collected, pid: pid, duration: .zero, escapedKilled: escapedKilled))
+    }
+
+    /// A wait(2) status as an exit code or a signal.
+    static func ending(ofWaitStatus raw: Int32) -> ProcessResult.Ending {
+        raw & 0x7f == 0 ? .exited((raw >> 8) & 0xff) : .signaled(raw & 0x7f)
     }
 
     /// `program` itself when it has a slash, else the first executable `PATH` entry of that name.
@@ -160,230 +372,10 @@ enum HandlerProcess {
     }
 }
 
-/// The poll loop around one running handler.
-private struct Watch {
-    let spec: ProcessSpec
-    let pid: pid_t
-    let spawn: OrphanReaper.Spawn
-    var stdin: Int32
-    var stdout: Int32
-    var stderr: Int32
-    let stop: Int32
-    var pidfd: Int32
-
-    var written = 0
-    var collected: [UInt8] = []
-    /// Read buffer for stdout and stderr, reused for every read.
-    var scratch = [UInt8](repeating: 0, count: 65_536)
-    var lines: StderrLines
-    /// Its wait status once it has exited (seen with WNOWAIT: it stays a zombie, holding its pid and group id,
-    /// until `run` reaps it at the very end).
-    var status: Int32?
-    /// It has exited but someone else reaped it (ECHILD).
-    var lost = false
-    var timedOut = false
-    var tooLarge = false
-    var stopped = false
-    let deadline: ContinuousClock.Instant
-    var killAt: ContinuousClock.Instant?
-
-    init(spec: ProcessSpec, pid: pid_t, spawn: OrphanReaper.Spawn, stdin: Int32, stdout: Int32, stderr: Int32, stop: Int32) {
-        self.spec = spec
-        self.pid = pid
-        self.spawn = spawn
-        self.stdin = stdin
-        self.stdout = stdout
-        self.stderr = stderr
-        self.stop = stop
-        self.pidfd = stanzad_pidfd_open(pid)
-        self.lines = StderrLines(limit: spec.maxStderr)
-        self.deadline = .now + spec.timeout
-        for fd in [stdin, stdout, stderr] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
-        if spec.stdin.isEmpty { Self.close(&self.stdin) }
-    }
-
-    mutating func run(stderrLine: (String) -> Void) -> ProcessResult {
-        while status == nil, !lost {
-            let now = ContinuousClock.now
-            if let killAt, now >= killAt {
-                _ = kill(-pid, SIGKILL)
-                self.killAt = nil
-            } else if killAt == nil, !timedOut, !stopped, now >= deadline {
-                timedOut = true
-                terminate()
-            }
-            if pidfd < 0 {
-                checkExit()
-                if status != nil || lost { break }
-            }
-            var fds: [pollfd] = []
-            if stdin >= 0 { fds.append(pollfd(fd: stdin, events: Int16(POLLOUT), revents: 0)) }
-            if stdout >= 0 { fds.append(pollfd(fd: stdout, events: Int16(POLLIN), revents: 0)) }
-            if stderr >= 0 { fds.append(pollfd(fd: stderr, events: Int16(POLLIN), revents: 0)) }
-            if pidfd >= 0 { fds.append(pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)) }
-            if !stopped { fds.append(pollfd(fd: stop, events: Int16(POLLIN), revents: 0)) }
-            let timeout = pollTimeout(now: now)
-            let ready = poll(&fds, nfds_t(fds.count), timeout)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                break
-            }
-            for entry in fds where entry.revents != 0 {
-                switch entry.fd {
-                case stdin: feedInput()
-                case stdout: readOutput()
-                case stderr: readErrors(stderrLine)
-                case pidfd: checkExit()
-                case stop:
-                    stopped = true
-                    terminate()
-                default: break
-                }
-            }
-        }
-        // Whatever the handler left behind in its group goes now. Its pid (so its group id) stays taken until it is
-        // reaped below, so this never hits an unrelated process.
-        _ = kill(-pid, SIGKILL)
-        if status == nil, !lost { awaitExit() }  // poll failed: the handler was killed just above
-        Self.close(&stdin)
-        // Descendants that left the group (setsid, double fork) and were re-parented to stanzad go too.
-        let escapedKilled = OrphanReaper.shared.sweep()
-        // Every writer is gone or killed: what is in the pipes now is all there is. A killed process may take a
-        // moment to close its ends; its output is not waited for (no EOF needed).
-        if stdout >= 0 { readOutput() }
-        if stderr >= 0 { readErrors(stderrLine) }
-        lines.finish(emit: stderrLine)
-        Self.close(&stdout)
-        Self.close(&stderr)
-        Self.close(&pidfd)
-        if lost {
-            OrphanReaper.shared.reaped(spawn, pid: pid)
-        } else if let final = OrphanReaper.shared.reap(spawn, pid: pid) {
-            status = final
-        } else {
-            lost = true
-        }
-        let ending: ProcessResult.Ending
-        if lost {
-            ending = .statusLost
-        } else if timedOut {
-            ending = .timedOut
-        } else if tooLarge {
-            ending = .outputTooLarge
-        } else {
-            ending = Self.ending(ofWaitStatus: status ?? 0)
-        }
-        return ProcessResult(
-            ending: ending, stdout: tooLarge || lost ? [] : collected, pid: pid, duration: .zero, escapedKilled: escapedKilled)
-    }
-
-    /// A wait(2) status as an exit code or a signal.
-    static func ending(ofWaitStatus raw: Int32) -> ProcessResult.Ending {
-        raw & 0x7f == 0 ? .exited((raw >> 8) & 0xff) : .signaled(raw & 0x7f)
-    }
-
-    /// Milliseconds to the next timed step, at most 1 s (without a pidfd: 10 ms, the exit is polled).
-    func pollTimeout(now: ContinuousClock.Instant) -> Int32 {
-        var next: ContinuousClock.Instant
-        if let killAt {
-            next = killAt
-        } else if !timedOut, !stopped {
-            next = deadline
-        } else {
-            next = now + .seconds(1)
-        }
-        if pidfd < 0 { next = min(next, now + .milliseconds(10)) }
-        let left = next - now
-        if left <= .zero { return 0 }
-        let milliseconds = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
-        return Int32(min(milliseconds, 1000))
-    }
-
-    /// SIGTERM to the group now, SIGKILL after the grace.
-    mutating func terminate() {
-        guard status == nil, killAt == nil else { return }
-        _ = kill(-pid, SIGTERM)
-        killAt = .now + spec.killGrace
-    }
-
-    mutating func feedInput() {
-        while written < spec.stdin.count {
-            let count = spec.stdin.withUnsafeBytes { bytes in
-                write(stdin, bytes.baseAddress.map { $0 + written }, bytes.count - written)
-            }
-            if count > 0 {
-                written += count
-            } else if count < 0, errno == EINTR {
-                continue
-            } else if count < 0, errno == EAGAIN {
-                return
-            } else {
-                break  // EPIPE: the handler stopped reading, which is its right.
-            }
-        }
-        Self.close(&stdin)
-    }
-
-    mutating func readOutput() {
-        while true {
-            let count = Self.readSome(&stdout, into: &scratch)
-            guard count > 0 else { return }
-            collected.append(contentsOf: scratch[0..<count])
-            if collected.count > spec.maxOutput {
-                tooLarge = true
-                collected = []
-                _ = kill(-pid, SIGKILL)
-                Self.close(&stdout)
-                return
-            }
-        }
-    }
-
-    mutating func readErrors(_ emit: (String) -> Void) {
-        while true {
-            let count = Self.readSome(&stderr, into: &scratch)
-            guard count > 0 else { return }
-            scratch.withUnsafeBytes { lines.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count]), emit: emit) }
-        }
-    }
-
-    /// One read from a nonblocking pipe into `buffer`: the byte count, or 0 when nothing is there now (EAGAIN)
-    /// or ever again (EOF or an error: `fd` is then closed).
-    static func readSome(_ fd: inout Int32, into buffer: inout [UInt8]) -> Int {
-        while true {
-            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count > 0 { return count }
-            if count < 0, errno == EINTR { continue }
-            if count < 0, errno == EAGAIN { return 0 }
-            Self.close(&fd)
-            return 0
-        }
-    }
-
-    /// Learns whether the handler has exited, without reaping it (WNOWAIT). ECHILD means someone else reaped
-    /// it: its status is lost, and an unknown ending is never taken for success.
-    mutating func checkExit() {
-        var raw: Int32 = 0
-        let result = stanzad_wait(pid, WNOHANG | WNOWAIT, &raw)
-        if result == pid {
-            status = raw
-            killAt = nil
-        } else if result < 0 {
-            lost = true
-        }
-    }
-
-    /// Blocks until the (killed) handler has exited, without reaping it.
-    mutating func awaitExit() {
-        var raw: Int32 = 0
-        let result = stanzad_wait(pid, WNOWAIT, &raw)
-        if result == pid { status = raw } else { lost = true }
-    }
-
-    static func close(_ fd: inout Int32) {
-        if fd >= 0 { _ = Glibc.close(fd) }
-        fd = -1
-    }
+/// A failed system call's errno.
+struct SystemCallError: Error, CustomStringConvertible {
+    let code: Int32
+    var description: String { "\(String(cString: strerror(code))) (errno \(code))" }
 }
 
 /// A pipe's two ends (-1 once closed).
@@ -391,48 +383,15 @@ private struct Pipe {
     var read: Int32 = -1
     var write: Int32 = -1
 
-    static func make() throws(Errno) -> Pipe {
+    static func make() throws(SystemCallError) -> Pipe {
         var ends: [Int32] = [-1, -1]
-        guard stanzad_pipe(&ends, O_CLOEXEC) == 0 else { throw Errno(rawValue: errno) }
+        guard stanzad_pipe(&ends, O_CLOEXEC) == 0 else { throw SystemCallError(code: errno) }
         return Pipe(read: ends[0], write: ends[1])
     }
 
     mutating func closeRead() { if read >= 0 { _ = Glibc.close(read) }; read = -1 }
     mutating func closeWrite() { if write >= 0 { _ = Glibc.close(write) }; write = -1 }
     mutating func closeBoth() { closeRead(); closeWrite() }
-}
-
-/// Wakes a handler's watching thread from the task that awaits it (cancellation).
-final class StopSignal: Sendable {
-    let readEnd: Int32
-    /// The write end; nil once closed, so a late `fire` can never write into a reused descriptor number.
-    private let writeEnd: Mutex<Int32?>
-
-    init() throws(Errno) {
-        var ends: [Int32] = [-1, -1]
-        guard stanzad_pipe(&ends, O_CLOEXEC | O_NONBLOCK) == 0 else { throw Errno(rawValue: errno) }
-        readEnd = ends[0]
-        writeEnd = Mutex(ends[1])
-    }
-
-    func fire() {
-        writeEnd.withLock { fd in
-            guard let fd else { return }
-            var byte: UInt8 = 1
-            _ = write(fd, &byte, 1)
-        }
-    }
-
-    /// After the watching thread is done; a later `fire` is a no-op.
-    func close() {
-        let fd = writeEnd.withLock { fd in
-            defer { fd = nil }
-            return fd
-        }
-        guard let fd else { return }
-        _ = Glibc.close(fd)
-        _ = Glibc.close(readEnd)
-    }
 }
 
 /// A detached OS thread for work that blocks.
@@ -462,36 +421,11 @@ enum BlockingThread {
 }
 
 /// Runs `body` with `strings` as a NULL-terminated C array.
-private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
     var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
     pointers.append(nil)
     defer { for pointer in pointers { free(pointer) } }
     return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
-}
-
-/// How every handler process (exec and worker) is started.
-enum HandlerLaunch {
-    /// Its own session and process group, on swift-subprocess's posix_spawn path (no uid/gid, no
-    /// processGroupID), exactly `environment`, and a teardown of SIGTERM to the group, `killGrace`, then
-    /// SIGKILL to the group.
-    static func configuration(program: String, arguments: [String], environment: [String: String], workdir: String,
-                              killGrace: Duration) -> Configuration {
-        var options = PlatformOptions()
-        options.createSession = true
-        options.teardownSequence = teardown(killGrace)
-        var keys: [Environment.Key: String] = [:]
-        for (name, value) in environment {
-            if let key = Environment.Key(rawValue: name) { keys[key] = value }
-        }
-        return Configuration(
-            executable: program.contains("/") ? .path(FilePath(program)) : .name(program),
-            arguments: Arguments(arguments), environment: .custom(keys), workingDirectory: FilePath(workdir),
-            platformOptions: options)
-    }
-
-    static func teardown(_ killGrace: Duration) -> [TeardownStep] {
-        [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: killGrace)]
-    }
 }
 
 /// Splits stderr into lines, keeping at most `limit` bytes in all (the rest is counted and dropped).

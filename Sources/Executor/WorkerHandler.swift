@@ -15,8 +15,8 @@ public struct WorkerHandler: StanzaHandler {
         Self.outcome(await pool.submit(stanza), for: stanza, context: context)
     }
 
-    /// A worker request needs no task: it is written to the worker's stdin at once and answered from the pool's
-    /// reader thread.
+    /// A worker request needs no task: it is written to the worker's stdin at once and answered from the process
+    /// loop, which reads every worker's stdout.
     public var startsWithoutWaiting: Bool { true }
 
     public func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {

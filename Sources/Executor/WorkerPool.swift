@@ -4,6 +4,10 @@
 // with backoff; its in-flight stanzas fail. `maxRequests` recycles a worker: it gets no new requests, its
 // stdin is closed once the last answer is in, and a fresh one starts. On shutdown stdin is closed, the
 // workers get `killGrace` to exit, then their groups are killed.
+//
+// The bookkeeping (which worker is starting, running, draining or stopping, which request is where) is
+// WorkerPoolStateMachine; this shell holds it under one lock with each worker's stdin and kill switch and
+// performs what its events return. The processes themselves are WorkerProcess, on the process loop.
 
 #if canImport(Glibc)
 import Glibc
@@ -13,10 +17,7 @@ import Musl
 import DequeModule
 import Logging
 import ServiceLifecycle
-import CSpawn
-import Subprocess
 import Synchronization
-import SystemPackage
 import XMPPCore
 
 public final class WorkerPool: Service, Sendable {
@@ -57,7 +58,7 @@ public final class WorkerPool: Service, Sendable {
         case failed(StanzaError, reason: String)
     }
 
-    struct Request {
+    struct Request: WorkerRequest {
         let ref: String
         let line: [UInt8]
         let deadline: ContinuousClock.Instant
@@ -65,30 +66,31 @@ public final class WorkerPool: Service, Sendable {
         let complete: @Sendable (Reply) -> Void
     }
 
-    struct Slot {
-        var generation = 0
-        var running = false
-        var accepting = false
-        var served = 0
-        var pid: Int32?
-        var inFlight: [String: Request] = [:]
-        /// The current process's stdin while it takes requests (nil: it takes none).
-        var input: WorkerInput?
-        /// The supervisor's kill switch for the current process.
-        var stop: CheckedContinuation<Void, Never>?
-        var stopRequested = false
-        var stopReason: String?
-        /// Being replaced after a reload: its end is planned, not a crash.
-        var recycling = false
-    }
-
     struct State {
-        var queue: Deque<Request> = []
-        var slots: [Slot]
+        var machine: WorkerPoolStateMachine<Request>
+        /// Each worker's stdin while its process takes requests (the machine has it `running`).
+        var inputs: [WorkerInput?]
+        /// Each worker's kill switch while its process runs (SIGTERM to its group, kill grace, SIGKILL).
+        var killSwitches: [(@Sendable () -> Void)?]
         var nextRef = 0
-        var shuttingDown = false
-        /// Refs whose requests timed out; a late answer to one is ignored rather than treated as garbage.
-        var expired: Set<String> = []
+
+        init(workers: Int, inFlight: Int) {
+            machine = WorkerPoolStateMachine(workers: workers, inFlight: inFlight)
+            inputs = Array(repeating: nil, count: machine.workers.count)
+            killSwitches = Array(repeating: nil, count: machine.workers.count)
+        }
+
+        /// Worker `index`'s stdin, to close outside the lock; it takes no more requests.
+        mutating func takeInput(_ index: Int) -> WorkerInput? {
+            defer { inputs[index] = nil }
+            return inputs[index]
+        }
+
+        /// What stopping worker `index` takes once the lock is released.
+        mutating func takeStop(_ index: Int) -> Stop {
+            defer { killSwitches[index] = nil }
+            return Stop(input: takeInput(index), killSwitch: killSwitches[index])
+        }
     }
 
     /// The current settings (replaced by `reload`).
@@ -106,7 +108,7 @@ public final class WorkerPool: Service, Sendable {
         var logger = logger
         logger[metadataKey: "route"] = "\(settings.route)"
         self.logger = logger
-        self.state = Mutex(State(slots: Array(repeating: Slot(), count: settings.workers)))
+        self.state = Mutex(State(workers: settings.workers, inFlight: settings.inFlight))
     }
 
     /// SIGHUP: new settings for the next processes. Every worker is recycled: it takes no new requests,
@@ -114,19 +116,16 @@ public final class WorkerPool: Service, Sendable {
     /// stanzas stay queued for the new workers. The number of workers is fixed until restart.
     public func reload(_ settings: Settings) {
         var settings = settings
-        let count = state.withLock { $0.slots.count }
+        let count = state.withLock { $0.machine.workers.count }
         if settings.workers != count {
             logger.warning("workers count changes take effect at restart", metadata: ["workers": "\(count)", "configured": "\(settings.workers)"])
             settings.workers = count
         }
         current.withLock { $0 = settings }
+        let inFlight = settings.inFlight
         let inputs = state.withLock { state -> [WorkerInput] in
-            var inputs: [WorkerInput] = []
-            for index in state.slots.indices where state.slots[index].running {
-                state.slots[index].recycling = true
-                if let input = Self.stopAccepting(&state.slots[index]) { inputs.append(input) }
-            }
-            return inputs
+            state.machine.inFlightLimit = max(1, inFlight)
+            return state.machine.reload().compactMap { state.takeInput($0) }
         }
         for input in inputs { input.close() }
         logger.notice("worker settings reloaded; recycling workers")
@@ -142,7 +141,7 @@ public final class WorkerPool: Service, Sendable {
     }
 
     /// Sends `stanza` to a worker without waiting; `completion` gets the answer (or the failure) exactly once, at
-    /// most `timeout` later, on the thread that settles it (a reader thread, the deadline sweep, a supervisor).
+    /// most `timeout` later, on the thread that settles it (the process loop, the deadline sweep, a supervisor).
     public func submit(_ stanza: Stanza, completion: @escaping @Sendable (Reply) -> Void) {
         let ref = state.withLock { state -> String in
             state.nextRef += 1
@@ -154,23 +153,16 @@ public final class WorkerPool: Service, Sendable {
     }
 
     private func enqueue(_ request: Request) {
-        enum Action { case fail, send(Send), queued }
-        let inFlight = settings.inFlight
-        let action = state.withLock { state -> Action in
-            if state.shuttingDown { return .fail }
-            for index in state.slots.indices {
-                let slot = state.slots[index]
-                if slot.accepting, slot.inFlight.count < inFlight, let input = slot.input {
-                    state.slots[index].inFlight[request.ref] = request
-                    return .send(Send(index: index, input: input, request: request))
-                }
-            }
-            state.queue.append(request)
-            return .queued
+        let (placement, send) = state.withLock { state -> (WorkerPoolStateMachine<Request>.Placement, Send?) in
+            let placement = state.machine.submit(request)
+            guard case .send(let index) = placement else { return (placement, nil) }
+            // A running worker always has its stdin; without it the write fails and the request is placed again.
+            return (placement, Send(index: index, generation: state.machine.workers[index].generation,
+                                    input: state.inputs[index], request: request))
         }
-        switch action {
-        case .fail: request.complete(.failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
-        case .send(let send): perform([send])
+        switch placement {
+        case .refused: request.complete(.failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
+        case .send: if let send { perform([send]) }
         case .queued: break
         }
     }
@@ -178,41 +170,29 @@ public final class WorkerPool: Service, Sendable {
     /// A request placed with a worker, to be written to its stdin outside the lock.
     struct Send {
         let index: Int
-        let input: WorkerInput
+        let generation: Int
+        let input: WorkerInput?
         let request: Request
     }
 
     /// Writes each request line to its worker's stdin, straight from the calling thread. A worker whose stdin was
     /// closed or broke in the meantime takes no more requests; its request is placed again.
     private func perform(_ sends: [Send]) {
-        for send in sends where !send.input.send(send.request.line) {
-            let (replace, closing) = state.withLock { state -> (Bool, WorkerInput?) in
-                var closing: WorkerInput?
-                if state.slots[send.index].input === send.input { closing = Self.stopAccepting(&state.slots[send.index]) }
-                return (state.slots[send.index].inFlight.removeValue(forKey: send.request.ref) != nil, closing)
+        for send in sends where !(send.input?.send(send.request.line) ?? false) {
+            let (closing, retry) = state.withLock { state -> (WorkerInput?, Request?) in
+                guard state.machine.workers[send.index].generation == send.generation else { return (nil, nil) }
+                let (close, retry) = state.machine.sendFailed(send.request.ref, worker: send.index)
+                return (close ? state.takeInput(send.index) : nil, retry)
             }
             closing?.close()
-            if replace { enqueue(send.request) }
+            if let retry { enqueue(retry) }
         }
     }
 
-    /// Moves queued requests to worker `index` while it has room. Call with the lock held; `perform` the result
-    /// after it.
-    private static func fill(_ state: inout State, _ index: Int, inFlight: Int) -> [Send] {
-        guard let input = state.slots[index].input, state.slots[index].accepting, !state.shuttingDown else { return [] }
-        var sends: [Send] = []
-        while state.slots[index].inFlight.count < inFlight, let request = state.queue.popFirst() {
-            state.slots[index].inFlight[request.ref] = request
-            sends.append(Send(index: index, input: input, request: request))
-        }
-        return sends
-    }
-
-    /// The slot takes no more requests; returns its stdin to close (outside the lock).
-    private static func stopAccepting(_ slot: inout Slot) -> WorkerInput? {
-        slot.accepting = false
-        defer { slot.input = nil }
-        return slot.input
+    /// The sends for requests the machine gave worker `index`. Call with the lock held; `perform` them after it.
+    private static func sends(_ requests: [Request], to index: Int, in state: State) -> [Send] {
+        let generation = state.machine.workers[index].generation
+        return requests.map { Send(index: index, generation: generation, input: state.inputs[index], request: $0) }
     }
 
     /// How often deadlines are checked: a request fails at most this long after its timeout. One sweep for
@@ -223,23 +203,8 @@ public final class WorkerPool: Service, Sendable {
     /// Requests whose deadline passed fail with remote-server-timeout; a worker holding one is restarted.
     private func expireDue(now: ContinuousClock.Instant) {
         let (due, stops) = state.withLock { state -> ([Request], [Stop]) in
-            var due: [Request] = []
-            var stops: [Stop] = []
-            if state.queue.contains(where: { $0.deadline <= now }) {
-                due += state.queue.filter { $0.deadline <= now }
-                state.queue.removeAll { $0.deadline <= now }
-            }
-            for index in state.slots.indices {
-                let late = state.slots[index].inFlight.values.filter { $0.deadline <= now }
-                guard let first = late.first else { continue }
-                for request in late {
-                    state.slots[index].inFlight.removeValue(forKey: request.ref)
-                    state.expired.insert(request.ref)
-                }
-                due += late
-                stops.append(Self.requestStop(&state.slots[index], reason: "request \(first.ref) timed out"))
-            }
-            return (due, stops)
+            let (late, stopping) = state.machine.expire(now: now)
+            return (late, stopping.map { state.takeStop($0.worker) })
         }
         for stop in stops { stop.perform() }
         for request in due {
@@ -257,47 +222,37 @@ public final class WorkerPool: Service, Sendable {
     /// What stopping a process takes once the lock is released: closing its stdin and pulling its kill switch.
     struct Stop {
         let input: WorkerInput?
-        let killSwitch: CheckedContinuation<Void, Never>?
+        let killSwitch: (@Sendable () -> Void)?
 
         func perform() {
             input?.close()
-            killSwitch?.resume()
+            killSwitch?()
         }
-    }
-
-    /// Marks the slot's process for stopping; returns what to do outside the lock.
-    private static func requestStop(_ slot: inout Slot, reason: String) -> Stop {
-        let input = stopAccepting(&slot)
-        if slot.stopReason == nil { slot.stopReason = reason }
-        slot.stopRequested = true
-        defer { slot.stop = nil }
-        return Stop(input: input, killSwitch: slot.stop)
     }
 
     // MARK: Reader side
 
-    private enum AnswerResult { case ok, unknownRef(String), recycle }
+    enum AnswerResult { case ok, unknownRef(String), recycle }
 
-    private func deliver(_ answer: WorkerProtocol.Answer, from index: Int, settings: Settings) -> AnswerResult {
-        let (request, sends, closing, result) = state.withLock {
-            state -> (Request?, [Send], WorkerInput?, AnswerResult) in
-            guard let request = state.slots[index].inFlight.removeValue(forKey: answer.ref) else {
-                if state.expired.remove(answer.ref) != nil { return (nil, [], nil, .ok) }
-                return (nil, [], nil, .unknownRef(answer.ref))
-            }
-            state.slots[index].served += 1
-            if settings.maxRequests > 0, state.slots[index].served >= settings.maxRequests {
-                // Recycled: stdin closes now, the worker finishes what it has and exits.
-                return (request, [], Self.stopAccepting(&state.slots[index]), .recycle)
-            }
-            // Capacity freed: the next queued request goes to this worker.
-            return (request, Self.fill(&state, index, inFlight: settings.inFlight), nil, .ok)
+    func deliver(_ answer: WorkerProtocol.Answer, from index: Int, settings: Settings) -> AnswerResult {
+        let (outcome, sends, closing) = state.withLock {
+            state -> (WorkerPoolStateMachine<Request>.Answer, [Send], WorkerInput?) in
+            let outcome = state.machine.answered(answer.ref, worker: index, maxRequests: settings.maxRequests)
+            guard case .deliver(_, let requests, let recycle) = outcome else { return (outcome, [], nil) }
+            // Recycled: stdin closes now, the worker finishes what it has and exits. Otherwise the capacity freed
+            // goes to the next queued request.
+            return (outcome, Self.sends(requests, to: index, in: state), recycle ? state.takeInput(index) : nil)
         }
-        // The next request goes out before this answer is turned into replies: the worker stays busy meanwhile.
-        closing?.close()
-        perform(sends)
-        request?.complete(.answered(answer.replies))
-        return result
+        switch outcome {
+        case .ignored: return .ok
+        case .unknownRef: return .unknownRef(answer.ref)
+        case .deliver(let request, _, let recycle):
+            // The next request goes out before this answer is turned into replies: the worker stays busy meanwhile.
+            closing?.close()
+            perform(sends)
+            request.complete(.answered(answer.replies))
+            return recycle ? .recycle : .ok
+        }
     }
 
     // MARK: Supervision
@@ -312,6 +267,7 @@ public final class WorkerPool: Service, Sendable {
             for await _ in stopRequests.cancelOnGracefulShutdown() {}
             beginShutdown()
         }
+        state.withLock { $0.machine.finished() }
         logger.notice("workers stopped")
     }
 
@@ -324,23 +280,17 @@ public final class WorkerPool: Service, Sendable {
 
     private func beginShutdown() {
         let (inputs, queued) = state.withLock { state -> ([WorkerInput], [Request]) in
-            state.shuttingDown = true
-            var inputs: [WorkerInput] = []
-            for index in state.slots.indices {
-                if let input = Self.stopAccepting(&state.slots[index]) { inputs.append(input) }
-            }
-            let queued = Array(state.queue)
-            state.queue.removeAll()
-            return (inputs, queued)
+            let (queued, closing) = state.machine.beginShutdown()
+            return (closing.compactMap { state.takeInput($0) }, queued)
         }
-        // Each worker's stdin is closed and it has kill_grace to finish (see runWorker).
+        // Each worker's stdin is closed and it has kill_grace to finish (see WorkerProcess).
         for input in inputs { input.close() }
         for request in queued {
             request.complete(.failed(StanzaError(.cancel, .serviceUnavailable), reason: "shutting down"))
         }
     }
 
-    private var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
+    var isShuttingDown: Bool { state.withLock { !$0.machine.isRunning } }
 
     private func supervise(_ index: Int) async {
         var backoff: Duration = .milliseconds(100)
@@ -365,168 +315,49 @@ public final class WorkerPool: Service, Sendable {
     /// Runs one worker process to its end. True when it ended as planned (recycled), false otherwise.
     private func runWorker(_ index: Int) async -> Bool {
         let settings = self.settings  // one snapshot per process (a reload affects the next one)
-        let generation = state.withLock { state -> Int in
-            state.slots[index].generation += 1
-            state.slots[index].running = true
-            state.slots[index].accepting = !state.shuttingDown
-            state.slots[index].served = 0
-            state.slots[index].stopRequested = false
-            state.slots[index].stopReason = nil
-            state.slots[index].recycling = false
-            return state.slots[index].generation
-        }
-        let grace = settings.killGrace
-        guard let program = settings.argv.first else { return false }
-        let launch = HandlerLaunch.configuration(
-            program: program, arguments: Array(settings.argv.dropFirst()), environment: settings.environment,
-            workdir: settings.workdir, killGrace: grace)
+        let generation = state.withLock { $0.machine.starting(index) }
         var workerLogger = logger
         workerLogger[metadataKey: "worker"] = "\(index)"
         let log = workerLogger
-        var pid: Int32?
-        var status: String = "not started"
-        var garbage: String?
-        // stdout is our own pipe, read by a thread of its own that hands each answer straight to its
-        // requester: no task or event-loop hop between the worker's write and the waiting stanza.
-        var outputEnds: [Int32] = [-1, -1]
-        guard stanzad_pipe(&outputEnds, O_CLOEXEC) == 0 else {
-            log.error("worker could not be started", metadata: ["problem": "cannot create a pipe: errno \(errno)"])
-            state.withLock { state in
-                state.slots[index].running = false
-                state.slots[index].accepting = false
-            }
-            return false
-        }
-        let answers = outputEnds[0]
-        defer { _ = close(answers) }
-        // stdin is our own pipe too: requests are written to it by whoever places them (see `perform`).
+        // stdin is our own pipe: requests are written to it by whoever places them (see `perform`).
         let input: WorkerInput
         do {
             input = try WorkerInput()
         } catch {
-            _ = close(outputEnds[1])
             log.error("worker could not be started", metadata: ["problem": "cannot create its stdin: \(error)"])
-            state.withLock { state in
-                state.slots[index].running = false
-                state.slots[index].accepting = false
-            }
+            _ = state.withLock { $0.machine.exited(index, generation: generation) }
             return false
         }
         defer { input.close() }
-        let spawn = OrphanReaper.shared.spawning()
-        do {
-            let result = try await Subprocess.run(
-                launch, input: .fileDescriptor(FileDescriptor(rawValue: input.readEnd), closeAfterSpawningProcess: true),
-                output: .fileDescriptor(FileDescriptor(rawValue: outputEnds[1]), closeAfterSpawningProcess: true),
-                error: .sequence
-            ) { execution -> String? in
-                let processID = execution.processIdentifier.value
-                OrphanReaper.shared.spawned(spawn, pid: processID)
-                let sends = state.withLock { state -> [Send] in
-                    state.slots[index].pid = processID
-                    guard state.slots[index].generation == generation, state.slots[index].accepting else { return [] }
-                    state.slots[index].input = input
-                    return Self.fill(&state, index, inFlight: settings.inFlight)
-                }
-                if !state.withLock({ $0.slots[index].input === input }) { input.close() }
-                log.notice("worker started", metadata: ["pid": "\(processID)"])
-                perform(sends)
-                return await withTaskGroup(of: Void.self, returning: String?.self) { group in
-                    group.addTask {
-                        await input.waitUntilClosed()
-                        // Shutdown: the worker has kill_grace to exit by itself after EOF.
-                        if self.isShuttingDown {
-                            do {
-                                try await Task.sleep(for: grace)
-                                self.stopWorker(index, generation: generation, reason: "shutdown grace elapsed")
-                            } catch {
-                                // The worker exited by itself within the grace period.
-                            }
-                        }
-                    }
-                    group.addTask {
-                        var lines = StderrLines(limit: 65_536)
-                        do {
-                            for try await buffer in execution.standardError {
-                                buffer.withUnsafeBytes { bytes in
-                                    lines.feed(bytes) { log.warning("worker stderr", metadata: ["pid": "\(processID)", "line": "\($0)"]) }
-                                }
-                            }
-                        } catch {}
-                        lines.finish { log.warning("worker stderr", metadata: ["pid": "\(processID)", "line": "\($0)"]) }
-                    }
-                    group.addTask {
-                        // The kill switch: stop requests (timeouts, garbage, shutdown) tear the group down.
-                        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                            let now = self.state.withLock { state -> Bool in
-                                let slot = state.slots[index]
-                                if slot.stopRequested || !slot.running || slot.generation != generation { return true }
-                                state.slots[index].stop = continuation
-                                return false
-                            }
-                            if now { continuation.resume() }
-                        }
-                        if self.state.withLock({ $0.slots[index].running && $0.slots[index].generation == generation }) {
-                            await execution.teardown(using: HandlerLaunch.teardown(grace))
-                        }
-                    }
-                    // Answers ← stdout, until EOF (the worker and everything it started are gone) or a problem.
-                    let problem = await withCheckedContinuation { (continuation: CheckedContinuation<String?, Never>) in
-                        let started = BlockingThread.start {
-                            continuation.resume(returning: self.readAnswers(
-                                from: answers, index: index, settings: settings, pid: processID, log: log))
-                        }
-                        if !started { continuation.resume(returning: "cannot start a thread to read the worker's answers") }
-                    }
-                    if let problem {
-                        self.stopWorker(index, generation: generation, reason: problem)
-                        await execution.teardown(using: HandlerLaunch.teardown(grace))
-                    }
-                    // stdout ended: the worker is gone or going. Release the writer and the kill switch.
-                    self.finishSlot(index, generation: generation)
-                    group.cancelAll()
-                    await group.waitForAll()
-                    return problem
-                }
-            }
-            pid = result.processIdentifier.value
-            garbage = result.closureResult
-            switch result.terminationStatus {
-            case .exited(let code): status = "exit \(code)"
-            case .signaled(let signal): status = "signal \(signal)"
-            }
-        } catch {
-            status = "could not start: \(error)"
+        let process = WorkerProcess(pool: self, index: index, generation: generation, settings: settings, input: input, log: log)
+        let ending = await withCheckedContinuation { (continuation: CheckedContinuation<WorkerProcess.Ending, Never>) in
+            // Set before the loop sees the process (the hand-over through `execute` orders the two).
+            process.completion = { continuation.resume(returning: $0) }
+            ProcessLoop.shared.execute { process.start() }
+        }
+        if let problem = ending.startProblem {
             log.error("worker could not be started", metadata: [
-                "argv0": "\(program)", "problem": "\(error)",
+                "argv0": "\(settings.argv.first ?? "")", "problem": "\(problem)",
                 "hint": "check that the file exists and is executable (chmod +x); `stanzad check` tests this",
             ])
         }
-        if let pid { _ = kill(-pid, SIGKILL) }
-        // swift-subprocess has reaped the worker; what escaped its group and was adopted goes now.
-        OrphanReaper.shared.spawned(spawn, pid: nil)
-        if let pid { OrphanReaper.shared.reaped(spawn, pid: pid) }
+        // What escaped the worker's group and was adopted goes now.
         let escaped = await OrphanReaper.shared.sweepOffThePool()
         if escaped > 0 {
             log.notice("adopted processes killed after the worker ended", metadata: ["escaped_killed": "\(escaped)"])
         }
 
         // Whatever was still in flight fails now.
-        let (failed, reason, recycled) = state.withLock { state -> ([Request], String?, Bool) in
-            let slot = state.slots[index]
-            let failed = Array(slot.inFlight.values)
-            state.slots[index].inFlight.removeAll()
-            state.slots[index].running = false
-            state.slots[index].accepting = false
-            state.slots[index].pid = nil
-            let recycled = (slot.recycling || (settings.maxRequests > 0 && slot.served >= settings.maxRequests)) && !slot.stopRequested
-            return (failed, slot.stopReason, recycled)
+        let (end, leftover) = state.withLock { state -> (WorkerPoolStateMachine<Request>.Ending, Stop) in
+            (state.machine.exited(index, generation: generation), state.takeStop(index))
         }
+        leftover.input?.close()
+        let (failed, reason, planned) = (end.failed, end.reason, end.planned)
+        let status = ending.status
         for request in failed {
             request.complete(.failed(StanzaError(.cancel, .internalServerError), reason: "worker ended (\(status))"))
         }
-        if let garbage { log.error("worker output rejected; restarting it", metadata: ["problem": "\(garbage)"]) }
-        let planned = recycled || isShuttingDown
+        if let garbage = ending.garbage { log.error("worker output rejected; restarting it", metadata: ["problem": "\(garbage)"]) }
         if planned {
             log.info("worker ended", metadata: ["status": "\(status)", "failed_requests": "\(failed.count)"])
         } else {
@@ -534,57 +365,38 @@ public final class WorkerPool: Service, Sendable {
                 "status": "\(status)", "failed_requests": "\(failed.count)", "reason": "\(reason ?? "it exited")",
             ])
         }
-        return planned && garbage == nil
+        return planned && ending.garbage == nil && ending.startProblem == nil
     }
 
-    /// Reads answer lines from a worker's stdout on the calling (blocking) thread and delivers each one.
-    /// Returns the problem that ends the worker (garbage, an unknown ref, an over-long line), or nil at EOF.
-    private func readAnswers(from fd: Int32, index: Int, settings: Settings, pid: Int32, log: Logger) -> String? {
-        let maxLine = settings.maxLine
-        var splitter = LineSplitter(limit: maxLine)
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { return nil }
-            let fed = buffer.withUnsafeBytes { splitter.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-            guard let lines = fed else {
-                return "worker wrote a line longer than max_output (\(maxLine) bytes)"
-            }
-            for line in lines where !line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) {
-                let answer: WorkerProtocol.Answer
-                do {
-                    answer = try WorkerProtocol.parseAnswer(line)
-                } catch {
-                    return "\(error): \(HandlerOutput.excerpt(line))"
-                }
-                switch deliver(answer, from: index, settings: settings) {
-                case .ok: break
-                case .recycle: log.info("worker reached max_requests; recycling", metadata: ["pid": "\(pid)"])
-                case .unknownRef(let ref): return "worker answered unknown ref \(JID.quoted(ref))"
-                }
-            }
+    /// The process of slot `index` has started: it takes requests (unless it is already being stopped) and its
+    /// kill switch is armed. Returns true when it must be stopped at once. Called on the process loop.
+    func workerStarted(_ index: Int, generation: Int, pid: Int32, input: WorkerInput,
+                       killSwitch: @escaping @Sendable () -> Void) -> Bool {
+        let (outcome, sends) = state.withLock { state -> (WorkerPoolStateMachine<Request>.StartOutcome, [Send]) in
+            let (outcome, requests) = state.machine.started(index, generation: generation)
+            guard outcome != .stop else { return (outcome, []) }
+            state.killSwitches[index] = killSwitch
+            guard outcome == .running else { return (outcome, []) }
+            state.inputs[index] = input
+            return (outcome, Self.sends(requests, to: index, in: state))
         }
+        if outcome != .running { input.close() }
+        perform(sends)
+        return outcome == .stop
     }
 
-    private func stopWorker(_ index: Int, generation: Int, reason: String) {
+    func stopWorker(_ index: Int, generation: Int, reason: String) {
         let stop = state.withLock { state -> Stop? in
-            guard state.slots[index].generation == generation else { return nil }
-            return Self.requestStop(&state.slots[index], reason: reason)
+            state.machine.stop(index, generation: generation, reason: reason) ? state.takeStop(index) : nil
         }
         stop?.perform()
     }
 
-    /// stdout ended: no more requests to this process, and its kill switch task may finish.
-    private func finishSlot(_ index: Int, generation: Int) {
-        let stop = state.withLock { state -> Stop? in
-            guard state.slots[index].generation == generation else { return nil }
-            let input = Self.stopAccepting(&state.slots[index])
-            defer { state.slots[index].stop = nil }
-            // The process is ending on its own; the switch only has to let its task finish.
-            state.slots[index].running = false
-            return Stop(input: input, killSwitch: state.slots[index].stop)
+    /// stdout ended or the process exited: no more requests to this process.
+    func finishSlot(_ index: Int, generation: Int) {
+        let input = state.withLock { state -> WorkerInput? in
+            state.machine.outputEnded(index, generation: generation) ? state.takeInput(index) : nil
         }
-        stop?.perform()
+        input?.close()
     }
 }

@@ -26,4 +26,27 @@ int stanzad_become_subreaper(void);
 /// not, -1 with errno set (ECHILD: not our child, or already reaped). Only ever this one pid: never P_ALL.
 int stanzad_wait(pid_t pid, int flags, int *status);
 
+/// Names the calling thread (prctl PR_SET_NAME; at most 15 bytes are kept), as /proc and ps show it.
+void stanzad_name_thread(const char *name);
+
+/// epoll_create1(EPOLL_CLOEXEC) with an eventfd (nonblocking, close-on-exec) registered under token -1, so
+/// another thread can wake the waiter. Returns the epoll descriptor and sets `*wake_fd`, or -1 with errno set.
+int stanzad_epoll_create(int *wake_fd);
+
+/// Watches `fd` (level-triggered) for `readable` or writable, reported under `token`. 0 or -1 with errno set.
+int stanzad_epoll_add(int epoll_fd, int fd, int readable, long long token);
+
+/// Stops watching `fd`. 0 or -1 with errno set.
+int stanzad_epoll_remove(int epoll_fd, int fd);
+
+/// epoll_wait: up to `capacity` ready descriptors as their tokens and whether each is readable/hung up
+/// (`kinds[i]` bit 0: in, bit 1: out, bit 2: error or hang-up). The count, or -1 with errno set.
+int stanzad_epoll_wait(int epoll_fd, long long *tokens, int *kinds, int capacity, int timeout_ms);
+
+/// Wakes a `stanzad_epoll_wait` on the epoll that `wake_fd` belongs to.
+void stanzad_wake(int wake_fd);
+
+/// Empties `wake_fd` after a wake-up.
+void stanzad_drain_wake(int wake_fd);
+
 #endif
