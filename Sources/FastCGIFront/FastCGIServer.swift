@@ -72,7 +72,7 @@ public final class FastCGIServer: Service, Sendable {
         do {
             // Accepting has a loop of its own: under a burst the connection loops are busy reading and answering,
             // and a listen backlog that is not emptied makes nginx's connect fail (EAGAIN on a unix socket: 502).
-            server = try await ServerBootstrap(group: acceptLoop, childGroup: MultiThreadedEventLoopGroup.singleton)
+            server = try await ServerBootstrap(group: acceptLoop, childGroup: acceptLoop)
                 .serverChannelOption(.maxMessagesPerRead, value: 64)
                 // Each connection keeps its receive buffer while it waits: 1 KiB (nginx's params and a small body)
                 // instead of NIO's 2 KiB start is 10 MB less for 10,000 long-polls; larger requests grow it.
