@@ -259,7 +259,8 @@ public final class ComponentConnection: Service, Sendable {
         case parseError(XMLStreamError)
         case eof
         case flush
-        case tick
+        /// The session's timer fired (see `SessionTimers`); a stale generation is ignored.
+        case deadline(generation: Int)
         case shutdown
     }
 
@@ -306,18 +307,13 @@ public final class ComponentConnection: Service, Sendable {
                         input.yield(.eof)
                     }
                 }
-                group.addTask {
-                    while !Task.isCancelled {
-                        try await Task.sleep(for: .milliseconds(500))
-                        input.yield(.tick)
-                    }
-                }
+                var loop = SessionLoop(connection: self, outbound: outbound, input: input, logger: logger)
                 defer {
                     group.cancelAll()
+                    loop.disarm()
                     shared.withLock { $0.wake = nil }
                     input.finish()
                 }
-                var loop = SessionLoop(connection: self, outbound: outbound, input: input, logger: logger)
                 return try await loop.run(inputs)
             }
         } onGracefulShutdown: {
@@ -474,13 +470,13 @@ private struct SessionLoop {
     let input: AsyncStream<ComponentConnection.Input>.Continuation
     let logger: Logger
     var machine: HandshakeStateMachine
-    var lastRead = ContinuousClock.now
-    var lastWrite = ContinuousClock.now
-    var pingID: String?
-    var pingSentAt: ContinuousClock.Instant?
-    let startedAt = ContinuousClock.now
+    var timers: SessionTimers
+    /// The one timer of the session, set for `timers.nextDeadline`: it is moved only when the deadline comes
+    /// earlier; when it fires for a deadline that has since moved later, it is set again.
+    var timer: (deadline: ContinuousClock.Instant, generation: Int, task: Scheduled<Void>)?
+    var timerGeneration = 0
+    let eventLoop: any EventLoop
     var wasReady = false
-    var pingCounter = 0
 
     init(connection: ComponentConnection, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
          input: AsyncStream<ComponentConnection.Input>.Continuation, logger: Logger) {
@@ -489,16 +485,31 @@ private struct SessionLoop {
         self.input = input
         self.logger = logger
         self.machine = HandshakeStateMachine(jid: connection.settings.jid, secret: connection.settings.secret)
+        self.eventLoop = connection.group.any()
+        let settings = connection.settings
+        // A ping target the policy refuses (a bad `ping_target`) leaves the keepalive alone to hold the link.
+        let canPing = (try? connection.policy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
+        self.timers = SessionTimers(
+            limits: .init(handshakeTimeout: settings.handshakeTimeout, keepaliveInterval: settings.keepaliveInterval,
+                          pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout),
+            now: .now)
+    }
+
+    static func ping(id: String, settings: ComponentSettings) -> Stanza {
+        var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.jid, to: settings.pingTarget)
+        ping.element.append(Element("ping", namespace: "urn:xmpp:ping"))
+        return ping
     }
 
     var settings: ComponentSettings { connection.settings }
 
     mutating func run(_ inputs: AsyncStream<ComponentConnection.Input>) async throws -> ComponentConnection.Outcome {
         if let outcome = try await perform(machine.connected()) { return outcome }
+        arm()
         for await item in inputs {
             switch item {
             case .event(let event):
-                lastRead = .now
+                timers.read(at: .now)
                 if let outcome = try await perform(machine.received(event)) { return outcome }
             case .parseError(let error):
                 if let outcome = try await perform(machine.parseFailed(error)) { return outcome }
@@ -506,51 +517,64 @@ private struct SessionLoop {
                 return .failed(machine.disconnected(), wasReady: wasReady)
             case .flush:
                 try await flush()
-            case .tick:
-                if let outcome = try await tick() { return outcome }
+            case .deadline(let generation):
+                guard generation == timer?.generation else { continue }
+                timer = nil
+                if let outcome = try await deadlinesDue() { return outcome }
             case .shutdown:
                 connection.beginShutdown()
+                timers.close()
                 if machine.isReady { try await flush() }
                 _ = machine.close()
                 try? await write("</stream:stream>")
                 logger.notice("component stream closed for shutdown")
                 return .shutdown
             }
+            arm()
         }
         return .shutdown
     }
 
-    mutating func tick() async throws -> ComponentConnection.Outcome? {
-        let now = ContinuousClock.now
-        if !machine.isReady {
-            if now - startedAt > settings.handshakeTimeout {
+    /// Performs what the timers have due now.
+    mutating func deadlinesDue() async throws -> ComponentConnection.Outcome? {
+        for action in timers.due(at: .now) {
+            switch action {
+            case .handshakeTimedOut:
                 return .failed(ComponentLinkError(.handshakeTimeout, "no handshake reply within \(settings.handshakeTimeout)"), wasReady: false)
-            }
-            return nil
-        }
-        try await write(connection.takeQueue())
-        if let sentAt = pingSentAt {
-            if now - sentAt > settings.pingTimeout {
+            case .pingTimedOut:
                 logger.notice("no reply to ping, reconnecting", metadata: ["ping_timeout": "\(settings.pingTimeout)"])
                 try? await write("<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
                 return .failed(ComponentLinkError(.pingTimeout, "no reply to a ping within \(settings.pingTimeout)"), wasReady: true)
-            }
-        } else if now - lastRead > settings.pingInterval {
-            pingCounter += 1
-            let id = "stanzad-ping-\(pingCounter)"
-            var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.jid, to: settings.pingTarget)
-            ping.element.append(Element("ping", namespace: "urn:xmpp:ping"))
-            if let xml = try? connection.policy.serialize(ping) {
-                pingID = id
-                pingSentAt = now
+            case .sendPing(let id):
                 logger.debug("link idle, pinging the server", metadata: ["to": "\(settings.pingTarget)"])
-                try await write(xml)
+                try await write(connection.policy.serialize(Self.ping(id: id, settings: settings)))
+            case .sendKeepalive:
+                try await write(" ")
             }
-        }
-        if now - lastWrite > settings.keepaliveInterval {
-            try await write(" ")
         }
         return nil
+    }
+
+    /// Sets the timer for the timers' next deadline unless it is set for that or earlier already.
+    mutating func arm() {
+        guard let deadline = timers.nextDeadline else {
+            disarm()
+            return
+        }
+        if let timer, timer.deadline <= deadline { return }
+        disarm()
+        timerGeneration += 1
+        let generation = timerGeneration
+        let input = self.input
+        let task = eventLoop.scheduleTask(in: TimeAmount(max(.zero, deadline - .now))) {
+            _ = input.yield(.deadline(generation: generation))
+        }
+        timer = (deadline, generation, task)
+    }
+
+    mutating func disarm() {
+        timer?.task.cancel()
+        timer = nil
     }
 
     mutating func flush() async throws {
@@ -567,10 +591,8 @@ private struct SessionLoop {
                 "to": "\(refused.to ?? "")", "type": "\(refused.type ?? "")", "reason": "\(refused.reason.message)",
             ])
         if refused.name == "iq", refused.type == "result" || refused.type == "error", let id = refused.id {
-            if id == pingID {
+            if timers.pong(id: id) {
                 // The server answered our ping, however oddly.
-                pingID = nil
-                pingSentAt = nil
             } else if let reply = ComponentConnection.refusedReply(refused, domain: settings.jid) {
                 // A request waiting for this reply gets the refusal instead of waiting for its timeout.
                 _ = connection.resolveIQ(reply)
@@ -594,7 +616,7 @@ private struct SessionLoop {
         for item in items { buffer.writeString(item.xml) }
         do {
             try await outbound.write(buffer)
-            lastWrite = .now
+            timers.wrote(at: .now)
         } catch {
             for item in items {
                 item.waiter?.complete(.failure(SendError(.linkLost, "write failed: \(error)")))
@@ -606,7 +628,7 @@ private struct SessionLoop {
 
     mutating func write(_ text: String) async throws {
         try await outbound.write(ByteBuffer(string: text))
-        lastWrite = .now
+        timers.wrote(at: .now)
     }
 
     /// Performs a state machine action; returns an outcome when the session is over.
@@ -619,7 +641,7 @@ private struct SessionLoop {
             return nil
         case .ready(let streamID):
             wasReady = true
-            pingSentAt = nil
+            timers.handshakeDone()
             connection.setWake(input)
             logger.notice("component connected", metadata: ["stream.id": "\(streamID)", "server": "\(settings.host):\(settings.port)"])
             try await flush()
@@ -629,9 +651,7 @@ private struct SessionLoop {
                 logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
                 return nil
             }
-            if let pingID, stanza.kind == .iq, stanza.id == pingID, stanza.type == "result" || stanza.type == "error" {
-                self.pingID = nil
-                pingSentAt = nil
+            if stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id, timers.pong(id: id) {
                 return nil
             }
             if connection.resolveIQ(stanza) { return nil }

@@ -114,6 +114,20 @@ def test_unhandled_chat_gets_service_unavailable(prosody, tmp_path, alice):
         daemon.stop()
 
 
+def test_an_idle_link_pings_the_server_and_stays_up_on_its_replies(prosody, tmp_path):
+    # SPEC §11: a ping after ping_interval of read silence; Prosody's reply keeps the link up past ping_timeout.
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port, ping_interval=1, ping_timeout=1))
+    daemon.start()
+    try:
+        daemon.wait_for_log("component connected")
+        daemon.wait_for_log("link idle, pinging the server", count=3, timeout=10)
+        log = daemon.log()
+        assert "no reply to ping" not in log
+        assert log.count("component connected") == 1
+    finally:
+        daemon.stop()
+
+
 def test_reconnects_after_prosody_restart(tmp_path):
     server = Prosody(tmp_path / "prosody")
     server.workdir.mkdir()
