@@ -1,6 +1,7 @@
 // The component link as a Service: connects, handshakes, reconnects with backoff, keeps the link alive,
 // queues outgoing stanzas while it is down and matches iq replies to their waiters. Deadlines (queued stanzas,
-// senders waiting for the link, iqs waiting for replies) fire from a timer in every state of the link.
+// senders waiting for the link, iqs waiting for replies) fire from a timer in every state of the link. Inbound is
+// bounded: when the router falls `inboundBacklog` stanzas behind, the link stops reading the socket.
 
 import DequeModule
 import Logging
@@ -24,6 +25,9 @@ public struct ComponentSettings: Sendable {
     public var sendQueue: Int = 1000
     public var sendQueueTTL: Duration = .seconds(60)
     public var maxStanza: Int = 524_288
+    /// Stanzas read from the server and not yet taken by the router, at most; beyond it the link stops reading the
+    /// socket until the router catches up (TCP then pushes back to the server).
+    public var inboundBacklog: Int = 1000
     /// Where XEP-0199 pings go: the server's domain.
     public var pingTarget: String
 
@@ -53,9 +57,12 @@ public final class ComponentConnection: Service, Sendable {
     let logger: Logger
     let group: any EventLoopGroup
     private let shared: Mutex<SharedState>
-    /// Stanzas addressed to the component, for the router.
-    public let inbound: AsyncStream<Stanza>
+    /// Stanzas addressed to the component, for the router; bounded by `inboundBudget`.
+    public let inbound: InboundStanzas
     private let inboundContinuation: AsyncStream<Stanza>.Continuation
+    /// Stream events read and not yet handled: the session loop gives back what it handles itself, the router
+    /// what it takes from `inbound`.
+    let inboundBudget: InboundBudget
     /// Takes stanzas synchronously on the link's own task before they reach `inbound` (see `setDirectInbound`).
     private let directInbound = DirectInboundSlot()
 
@@ -65,7 +72,10 @@ public final class ComponentConnection: Service, Sendable {
         self.logger = logger
         self.group = group
         self.shared = Mutex(SharedState(queue: OutboundQueue(capacity: settings.sendQueue)))
-        (inbound, inboundContinuation) = AsyncStream.makeStream(of: Stanza.self)
+        let (stream, continuation) = AsyncStream.makeStream(of: Stanza.self)
+        inboundBudget = InboundBudget(limit: settings.inboundBacklog)
+        inbound = InboundStanzas(stream: stream, budget: inboundBudget)
+        inboundContinuation = continuation
     }
 
     // MARK: Public API
@@ -295,11 +305,24 @@ public final class ComponentConnection: Service, Sendable {
         logger: Logger
     ) async throws -> Outcome {
         let (inputs, input) = AsyncStream.makeStream(of: Input.self)
+        let pipe = EventPipe()
+        // Events the reader passed on that the session loop never took: their units go back with the session.
+        defer { inboundBudget.give(pipe.queued.load(ordering: .relaxed)) }
         return try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
+                group.addTask { [inboundBudget] in
                     do {
-                        for try await event in inbound { input.yield(.event(event)) }
+                        // Waiting for the budget stops this loop, so NIOAsyncChannel stops reading the socket.
+                        for try await event in inbound {
+                            // The handshake never waits for the router (a reconnect while it is behind).
+                            if pipe.ready.load(ordering: .relaxed) {
+                                guard await inboundBudget.take() else { break }
+                            } else {
+                                inboundBudget.takeNow()
+                            }
+                            pipe.queued.add(1, ordering: .relaxed)
+                            input.yield(.event(event))
+                        }
                         input.yield(.eof)
                     } catch let error as XMLStreamError {
                         input.yield(.parseError(error))
@@ -307,7 +330,7 @@ public final class ComponentConnection: Service, Sendable {
                         input.yield(.eof)
                     }
                 }
-                var loop = SessionLoop(connection: self, outbound: outbound, input: input, logger: logger)
+                var loop = SessionLoop(connection: self, outbound: outbound, input: input, pipe: pipe, logger: logger)
                 defer {
                     group.cancelAll()
                     loop.disarm()
@@ -422,9 +445,15 @@ public final class ComponentConnection: Service, Sendable {
         item?.waiter?.complete(.failure(SendError(.expired, "cancelled while waiting for the link")))
     }
 
+    /// Hands a stanza to the router; its budget unit comes back when the router takes it from `inbound`, or now
+    /// when the direct handler took it.
     fileprivate func deliver(_ stanza: Stanza) {
-        if directInbound.take(stanza) { return }
-        inboundContinuation.yield(stanza)
+        if directInbound.take(stanza) {
+            inboundBudget.give()
+            return
+        }
+        if case .enqueued = inboundContinuation.yield(stanza) { return }
+        inboundBudget.give()
     }
 }
 
@@ -468,6 +497,7 @@ private struct SessionLoop {
     let connection: ComponentConnection
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     let input: AsyncStream<ComponentConnection.Input>.Continuation
+    let pipe: EventPipe
     let logger: Logger
     var machine: HandshakeStateMachine
     var timers: SessionTimers
@@ -479,10 +509,11 @@ private struct SessionLoop {
     var wasReady = false
 
     init(connection: ComponentConnection, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-         input: AsyncStream<ComponentConnection.Input>.Continuation, logger: Logger) {
+         input: AsyncStream<ComponentConnection.Input>.Continuation, pipe: EventPipe, logger: Logger) {
         self.connection = connection
         self.outbound = outbound
         self.input = input
+        self.pipe = pipe
         self.logger = logger
         self.machine = HandshakeStateMachine(jid: connection.settings.jid, secret: connection.settings.secret)
         self.eventLoop = connection.group.any()
@@ -509,8 +540,15 @@ private struct SessionLoop {
         for await item in inputs {
             switch item {
             case .event(let event):
+                pipe.queued.subtract(1, ordering: .relaxed)
                 timers.read(at: .now)
-                if let outcome = try await perform(machine.received(event)) { return outcome }
+                let action = machine.received(event)
+                if case .deliver(let element) = action {
+                    deliver(element)  // gives the unit back unless the router's queue holds the stanza
+                } else {
+                    connection.inboundBudget.give()
+                    if let outcome = try await perform(action) { return outcome }
+                }
             case .parseError(let error):
                 if let outcome = try await perform(machine.parseFailed(error)) { return outcome }
             case .eof:
@@ -537,7 +575,9 @@ private struct SessionLoop {
 
     /// Performs what the timers have due now.
     mutating func deadlinesDue() async throws -> ComponentConnection.Outcome? {
-        for action in timers.due(at: .now) {
+        let now = ContinuousClock.now
+        if connection.inboundBudget.isWaiting { timers.readingPaused(at: now) }
+        for action in timers.due(at: now) {
             switch action {
             case .handshakeTimedOut:
                 return .failed(ComponentLinkError(.handshakeTimeout, "no handshake reply within \(settings.handshakeTimeout)"), wasReady: false)
@@ -580,6 +620,25 @@ private struct SessionLoop {
     mutating func flush() async throws {
         guard machine.isReady else { return }
         try await write(connection.takeQueue())
+    }
+
+    /// A stanza from the server: a pong, an iq reply for a waiter, or a stanza for the router. Gives the event's
+    /// budget unit back unless the router's queue holds the stanza.
+    mutating func deliver(_ element: Element) {
+        guard let stanza = Stanza(element) else {
+            logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
+            connection.inboundBudget.give()
+            return
+        }
+        if stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id, timers.pong(id: id) {
+            connection.inboundBudget.give()
+            return
+        }
+        if connection.resolveIQ(stanza) {
+            connection.inboundBudget.give()
+            return
+        }
+        connection.deliver(stanza)
     }
 
     /// A stanza the parser skipped for breaking a per-stanza limit: the link stays up and the sender learns why.
@@ -641,21 +700,14 @@ private struct SessionLoop {
             return nil
         case .ready(let streamID):
             wasReady = true
+            pipe.ready.store(true, ordering: .relaxed)
             timers.handshakeDone()
             connection.setWake(input)
             logger.notice("component connected", metadata: ["stream.id": "\(streamID)", "server": "\(settings.host):\(settings.port)"])
             try await flush()
             return nil
         case .deliver(let element):
-            guard let stanza = Stanza(element) else {
-                logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
-                return nil
-            }
-            if stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id, timers.pong(id: id) {
-                return nil
-            }
-            if connection.resolveIQ(stanza) { return nil }
-            connection.deliver(stanza)
+            deliver(element)
             return nil
         case .refuse(let refused):
             try await refuse(refused)
@@ -668,6 +720,13 @@ private struct SessionLoop {
             return .failed(reason, wasReady: wasReady)
         }
     }
+}
+
+/// Counts the events the reader passed to the session loop and the loop has not taken yet.
+final class EventPipe: Sendable {
+    let queued = Atomic<Int>(0)
+    /// The handshake is done: from now on the reader waits for the budget.
+    let ready = Atomic<Bool>(false)
 }
 
 // MARK: - Shared state

@@ -53,6 +53,13 @@ struct SessionTimers: Sendable {
         lastRead = max(lastRead, now)
     }
 
+    /// The link holds off reading (the router is behind): the silence is ours, not the server's, so it neither
+    /// brings a ping nor counts against the one in flight, whose reply may wait unread in the socket.
+    mutating func readingPaused(at now: Instant) {
+        lastRead = max(lastRead, now)
+        if case .awaitingPong(let id, let sentAt) = state { state = .awaitingPong(id: id, sentAt: max(sentAt, now)) }
+    }
+
     /// Something was written to the server.
     mutating func wrote(at now: Instant) {
         lastWrite = max(lastWrite, now)

@@ -107,6 +107,18 @@ import Testing
         #expect(timers.due(at: at(121)) == [.sendPing(id: "stanzad-ping-2")])
     }
 
+    @Test func whileTheLinkHoldsOffReadingNoPingGoesOutAndTheOutstandingOneWaits() {
+        var timers = ready()
+        timers.wrote(at: at(50))
+        #expect(timers.due(at: at(60)) == [.sendPing(id: "stanzad-ping-1")])
+        // The router falls behind at 70 s: the pong may sit unread in the socket.
+        timers.readingPaused(at: at(79))
+        #expect(timers.due(at: at(80)) == [], "no ping timeout while stanzad itself does not read")
+        #expect(timers.nextDeadline == at(90), "keepalive (60 + 30) is still due")
+        #expect(timers.due(at: at(90)) == [.sendKeepalive])
+        #expect(timers.due(at: at(99)) == [.pingTimedOut], "once reading resumes, the pong has ping_timeout again")
+    }
+
     @Test func withoutAPingIntervalOnlyTheKeepaliveHoldsTheLink() {
         var timers = SessionTimers(limits: .init(handshakeTimeout: .seconds(20), keepaliveInterval: .seconds(30), pingInterval: nil, pingTimeout: .seconds(20)), now: start)
         timers.handshakeDone()
