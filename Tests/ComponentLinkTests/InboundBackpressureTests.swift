@@ -76,6 +76,22 @@ import XMPPCore
         _ = try? await running.value
         await server.close()
     }
+
+    /// A router still `inboundBacklog` behind (from an earlier session) does not keep a new session from its
+    /// handshake: the link comes up and sends.
+    @Test func theHandshakeDoesNotWaitForABehindRouter() async throws {
+        let server = try await FakeComponentServer.start(stanzas: 0, bodyBytes: 0)
+        var settings = ComponentSettings(jid: "bot.example.org", host: "127.0.0.1", port: server.port, secret: "s")
+        settings.inboundBacklog = 10
+        let link = ComponentConnection(settings: settings, logger: Logger(label: "test"))
+        for _ in 0..<10 { link.inboundBudget.takeNow() }
+        let running = Task { try await link.run() }
+        let message = Stanza(kind: .message, type: "chat", from: "bot.example.org", to: "alice@example.org")
+        await #expect(throws: Never.self) { try await link.sendAndWait(message, wait: .seconds(15)) }
+        running.cancel()
+        _ = try? await running.value
+        await server.close()
+    }
 }
 
 /// Accepts one component connection, completes the handshake without checking it, then writes `stanzas` messages
