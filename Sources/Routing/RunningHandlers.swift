@@ -14,6 +14,9 @@ final class RunningHandlers: Sendable {
 
     var count: Int { state.withLock { $0.count } }
 
+    /// Tasks waiting in `idle()` (for tests).
+    var waiting: Int { state.withLock { $0.waiters.count } }
+
     /// A handler started.
     func enter() {
         state.withLock { $0.count += 1 }
