@@ -1,6 +1,7 @@
 // The component link as a Service: connects, handshakes, reconnects with backoff, keeps the link alive,
 // queues outgoing stanzas while it is down and matches iq replies to their waiters. Deadlines (queued stanzas,
-// senders waiting for the link, iqs waiting for replies) fire from a timer in every state of the link.
+// senders waiting for the link, iqs waiting for replies) fire from a timer in every state of the link. Inbound is
+// bounded: when the router falls `inboundBacklog` stanzas behind, the link stops reading the socket.
 
 import DequeModule
 import Logging
@@ -24,6 +25,9 @@ public struct ComponentSettings: Sendable {
     public var sendQueue: Int = 1000
     public var sendQueueTTL: Duration = .seconds(60)
     public var maxStanza: Int = 524_288
+    /// Stanzas read from the server and not yet taken by the router, at most; beyond it the link stops reading the
+    /// socket until the router catches up (TCP then pushes back to the server).
+    public var inboundBacklog: Int = 1000
     /// Where XEP-0199 pings go: the server's domain.
     public var pingTarget: String
 
@@ -53,9 +57,12 @@ public final class ComponentConnection: Service, Sendable {
     let logger: Logger
     let group: any EventLoopGroup
     private let shared: Mutex<SharedState>
-    /// Stanzas addressed to the component, for the router.
-    public let inbound: AsyncStream<Stanza>
+    /// Stanzas addressed to the component, for the router; bounded by `inboundBudget`.
+    public let inbound: InboundStanzas
     private let inboundContinuation: AsyncStream<Stanza>.Continuation
+    /// Stream events read and not yet handled: the session loop gives back what it handles itself, the router
+    /// what it takes from `inbound`.
+    let inboundBudget: InboundBudget
     /// Takes stanzas synchronously on the link's own task before they reach `inbound` (see `setDirectInbound`).
     private let directInbound = DirectInboundSlot()
 
@@ -65,7 +72,10 @@ public final class ComponentConnection: Service, Sendable {
         self.logger = logger
         self.group = group
         self.shared = Mutex(SharedState(queue: OutboundQueue(capacity: settings.sendQueue)))
-        (inbound, inboundContinuation) = AsyncStream.makeStream(of: Stanza.self)
+        let (stream, continuation) = AsyncStream.makeStream(of: Stanza.self)
+        inboundBudget = InboundBudget(limit: settings.inboundBacklog)
+        inbound = InboundStanzas(stream: stream, budget: inboundBudget)
+        inboundContinuation = continuation
     }
 
     // MARK: Public API
@@ -259,7 +269,8 @@ public final class ComponentConnection: Service, Sendable {
         case parseError(XMLStreamError)
         case eof
         case flush
-        case tick
+        /// The session's timer fired (see `SessionTimers`); a stale generation is ignored.
+        case deadline(generation: Int)
         case shutdown
     }
 
@@ -294,11 +305,24 @@ public final class ComponentConnection: Service, Sendable {
         logger: Logger
     ) async throws -> Outcome {
         let (inputs, input) = AsyncStream.makeStream(of: Input.self)
+        let pipe = EventPipe()
+        // Events the reader passed on that the session loop never took: their units go back with the session.
+        defer { inboundBudget.give(pipe.queued.load(ordering: .relaxed)) }
         return try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
+                group.addTask { [inboundBudget] in
                     do {
-                        for try await event in inbound { input.yield(.event(event)) }
+                        // Waiting for the budget stops this loop, so NIOAsyncChannel stops reading the socket.
+                        for try await event in inbound {
+                            // The handshake never waits for the router (a reconnect while it is behind).
+                            if pipe.ready.load(ordering: .relaxed) {
+                                guard await inboundBudget.take() else { break }
+                            } else {
+                                inboundBudget.takeNow()
+                            }
+                            pipe.queued.add(1, ordering: .relaxed)
+                            input.yield(.event(event))
+                        }
                         input.yield(.eof)
                     } catch let error as XMLStreamError {
                         input.yield(.parseError(error))
@@ -306,18 +330,13 @@ public final class ComponentConnection: Service, Sendable {
                         input.yield(.eof)
                     }
                 }
-                group.addTask {
-                    while !Task.isCancelled {
-                        try await Task.sleep(for: .milliseconds(500))
-                        input.yield(.tick)
-                    }
-                }
+                var loop = SessionLoop(connection: self, outbound: outbound, input: input, pipe: pipe, logger: logger)
                 defer {
                     group.cancelAll()
+                    loop.disarm()
                     shared.withLock { $0.wake = nil }
                     input.finish()
                 }
-                var loop = SessionLoop(connection: self, outbound: outbound, input: input, logger: logger)
                 return try await loop.run(inputs)
             }
         } onGracefulShutdown: {
@@ -426,9 +445,15 @@ public final class ComponentConnection: Service, Sendable {
         item?.waiter?.complete(.failure(SendError(.expired, "cancelled while waiting for the link")))
     }
 
+    /// Hands a stanza to the router; its budget unit comes back when the router takes it from `inbound`, or now
+    /// when the direct handler took it.
     fileprivate func deliver(_ stanza: Stanza) {
-        if directInbound.take(stanza) { return }
-        inboundContinuation.yield(stanza)
+        if directInbound.take(stanza) {
+            inboundBudget.give()
+            return
+        }
+        if case .enqueued = inboundContinuation.yield(stanza) { return }
+        inboundBudget.give()
     }
 }
 
@@ -472,90 +497,148 @@ private struct SessionLoop {
     let connection: ComponentConnection
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     let input: AsyncStream<ComponentConnection.Input>.Continuation
+    let pipe: EventPipe
     let logger: Logger
     var machine: HandshakeStateMachine
-    var lastRead = ContinuousClock.now
-    var lastWrite = ContinuousClock.now
-    var pingID: String?
-    var pingSentAt: ContinuousClock.Instant?
-    let startedAt = ContinuousClock.now
+    var timers: SessionTimers
+    /// The one timer of the session, set for `timers.nextDeadline`: it is moved only when the deadline comes
+    /// earlier; when it fires for a deadline that has since moved later, it is set again.
+    var timer: (deadline: ContinuousClock.Instant, generation: Int, task: Scheduled<Void>)?
+    var timerGeneration = 0
+    let eventLoop: any EventLoop
     var wasReady = false
-    var pingCounter = 0
 
     init(connection: ComponentConnection, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-         input: AsyncStream<ComponentConnection.Input>.Continuation, logger: Logger) {
+         input: AsyncStream<ComponentConnection.Input>.Continuation, pipe: EventPipe, logger: Logger) {
         self.connection = connection
         self.outbound = outbound
         self.input = input
+        self.pipe = pipe
         self.logger = logger
         self.machine = HandshakeStateMachine(jid: connection.settings.jid, secret: connection.settings.secret)
+        self.eventLoop = connection.group.any()
+        let settings = connection.settings
+        // A ping target the policy refuses (a bad `ping_target`) leaves the keepalive alone to hold the link.
+        let canPing = (try? connection.policy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
+        self.timers = SessionTimers(
+            limits: .init(handshakeTimeout: settings.handshakeTimeout, keepaliveInterval: settings.keepaliveInterval,
+                          pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout),
+            now: .now)
+    }
+
+    static func ping(id: String, settings: ComponentSettings) -> Stanza {
+        var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.jid, to: settings.pingTarget)
+        ping.element.append(Element("ping", namespace: "urn:xmpp:ping"))
+        return ping
     }
 
     var settings: ComponentSettings { connection.settings }
 
     mutating func run(_ inputs: AsyncStream<ComponentConnection.Input>) async throws -> ComponentConnection.Outcome {
         if let outcome = try await perform(machine.connected()) { return outcome }
+        arm()
         for await item in inputs {
             switch item {
             case .event(let event):
-                lastRead = .now
-                if let outcome = try await perform(machine.received(event)) { return outcome }
+                pipe.queued.subtract(1, ordering: .relaxed)
+                timers.read(at: .now)
+                let action = machine.received(event)
+                if case .deliver(let element) = action {
+                    deliver(element)  // gives the unit back unless the router's queue holds the stanza
+                } else {
+                    connection.inboundBudget.give()
+                    if let outcome = try await perform(action) { return outcome }
+                }
             case .parseError(let error):
                 if let outcome = try await perform(machine.parseFailed(error)) { return outcome }
             case .eof:
                 return .failed(machine.disconnected(), wasReady: wasReady)
             case .flush:
                 try await flush()
-            case .tick:
-                if let outcome = try await tick() { return outcome }
+            case .deadline(let generation):
+                guard generation == timer?.generation else { continue }
+                timer = nil
+                if let outcome = try await deadlinesDue() { return outcome }
             case .shutdown:
                 connection.beginShutdown()
+                timers.close()
                 if machine.isReady { try await flush() }
                 _ = machine.close()
                 try? await write("</stream:stream>")
                 logger.notice("component stream closed for shutdown")
                 return .shutdown
             }
+            arm()
         }
         return .shutdown
     }
 
-    mutating func tick() async throws -> ComponentConnection.Outcome? {
+    /// Performs what the timers have due now.
+    mutating func deadlinesDue() async throws -> ComponentConnection.Outcome? {
         let now = ContinuousClock.now
-        if !machine.isReady {
-            if now - startedAt > settings.handshakeTimeout {
+        if connection.inboundBudget.isWaiting { timers.readingPaused(at: now) }
+        for action in timers.due(at: now) {
+            switch action {
+            case .handshakeTimedOut:
                 return .failed(ComponentLinkError(.handshakeTimeout, "no handshake reply within \(settings.handshakeTimeout)"), wasReady: false)
-            }
-            return nil
-        }
-        try await write(connection.takeQueue())
-        if let sentAt = pingSentAt {
-            if now - sentAt > settings.pingTimeout {
+            case .pingTimedOut:
                 logger.notice("no reply to ping, reconnecting", metadata: ["ping_timeout": "\(settings.pingTimeout)"])
                 try? await write("<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
                 return .failed(ComponentLinkError(.pingTimeout, "no reply to a ping within \(settings.pingTimeout)"), wasReady: true)
-            }
-        } else if now - lastRead > settings.pingInterval {
-            pingCounter += 1
-            let id = "stanzad-ping-\(pingCounter)"
-            var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.jid, to: settings.pingTarget)
-            ping.element.append(Element("ping", namespace: "urn:xmpp:ping"))
-            if let xml = try? connection.policy.serialize(ping) {
-                pingID = id
-                pingSentAt = now
+            case .sendPing(let id):
                 logger.debug("link idle, pinging the server", metadata: ["to": "\(settings.pingTarget)"])
-                try await write(xml)
+                try await write(connection.policy.serialize(Self.ping(id: id, settings: settings)))
+            case .sendKeepalive:
+                try await write(" ")
             }
-        }
-        if now - lastWrite > settings.keepaliveInterval {
-            try await write(" ")
         }
         return nil
+    }
+
+    /// Sets the timer for the timers' next deadline unless it is set for that or earlier already.
+    mutating func arm() {
+        guard let deadline = timers.nextDeadline else {
+            disarm()
+            return
+        }
+        if let timer, timer.deadline <= deadline { return }
+        disarm()
+        timerGeneration += 1
+        let generation = timerGeneration
+        let input = self.input
+        let task = eventLoop.scheduleTask(in: TimeAmount(max(.zero, deadline - .now))) {
+            _ = input.yield(.deadline(generation: generation))
+        }
+        timer = (deadline, generation, task)
+    }
+
+    mutating func disarm() {
+        timer?.task.cancel()
+        timer = nil
     }
 
     mutating func flush() async throws {
         guard machine.isReady else { return }
         try await write(connection.takeQueue())
+    }
+
+    /// A stanza from the server: a pong, an iq reply for a waiter, or a stanza for the router. Gives the event's
+    /// budget unit back unless the router's queue holds the stanza.
+    mutating func deliver(_ element: Element) {
+        guard let stanza = Stanza(element) else {
+            logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
+            connection.inboundBudget.give()
+            return
+        }
+        if stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id, timers.pong(id: id) {
+            connection.inboundBudget.give()
+            return
+        }
+        if connection.resolveIQ(stanza) {
+            connection.inboundBudget.give()
+            return
+        }
+        connection.deliver(stanza)
     }
 
     /// A stanza the parser skipped for breaking a per-stanza limit: the link stays up and the sender learns why.
@@ -567,10 +650,8 @@ private struct SessionLoop {
                 "to": "\(refused.to ?? "")", "type": "\(refused.type ?? "")", "reason": "\(refused.reason.message)",
             ])
         if refused.name == "iq", refused.type == "result" || refused.type == "error", let id = refused.id {
-            if id == pingID {
+            if timers.pong(id: id) {
                 // The server answered our ping, however oddly.
-                pingID = nil
-                pingSentAt = nil
             } else if let reply = ComponentConnection.refusedReply(refused, domain: settings.jid) {
                 // A request waiting for this reply gets the refusal instead of waiting for its timeout.
                 _ = connection.resolveIQ(reply)
@@ -594,7 +675,7 @@ private struct SessionLoop {
         for item in items { buffer.writeString(item.xml) }
         do {
             try await outbound.write(buffer)
-            lastWrite = .now
+            timers.wrote(at: .now)
         } catch {
             for item in items {
                 item.waiter?.complete(.failure(SendError(.linkLost, "write failed: \(error)")))
@@ -606,7 +687,7 @@ private struct SessionLoop {
 
     mutating func write(_ text: String) async throws {
         try await outbound.write(ByteBuffer(string: text))
-        lastWrite = .now
+        timers.wrote(at: .now)
     }
 
     /// Performs a state machine action; returns an outcome when the session is over.
@@ -619,23 +700,14 @@ private struct SessionLoop {
             return nil
         case .ready(let streamID):
             wasReady = true
-            pingSentAt = nil
+            pipe.ready.store(true, ordering: .relaxed)
+            timers.handshakeDone()
             connection.setWake(input)
             logger.notice("component connected", metadata: ["stream.id": "\(streamID)", "server": "\(settings.host):\(settings.port)"])
             try await flush()
             return nil
         case .deliver(let element):
-            guard let stanza = Stanza(element) else {
-                logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
-                return nil
-            }
-            if let pingID, stanza.kind == .iq, stanza.id == pingID, stanza.type == "result" || stanza.type == "error" {
-                self.pingID = nil
-                pingSentAt = nil
-                return nil
-            }
-            if connection.resolveIQ(stanza) { return nil }
-            connection.deliver(stanza)
+            deliver(element)
             return nil
         case .refuse(let refused):
             try await refuse(refused)
@@ -648,6 +720,13 @@ private struct SessionLoop {
             return .failed(reason, wasReady: wasReady)
         }
     }
+}
+
+/// Counts the events the reader passed to the session loop and the loop has not taken yet.
+final class EventPipe: Sendable {
+    let queued = Atomic<Int>(0)
+    /// The handshake is done: from now on the reader waits for the budget.
+    let ready = Atomic<Bool>(false)
 }
 
 // MARK: - Shared state

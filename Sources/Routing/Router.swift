@@ -5,7 +5,6 @@
 import ComponentLink
 import Logging
 import ServiceLifecycle
-import Synchronization
 import XMPPCore
 
 public final class Router: Service, Sendable {
@@ -13,7 +12,7 @@ public final class Router: Service, Sendable {
     let dispatcher: Dispatcher
     let logger: Logger
     let drainTimeout: Duration
-    private let inFlight = Atomic<Int>(0)
+    private let running = RunningHandlers()
 
     public init(connection: ComponentConnection, dispatcher: Dispatcher, logger: Logger, drainTimeout: Duration = .seconds(10)) {
         self.connection = connection
@@ -36,22 +35,18 @@ public final class Router: Service, Sendable {
                     send(replies, for: stanza)
                 case .admitted(let route):
                     // Handlers that start without waiting were taken by `handleDirectly` already.
-                    inFlight.add(1, ordering: .relaxed)
+                    running.enter()
                     group.addTask { self.finish(await self.dispatcher.run(stanza, on: route), for: stanza) }
                 }
             }
             connection.setDirectInbound(nil)
             // Queued stanzas never start; they are answered "shutting down" now, while the link still sends.
             dispatcher.shutDown()
-            let running = inFlight.load(ordering: .relaxed)
-            guard running > 0 else { return }
-            logger.notice("waiting for running handlers", metadata: ["handlers": "\(running)", "limit_s": "\(drainTimeout.components.seconds)"])
-            let deadline = ContinuousClock.now + drainTimeout
-            while inFlight.load(ordering: .relaxed) > 0 && ContinuousClock.now < deadline {
-                try? await Task.sleep(for: .milliseconds(20))
-            }
-            if inFlight.load(ordering: .relaxed) > 0 {
-                logger.warning("handlers still running at shutdown; stopping them", metadata: ["handlers": "\(inFlight.load(ordering: .relaxed))"])
+            let count = running.count
+            guard count > 0 else { return }
+            logger.notice("waiting for running handlers", metadata: ["handlers": "\(count)", "limit_s": "\(drainTimeout.components.seconds)"])
+            if await !running.drained(by: .now + drainTimeout) {
+                logger.warning("handlers still running at shutdown; stopping them", metadata: ["handlers": "\(running.count)"])
                 group.cancelAll()
             }
         }
@@ -73,7 +68,7 @@ public final class Router: Service, Sendable {
             send(dispatcher.answerFull(stanza, route: route), for: stanza)
             return true
         }
-        inFlight.add(1, ordering: .relaxed)
+        running.enter()
         if !dispatcher.start(stanza, on: route, completion: { self.finish($0, for: stanza) }) {
             // Every run slot is taken: this stanza waits for one (in its place in the route's queue) in a task.
             Task { self.finish(await self.dispatcher.run(stanza, on: route), for: stanza) }
@@ -84,7 +79,7 @@ public final class Router: Service, Sendable {
     /// An admitted stanza is done: its replies go out and it no longer counts as running.
     private func finish(_ replies: [Stanza], for stanza: Stanza) {
         send(replies, for: stanza)
-        inFlight.subtract(1, ordering: .relaxed)
+        running.leave()
     }
 
     private func send(_ replies: [Stanza], for stanza: Stanza) {

@@ -114,6 +114,20 @@ def test_unhandled_chat_gets_service_unavailable(prosody, tmp_path, alice):
         daemon.stop()
 
 
+def test_an_idle_link_pings_the_server_and_stays_up_on_its_replies(prosody, tmp_path):
+    # SPEC §11: a ping after ping_interval of read silence; Prosody's reply keeps the link up past ping_timeout.
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port, ping_interval=1, ping_timeout=1))
+    daemon.start()
+    try:
+        daemon.wait_for_log("component connected")
+        daemon.wait_for_log("link idle, pinging the server", count=3, timeout=10)
+        log = daemon.log()
+        assert "no reply to ping" not in log
+        assert log.count("component connected") == 1
+    finally:
+        daemon.stop()
+
+
 def test_reconnects_after_prosody_restart(tmp_path):
     server = Prosody(tmp_path / "prosody")
     server.workdir.mkdir()
@@ -238,3 +252,24 @@ def test_check_reports_a_handler_that_is_not_executable(tmp_path):
     result = subprocess.run([str(stanzad_binary()), "check", "--config", str(config)], capture_output=True, text=True)
     assert result.returncode == 78
     assert f"{config}:5: route \"h\": handler {handler} is not executable (chmod +x {handler})" in result.stderr
+
+
+def test_sigterm_lets_a_running_handler_finish_and_its_reply_go_out(prosody, tmp_path, alice):
+    # SPEC §11: running handlers get up to 10 s; the drain ends when the last one finishes, not at the limit.
+    extra = f'[[route]]\nname = "slow"\nto = ["slow@{COMPONENT}"]\nexec = ["/bin/sh", "-c", "echo started >&2; sleep 1; echo done"]\n'
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port, extra=extra))
+    daemon.start()
+    try:
+        daemon.wait_for_log("component connected")
+        alice.loop.call_soon_threadsafe(lambda: alice.xmpp.send_message(mto=f"slow@{COMPONENT}", mbody="x", mtype="chat"))
+        daemon.wait_for_log(r"handler stderr line=started.*route=slow")
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+        elapsed = time.monotonic() - started
+        assert "waiting for running handlers" in daemon.log()
+        assert "handlers still running at shutdown" not in daemon.log()
+        assert elapsed < 5, f"exited after {elapsed:.2f} s: the drain waited for its limit"
+        assert alice.next_message(10)["body"] == "done"
+    finally:
+        daemon.stop()

@@ -367,8 +367,11 @@ def test_link_cut_mid_poll_gives_502(nginx, stanzad, prosody):
     loop = asyncio.new_event_loop()
 
     async def run():
+        holding = len(stanzad.wait_for_log(r"worker stderr line=\"?holding", count=0))
         task = asyncio.ensure_future(long_poll(nginx.port, 50))
-        await asyncio.sleep(0.8)  # the polls are in flight; the worker answers after 2 s
+        # The worker holds all 50 (it answers after 2 s): the polls are in flight.
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: stanzad.wait_for_log(r"worker stderr line=\"?holding", count=holding + 50))
         prosody.process.kill()  # a cut, not a clean shutdown
         await asyncio.get_running_loop().run_in_executor(None, prosody.process.wait)
         return await task

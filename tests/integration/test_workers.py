@@ -64,9 +64,10 @@ def test_echo_through_a_python_worker(alice):
     assert ask(alice, "echo", "hello worker")["body"] == "hello worker"
 
 
-def test_out_of_order_answers_reach_the_right_senders(alice, bob):
+def test_out_of_order_answers_reach_the_right_senders(alice, bob, stanzad):
+    delaying = len(stanzad.wait_for_log(r"worker stderr line=delaying", count=0))
     send(alice, "tricky", "slow for alice")
-    time.sleep(0.05)  # only to make the slow one go first; correctness does not depend on it
+    stanzad.wait_for_log(r"worker stderr line=delaying", count=delaying + 1)  # the worker holds the slow one
     fast = ask(bob, "tricky", "fast for bob")
     assert fast["body"] == "fast for bob"
     slow = alice.next_message(10)

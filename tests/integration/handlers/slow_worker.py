@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A worker that answers every iq with an empty result after 2 seconds (for long-poll tests)."""
+"""A worker that answers every iq with an empty result after 2 seconds (for long-poll tests); announces each
+request it holds on stderr."""
 import json
 import sys
 import threading
@@ -14,4 +15,6 @@ def answer(ref):
 
 
 for line in sys.stdin:
-    threading.Timer(2.0, answer, [json.loads(line)["ref"]]).start()
+    ref = json.loads(line)["ref"]
+    threading.Timer(2.0, answer, [ref]).start()
+    print(f"holding {ref}", file=sys.stderr, flush=True)  # tests count these to know the requests arrived

@@ -24,6 +24,7 @@ for line in sys.stdin:
     body = request.get("body", "")
     ref = request["ref"]
     if body.startswith("slow"):
+        print("delaying", file=sys.stderr, flush=True)  # tests wait for this before sending the fast one
         threading.Timer(1.0, answer, [{"ref": ref, "body": body}]).start()
     elif body == "hang":
         print("hanging", file=sys.stderr, flush=True)  # tests wait for this (stanzad logs worker stderr)

@@ -1,0 +1,126 @@
+// A component server for tests of the link's I/O shell: real sockets on loopback, scripted replies.
+
+import NIOCore
+import NIOPosix
+import Synchronization
+import Testing
+
+/// Accepts one component connection, completes the handshake without checking it (unless told not to answer), then
+/// writes `stanzas` messages in chunks (each write waits for the channel to become writable again) and records what
+/// the link writes until it closes the connection.
+final class FakeComponentServer: Sendable {
+    let channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+    let port: Int
+    private let written = Latch()
+    private let closed = Latch()
+    private let text = Mutex("")
+    private let task = Mutex<Task<Void, Never>?>(nil)
+
+    private init(channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>, port: Int) {
+        self.channel = channel
+        self.port = port
+    }
+
+    static func start(stanzas: Int, bodyBytes: Int, answersHeader: Bool = true) async throws -> FakeComponentServer {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0) { child in
+                child.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: child) }
+            }
+        let server = FakeComponentServer(channel: channel, port: try #require(channel.channel.localAddress?.port))
+        server.task.withLock {
+            $0 = Task { await server.serve(stanzas: stanzas, bodyBytes: bodyBytes, answersHeader: answersHeader) }
+        }
+        return server
+    }
+
+    var allWritten: Bool { written.isOpen }
+
+    /// Everything the link wrote on the first connection so far.
+    var received: String { text.withLock { $0 } }
+
+    /// Returns when every stanza is written.
+    func finished() async { await written.wait() }
+
+    /// Returns when the link closed the first connection.
+    func linkClosed() async { await closed.wait() }
+
+    func close() async {
+        task.withLock { $0?.cancel() }
+        try? await channel.channel.close()
+    }
+
+    private func serve(stanzas: Int, bodyBytes: Int, answersHeader: Bool) async {
+        defer {
+            written.open()
+            closed.open()
+        }
+        do {
+            try await channel.executeThenClose { clients in
+                for try await client in clients {
+                    try await client.executeThenClose { inbound, outbound in
+                        var iterator = inbound.makeAsyncIterator()
+                        func read(until marker: String) async throws {
+                            while !received.contains(marker), let bytes = try await iterator.next() {
+                                text.withLock { $0 += String(buffer: bytes) }
+                            }
+                        }
+                        try await read(until: "<stream:stream")
+                        if answersHeader {
+                            try await outbound.write(ByteBuffer(string: "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='s1' from='bot.example.org'>"))
+                            try await read(until: "</handshake>")
+                            try await outbound.write(ByteBuffer(string: "<handshake/>"))
+                        }
+                        let body = String(repeating: "x", count: bodyBytes)
+                        var chunk = ""
+                        for i in 0..<stanzas {
+                            chunk += "<message from='alice@example.org/r' to='bot.example.org' id='m\(i)' type='chat'><body>\(body)</body></message>"
+                            if i % 32 == 31 || i == stanzas - 1 {
+                                try await outbound.write(ByteBuffer(string: chunk))
+                                chunk = ""
+                            }
+                        }
+                        written.open()
+                        // Keepalives, pings and the closing tag: read until the link goes away.
+                        try await read(until: "\u{0}")
+                    }
+                    return
+                }
+            }
+        } catch {}
+    }
+}
+
+/// Opens once; `wait` returns when it is open or the waiting task is cancelled (a test's time limit).
+final class Latch: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [Int: CheckedContinuation<Void, Never>], next: Int)>((false, [:], 0))
+
+    var isOpen: Bool { state.withLock { $0.open } }
+
+    func open() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.open = true
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func wait() async {
+        let id = state.withLock { state -> Int in
+            state.next += 1
+            return state.next
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state -> Bool in
+                    if state.open || Task.isCancelled { return true }
+                    state.waiters[id] = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+        }
+    }
+}
