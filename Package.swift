@@ -50,7 +50,8 @@ let package = Package(
             ],
             swiftSettings: strict),
 
-        // Routing of inbound stanzas: route rules, then the built-in responders (SPEC §10).
+        // Routing of inbound stanzas: route rules, then the built-in responders (SPEC §10); the handler codec
+        // (HandlerFormat, HandlerInput, HandlerOutput) shared by process handlers, workers and webhooks.
         .target(
             name: "Routing",
             dependencies: [
@@ -65,7 +66,7 @@ let package = Package(
         .target(
             name: "Executor",
             dependencies: [
-                "XMPPCore", "ComponentLink", "Routing", "CSpawn",
+                "XMPPCore", "Routing", "CSpawn",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -76,7 +77,7 @@ let package = Package(
         .target(
             name: "Webhooks",
             dependencies: [
-                "XMPPCore", "Routing", "Executor",
+                "XMPPCore", "Routing",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

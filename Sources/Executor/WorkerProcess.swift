@@ -10,6 +10,7 @@ import Musl
 #endif
 import CSpawn
 import Logging
+import Routing
 import XMPPCore
 
 final class WorkerProcess: ProcessLoopWatcher, @unchecked Sendable {

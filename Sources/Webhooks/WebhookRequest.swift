@@ -2,7 +2,7 @@
 // and the HMAC signature. Pure, so it is tested without HTTP.
 
 import Crypto
-import Executor
+import Routing
 import XMPPCore
 
 public struct WebhookSettings: Sendable {

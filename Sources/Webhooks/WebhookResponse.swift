@@ -1,6 +1,5 @@
 // How a webhook's HTTP response becomes the reply (SPEC §6 response table). Pure.
 
-import Executor
 import Foundation
 import Logging
 import Routing

@@ -1,4 +1,4 @@
-import Executor
+import Routing
 import Testing
 import XMPPCore
 

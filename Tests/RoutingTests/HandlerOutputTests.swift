@@ -1,7 +1,7 @@
 import Testing
 import XMPPCore
 
-@testable import Executor
+@testable import Routing
 
 private func stanza(_ xml: String) throws -> Stanza {
     try #require(Stanza(try XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1)[0]))

@@ -1,7 +1,6 @@
 // Reads a handler's stdout by format (SPEC §5.2) into reply stanzas, and maps its exit status to a stanza
 // error (SPEC §5.3). Pure: shared by process handlers, workers and `stanzad try`.
 
-import Routing
 import XMPPCore
 
 public enum HandlerOutput {
@@ -108,17 +107,17 @@ public enum HandlerOutput {
     }
 
     /// XML 1.0 Char: tab, newline, carriage return, and everything from U+0020 except U+FFFE and U+FFFF.
-    static func isXMLCharacter(_ scalar: Unicode.Scalar) -> Bool {
+    package static func isXMLCharacter(_ scalar: Unicode.Scalar) -> Bool {
         let v = scalar.value
         return v == 0x09 || v == 0x0A || v == 0x0D || (v >= 0x20 && v != 0xFFFE && v != 0xFFFF)
     }
 
-    static func isBlank(_ bytes: [UInt8]) -> Bool {
+    package static func isBlank(_ bytes: [UInt8]) -> Bool {
         bytes.allSatisfy { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
     }
 
     /// At most 200 bytes of `bytes`, with non-printable bytes shown as \xNN.
-    static func excerpt(_ bytes: [UInt8]) -> String {
+    package static func excerpt(_ bytes: [UInt8]) -> String {
         var result = ""
         for byte in bytes.prefix(200) {
             if byte >= 0x20 && byte < 0x7F && byte != 0x5C {
