@@ -158,12 +158,18 @@ def test_ten_thousand_long_polls_three_times_take_little_memory_and_give_it_back
     async def round_of(n: int) -> tuple[list[int], float, int, int]:
         opened: asyncio.Queue = asyncio.Queue()
         tasks = []
-        # Opened 500 at a time (each batch written before the next), so that the kernel's listen backlog (4096)
-        # is not what fails; the worker answers each request 10 s after it took it, so all wait at once.
+        # Opened 500 at a time, each batch once stanzad has accepted the one before (its descriptors are open),
+        # so that the kernel's listen backlog (4096) is not what fails while the debug build reads the requests;
+        # the worker answers each request 10 s after it took it, so all wait at once.
+        base = len(list(Path(f"/proc/{pid}/fd").iterdir()))
         for start in range(0, n, 500):
             tasks += [asyncio.ensure_future(one(i, opened)) for i in range(start, min(n, start + 500))]
             for _ in range(min(n, start + 500) - start):
                 await opened.get()
+            deadline = time.monotonic() + 60
+            while len(list(Path(f"/proc/{pid}/fd").iterdir())) < base + start:
+                assert time.monotonic() < deadline, "stanzad stopped accepting"
+                await asyncio.sleep(0.02)
         peak_rss, peak_threads = rss_mib(pid), threads(pid)
         while not all(t.done() for t in tasks):
             peak_rss, peak_threads = max(peak_rss, rss_mib(pid)), max(peak_threads, threads(pid))
