@@ -5,9 +5,9 @@ let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
+// Linux only: the executor is built on epoll, pidfd and glibc (Debian 12 is what CI and the docs use).
 let package = Package(
     name: "stanzad",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "stanzad", targets: ["Daemon"]),
     ],
@@ -29,14 +29,15 @@ let package = Package(
         // glibc's <malloc.h> (malloc_trim after a burst of long-polls).
         .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
 
-        // XMPP core: element tree, serializer, JIDs, stanza errors, the hardened libxml2 parser and the
-        // JSON mapping. No I/O.
         // posix_spawn, pidfd_open and epoll for the process loop.
         .target(name: "CSpawn", path: "Sources/CSpawn"),
+
+        // XMPP core: element tree, serializer, JIDs, stanza errors, the hardened libxml2 parser and the
+        // JSON mapping. No I/O.
         .target(name: "XMPPCore", dependencies: ["CLibXML2"], swiftSettings: strict),
 
-        // The XEP-0114 component link: handshake state machine, NIO connection, reconnect, keepalive, send
-        // queue, iq tracker, outbound validation.
+        // The XEP-0114 component link: pure parts (HandshakeStateMachine, OutboundQueue with the send queue and
+        // the iq tracker, SessionTimers, ReconnectSchedule) in a NIO connection service; outbound validation.
         .target(
             name: "ComponentLink",
             dependencies: [
@@ -73,7 +74,8 @@ let package = Package(
             ],
             swiftSettings: strict),
 
-        // Webhook routes (SPEC §6) on async-http-client: mod_rest callback and mod_component_http compatible.
+        // Webhook routes (SPEC §6), mod_rest callback and mod_component_http compatible: our own keep-alive
+        // HTTP/1.1 client on NIOHTTP1 for http://, async-http-client for https://.
         .target(
             name: "Webhooks",
             dependencies: [

@@ -1,8 +1,7 @@
-// The FastCGI front (SPEC §9): nginx's FastCGI connections on SwiftNIO's event loops, each connection a
-// FastCGIConnectionStateMachine in a FastCGIChannelHandler. A request costs a task only once it is complete;
-// reading it costs no thread, so a slow or idle client holds only its own connection until `read_timeout`.
-// A request is answered through a callback: a long-poll holds neither a thread nor a task, and a client that
-// goes away cancels its request.
+// The FastCGI front (SPEC §9): nginx's FastCGI connections on one SwiftNIO event loop of the front's own, each
+// connection a FastCGIConnectionStateMachine in a FastCGIChannelHandler. Reading a request costs no thread, so a
+// slow or idle client holds only its own connection until `read_timeout`. A complete request is answered through
+// a callback: a long-poll holds neither a thread nor a task, and a client that goes away cancels its request.
 
 #if canImport(Glibc)
 import CMalloc
@@ -30,6 +29,8 @@ public final class FastCGIServer: Service, Sendable {
     /// Connections at once; beyond it new ones are closed at once (long-polls are bounded by max_pending).
     let maxConnections: Int
     private let lastRefusalLog = Mutex<ContinuousClock.Instant?>(nil)
+    /// Accepts and serves every connection: no hop between the two (bench/rest at 2 connections), and the REST
+    /// work (parsing, stamping) does not compete with the component link's loops.
     private let acceptLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     /// Requests the API has not answered yet, for shutdown.
     private let outstanding = Mutex(Outstanding())
@@ -70,8 +71,6 @@ public final class FastCGIServer: Service, Sendable {
         let logger = self.logger
         let server: any Channel
         do {
-            // Accepting has a loop of its own: under a burst the connection loops are busy reading and answering,
-            // and a listen backlog that is not emptied makes nginx's connect fail (EAGAIN on a unix socket: 502).
             server = try await ServerBootstrap(group: acceptLoop, childGroup: acceptLoop)
                 .serverChannelOption(.maxMessagesPerRead, value: 64)
                 // Each connection keeps its receive buffer while it waits: 1 KiB (nginx's params and a small body)
