@@ -12,26 +12,26 @@ import Synchronization
 import XMPPCore
 
 /// Settings of the link (SPEC §4 [component]).
-public struct ComponentSettings: Sendable {
-    public var jid: String
-    public var host: String
-    public var port: Int
-    public var secret: String
-    public var reconnectMax: Duration = .seconds(60)
-    public var pingInterval: Duration = .seconds(60)
-    public var pingTimeout: Duration = .seconds(20)
-    public var keepaliveInterval: Duration = .seconds(30)
-    public var handshakeTimeout: Duration = .seconds(20)
-    public var sendQueue: Int = 1000
-    public var sendQueueTTL: Duration = .seconds(60)
-    public var maxStanza: Int = 524_288
+package struct ComponentSettings: Sendable {
+    package var jid: String
+    package var host: String
+    package var port: Int
+    package var secret: String
+    package var reconnectMax: Duration = .seconds(60)
+    package var pingInterval: Duration = .seconds(60)
+    package var pingTimeout: Duration = .seconds(20)
+    package var keepaliveInterval: Duration = .seconds(30)
+    package var handshakeTimeout: Duration = .seconds(20)
+    package var sendQueue: Int = 1000
+    package var sendQueueTTL: Duration = .seconds(60)
+    package var maxStanza: Int = 524_288
     /// Stanzas read from the server and not yet taken by the router, at most; beyond it the link stops reading the
     /// socket until the router catches up (TCP then pushes back to the server).
-    public var inboundBacklog: Int = 1000
+    package var inboundBacklog: Int = 1000
     /// Where XEP-0199 pings go: the server's domain.
-    public var pingTarget: String
+    package var pingTarget: String
 
-    public init(jid: String, host: String, port: Int, secret: String, pingTarget: String? = nil) {
+    package init(jid: String, host: String, port: Int, secret: String, pingTarget: String? = nil) {
         self.jid = jid
         self.host = host
         self.port = port
@@ -40,25 +40,25 @@ public struct ComponentSettings: Sendable {
     }
 
     /// `bot.example.org` → `example.org` (a component usually sits under its server's domain).
-    public static func parentDomain(of jid: String) -> String {
+    package static func parentDomain(of jid: String) -> String {
         let labels = jid.split(separator: ".")
         return labels.count > 1 ? labels.dropFirst().joined(separator: ".") : jid
     }
 }
 
 /// The link's health, as `/rest/health` reports it.
-public enum LinkHealth: String, Sendable {
+package enum LinkHealth: String, Sendable {
     case connecting, connected, failed
 }
 
-public final class ComponentConnection: Service, Sendable {
-    public let settings: ComponentSettings
-    public let policy: OutboundPolicy
+package final class ComponentConnection: Service, Sendable {
+    package let settings: ComponentSettings
+    package let policy: OutboundPolicy
     let logger: Logger
     let group: any EventLoopGroup
     private let shared: Mutex<SharedState>
     /// Stanzas addressed to the component, for the router; bounded by `inboundBudget`.
-    public let inbound: InboundStanzas
+    package let inbound: InboundStanzas
     private let inboundContinuation: AsyncStream<Stanza>.Continuation
     /// Stream events read and not yet handled: the session loop gives back what it handles itself, the router
     /// what it takes from `inbound`.
@@ -66,7 +66,7 @@ public final class ComponentConnection: Service, Sendable {
     /// Takes stanzas synchronously on the link's own task before they reach `inbound` (see `setDirectInbound`).
     private let directInbound = DirectInboundSlot()
 
-    public init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+    package init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.settings = settings
         self.policy = OutboundPolicy(domain: settings.jid, maxStanzaBytes: settings.maxStanza)
         self.logger = logger
@@ -82,19 +82,19 @@ public final class ComponentConnection: Service, Sendable {
 
     /// Lets `handler` take each arriving stanza where the link reads it, without a hop to the `inbound`
     /// consumer's task; a stanza it returns false for goes to `inbound` as usual. It must not block. nil removes it.
-    public func setDirectInbound(_ handler: (@Sendable (Stanza) -> Bool)?) {
+    package func setDirectInbound(_ handler: (@Sendable (Stanza) -> Bool)?) {
         directInbound.set(handler)
     }
 
-    public var health: LinkHealth { shared.withLock { $0.health } }
-    public var lastError: ComponentLinkError? { shared.withLock { $0.lastError } }
-    public var isConnected: Bool { shared.withLock { $0.wake != nil } }
+    package var health: LinkHealth { shared.withLock { $0.health } }
+    package var lastError: ComponentLinkError? { shared.withLock { $0.lastError } }
+    package var isConnected: Bool { shared.withLock { $0.wake != nil } }
 
     /// Stanzas waiting for the link and iqs waiting for replies (for tests).
     var backlog: (queued: Int, pendingIQs: Int) { shared.withLock { ($0.queue.items.count, $0.queue.pending.count) } }
 
     /// Validates and queues a stanza; it is written as soon as the link is up. Does not wait.
-    public func send(_ stanza: Stanza) throws(SendError) {
+    package func send(_ stanza: Stanza) throws(SendError) {
         let xml = try policy.serialize(stanza)
         let wake: AsyncStream<Input>.Continuation? = try shared.withLock { (state) throws(SendError) in
             try state.checkOpen()
@@ -106,7 +106,7 @@ public final class ComponentConnection: Service, Sendable {
 
     /// Validates and queues a stanza and waits until it has been written to the server (or has expired in the
     /// queue, or `wait` has passed while the link was down).
-    public func sendAndWait(_ stanza: Stanza, wait: Duration? = nil) async throws(SendError) {
+    package func sendAndWait(_ stanza: Stanza, wait: Duration? = nil) async throws(SendError) {
         let box = CancellationBox()
         let result: Result<Void, SendError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, SendError>, Never>) in
@@ -121,7 +121,7 @@ public final class ComponentConnection: Service, Sendable {
     /// `sendAndWait` without a task: `completion` runs once, when the stanza is written or cannot be. The returned
     /// closure stops the wait (`completion` then gets `expired`); nil when `completion` already ran.
     @discardableResult
-    public func sendAndWait(_ stanza: Stanza, wait: Duration? = nil,
+    package func sendAndWait(_ stanza: Stanza, wait: Duration? = nil,
                             completion: @escaping @Sendable (Result<Void, SendError>) -> Void) -> (@Sendable () -> Void)? {
         let xml: String
         do {
@@ -152,7 +152,7 @@ public final class ComponentConnection: Service, Sendable {
     }
 
     /// Sends an iq get/set and waits for its reply (result or error stanza).
-    public func request(_ iq: Stanza, timeout: Duration, maxPending: Int = 10_000) async throws(SendError) -> Stanza {
+    package func request(_ iq: Stanza, timeout: Duration, maxPending: Int = 10_000) async throws(SendError) -> Stanza {
         let box = CancellationBox()
         let result: Result<Stanza, SendError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Result<Stanza, SendError>, Never>) in
@@ -168,7 +168,7 @@ public final class ComponentConnection: Service, Sendable {
     /// its entry in the queue and nothing else. The returned closure stops the wait (`completion` then gets
     /// `timeout`, and a request not yet written is not sent); nil when `completion` already ran.
     @discardableResult
-    public func request(_ iq: Stanza, timeout: Duration, maxPending: Int = 10_000,
+    package func request(_ iq: Stanza, timeout: Duration, maxPending: Int = 10_000,
                         completion: @escaping @Sendable (Result<Stanza, SendError>) -> Void) -> (@Sendable () -> Void)? {
         var iq = iq
         if iq.id == nil { iq.id = RandomID.make() }
@@ -211,7 +211,7 @@ public final class ComponentConnection: Service, Sendable {
 
     // MARK: Service
 
-    public func run() async throws {
+    package func run() async throws {
         var schedule = ReconnectSchedule(cap: settings.reconnectMax)
         var lastLoggedError: String?
         defer {

@@ -4,51 +4,51 @@
 import XMPPCore
 
 /// Why a component stream ended.
-public struct ComponentLinkError: Error, Hashable, Sendable, CustomStringConvertible {
-    public struct Code: Hashable, Sendable, CustomStringConvertible {
+package struct ComponentLinkError: Error, Hashable, Sendable, CustomStringConvertible {
+    package struct Code: Hashable, Sendable, CustomStringConvertible {
         let value: String
-        public var description: String { value }
+        package var description: String { value }
         /// The server sent a stream error.
-        public static let streamError = Code(value: "stream-error")
+        package static let streamError = Code(value: "stream-error")
         /// The server closed the stream or the TCP connection.
-        public static let closedByPeer = Code(value: "closed-by-peer")
+        package static let closedByPeer = Code(value: "closed-by-peer")
         /// The server's XML was refused by our parser.
-        public static let badInput = Code(value: "bad-input")
+        package static let badInput = Code(value: "bad-input")
         /// The server's stream header lacked what XEP-0114 needs (an id).
-        public static let badHeader = Code(value: "bad-header")
+        package static let badHeader = Code(value: "bad-header")
         /// No pong within `ping_timeout`.
-        public static let pingTimeout = Code(value: "ping-timeout")
+        package static let pingTimeout = Code(value: "ping-timeout")
         /// TCP connect failed.
-        public static let connectFailed = Code(value: "connect-failed")
+        package static let connectFailed = Code(value: "connect-failed")
         /// No handshake reply in time.
-        public static let handshakeTimeout = Code(value: "handshake-timeout")
+        package static let handshakeTimeout = Code(value: "handshake-timeout")
     }
 
-    public var code: Code
+    package var code: Code
     /// The stream error condition, for `.streamError` (e.g. "not-authorized").
-    public var condition: String?
-    public var message: String
+    package var condition: String?
+    package var message: String
 
-    public init(_ code: Code, condition: String? = nil, _ message: String) {
+    package init(_ code: Code, condition: String? = nil, _ message: String) {
         self.code = code
         self.condition = condition
         self.message = message
     }
 
-    public var description: String {
+    package var description: String {
         if let condition { return "\(code) \(condition): \(message)" }
         return "\(code): \(message)"
     }
 
     /// Failures that retrying will not fix without a configuration change.
-    public var isConfigurationError: Bool {
+    package var isConfigurationError: Bool {
         guard code == .streamError, let condition else { return false }
         return ["not-authorized", "host-unknown", "invalid-namespace", "improper-addressing", "invalid-from"]
             .contains(condition)
     }
 
     /// A hint for the operator, for configuration errors.
-    public func hint(jid: String) -> String? {
+    package func hint(jid: String) -> String? {
         switch condition {
         case "not-authorized":
             "the server refused the secret: make [component] secret match the server's component_secret for \(jid) (Prosody) or the listener's password (ejabberd)"
@@ -65,8 +65,8 @@ public struct ComponentLinkError: Error, Hashable, Sendable, CustomStringConvert
 }
 
 /// The component stream's states and transitions.
-public struct HandshakeStateMachine: Sendable {
-    public enum State: Hashable, Sendable {
+package struct HandshakeStateMachine: Sendable {
+    package enum State: Hashable, Sendable {
         case idle
         /// Our header is sent; waiting for the server's.
         case awaitingHeader
@@ -81,7 +81,7 @@ public struct HandshakeStateMachine: Sendable {
         case closed
     }
 
-    public enum Action: Hashable, Sendable {
+    package enum Action: Hashable, Sendable {
         /// Write these bytes.
         case write(String)
         /// The handshake succeeded: flush the queue, report connected.
@@ -97,17 +97,17 @@ public struct HandshakeStateMachine: Sendable {
         case none
     }
 
-    public let jid: String
-    public let secret: String
-    public private(set) var state: State = .idle
+    package let jid: String
+    package let secret: String
+    package private(set) var state: State = .idle
 
-    public init(jid: String, secret: String) {
+    package init(jid: String, secret: String) {
         self.jid = jid
         self.secret = secret
     }
 
     /// TCP is connected: open the stream.
-    public mutating func connected() -> Action {
+    package mutating func connected() -> Action {
         state = .awaitingHeader
         let to = (try? XMLEscape.attribute(jid)) ?? jid
         return .write(
@@ -116,7 +116,7 @@ public struct HandshakeStateMachine: Sendable {
     }
 
     /// An event from the parser.
-    public mutating func received(_ event: XMLStreamEvent) -> Action {
+    package mutating func received(_ event: XMLStreamEvent) -> Action {
         switch (state, event) {
         case (.awaitingHeader, .streamOpened(let header)):
             guard header.name == "stream", header.namespace == Namespace.stream else {
@@ -171,12 +171,12 @@ public struct HandshakeStateMachine: Sendable {
     }
 
     /// The parser refused the server's bytes.
-    public mutating func parseFailed(_ error: XMLStreamError) -> Action {
+    package mutating func parseFailed(_ error: XMLStreamError) -> Action {
         fail(streamError: error.streamCondition, .badInput, error.description)
     }
 
     /// The TCP connection went away.
-    public mutating func disconnected() -> ComponentLinkError {
+    package mutating func disconnected() -> ComponentLinkError {
         defer { state = .closed }
         if state == .headerWithoutID { return ComponentLinkError(.badHeader, Self.noIDMessage) }
         return ComponentLinkError(.closedByPeer, "connection closed")
@@ -185,13 +185,13 @@ public struct HandshakeStateMachine: Sendable {
     static let noIDMessage = "the server's stream header has no id"
 
     /// We are shutting down.
-    public mutating func close() -> Action {
+    package mutating func close() -> Action {
         guard state != .closed else { return .none }
         state = .closed
         return .close(streamError: nil, reason: ComponentLinkError(.closedByPeer, "shutting down"))
     }
 
-    public var isReady: Bool {
+    package var isReady: Bool {
         if case .ready = state { return true }
         return false
     }
@@ -214,7 +214,7 @@ public struct HandshakeStateMachine: Sendable {
     }
 
     /// XEP-0114: lowercase hex SHA-1 of stream id + secret (ejabberd compares case-sensitively).
-    public static func handshakeDigest(streamID: String, secret: String) -> String {
+    package static func handshakeDigest(streamID: String, secret: String) -> String {
         SHA1Hex.digest(Array((streamID + secret).utf8))
     }
 }

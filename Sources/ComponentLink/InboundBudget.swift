@@ -106,24 +106,24 @@ final class InboundBudget: Sendable {
 
 /// The stanzas addressed to the component, as the router takes them. Taking one gives its unit of the inbound
 /// budget back.
-public struct InboundStanzas: AsyncSequence, Sendable {
-    public typealias Element = Stanza
+package struct InboundStanzas: AsyncSequence, Sendable {
+    package typealias Element = Stanza
 
     let stream: AsyncStream<Stanza>
     let budget: InboundBudget
 
-    public struct AsyncIterator: AsyncIteratorProtocol {
+    package struct AsyncIterator: AsyncIteratorProtocol {
         var base: AsyncStream<Stanza>.AsyncIterator
         let budget: InboundBudget
 
-        public mutating func next() async -> Stanza? {
+        package mutating func next() async -> Stanza? {
             guard let stanza = await base.next() else { return nil }
             budget.give()
             return stanza
         }
     }
 
-    public func makeAsyncIterator() -> AsyncIterator {
+    package func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(base: stream.makeAsyncIterator(), budget: budget)
     }
 }

@@ -4,57 +4,57 @@
 import XMPPCore
 
 /// Why a stanza was not sent.
-public struct SendError: Error, Hashable, Sendable, CustomStringConvertible {
-    public struct Code: Hashable, Sendable, CustomStringConvertible {
+package struct SendError: Error, Hashable, Sendable, CustomStringConvertible {
+    package struct Code: Hashable, Sendable, CustomStringConvertible {
         let value: String
-        public var description: String { value }
+        package var description: String { value }
         /// `from` missing or outside the component domain.
-        public static let invalidFrom = Code(value: "invalid-from")
+        package static let invalidFrom = Code(value: "invalid-from")
         /// `to` missing or not a JID.
-        public static let invalidTo = Code(value: "invalid-to")
+        package static let invalidTo = Code(value: "invalid-to")
         /// Larger than `max_stanza` once serialized.
-        public static let tooLarge = Code(value: "too-large")
+        package static let tooLarge = Code(value: "too-large")
         /// Cannot be serialized (forbidden characters).
-        public static let unserializable = Code(value: "unserializable")
+        package static let unserializable = Code(value: "unserializable")
         /// The send queue is full.
-        public static let queueFull = Code(value: "queue-full")
+        package static let queueFull = Code(value: "queue-full")
         /// Waited in the queue longer than `send_queue_ttl`.
-        public static let expired = Code(value: "expired")
+        package static let expired = Code(value: "expired")
         /// The link went down after the iq was sent.
-        public static let linkLost = Code(value: "link-lost")
+        package static let linkLost = Code(value: "link-lost")
         /// No reply to the iq within the timeout.
-        public static let timeout = Code(value: "timeout")
+        package static let timeout = Code(value: "timeout")
         /// Too many iqs waiting for replies.
-        public static let tooManyPending = Code(value: "too-many-pending")
+        package static let tooManyPending = Code(value: "too-many-pending")
         /// The daemon is shutting down.
-        public static let shuttingDown = Code(value: "shutting-down")
+        package static let shuttingDown = Code(value: "shutting-down")
         /// An iq with this id is already waiting.
-        public static let duplicateID = Code(value: "duplicate-id")
+        package static let duplicateID = Code(value: "duplicate-id")
     }
 
-    public var code: Code
-    public var message: String
+    package var code: Code
+    package var message: String
 
-    public init(_ code: Code, _ message: String) {
+    package init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
-    public var description: String { "\(code): \(message)" }
+    package var description: String { "\(code): \(message)" }
 }
 
 /// Validates and serializes outgoing stanzas.
-public struct OutboundPolicy: Sendable {
-    public let domain: String
-    public let maxStanzaBytes: Int
+package struct OutboundPolicy: Sendable {
+    package let domain: String
+    package let maxStanzaBytes: Int
 
-    public init(domain: String, maxStanzaBytes: Int) {
+    package init(domain: String, maxStanzaBytes: Int) {
         self.domain = domain.lowercased()
         self.maxStanzaBytes = maxStanzaBytes
     }
 
     /// The bytes to write for `stanza`, or why it must not be written.
-    public func serialize(_ stanza: Stanza) throws(SendError) -> String {
+    package func serialize(_ stanza: Stanza) throws(SendError) -> String {
         guard let fromValue = stanza.from else {
             throw SendError(.invalidFrom, "stanza has no from")
         }

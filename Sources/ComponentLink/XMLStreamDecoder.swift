@@ -4,17 +4,17 @@ import NIOCore
 import XMPPCore
 
 /// Decodes a component stream. One decoder (and so one libxml2 context) per connection.
-public final class XMLStreamDecoder: ByteToMessageDecoder {
-    public typealias InboundOut = XMLStreamEvent
+package final class XMLStreamDecoder: ByteToMessageDecoder {
+    package typealias InboundOut = XMLStreamEvent
 
     private let parser: XMLStreamParser
     private var events: [XMLStreamEvent] = []
 
-    public init(limits: XMLLimits) {
+    package init(limits: XMLLimits) {
         self.parser = XMLStreamParser(limits: limits)
     }
 
-    public func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+    package func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard buffer.readableBytes > 0 else { return .needMoreData }
         events.removeAll(keepingCapacity: true)
         let result: Result<Void, XMLStreamError> = buffer.withUnsafeReadableBytes { bytes in
@@ -26,7 +26,7 @@ public final class XMLStreamDecoder: ByteToMessageDecoder {
         return .needMoreData
     }
 
-    public func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+    package func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
         while try decode(context: context, buffer: &buffer) == .continue {}
         return .needMoreData
     }

@@ -42,18 +42,18 @@ struct ConfigTable: Sendable, Equatable {
 }
 
 /// A problem in the configuration, reported as `file:line: message`.
-public struct ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
-    public var file: String
-    public var line: Int
-    public var message: String
+package struct ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
+    package var file: String
+    package var line: Int
+    package var message: String
 
-    public var description: String { "\(file):\(line): \(message)" }
+    package var description: String { "\(file):\(line): \(message)" }
 }
 
 /// Several configuration errors at once (every problem is reported, not just the first).
-public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
-    public var errors: [ConfigError]
-    public var description: String { errors.map(\.description).joined(separator: "\n") }
+package struct ConfigErrors: Error, Sendable, CustomStringConvertible {
+    package var errors: [ConfigError]
+    package var description: String { errors.map(\.description).joined(separator: "\n") }
 }
 
 enum ConfigDocument {

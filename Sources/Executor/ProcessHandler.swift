@@ -4,21 +4,21 @@ import Logging
 import Routing
 import XMPPCore
 
-public struct ProcessHandler: StanzaHandler {
-    public struct Settings: Sendable {
-        public var argv: [String]
-        public var format: HandlerFormat
-        public var timeout: Duration
-        public var killGrace: Duration
-        public var env: [String: String]
-        public var passEnv: [String]
+package struct ProcessHandler: StanzaHandler {
+    package struct Settings: Sendable {
+        package var argv: [String]
+        package var format: HandlerFormat
+        package var timeout: Duration
+        package var killGrace: Duration
+        package var env: [String: String]
+        package var passEnv: [String]
         /// stanzad's own environment, for PATH and `pass_env` only.
-        public var parentEnvironment: [String: String]
-        public var workdir: String
-        public var maxOutput: Int
-        public var maxStanza: Int
+        package var parentEnvironment: [String: String]
+        package var workdir: String
+        package var maxOutput: Int
+        package var maxStanza: Int
 
-        public init(argv: [String], format: HandlerFormat, timeout: Duration = .seconds(10), killGrace: Duration = .seconds(2),
+        package init(argv: [String], format: HandlerFormat, timeout: Duration = .seconds(10), killGrace: Duration = .seconds(2),
                     env: [String: String] = [:], passEnv: [String] = [], parentEnvironment: [String: String] = [:],
                     workdir: String = ".", maxOutput: Int = 262_144, maxStanza: Int = 524_288) {
             self.argv = argv
@@ -34,16 +34,16 @@ public struct ProcessHandler: StanzaHandler {
         }
     }
 
-    public let settings: Settings
+    package let settings: Settings
     /// `[limits] max_processes`, shared by every process-running route.
-    public let processes: AdmissionGate
+    package let processes: AdmissionGate
 
-    public init(settings: Settings, processes: AdmissionGate) {
+    package init(settings: Settings, processes: AdmissionGate) {
         self.settings = settings
         self.processes = processes
     }
 
-    public func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
+    package func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
         let input: [UInt8]
         do {
             input = try HandlerInput.stdin(for: stanza, format: settings.format)
@@ -75,7 +75,7 @@ public struct ProcessHandler: StanzaHandler {
     }
 
     /// Shutdown: stanzas waiting for `[limits] max_processes` never start a process.
-    public func shutDown() {
+    package func shutDown() {
         processes.close()
     }
 

@@ -19,18 +19,18 @@ import Darwin
 import CSpawn
 
 /// What to run and with which limits.
-public struct ProcessSpec: Sendable {
-    public var argv: [String]
-    public var environment: [String: String]
-    public var workdir: String
-    public var stdin: [UInt8]
-    public var timeout: Duration
-    public var killGrace: Duration
-    public var maxOutput: Int
+package struct ProcessSpec: Sendable {
+    package var argv: [String]
+    package var environment: [String: String]
+    package var workdir: String
+    package var stdin: [UInt8]
+    package var timeout: Duration
+    package var killGrace: Duration
+    package var maxOutput: Int
     /// stderr bytes logged; the rest is read and dropped.
-    public var maxStderr: Int
+    package var maxStderr: Int
 
-    public init(argv: [String], environment: [String: String], workdir: String, stdin: [UInt8], timeout: Duration,
+    package init(argv: [String], environment: [String: String], workdir: String, stdin: [UInt8], timeout: Duration,
                 killGrace: Duration, maxOutput: Int, maxStderr: Int = 65_536) {
         self.argv = argv
         self.environment = environment
@@ -44,8 +44,8 @@ public struct ProcessSpec: Sendable {
 }
 
 /// How a handler process ended.
-public struct ProcessResult: Sendable {
-    public enum Ending: Sendable, Hashable {
+package struct ProcessResult: Sendable {
+    package enum Ending: Sendable, Hashable {
         case exited(Int32)
         case signaled(Int32)
         /// Killed at the deadline.
@@ -59,15 +59,15 @@ public struct ProcessResult: Sendable {
         case statusLost
     }
 
-    public var ending: Ending
-    public var stdout: [UInt8]
-    public var pid: Int32?
-    public var duration: Duration
+    package var ending: Ending
+    package var stdout: [UInt8]
+    package var pid: Int32?
+    package var duration: Duration
     /// Descendants that had escaped the handler's group, adopted by stanzad and killed after it ended.
-    public var escapedKilled = 0
+    package var escapedKilled = 0
 }
 
-public enum ProcessRunner {
+package enum ProcessRunner {
     /// A handler that exits without reading all of stdin makes our write fail with EPIPE; without this the
     /// default SIGPIPE disposition would end stanzad instead. Children get default dispositions back at spawn.
     static let ignoreBrokenPipes: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
@@ -78,7 +78,7 @@ public enum ProcessRunner {
     /// The process is started and watched by the process loop (one thread for every child of stanzad), never by
     /// the cooperative pool: a handler costs one spawn and a few descriptors, no thread. Cancelling the calling
     /// task stops the handler like its deadline does (SIGTERM to the group, `killGrace`, SIGKILL).
-    public static func run(_ spec: ProcessSpec, stderrLine: @escaping @Sendable (String, Int32) -> Void) async -> ProcessResult {
+    package static func run(_ spec: ProcessSpec, stderrLine: @escaping @Sendable (String, Int32) -> Void) async -> ProcessResult {
         _ = ignoreBrokenPipes
         let started = ContinuousClock.now
         let loop = ProcessLoop.shared

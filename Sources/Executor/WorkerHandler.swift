@@ -4,22 +4,22 @@ import Logging
 import Routing
 import XMPPCore
 
-public struct WorkerHandler: StanzaHandler {
-    public let pool: WorkerPool
+package struct WorkerHandler: StanzaHandler {
+    package let pool: WorkerPool
 
-    public init(pool: WorkerPool) {
+    package init(pool: WorkerPool) {
         self.pool = pool
     }
 
-    public func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
+    package func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
         Self.outcome(await pool.submit(stanza), for: stanza, context: context)
     }
 
     /// A worker request needs no task: it is written to the worker's stdin at once and answered from the process
     /// loop, which reads every worker's stdout.
-    public var startsWithoutWaiting: Bool { true }
+    package var startsWithoutWaiting: Bool { true }
 
-    public func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
+    package func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
         pool.submit(stanza) { reply in completion(Self.outcome(reply, for: stanza, context: context)) }
     }
 

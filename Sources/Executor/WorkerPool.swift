@@ -20,23 +20,23 @@ import ServiceLifecycle
 import Synchronization
 import XMPPCore
 
-public final class WorkerPool: Service, Sendable {
-    public struct Settings: Sendable {
-        public var route: String
-        public var argv: [String]
+package final class WorkerPool: Service, Sendable {
+    package struct Settings: Sendable {
+        package var route: String
+        package var argv: [String]
         /// The worker's whole environment (built like an exec handler's, without the STANZA_* variables).
-        public var environment: [String: String]
-        public var workdir: String
-        public var workers: Int
-        public var inFlight: Int
+        package var environment: [String: String]
+        package var workdir: String
+        package var workers: Int
+        package var inFlight: Int
         /// 0: never recycle.
-        public var maxRequests: Int
-        public var timeout: Duration
-        public var killGrace: Duration
+        package var maxRequests: Int
+        package var timeout: Duration
+        package var killGrace: Duration
         /// Longest answer line accepted (`max_output`).
-        public var maxLine: Int
+        package var maxLine: Int
 
-        public init(route: String, argv: [String], environment: [String: String], workdir: String, workers: Int = 1,
+        package init(route: String, argv: [String], environment: [String: String], workdir: String, workers: Int = 1,
                     inFlight: Int = 1, maxRequests: Int = 0, timeout: Duration = .seconds(10),
                     killGrace: Duration = .seconds(2), maxLine: Int = 262_144) {
             self.route = route
@@ -53,7 +53,7 @@ public final class WorkerPool: Service, Sendable {
     }
 
     /// The fate of one request.
-    public enum Reply: Sendable {
+    package enum Reply: Sendable {
         case answered([JSONValue])
         case failed(StanzaError, reason: String)
     }
@@ -94,7 +94,7 @@ public final class WorkerPool: Service, Sendable {
     }
 
     /// The current settings (replaced by `reload`).
-    public var settings: Settings { current.withLock { $0 } }
+    package var settings: Settings { current.withLock { $0 } }
     private let current: Mutex<Settings>
     let logger: Logger
     private let state: Mutex<State>
@@ -102,7 +102,7 @@ public final class WorkerPool: Service, Sendable {
     private let stopRequests: AsyncStream<Void>
     private let stopRequest: AsyncStream<Void>.Continuation
 
-    public init(settings: Settings, logger: Logger) {
+    package init(settings: Settings, logger: Logger) {
         (stopRequests, stopRequest) = AsyncStream.makeStream()
         self.current = Mutex(settings)
         var logger = logger
@@ -114,7 +114,7 @@ public final class WorkerPool: Service, Sendable {
     /// SIGHUP: new settings for the next processes. Every worker is recycled: it takes no new requests,
     /// finishes the ones it has, gets EOF and is replaced by one started with the new settings. Queued
     /// stanzas stay queued for the new workers. The number of workers is fixed until restart.
-    public func reload(_ settings: Settings) {
+    package func reload(_ settings: Settings) {
         var settings = settings
         let count = state.withLock { $0.machine.workers.count }
         if settings.workers != count {
@@ -134,7 +134,7 @@ public final class WorkerPool: Service, Sendable {
     // MARK: Requests
 
     /// Sends `stanza` to a worker and waits for its answer, at most `timeout`.
-    public func submit(_ stanza: Stanza) async -> Reply {
+    package func submit(_ stanza: Stanza) async -> Reply {
         await withCheckedContinuation { (continuation: CheckedContinuation<Reply, Never>) in
             submit(stanza) { continuation.resume(returning: $0) }
         }
@@ -142,7 +142,7 @@ public final class WorkerPool: Service, Sendable {
 
     /// Sends `stanza` to a worker without waiting; `completion` gets the answer (or the failure) exactly once, at
     /// most `timeout` later, on the thread that settles it (the process loop, the deadline sweep, a supervisor).
-    public func submit(_ stanza: Stanza, completion: @escaping @Sendable (Reply) -> Void) {
+    package func submit(_ stanza: Stanza, completion: @escaping @Sendable (Reply) -> Void) {
         let ref = state.withLock { state -> String in
             state.nextRef += 1
             return "r\(state.nextRef)"
@@ -257,7 +257,7 @@ public final class WorkerPool: Service, Sendable {
 
     // MARK: Supervision
 
-    public func run() async throws {
+    package func run() async throws {
         await withDiscardingTaskGroup { group in
             for index in 0..<settings.workers {
                 group.addTask { await self.supervise(index) }
@@ -274,7 +274,7 @@ public final class WorkerPool: Service, Sendable {
     /// Shuts this pool down alone (its route is gone after a reload), as a graceful shutdown would: queued
     /// stanzas fail with service-unavailable, in-flight ones finish within `kill_grace` after the workers' stdin
     /// closes (or fail), then the workers' groups are killed and `run()` returns.
-    public func stop() {
+    package func stop() {
         stopRequest.finish()
     }
 

@@ -3,20 +3,20 @@
 
 import XMPPCore
 
-public enum WorkerProtocol {
+package enum WorkerProtocol {
     /// A line a worker wrote that is not a valid answer; the worker is restarted.
-    public struct Problem: Error, Hashable, Sendable, CustomStringConvertible {
-        public var description: String
+    package struct Problem: Error, Hashable, Sendable, CustomStringConvertible {
+        package var description: String
     }
 
     /// An answer: the request it belongs to and the reply objects (§7), possibly none.
-    public struct Answer: Hashable, Sendable {
-        public var ref: String
-        public var replies: [JSONValue]
+    package struct Answer: Hashable, Sendable {
+        package var ref: String
+        package var replies: [JSONValue]
     }
 
     /// The request line for `stanza`: its §7 JSON (with `stanza`) plus `ref`, and a newline.
-    public static func requestLine(for stanza: Stanza, ref: String) -> [UInt8] {
+    package static func requestLine(for stanza: Stanza, ref: String) -> [UInt8] {
         var object: [String: JSONValue] = [:]
         if case .object(let fields) = StanzaJSON.encode(stanza, includeStanza: true) { object = fields }
         object["ref"] = .string(ref)
@@ -24,7 +24,7 @@ public enum WorkerProtocol {
     }
 
     /// Parses one answer line (without its newline).
-    public static func parseAnswer(_ line: [UInt8]) throws(Problem) -> Answer {
+    package static func parseAnswer(_ line: [UInt8]) throws(Problem) -> Answer {
         let value: JSONValue
         do {
             value = try JSONValue.parse(line)

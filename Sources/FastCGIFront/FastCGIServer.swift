@@ -14,13 +14,13 @@ import ServiceLifecycle
 import Synchronization
 import XMPPCore
 
-public struct FastCGIError: Error, CustomStringConvertible {
-    public var description: String
+package struct FastCGIError: Error, CustomStringConvertible {
+    package var description: String
 }
 
-public final class FastCGIServer: Service, Sendable {
-    public let listen: String
-    public let socketMode: UInt16
+package final class FastCGIServer: Service, Sendable {
+    package let listen: String
+    package let socketMode: UInt16
     let api: RestAPI
     let logger: Logger
     let fd: Int32
@@ -49,7 +49,7 @@ public final class FastCGIServer: Service, Sendable {
 
     /// `fd` is the listening socket from `ListeningSocket.open` (opened before the ServiceGroup starts, so a
     /// bad `listen` stops stanzad at once with a clear error).
-    public init(listen: String, socketMode: UInt16, fd: Int32, api: RestAPI, logger: Logger,
+    package init(listen: String, socketMode: UInt16, fd: Int32, api: RestAPI, logger: Logger,
                 readTimeout: Duration = .seconds(10), maxConnections: Int? = nil) {
         self.listen = listen
         self.socketMode = socketMode
@@ -65,7 +65,7 @@ public final class FastCGIServer: Service, Sendable {
         listen.hasPrefix("unix:") ? String(listen.dropFirst(5)) : nil
     }
 
-    public func run() async throws {
+    package func run() async throws {
         let limits = FastCGIConnectionStateMachine.Limits(maxBody: api.settings.maxBody)
         let readTimeout = TimeAmount(readTimeout)
         let logger = self.logger

@@ -5,9 +5,9 @@
 import Glibc
 #endif
 
-public enum ListeningSocket {
+package enum ListeningSocket {
     /// Opens `listen` ("unix:/path" or "host:port" with an IPv4 host) for accepting; a unix socket gets `mode`.
-    public static func open(_ listen: String, mode: UInt16) throws(FastCGIError) -> Int32 {
+    package static func open(_ listen: String, mode: UInt16) throws(FastCGIError) -> Int32 {
         if listen.hasPrefix("unix:") {
             return try openUnix(String(listen.dropFirst(5)), mode: mode)
         }

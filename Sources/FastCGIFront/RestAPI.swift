@@ -5,18 +5,18 @@ import Foundation
 import Synchronization
 import XMPPCore
 
-public struct RestSettings: Sendable {
-    public var domain: String
-    public var path: String
-    public var credentials: [String]
-    public var iqTimeout: Duration
-    public var maxIQTimeout: Duration
-    public var maxBody: Int
-    public var maxPending: Int
-    public var sendWait: Duration
-    public var maxStanza: Int
+package struct RestSettings: Sendable {
+    package var domain: String
+    package var path: String
+    package var credentials: [String]
+    package var iqTimeout: Duration
+    package var maxIQTimeout: Duration
+    package var maxBody: Int
+    package var maxPending: Int
+    package var sendWait: Duration
+    package var maxStanza: Int
 
-    public init(domain: String, path: String = "/rest", credentials: [String], iqTimeout: Duration = .seconds(120),
+    package init(domain: String, path: String = "/rest", credentials: [String], iqTimeout: Duration = .seconds(120),
                 maxIQTimeout: Duration = .seconds(300), maxBody: Int = 196_608, maxPending: Int = 10_000,
                 sendWait: Duration = .seconds(5), maxStanza: Int = 524_288) {
         self.domain = domain.lowercased()
@@ -46,19 +46,19 @@ struct RestFailure: Error {
     }
 }
 
-public final class RestAPI: Sendable {
-    public let settings: RestSettings
+package final class RestAPI: Sendable {
+    package let settings: RestSettings
     let sender: any StanzaSender
     private let credentials: Mutex<[String]>
 
-    public init(settings: RestSettings, sender: any StanzaSender) {
+    package init(settings: RestSettings, sender: any StanzaSender) {
         self.settings = settings
         self.sender = sender
         self.credentials = Mutex(settings.credentials)
     }
 
     /// SIGHUP: the accepted Authorization values from now on.
-    public func reload(credentials: [String]) {
+    package func reload(credentials: [String]) {
         self.credentials.withLock { $0 = credentials }
     }
 
@@ -69,7 +69,7 @@ public final class RestAPI: Sendable {
     /// link has taken the stanza or the iq's reply has come. The cancellation (for a request that waits) ends the
     /// wait early with 503.
     @discardableResult
-    public func handle(_ request: RestRequest, respond: @escaping @Sendable (RestResponse) -> Void) -> RestCancellation? {
+    package func handle(_ request: RestRequest, respond: @escaping @Sendable (RestResponse) -> Void) -> RestCancellation? {
         let output = Negotiation.choose(accept: request.accept, requestType: HTTPMediaType.essence(request.contentType))
         do {
             return try route(request, output: output, respond: respond)
@@ -82,7 +82,7 @@ public final class RestAPI: Sendable {
     }
 
     /// `handle` for callers that can wait (tests, tools).
-    public func handle(_ request: RestRequest) async -> RestResponse {
+    package func handle(_ request: RestRequest) async -> RestResponse {
         await withCheckedContinuation { (continuation: CheckedContinuation<RestResponse, Never>) in
             handle(request) { continuation.resume(returning: $0) }
         }

@@ -1,22 +1,22 @@
 // The REST API's request and response, independent of FastCGI (SPEC §9), so the API is unit-testable.
 
-public struct RestRequest: Sendable {
-    public var method: String
+package struct RestRequest: Sendable {
+    package var method: String
     /// The URI path, percent-encoded as received, without the query string.
-    public var path: String
-    public var query: String
-    public var contentType: String?
+    package var path: String
+    package var query: String
+    package var contentType: String?
     /// From CONTENT_LENGTH: checked against max_body before the body is read.
-    public var contentLength: Int?
-    public var body: [UInt8]
+    package var contentLength: Int?
+    package var body: [UInt8]
     /// The body ran past max_body and was not kept (answered 413 whatever CONTENT_LENGTH said).
-    public var bodyTooLarge = false
-    public var authorization: String?
-    public var accept: String?
+    package var bodyTooLarge = false
+    package var authorization: String?
+    package var accept: String?
     /// `Rest-Timeout` or `Prosody-Rest-Timeout`.
-    public var timeout: String?
+    package var timeout: String?
 
-    public init(method: String, path: String, query: String = "", contentType: String? = nil, contentLength: Int? = nil,
+    package init(method: String, path: String, query: String = "", contentType: String? = nil, contentLength: Int? = nil,
                 body: [UInt8] = [], authorization: String? = nil, accept: String? = nil, timeout: String? = nil) {
         self.method = method
         self.path = path
@@ -30,40 +30,40 @@ public struct RestRequest: Sendable {
     }
 }
 
-public struct RestResponse: Sendable {
-    public var status: Int
-    public var headers: [(String, String)]
-    public var body: [UInt8]
+package struct RestResponse: Sendable {
+    package var status: Int
+    package var headers: [(String, String)]
+    package var body: [UInt8]
 
-    public init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
+    package init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
         self.status = status
         self.headers = headers
         self.body = body
     }
 
-    public func header(_ name: String) -> String? {
+    package func header(_ name: String) -> String? {
         headers.first { $0.0.lowercased() == name.lowercased() }?.1
     }
 }
 
 /// Stops a request that waits (for the link, or for an iq's reply): its completion then runs with a failure at
 /// once. Used when the HTTP client went away and at shutdown.
-public struct RestCancellation: Sendable {
+package struct RestCancellation: Sendable {
     private let action: @Sendable () -> Void
 
-    public init(_ action: @escaping @Sendable () -> Void) {
+    package init(_ action: @escaping @Sendable () -> Void) {
         self.action = action
     }
 
-    public func cancel() {
+    package func cancel() {
         action()
     }
 }
 
 /// Why the link could not send a request's stanza or bring its reply: what the API turns into an HTTP status. The
 /// link's own error type stays in ComponentLink; the Daemon maps one to the other.
-public struct SendFailure: Error, Sendable, Equatable {
-    public enum Reason: Sendable, Equatable {
+package struct SendFailure: Error, Sendable, Equatable {
+    package enum Reason: Sendable, Equatable {
         /// No reply within the timeout (504).
         case timeout
         /// The link went down after the iq was written (502).
@@ -82,10 +82,10 @@ public struct SendFailure: Error, Sendable, Equatable {
         case unavailable(String)
     }
 
-    public var reason: Reason
-    public var message: String
+    package var reason: Reason
+    package var message: String
 
-    public init(_ reason: Reason, _ message: String) {
+    package init(_ reason: Reason, _ message: String) {
         self.reason = reason
         self.message = message
     }
@@ -94,7 +94,7 @@ public struct SendFailure: Error, Sendable, Equatable {
 /// What the REST API needs from the component link (ComponentConnection conforms in the Daemon). Completions
 /// run exactly once, on whatever thread finishes the work; nothing waits in a task, so a waiting request costs
 /// only its bookkeeping.
-public protocol StanzaSender: Sendable {
+package protocol StanzaSender: Sendable {
     /// "connected", "connecting" or "failed".
     var linkState: String { get }
     /// Writes a message or presence; waits up to `wait` for a lost link to come back.

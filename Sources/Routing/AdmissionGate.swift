@@ -5,10 +5,10 @@
 import DequeModule
 import Synchronization
 
-public final class AdmissionGate: Sendable {
-    public let concurrency: Int
+package final class AdmissionGate: Sendable {
+    package let concurrency: Int
     /// nil: unbounded waiting (the global process limit, whose waiters are already bounded by their routes).
-    public let queue: Int?
+    package let queue: Int?
 
     private struct Waiter {
         let id: Int
@@ -27,14 +27,14 @@ public final class AdmissionGate: Sendable {
 
     private let state = Mutex(State())
 
-    public init(concurrency: Int, queue: Int?) {
+    package init(concurrency: Int, queue: Int?) {
         self.concurrency = max(1, concurrency)
         self.queue = queue
     }
 
     /// Reserves a place (running or waiting). False: the route is full; the caller answers resource-constraint.
     /// Decided at arrival, synchronously, so overflow is exact even when many stanzas arrive at once.
-    public func admit() -> Bool {
+    package func admit() -> Bool {
         state.withLock { state in
             if let queue, state.admitted >= concurrency + queue { return false }
             state.admitted += 1
@@ -45,7 +45,7 @@ public final class AdmissionGate: Sendable {
     /// Waits for a run slot. Call after `admit()` returned true (or without it when `queue` is nil).
     /// True: the slot is taken; `release()` gives it back. False: the caller's task was cancelled or the gate was
     /// closed before a slot came; the admission is given back already and nothing may run.
-    public func acquire() async -> Bool {
+    package func acquire() async -> Bool {
         let id = state.withLock { state -> Int? in
             if queue == nil { state.admitted += 1 }
             if state.running < concurrency, !state.closed, !Task.isCancelled {
@@ -85,7 +85,7 @@ public final class AdmissionGate: Sendable {
 
     /// Shutdown: every waiter is turned away now (its `acquire` returns false) and so is every later one. Runs
     /// that hold a slot are not touched.
-    public func close() {
+    package func close() {
         let waiters = state.withLock { state -> Deque<Waiter> in
             state.closed = true
             let waiters = state.waiters
@@ -98,7 +98,7 @@ public final class AdmissionGate: Sendable {
 
     /// Takes a run slot if one is free right now (never while others wait: a free slot means nobody does).
     /// Call after `admit()` returned true (or without it when `queue` is nil); `release()` gives it back.
-    public func tryAcquire() -> Bool {
+    package func tryAcquire() -> Bool {
         state.withLock { state in
             guard state.running < concurrency, !state.closed else { return false }
             if queue == nil { state.admitted += 1 }
@@ -108,7 +108,7 @@ public final class AdmissionGate: Sendable {
     }
 
     /// Gives the run slot (and the admission) back; the longest waiter runs next.
-    public func release() {
+    package func release() {
         let next = state.withLock { state -> Waiter? in
             state.admitted -= 1
             if let waiter = state.waiters.popFirst() { return waiter }  // the slot passes on: running unchanged
@@ -119,8 +119,8 @@ public final class AdmissionGate: Sendable {
     }
 
     /// Stanzas admitted and not yet released (running plus waiting).
-    public var load: Int { state.withLock { $0.admitted } }
+    package var load: Int { state.withLock { $0.admitted } }
 
     /// Stanzas waiting for a run slot.
-    public var waiting: Int { state.withLock { $0.waiters.count } }
+    package var waiting: Int { state.withLock { $0.waiters.count } }
 }

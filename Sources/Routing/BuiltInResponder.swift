@@ -4,26 +4,26 @@
 import Foundation
 import XMPPCore
 
-public enum DiscoNamespace {
-    public static let info = "http://jabber.org/protocol/disco#info"
-    public static let items = "http://jabber.org/protocol/disco#items"
-    public static let ping = "urn:xmpp:ping"
-    public static let version = "jabber:iq:version"
-    public static let time = "urn:xmpp:time"
+package enum DiscoNamespace {
+    package static let info = "http://jabber.org/protocol/disco#info"
+    package static let items = "http://jabber.org/protocol/disco#items"
+    package static let ping = "urn:xmpp:ping"
+    package static let version = "jabber:iq:version"
+    package static let time = "urn:xmpp:time"
 }
 
-public struct BuiltInResponder: Sendable {
-    public var domain: String
-    public var discoName: String
-    public var presenceAuto: Bool
+package struct BuiltInResponder: Sendable {
+    package var domain: String
+    package var discoName: String
+    package var presenceAuto: Bool
     /// Namespaces answered by iq routes, advertised as features.
-    public var routedFeatures: [String]
+    package var routedFeatures: [String]
     /// Bare JIDs named literally in routes' `to`, listed by disco#items on the domain.
-    public var items: [String]
-    public var softwareName: String
-    public var softwareVersion: String
+    package var items: [String]
+    package var softwareName: String
+    package var softwareVersion: String
 
-    public init(
+    package init(
         domain: String, discoName: String = "stanzad", presenceAuto: Bool = true, routedFeatures: [String] = [],
         items: [String] = [], softwareName: String = "stanzad", softwareVersion: String
     ) {
@@ -37,7 +37,7 @@ public struct BuiltInResponder: Sendable {
     }
 
     /// The replies to `stanza` (possibly none). Never replies to error or result stanzas.
-    public func respond(to stanza: Stanza, now: Date = Date()) -> [Stanza] {
+    package func respond(to stanza: Stanza, now: Date = Date()) -> [Stanza] {
         guard stanza.allowsReply, let to = JID.parse(stanza.to), to.domain == domain else { return [] }
         switch stanza.kind {
         case .presence: return presence(stanza, to: to)

@@ -7,13 +7,13 @@ import Synchronization
 import XMPPCore
 
 /// A configured route: its rule, its handler and its admission gate.
-public struct Route: Sendable {
-    public var name: String
-    public var rule: RouteRule
-    public var handler: any StanzaHandler
-    public var gate: AdmissionGate
+package struct Route: Sendable {
+    package var name: String
+    package var rule: RouteRule
+    package var handler: any StanzaHandler
+    package var gate: AdmissionGate
 
-    public init(name: String, rule: RouteRule, handler: any StanzaHandler, concurrency: Int, queue: Int) {
+    package init(name: String, rule: RouteRule, handler: any StanzaHandler, concurrency: Int, queue: Int) {
         self.name = name
         self.rule = rule
         self.handler = handler
@@ -21,7 +21,7 @@ public struct Route: Sendable {
     }
 }
 
-public final class Dispatcher: Sendable {
+package final class Dispatcher: Sendable {
     private struct Table {
         var routes: [Route]
         var builtIns: BuiltInResponder
@@ -33,20 +33,20 @@ public final class Dispatcher: Sendable {
     private let table: Mutex<Table>
     /// `[limits] per_sender`; nil: no limit. Replaced (buckets and all) when a reload changes the rate.
     private let rateLimit = Mutex<SenderRateLimit?>(nil)
-    public let stamper: ReplyStamper
+    package let stamper: ReplyStamper
     let logger: Logger
 
-    public init(routes: [Route], builtIns: BuiltInResponder, maxStanzaBytes: Int = 524_288, logger: Logger) {
+    package init(routes: [Route], builtIns: BuiltInResponder, maxStanzaBytes: Int = 524_288, logger: Logger) {
         self.table = Mutex(Table(routes: routes, builtIns: builtIns))
         self.stamper = ReplyStamper(domain: builtIns.domain, maxStanzaBytes: maxStanzaBytes)
         self.logger = logger
     }
 
-    public var routes: [Route] { table.withLock { $0.routes } }
-    public var builtIns: BuiltInResponder { table.withLock { $0.builtIns } }
+    package var routes: [Route] { table.withLock { $0.routes } }
+    package var builtIns: BuiltInResponder { table.withLock { $0.builtIns } }
 
     /// SIGHUP: the next stanza takes the new routes; stanzas already admitted finish on the old ones.
-    public func reload(routes: [Route], builtIns: BuiltInResponder) {
+    package func reload(routes: [Route], builtIns: BuiltInResponder) {
         let shuttingDown = table.withLock { table -> Bool in
             table.retired = (table.retired + table.routes).filter { $0.gate.load > 0 }
             table.routes = routes
@@ -57,7 +57,7 @@ public final class Dispatcher: Sendable {
     }
 
     /// Sets the per-sender limit (at start and on SIGHUP); an unchanged rate keeps the senders' buckets.
-    public func setRateLimit(_ spec: RateLimitSpec?) {
+    package func setRateLimit(_ spec: RateLimitSpec?) {
         rateLimit.withLock { current in
             guard current?.spec != spec else { return }
             current = spec.map(SenderRateLimit.init)
@@ -66,7 +66,7 @@ public final class Dispatcher: Sendable {
 
     /// The per-sender limit for a stanza a route would take: nil when it may go on, else the answer to send
     /// instead (wait/policy-violation; nothing for a stanza that takes no error). The handler does not run.
-    public func refuseOverLimit(_ stanza: Stanza, route: Route) -> [Stanza]? {
+    package func refuseOverLimit(_ stanza: Stanza, route: Route) -> [Stanza]? {
         guard let limit = rateLimit.withLock({ $0 }), let from = stanza.from, let sender = JID.parse(from)?.bare.description else { return nil }
         guard case .limited(let refusedInARow) = limit.take(sender: sender) else { return nil }
         if refusedInARow == 1 {
@@ -83,7 +83,7 @@ public final class Dispatcher: Sendable {
     /// Shutdown (SPEC §11): stanzas still waiting for a run slot, in a route's queue or in a handler's own (the
     /// process limit), never start; each is answered cancel/service-unavailable "stanzad is shutting down".
     /// Running handlers are not touched.
-    public func shutDown() {
+    package func shutDown() {
         let routes = table.withLock { table -> [Route] in
             table.shuttingDown = true
             return table.routes + table.retired
@@ -95,10 +95,10 @@ public final class Dispatcher: Sendable {
     }
 
     /// The error for a stanza that was admitted but never started because stanzad is going down.
-    public static let shuttingDown = StanzaError(.cancel, .serviceUnavailable, text: "stanzad is shutting down")
+    package static let shuttingDown = StanzaError(.cancel, .serviceUnavailable, text: "stanzad is shutting down")
 
     /// What happens to a stanza, decided synchronously at arrival.
-    public enum Admission: Sendable {
+    package enum Admission: Sendable {
         /// No route matches: the built-in responders answer.
         case builtIn
         /// A route matches and has room; call `run(_:on:)`.
@@ -109,19 +109,19 @@ public final class Dispatcher: Sendable {
         case limited(Route, replies: [Stanza])
     }
 
-    public func admit(_ stanza: Stanza) -> Admission {
+    package func admit(_ stanza: Stanza) -> Admission {
         guard let route = route(for: stanza) else { return .builtIn }
         if let replies = refuseOverLimit(stanza, route: route) { return .limited(route, replies: replies) }
         return route.gate.admit() ? .admitted(route) : .full(route)
     }
 
     /// The first route whose rule matches, without admitting the stanza; nil: the built-ins answer it.
-    public func route(for stanza: Stanza) -> Route? {
+    package func route(for stanza: Stanza) -> Route? {
         routes.first(where: { $0.rule.matches(stanza) })
     }
 
     /// The built-in answer to a stanza no route takes.
-    public func answerBuiltIn(_ stanza: Stanza) -> [Stanza] {
+    package func answerBuiltIn(_ stanza: Stanza) -> [Stanza] {
         let started = ContinuousClock.now
         let replies = builtIns.respond(to: stanza)
         log(stanza, route: "(built-in)", replies: replies, started: started)
@@ -129,7 +129,7 @@ public final class Dispatcher: Sendable {
     }
 
     /// The answer to a stanza refused because its route is full: wait/resource-constraint.
-    public func answerFull(_ stanza: Stanza, route: Route) -> [Stanza] {
+    package func answerFull(_ stanza: Stanza, route: Route) -> [Stanza] {
         let replies = stamper.errorReply(
             to: stanza, StanzaError(.wait, .resourceConstraint, text: "route \(route.name) is busy; try again later"))
         log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["queue": "full"])
@@ -137,7 +137,7 @@ public final class Dispatcher: Sendable {
     }
 
     /// Runs an admitted stanza through its route's handler and returns the stamped replies.
-    public func run(_ stanza: Stanza, on route: Route) async -> [Stanza] {
+    package func run(_ stanza: Stanza, on route: Route) async -> [Stanza] {
         let started = ContinuousClock.now
         guard await route.gate.acquire() else {
             // Cancelled or shut down while queued: the handler never runs.
@@ -154,7 +154,7 @@ public final class Dispatcher: Sendable {
     /// Starts an admitted stanza without a task of its own when its handler supports that and the route has a
     /// free run slot; `completion` then gets the stamped replies, on whichever thread the handler reports from.
     /// False: nothing was started; use `run(_:on:)`.
-    public func start(_ stanza: Stanza, on route: Route, completion: @escaping @Sendable ([Stanza]) -> Void) -> Bool {
+    package func start(_ stanza: Stanza, on route: Route, completion: @escaping @Sendable ([Stanza]) -> Void) -> Bool {
         guard route.handler.startsWithoutWaiting, route.gate.tryAcquire() else { return false }
         let started = ContinuousClock.now
         let context = context(for: stanza, on: route)

@@ -1,5 +1,5 @@
 // The handler formats of SPEC §5: what goes to stdin and how stdout is read.
 
-public enum HandlerFormat: String, Hashable, Sendable, CaseIterable {
+package enum HandlerFormat: String, Hashable, Sendable, CaseIterable {
     case text, json, xml
 }

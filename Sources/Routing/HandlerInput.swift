@@ -2,9 +2,9 @@
 
 import XMPPCore
 
-public enum HandlerInput {
+package enum HandlerInput {
     /// The bytes written to the handler's stdin.
-    public static func stdin(for stanza: Stanza, format: HandlerFormat) throws(XMLSerializationError) -> [UInt8] {
+    package static func stdin(for stanza: Stanza, format: HandlerFormat) throws(XMLSerializationError) -> [UInt8] {
         switch format {
         case .text:
             return Array((stanza.body ?? "").utf8)
@@ -18,7 +18,7 @@ public enum HandlerInput {
 
     /// The handler's whole environment: PATH, LANG, the route's `env` and `pass_env`, and the STANZA_*
     /// variables. Nothing else from stanzad's own environment.
-    public static func environment(
+    package static func environment(
         for stanza: Stanza, route: String, component: String, env: [String: String], passEnv: [String],
         parent: [String: String]
     ) -> [String: String] {
@@ -37,7 +37,7 @@ public enum HandlerInput {
     }
 
     /// The environment without the per-stanza variables: what a worker (which serves many stanzas) gets.
-    public static func baseEnvironment(
+    package static func baseEnvironment(
         route: String, component: String, env: [String: String], passEnv: [String], parent: [String: String]
     ) -> [String: String] {
         var result: [String: String] = [:]

@@ -3,12 +3,12 @@
 
 import XMPPCore
 
-public enum HandlerOutput {
+package enum HandlerOutput {
     /// Output that cannot become a reply; the sender gets internal-server-error and this is logged.
-    public struct Problem: Error, Hashable, Sendable, CustomStringConvertible {
-        public var description: String
+    package struct Problem: Error, Hashable, Sendable, CustomStringConvertible {
+        package var description: String
         /// A bounded, printable excerpt of the offending output.
-        public var excerpt: String
+        package var excerpt: String
 
         init(_ description: String, output: [UInt8]) {
             self.description = description
@@ -17,7 +17,7 @@ public enum HandlerOutput {
     }
 
     /// The replies encoded in `stdout` (unstamped; the dispatcher stamps them). Empty output → no reply.
-    public static func replies(
+    package static func replies(
         from stdout: [UInt8], format: HandlerFormat, incoming: Stanza, maxStanza: Int = 524_288
     ) throws(Problem) -> [Stanza] {
         guard UTF8Validator.isValid(stdout) else {
@@ -73,7 +73,7 @@ public enum HandlerOutput {
     }
 
     /// SPEC §5.3: the error for a handler that exited with `code` (non-zero).
-    public static func error(forExitCode code: Int32) -> StanzaError {
+    package static func error(forExitCode code: Int32) -> StanzaError {
         switch code {
         case 64: StanzaError(.modify, .badRequest)
         case 65: StanzaError(.modify, .notAcceptable)
@@ -87,7 +87,7 @@ public enum HandlerOutput {
 
     /// The outcome of a handler that exited non-zero with `stdout`: with `text`, non-empty output becomes the
     /// error's text; with `json`/`xml`, an error stanza the handler printed is sent as given.
-    public static func failure(exitCode code: Int32, stdout: [UInt8], format: HandlerFormat, incoming: Stanza) -> HandlerOutcome {
+    package static func failure(exitCode code: Int32, stdout: [UInt8], format: HandlerFormat, incoming: Stanza) -> HandlerOutcome {
         var error = self.error(forExitCode: code)
         switch format {
         case .text:

@@ -4,26 +4,26 @@
 import ComponentLink
 import XMPPCore
 
-public struct ReplyStamper: Sendable {
+package struct ReplyStamper: Sendable {
     /// What the link will accept (SPEC §8). Checked here too, so that a reply the link would refuse becomes
     /// an error to the sender instead of a reply that silently never leaves.
-    public let policy: OutboundPolicy
+    package let policy: OutboundPolicy
 
     /// The component domain; every outgoing `from` must be inside it.
-    public var domain: String { policy.domain }
+    package var domain: String { policy.domain }
 
-    public init(domain: String, maxStanzaBytes: Int = 524_288) {
+    package init(domain: String, maxStanzaBytes: Int = 524_288) {
         self.policy = OutboundPolicy(domain: domain, maxStanzaBytes: maxStanzaBytes)
     }
 
     /// A problem that turns the whole reply into internal-server-error.
-    public struct Refusal: Error, Hashable, Sendable, CustomStringConvertible {
-        public var description: String
+    package struct Refusal: Error, Hashable, Sendable, CustomStringConvertible {
+        package var description: String
     }
 
     /// The stanzas to send in answer to `incoming`, given the handler's outcome.
     /// - Returns: the stanzas plus, when a reply was refused, why (it is logged; the sender gets an error).
-    public func stamp(_ outcome: HandlerOutcome, replyingTo incoming: Stanza) -> (stanzas: [Stanza], refusal: Refusal?) {
+    package func stamp(_ outcome: HandlerOutcome, replyingTo incoming: Stanza) -> (stanzas: [Stanza], refusal: Refusal?) {
         if let failure = outcome.failure {
             return (errorReply(to: incoming, failure), nil)
         }
@@ -54,7 +54,7 @@ public struct ReplyStamper: Sendable {
     }
 
     /// The error reply to `incoming` (none for error/result stanzas), `by` the component.
-    public func errorReply(to incoming: Stanza, _ error: StanzaError) -> [Stanza] {
+    package func errorReply(to incoming: Stanza, _ error: StanzaError) -> [Stanza] {
         guard incoming.allowsReply else { return [] }
         var error = error
         if error.by == nil { error.by = domain }
@@ -62,7 +62,7 @@ public struct ReplyStamper: Sendable {
     }
 
     /// Fills in what a single reply leaves out and checks it against the outbound policy.
-    public func stamp(_ reply: Stanza, replyingTo incoming: Stanza) throws(Refusal) -> Stanza {
+    package func stamp(_ reply: Stanza, replyingTo incoming: Stanza) throws(Refusal) -> Stanza {
         var reply = reply
         if reply.from == nil { reply.from = incoming.to }
         if reply.to == nil { reply.to = incoming.from }

@@ -2,21 +2,21 @@
 
 import XMPPCore
 
-public struct RouteRule: Sendable {
-    public var kinds: Set<StanzaKind>
+package struct RouteRule: Sendable {
+    package var kinds: Set<StanzaKind>
     /// nil: any type. "available" stands for a presence without a type; "normal" for a message without one.
-    public var types: Set<String>?
-    public var to: [JIDPattern]?
-    public var from: [JIDPattern]?
-    public var body: BodyPattern?
+    package var types: Set<String>?
+    package var to: [JIDPattern]?
+    package var from: [JIDPattern]?
+    package var body: BodyPattern?
     /// A `text` route takes only messages with a body (SPEC §5.1).
-    public var requiresBody: Bool
+    package var requiresBody: Bool
     /// The component's domain when the loop guard is on: messages and presences from an address of the component
     /// itself are not taken (two of its addresses answering each other would loop forever). nil: the route opts in
     /// (`from_self = true`). iq get/set cannot loop (their answers are results, never answered) and always match.
-    public var refusesFromDomain: String?
+    package var refusesFromDomain: String?
 
-    public init(kinds: Set<StanzaKind> = [.message], types: Set<String>? = nil, to: [JIDPattern]? = nil,
+    package init(kinds: Set<StanzaKind> = [.message], types: Set<String>? = nil, to: [JIDPattern]? = nil,
                 from: [JIDPattern]? = nil, body: BodyPattern? = nil, requiresBody: Bool = false,
                 refusesFromDomain: String? = nil) {
         self.kinds = kinds
@@ -28,7 +28,7 @@ public struct RouteRule: Sendable {
         self.refusesFromDomain = refusesFromDomain?.lowercased()
     }
 
-    public func matches(_ stanza: Stanza) -> Bool {
+    package func matches(_ stanza: Stanza) -> Bool {
         guard kinds.contains(stanza.kind) else { return false }
         if let domain = refusesFromDomain, stanza.kind != .iq, isFromSelf(stanza, domain: domain) { return false }
         if let types {
@@ -64,16 +64,16 @@ public struct RouteRule: Sendable {
 }
 
 /// A compiled body regex. Regex values are immutable, so sharing one between tasks is safe.
-public struct BodyPattern: @unchecked Sendable {
-    public let source: String
+package struct BodyPattern: @unchecked Sendable {
+    package let source: String
     private let regex: Regex<AnyRegexOutput>
 
-    public init(_ source: String) throws {
+    package init(_ source: String) throws {
         self.source = source
         self.regex = try Regex(source)
     }
 
-    public func matches(_ text: String) -> Bool {
+    package func matches(_ text: String) -> Bool {
         (try? regex.firstMatch(in: text)) != nil
     }
 }

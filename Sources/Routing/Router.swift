@@ -7,21 +7,21 @@ import Logging
 import ServiceLifecycle
 import XMPPCore
 
-public final class Router: Service, Sendable {
+package final class Router: Service, Sendable {
     let connection: ComponentConnection
     let dispatcher: Dispatcher
     let logger: Logger
     let drainTimeout: Duration
     private let running = RunningHandlers()
 
-    public init(connection: ComponentConnection, dispatcher: Dispatcher, logger: Logger, drainTimeout: Duration = .seconds(10)) {
+    package init(connection: ComponentConnection, dispatcher: Dispatcher, logger: Logger, drainTimeout: Duration = .seconds(10)) {
         self.connection = connection
         self.dispatcher = dispatcher
         self.logger = logger
         self.drainTimeout = drainTimeout
     }
 
-    public func run() async throws {
+    package func run() async throws {
         connection.setDirectInbound { [self] stanza in handleDirectly(stanza) }
         await withDiscardingTaskGroup { group in
             // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.

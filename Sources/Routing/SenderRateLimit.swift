@@ -5,17 +5,17 @@
 import Synchronization
 
 /// "N/Ds": N stanzas per D seconds, as a bucket of N tokens refilled at N/D per second.
-public struct RateLimitSpec: Sendable, Equatable, CustomStringConvertible {
-    public var count: Int
-    public var seconds: Int
+package struct RateLimitSpec: Sendable, Equatable, CustomStringConvertible {
+    package var count: Int
+    package var seconds: Int
 
-    public init(count: Int, seconds: Int) {
+    package init(count: Int, seconds: Int) {
         self.count = count
         self.seconds = seconds
     }
 
     /// Parses "20/10s", "5/1s", "100/60s" (also "20/10"). nil with a reason otherwise.
-    public static func parse(_ text: String) -> Result<RateLimitSpec, ParseFailure> {
+    package static func parse(_ text: String) -> Result<RateLimitSpec, ParseFailure> {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         var window = parts.count == 2 ? Substring(parts[1]) : ""
         if window.hasSuffix("s") { window = window.dropLast() }
@@ -28,17 +28,17 @@ public struct RateLimitSpec: Sendable, Equatable, CustomStringConvertible {
         return .success(RateLimitSpec(count: count, seconds: seconds))
     }
 
-    public struct ParseFailure: Error, Equatable, CustomStringConvertible {
-        public var description: String
+    package struct ParseFailure: Error, Equatable, CustomStringConvertible {
+        package var description: String
     }
 
-    public var description: String { "\(count)/\(seconds)s" }
+    package var description: String { "\(count)/\(seconds)s" }
 }
 
 /// The buckets of every sender seen recently. Full buckets are forgotten, so memory follows the senders of the
 /// last window, not all senders ever.
-public struct SenderBuckets: Sendable {
-    public let spec: RateLimitSpec
+package struct SenderBuckets: Sendable {
+    package let spec: RateLimitSpec
     private var buckets: [String: Bucket] = [:]
     private var lastSweep: ContinuousClock.Instant?
 
@@ -49,20 +49,20 @@ public struct SenderBuckets: Sendable {
         var refused = 0
     }
 
-    public enum Decision: Equatable, Sendable {
+    package enum Decision: Equatable, Sendable {
         case allowed
         /// Over the limit; `refusedInARow` counts this sender's refusals since its last allowed stanza.
         case limited(refusedInARow: Int)
     }
 
-    public init(spec: RateLimitSpec) {
+    package init(spec: RateLimitSpec) {
         self.spec = spec
     }
 
     private var rate: Double { Double(spec.count) / Double(spec.seconds) }
 
     /// Takes a token for `sender` (a bare JID) at `now`, if there is one.
-    public mutating func take(sender: String, now: ContinuousClock.Instant) -> Decision {
+    package mutating func take(sender: String, now: ContinuousClock.Instant) -> Decision {
         sweep(now: now)
         var bucket = buckets[sender] ?? Bucket(tokens: Double(spec.count), updated: now)
         bucket.tokens = min(Double(spec.count), bucket.tokens + rate * seconds(now - bucket.updated))
@@ -78,7 +78,7 @@ public struct SenderBuckets: Sendable {
     }
 
     /// Senders tracked right now.
-    public var trackedSenders: Int { buckets.count }
+    package var trackedSenders: Int { buckets.count }
 
     /// Once per window, drops buckets that would be full again by now.
     private mutating func sweep(now: ContinuousClock.Instant) {
@@ -94,16 +94,16 @@ public struct SenderBuckets: Sendable {
 }
 
 /// `SenderBuckets` behind a lock, shared by the routing paths.
-public final class SenderRateLimit: Sendable {
+package final class SenderRateLimit: Sendable {
     private let buckets: Mutex<SenderBuckets>
-    public let spec: RateLimitSpec
+    package let spec: RateLimitSpec
 
-    public init(spec: RateLimitSpec) {
+    package init(spec: RateLimitSpec) {
         self.spec = spec
         self.buckets = Mutex(SenderBuckets(spec: spec))
     }
 
-    public func take(sender: String, now: ContinuousClock.Instant = .now) -> SenderBuckets.Decision {
+    package func take(sender: String, now: ContinuousClock.Instant = .now) -> SenderBuckets.Decision {
         buckets.withLock { $0.take(sender: sender, now: now) }
     }
 }

@@ -5,7 +5,7 @@ import Logging
 import XMPPCore
 
 /// Runs one stanza through a route's target.
-public protocol StanzaHandler: Sendable {
+package protocol StanzaHandler: Sendable {
     /// Handles `stanza` and reports what should be sent back. Must not throw: every failure is an outcome.
     func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome
 
@@ -22,23 +22,23 @@ public protocol StanzaHandler: Sendable {
 }
 
 extension StanzaHandler {
-    public var startsWithoutWaiting: Bool { false }
+    package var startsWithoutWaiting: Bool { false }
 
-    public func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
+    package func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
         Task { completion(await handle(stanza, context: context)) }
     }
 
-    public func shutDown() {}
+    package func shutDown() {}
 }
 
 /// What a handler knows about the route and the daemon while it runs.
-public struct HandlerContext: Sendable {
-    public var route: String
+package struct HandlerContext: Sendable {
+    package var route: String
     /// The component domain (`[component] jid`).
-    public var component: String
-    public var logger: Logger
+    package var component: String
+    package var logger: Logger
 
-    public init(route: String, component: String, logger: Logger) {
+    package init(route: String, component: String, logger: Logger) {
         self.route = route
         self.component = component
         self.logger = logger
@@ -46,21 +46,21 @@ public struct HandlerContext: Sendable {
 }
 
 /// The result of one handler run.
-public struct HandlerOutcome: Sendable {
+package struct HandlerOutcome: Sendable {
     /// Stanzas the handler produced, not yet stamped (SPEC §8).
-    public var replies: [Stanza]
+    package var replies: [Stanza]
     /// The handler failed: the sender gets this error (unless the stanza was an error or result).
-    public var failure: StanzaError?
+    package var failure: StanzaError?
     /// Extra fields for the "stanza handled" log line: exit status, pid, HTTP status, …
-    public var metadata: Logger.Metadata
+    package var metadata: Logger.Metadata
 
-    public init(replies: [Stanza] = [], failure: StanzaError? = nil, metadata: Logger.Metadata = [:]) {
+    package init(replies: [Stanza] = [], failure: StanzaError? = nil, metadata: Logger.Metadata = [:]) {
         self.replies = replies
         self.failure = failure
         self.metadata = metadata
     }
 
-    public static func failed(_ type: StanzaError.ErrorType, _ condition: StanzaError.Condition, text: String? = nil,
+    package static func failed(_ type: StanzaError.ErrorType, _ condition: StanzaError.Condition, text: String? = nil,
                               metadata: Logger.Metadata = [:]) -> HandlerOutcome {
         HandlerOutcome(failure: StanzaError(type, condition, text: text), metadata: metadata)
     }

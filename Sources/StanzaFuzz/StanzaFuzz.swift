@@ -20,7 +20,7 @@ import XMPPCore
 #if FUZZING
 
 @_cdecl("LLVMFuzzerTestOneInput")
-public func stanzaFuzzTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+package func stanzaFuzzTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     FuzzTarget.run(UnsafeBufferPointer(start: data, count: size))
     return 0
 }
@@ -37,7 +37,7 @@ func llvmFuzzerRunDriver(
 ) -> CInt
 
 @_cdecl("StanzaFuzz_main")
-public func stanzaFuzzMain(
+package func stanzaFuzzMain(
     _ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
 ) -> CInt {
     var argc = argc

@@ -16,12 +16,12 @@ import XMPPCore
 
 /// The HTTP clients all webhook routes share: keep-alive connections, redirects not followed. Plain `http://`
 /// URLs go through our own small client (`PlainHTTPClient`), `https://` through async-http-client.
-public final class WebhookClient: Sendable {
-    public let http: HTTPClient
+package final class WebhookClient: Sendable {
+    package let http: HTTPClient
     /// nil: every URL goes through async-http-client (tests compare the two transports this way).
     let plain: PlainHTTPClient?
 
-    public convenience init() {
+    package convenience init() {
         self.init(plainHTTP: true)
     }
 
@@ -36,19 +36,19 @@ public final class WebhookClient: Sendable {
             : nil
     }
 
-    public func shutdown() async {
+    package func shutdown() async {
         plain?.shutdown()
         try? await http.shutdown()
     }
 }
 
-public struct WebhookHandler: StanzaHandler {
-    public let settings: WebhookSettings
-    public let client: WebhookClient
+package struct WebhookHandler: StanzaHandler {
+    package let settings: WebhookSettings
+    package let client: WebhookClient
     /// A URL template without placeholders (the common case) is parsed once.
     private let fixedEndpoint: Endpoint?
 
-    public init(settings: WebhookSettings, client: WebhookClient) {
+    package init(settings: WebhookSettings, client: WebhookClient) {
         self.settings = settings
         self.client = client
         fixedEndpoint = settings.urlTemplate.contains("{") ? nil : try? Self.endpoint(settings.urlTemplate, client: client)
@@ -72,15 +72,15 @@ public struct WebhookHandler: StanzaHandler {
         case bodyTooLarge
     }
 
-    public var startsWithoutWaiting: Bool { true }
+    package var startsWithoutWaiting: Bool { true }
 
-    public func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
+    package func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
         await withCheckedContinuation { continuation in
             start(stanza, context: context) { continuation.resume(returning: $0) }
         }
     }
 
-    public func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
+    package func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
         let delivery = RandomID.make()
         let request: WebhookRequest
         do {

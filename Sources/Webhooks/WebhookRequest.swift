@@ -5,22 +5,22 @@ import Crypto
 import Routing
 import XMPPCore
 
-public struct WebhookSettings: Sendable {
+package struct WebhookSettings: Sendable {
     /// The URL with {kind} {type} {to} {from} {id} placeholders.
-    public var urlTemplate: String
-    public var format: HandlerFormat
-    public var headers: [String: String]
-    public var hmacSecret: String?
+    package var urlTemplate: String
+    package var format: HandlerFormat
+    package var headers: [String: String]
+    package var hmacSecret: String?
     /// Per attempt.
-    public var timeout: Duration
+    package var timeout: Duration
     /// Extra attempts for messages (SPEC §6 retries).
-    public var retries: Int
+    package var retries: Int
     /// Response bytes accepted (`max_output`).
-    public var maxBody: Int
-    public var maxStanza: Int
-    public var userAgent: String
+    package var maxBody: Int
+    package var maxStanza: Int
+    package var userAgent: String
 
-    public init(urlTemplate: String, format: HandlerFormat, headers: [String: String] = [:], hmacSecret: String? = nil,
+    package init(urlTemplate: String, format: HandlerFormat, headers: [String: String] = [:], hmacSecret: String? = nil,
                 timeout: Duration = .seconds(10), retries: Int = 0, maxBody: Int = 262_144, maxStanza: Int = 524_288,
                 userAgent: String = "stanzad") {
         self.urlTemplate = urlTemplate
@@ -36,12 +36,12 @@ public struct WebhookSettings: Sendable {
 }
 
 /// One POST, before it is sent.
-public struct WebhookRequest: Sendable, Equatable {
-    public var url: String
-    public var headers: [(String, String)]
-    public var body: [UInt8]
+package struct WebhookRequest: Sendable, Equatable {
+    package var url: String
+    package var headers: [(String, String)]
+    package var body: [UInt8]
 
-    public static func == (a: Self, b: Self) -> Bool {
+    package static func == (a: Self, b: Self) -> Bool {
         a.url == b.url && a.body == b.body && a.headers.map { "\($0.0): \($0.1)" } == b.headers.map { "\($0.0): \($0.1)" }
     }
 
@@ -51,10 +51,10 @@ public struct WebhookRequest: Sendable, Equatable {
         self.body = body
     }
 
-    public static let accept = "application/xmpp+xml, application/json, text/plain"
+    package static let accept = "application/xmpp+xml, application/json, text/plain"
 
     /// The request for `stanza`; `delivery` is the Stanzad-Delivery id (the same for every retry).
-    public init(stanza: Stanza, settings: WebhookSettings, delivery: String) throws(XMLSerializationError) {
+    package init(stanza: Stanza, settings: WebhookSettings, delivery: String) throws(XMLSerializationError) {
         url = Self.render(settings.urlTemplate, stanza)
         let contentType: String
         switch settings.format {
@@ -88,7 +88,7 @@ public struct WebhookRequest: Sendable, Equatable {
     }
 
     /// `sha256=<lowercase hex HMAC-SHA256 of the body>`.
-    public static func signature(_ body: [UInt8], secret: String) -> String {
+    package static func signature(_ body: [UInt8], secret: String) -> String {
         let mac = HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: Array(secret.utf8)))
         return "sha256=" + mac.map { byte in
             let hex = String(byte, radix: 16)
@@ -98,7 +98,7 @@ public struct WebhookRequest: Sendable, Equatable {
 
     /// Fills {kind} {type} {to} {from} {id}, each percent-encoded (RFC 3986 unreserved characters stay).
     /// A missing value renders as empty.
-    public static func render(_ template: String, _ stanza: Stanza) -> String {
+    package static func render(_ template: String, _ stanza: Stanza) -> String {
         let values: [String: String] = [
             "kind": stanza.kind.rawValue,
             "type": stanza.type ?? (stanza.kind == .presence ? "available" : (stanza.kind == .message ? "normal" : "")),

@@ -5,7 +5,7 @@ import Logging
 import Routing
 import XMPPCore
 
-public enum WebhookResponse {
+package enum WebhookResponse {
     static func format(forMediaType type: String) -> HandlerFormat? {
         switch type {
         case "application/xmpp+xml", "application/xml", "text/xml": .xml
@@ -16,7 +16,7 @@ public enum WebhookResponse {
     }
 
     /// The outcome for a completed HTTP exchange.
-    public static func outcome(
+    package static func outcome(
         status: Int, reason: String?, contentType: String?, body: [UInt8], incoming: Stanza, maxStanza: Int
     ) -> (HandlerOutcome, problem: String?) {
         let metadata: Logger.Metadata = ["http_status": "\(status)"]

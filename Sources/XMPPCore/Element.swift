@@ -1,49 +1,49 @@
 // An XML element tree with resolved namespaces: what the parser produces and the serializer writes.
 
 /// Well-known namespaces.
-public enum Namespace {
-    public static let client = "jabber:client"
-    public static let componentAccept = "jabber:component:accept"
-    public static let server = "jabber:server"
-    public static let stream = "http://etherx.jabber.org/streams"
-    public static let stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas"
-    public static let streams = "urn:ietf:params:xml:ns:xmpp-streams"
-    public static let xml = "http://www.w3.org/XML/1998/namespace"
+package enum Namespace {
+    package static let client = "jabber:client"
+    package static let componentAccept = "jabber:component:accept"
+    package static let server = "jabber:server"
+    package static let stream = "http://etherx.jabber.org/streams"
+    package static let stanzas = "urn:ietf:params:xml:ns:xmpp-stanzas"
+    package static let streams = "urn:ietf:params:xml:ns:xmpp-streams"
+    package static let xml = "http://www.w3.org/XML/1998/namespace"
 
     /// The namespaces a top-level stanza may carry; all mean the same thing on a component stream.
-    public static func isStanzaNamespace(_ uri: String?) -> Bool {
+    package static func isStanzaNamespace(_ uri: String?) -> Bool {
         guard let uri else { return true }
         return uri == client || uri == componentAccept || uri == server || uri.isEmpty
     }
 }
 
 /// An attribute. `namespace` is nil for the common unprefixed case; `xml:lang` has the XML namespace.
-public struct Attribute: Hashable, Sendable {
-    public var name: String
-    public var value: String
+package struct Attribute: Hashable, Sendable {
+    package var name: String
+    package var value: String
     /// Namespace and prefix, nil in nearly every attribute, share one optional reference: an attribute is five
     /// words instead of eight, and copying or destroying one touches three references instead of four.
     private var qualifier: Qualifier?
 
-    public var namespace: String? {
+    package var namespace: String? {
         get { qualifier?.namespace }
         set { qualifier = Qualifier.make(namespace: newValue, prefix: qualifier?.prefix) }
     }
 
     /// The prefix seen in the source (or chosen by the builder); used only for namespaced attributes.
-    public var prefix: String? {
+    package var prefix: String? {
         get { qualifier?.prefix }
         set { qualifier = Qualifier.make(namespace: qualifier?.namespace, prefix: newValue) }
     }
 
-    public init(name: String, value: String, namespace: String? = nil, prefix: String? = nil) {
+    package init(name: String, value: String, namespace: String? = nil, prefix: String? = nil) {
         self.name = name
         self.value = value
         self.qualifier = Qualifier.make(namespace: namespace, prefix: prefix)
     }
 
     /// `xml:lang="…"`.
-    public static func lang(_ value: String) -> Attribute {
+    package static func lang(_ value: String) -> Attribute {
         Attribute(name: "lang", value: value, qualifier: Qualifier.xml)
     }
 
@@ -54,11 +54,11 @@ public struct Attribute: Hashable, Sendable {
         self.qualifier = qualifier
     }
 
-    public static func == (lhs: Attribute, rhs: Attribute) -> Bool {
+    package static func == (lhs: Attribute, rhs: Attribute) -> Bool {
         lhs.name == rhs.name && lhs.value == rhs.value && lhs.namespace == rhs.namespace && lhs.prefix == rhs.prefix
     }
 
-    public func hash(into hasher: inout Hasher) {
+    package func hash(into hasher: inout Hasher) {
         hasher.combine(name)
         hasher.combine(namespace)
         hasher.combine(prefix)
@@ -86,19 +86,19 @@ public struct Attribute: Hashable, Sendable {
 }
 
 /// A child of an element: another element or character data.
-public enum Node: Hashable, Sendable {
+package enum Node: Hashable, Sendable {
     case element(Element)
     case text(String)
 }
 
 /// An XML element. `namespace` is the resolved namespace URI (nil means no namespace).
-public struct Element: Hashable, Sendable {
-    public var name: String
-    public var namespace: String?
-    public var attributes: [Attribute]
-    public var children: [Node]
+package struct Element: Hashable, Sendable {
+    package var name: String
+    package var namespace: String?
+    package var attributes: [Attribute]
+    package var children: [Node]
 
-    public init(
+    package init(
         _ name: String, namespace: String? = nil, attributes: [Attribute] = [], children: [Node] = []
     ) {
         self.name = name
@@ -108,7 +108,7 @@ public struct Element: Hashable, Sendable {
     }
 
     /// Convenience: `Element("body", text: "hi")`.
-    public init(_ name: String, namespace: String? = nil, attributes: [String: String] = [:], text: String) {
+    package init(_ name: String, namespace: String? = nil, attributes: [String: String] = [:], text: String) {
         self.init(
             name, namespace: namespace,
             attributes: attributes.sorted { $0.key < $1.key }.map { Attribute(name: $0.key, value: $0.value) },
@@ -118,7 +118,7 @@ public struct Element: Hashable, Sendable {
     // MARK: Attributes
 
     /// The value of the unqualified attribute `name` (or `xml:lang` when asked for "xml:lang").
-    public subscript(attribute name: String) -> String? {
+    package subscript(attribute name: String) -> String? {
         get {
             attributeIndex(name).map { attributes[$0].value }
         }
@@ -141,45 +141,45 @@ public struct Element: Hashable, Sendable {
     // MARK: Children
 
     /// Child elements, in order.
-    public var elements: [Element] {
+    package var elements: [Element] {
         children.compactMap { if case .element(let e) = $0 { e } else { nil } }
     }
 
     /// The first child element with this name, in any namespace.
-    public func child(_ name: String) -> Element? {
+    package func child(_ name: String) -> Element? {
         for case .element(let e) in children where e.name == name { return e }
         return nil
     }
 
     /// The first child element with exactly this name and namespace (nil: no namespace).
-    public func child(_ name: String, namespace: String?) -> Element? {
+    package func child(_ name: String, namespace: String?) -> Element? {
         for case .element(let e) in children where e.name == name && e.namespace == namespace { return e }
         return nil
     }
 
     /// The first child element in this namespace.
-    public func child(inNamespace namespace: String) -> Element? {
+    package func child(inNamespace namespace: String) -> Element? {
         for case .element(let e) in children where e.namespace == namespace { return e }
         return nil
     }
 
     /// All character data directly inside this element, concatenated.
-    public var text: String {
+    package var text: String {
         var result = ""
         for case .text(let t) in children { result += t }
         return result
     }
 
     /// Appends a child element.
-    public mutating func append(_ element: Element) { children.append(.element(element)) }
+    package mutating func append(_ element: Element) { children.append(.element(element)) }
 
     /// Appends character data (nothing when empty).
-    public mutating func append(text: String) {
+    package mutating func append(text: String) {
         if !text.isEmpty { children.append(.text(text)) }
     }
 
     /// Removes every child element with this name and namespace.
-    public mutating func removeChildren(_ name: String, namespace: String?) {
+    package mutating func removeChildren(_ name: String, namespace: String?) {
         children.removeAll {
             if case .element(let e) = $0 { return e.name == name && e.namespace == namespace }
             return false
@@ -187,7 +187,7 @@ public struct Element: Hashable, Sendable {
     }
 
     /// Sets the text of child `name` (creating or replacing it); nil removes it.
-    public mutating func setChildText(_ name: String, namespace: String?, _ value: String?) {
+    package mutating func setChildText(_ name: String, namespace: String?, _ value: String?) {
         if let index = children.firstIndex(where: {
             if case .element(let e) = $0 { return e.name == name && e.namespace == namespace }
             return false

@@ -1,13 +1,13 @@
 // HTTP status → stanza error (Prosody's net.http.errors registry, built on XEP-0086). Used by webhooks.
 
-public enum HTTPStanzaErrors {
+package enum HTTPStanzaErrors {
     /// The stanza error for an HTTP status; `text` is usually the reason phrase.
-    public static func error(forStatus status: Int, text: String? = nil) -> StanzaError {
+    package static func error(forStatus status: Int, text: String? = nil) -> StanzaError {
         let (type, condition) = mapping(status)
         return StanzaError(type, condition, text: text ?? reasonPhrase(status))
     }
 
-    public static func mapping(_ status: Int) -> (StanzaError.ErrorType, StanzaError.Condition) {
+    package static func mapping(_ status: Int) -> (StanzaError.ErrorType, StanzaError.Condition) {
         switch status {
         case 400, 411, 416, 422: (.modify, .badRequest)
         case 401, 511: (.auth, .notAuthorized)
@@ -30,7 +30,7 @@ public enum HTTPStanzaErrors {
     }
 
     /// The standard reason phrase, or "<n> Unassigned".
-    public static func reasonPhrase(_ status: Int) -> String {
+    package static func reasonPhrase(_ status: Int) -> String {
         switch status {
         case 100: "Continue"
         case 101: "Switching Protocols"
@@ -91,9 +91,9 @@ public enum HTTPStanzaErrors {
 }
 
 /// Content-Type values, for the HTTP sides (REST API, webhooks).
-public enum HTTPMediaType {
+package enum HTTPMediaType {
     /// The media type without parameters, lower-cased: "Application/JSON; charset=utf-8" → "application/json".
-    public static func essence(_ contentType: String?) -> String {
+    package static func essence(_ contentType: String?) -> String {
         guard let contentType else { return "" }
         let base = contentType.split(separator: ";", maxSplits: 1).first ?? ""
         return base.filter { $0 != " " && $0 != "\t" }.lowercased()

@@ -1,21 +1,21 @@
 // XMPP addresses (RFC 7622 shape): parsing, validation, bare/full forms, glob matching.
 
 /// Why a string is not a JID.
-public struct JIDError: Error, Hashable, Sendable, CustomStringConvertible {
-    public var reason: String
-    public var input: String
-    public var description: String { "invalid JID \(JID.quoted(input)): \(reason)" }
+package struct JIDError: Error, Hashable, Sendable, CustomStringConvertible {
+    package var reason: String
+    package var input: String
+    package var description: String { "invalid JID \(JID.quoted(input)): \(reason)" }
 }
 
 /// A validated JID. The domain is lower-cased; a trailing dot on it is removed.
-public struct JID: Hashable, Sendable, CustomStringConvertible {
-    public let localpart: String?
-    public let domain: String
-    public let resource: String?
+package struct JID: Hashable, Sendable, CustomStringConvertible {
+    package let localpart: String?
+    package let domain: String
+    package let resource: String?
 
-    public static let maxPartBytes = 1023
+    package static let maxPartBytes = 1023
 
-    public init(_ string: String) throws(JIDError) {
+    package init(_ string: String) throws(JIDError) {
         func fail(_ reason: String) -> JIDError { JIDError(reason: reason, input: string) }
         // Split on the first "/" and then the first "@" before it, by UTF-8 code unit (both are ASCII).
         var rest = Substring(string)
@@ -111,7 +111,7 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
         return nil
     }
 
-    public init(localpart: String? = nil, domain: String, resource: String? = nil) throws(JIDError) {
+    package init(localpart: String? = nil, domain: String, resource: String? = nil) throws(JIDError) {
         var s = ""
         if let localpart { s += localpart + "@" }
         s += domain
@@ -120,18 +120,18 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Parses, returning nil for invalid input.
-    public static func parse(_ string: String?) -> JID? {
+    package static func parse(_ string: String?) -> JID? {
         guard let string else { return nil }
         return try? JID(string)
     }
 
-    public var bare: JID {
+    package var bare: JID {
         JID(uncheckedLocal: localpart, domain: domain, resource: nil)
     }
 
-    public var isBare: Bool { resource == nil }
+    package var isBare: Bool { resource == nil }
 
-    public var description: String {
+    package var description: String {
         var s = ""
         if let localpart { s += localpart + "@" }
         s += domain
@@ -140,7 +140,7 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// True when `self` is the domain `domain` or an address `node@domain[/res]` inside it.
-    public func isInside(domain other: String) -> Bool { domain == other }
+    package func isInside(domain other: String) -> Bool { domain == other }
 
     private init(uncheckedLocal: String?, domain: String, resource: String?) {
         self.localpart = uncheckedLocal
@@ -177,7 +177,7 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// `s` in quotes for messages: long values shortened, control characters shown as escapes.
-    public static func quoted(_ s: String) -> String {
+    package static func quoted(_ s: String) -> String {
         let shown = s.count > 80 ? String(s.prefix(80)) + "…" : s
         return "\"" + shown.unicodeScalars.map { isControl($0) ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined() + "\""
     }
@@ -185,10 +185,10 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
 
 /// A bare-JID glob such as `*@bot.example.org` or `bot.example.org`: `*` matches any run of characters.
 /// Matching is against the bare form; the domain compares case-insensitively.
-public struct JIDPattern: Hashable, Sendable, CustomStringConvertible {
-    public let pattern: String
+package struct JIDPattern: Hashable, Sendable, CustomStringConvertible {
+    package let pattern: String
 
-    public init(_ pattern: String) {
+    package init(_ pattern: String) {
         // The domain half is case-insensitive in JIDs; lower-case the whole pattern's domain part.
         if let at = pattern.lastIndex(of: "@") {
             self.pattern = String(pattern[...at]) + pattern[pattern.index(after: at)...].lowercased()
@@ -197,9 +197,9 @@ public struct JIDPattern: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    public var description: String { pattern }
+    package var description: String { pattern }
 
-    public func matches(_ jid: JID) -> Bool {
+    package func matches(_ jid: JID) -> Bool {
         Self.glob(Array(pattern.unicodeScalars), Array(jid.bare.description.unicodeScalars))
     }
 

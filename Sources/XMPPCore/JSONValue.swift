@@ -9,7 +9,7 @@ import Foundation
 #endif
 
 /// A JSON value. Integers that fit in `Int64` stay `.int`; other numbers are `.double`.
-public enum JSONValue: Hashable, Sendable {
+package enum JSONValue: Hashable, Sendable {
     case null
     case bool(Bool)
     case int(Int64)
@@ -25,7 +25,7 @@ extension JSONValue {
     /// Parses UTF-8 JSON text (RFC 8259). Any JSON value is accepted at the top level. `true`/`false` never come out
     /// as numbers nor numbers as booleans; a number with an exact `Int64` value (`3`, `3.0`, `3e0`) is `.int`.
     /// Nesting is limited to 512 levels; a repeated object key keeps its last value.
-    public static func parse(_ bytes: some Collection<UInt8>) throws(JSONMappingError) -> JSONValue {
+    package static func parse(_ bytes: some Collection<UInt8>) throws(JSONMappingError) -> JSONValue {
         let result: Result<JSONValue, JSONMappingError>? = bytes.withContiguousStorageIfAvailable { buffer in
             Result { () throws(JSONMappingError) in try parse(buffer: buffer) }
         }
@@ -34,7 +34,7 @@ extension JSONValue {
     }
 
     /// Parses JSON text held in a string.
-    public static func parse(_ string: String) throws(JSONMappingError) -> JSONValue {
+    package static func parse(_ string: String) throws(JSONMappingError) -> JSONValue {
         try parse(string.utf8)
     }
 
@@ -55,12 +55,12 @@ extension JSONValue {
     /// Compact JSON text: no whitespace, object keys sorted by their UTF-8 bytes, control characters
     /// (and U+2028/U+2029, and U+FFFE/U+FFFF which XML cannot carry) escaped, other characters as UTF-8. Non-finite doubles, which JSON cannot
     /// carry, are written as `null`.
-    public func serialized() -> String {
+    package func serialized() -> String {
         String(decoding: serializedBytes(), as: UTF8.self)
     }
 
     /// The UTF-8 bytes of `serialized()`.
-    public func serializedBytes() -> [UInt8] {
+    package func serializedBytes() -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(256)
         write(into: &out)
@@ -398,7 +398,7 @@ private struct JSONReader {
 }
 
 extension JSONValue: CustomStringConvertible {
-    public var description: String { serialized() }
+    package var description: String { serialized() }
 }
 
 // MARK: Codable
@@ -411,7 +411,7 @@ extension JSONValue: Codable {
         init?(intValue: Int) { nil }
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         // Containers first, so that an error deep inside an array or object propagates as it is.
         if let container = try? decoder.container(keyedBy: MemberKey.self) {
             var members: [String: JSONValue] = [:]
@@ -449,7 +449,7 @@ extension JSONValue: Codable {
         }
     }
 
-    public func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         switch self {
         case .null:
             var container = encoder.singleValueContainer()
@@ -480,31 +480,31 @@ extension JSONValue: Codable {
 
 extension JSONValue {
     /// The member `key` of an object; nil for a missing key or a value that is not an object.
-    public subscript(key: String) -> JSONValue? {
+    package subscript(key: String) -> JSONValue? {
         if case .object(let members) = self { return members[key] }
         return nil
     }
 
     /// The element at `index` of an array; nil when out of range or not an array.
-    public subscript(index: Int) -> JSONValue? {
+    package subscript(index: Int) -> JSONValue? {
         if case .array(let values) = self, values.indices.contains(index) { return values[index] }
         return nil
     }
 
-    public var isNull: Bool { self == .null }
+    package var isNull: Bool { self == .null }
 
-    public var stringValue: String? {
+    package var stringValue: String? {
         if case .string(let value) = self { return value }
         return nil
     }
 
-    public var boolValue: Bool? {
+    package var boolValue: Bool? {
         if case .bool(let value) = self { return value }
         return nil
     }
 
     /// An `.int`, or a `.double` with an exact `Int64` value.
-    public var intValue: Int64? {
+    package var intValue: Int64? {
         switch self {
         case .int(let value): value
         case .double(let value): Int64(exactly: value)
@@ -513,7 +513,7 @@ extension JSONValue {
     }
 
     /// A `.double`, or an `.int` as a double.
-    public var doubleValue: Double? {
+    package var doubleValue: Double? {
         switch self {
         case .double(let value): value
         case .int(let value): Double(value)
@@ -521,18 +521,18 @@ extension JSONValue {
         }
     }
 
-    public var arrayValue: [JSONValue]? {
+    package var arrayValue: [JSONValue]? {
         if case .array(let values) = self { return values }
         return nil
     }
 
-    public var objectValue: [String: JSONValue]? {
+    package var objectValue: [String: JSONValue]? {
         if case .object(let members) = self { return members }
         return nil
     }
 
     /// "a string", "an object", … for error messages.
-    public var kindDescription: String {
+    package var kindDescription: String {
         switch self {
         case .null: "null"
         case .bool: "a boolean"
@@ -550,12 +550,12 @@ extension JSONValue {
 extension JSONValue: ExpressibleByBooleanLiteral, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
     ExpressibleByStringLiteral, ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral
 {
-    public init(booleanLiteral value: Bool) { self = .bool(value) }
-    public init(integerLiteral value: Int64) { self = .int(value) }
-    public init(floatLiteral value: Double) { self = .double(value) }
-    public init(stringLiteral value: String) { self = .string(value) }
-    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
-    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+    package init(booleanLiteral value: Bool) { self = .bool(value) }
+    package init(integerLiteral value: Int64) { self = .int(value) }
+    package init(floatLiteral value: Double) { self = .double(value) }
+    package init(stringLiteral value: String) { self = .string(value) }
+    package init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    package init(dictionaryLiteral elements: (String, JSONValue)...) {
         self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
     }
 }

@@ -7,7 +7,7 @@ internal import Darwin
 #endif
 import Synchronization
 
-public enum RandomID {
+package enum RandomID {
     /// Random bytes fetched from the kernel 4 KiB at a time: one read of /dev/urandom per 170 ids instead of
     /// 24 `getrandom` calls per id (`SystemRandomNumberGenerator` makes a system call per number; at thousands
     /// of replies a second that was 2% of stanzad's CPU).
@@ -45,7 +45,7 @@ public enum RandomID {
     private static let pool = Mutex(Pool())
     private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
-    public static func make() -> String {
+    package static func make() -> String {
         pool.withLock { pool in
             // 64 symbols: the low six bits of a uniform byte are uniform.
             String(decoding: pool.take(24).lazy.map { alphabet[Int($0 & 63)] }, as: UTF8.self)

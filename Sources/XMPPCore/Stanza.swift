@@ -1,21 +1,21 @@
 // A top-level stanza (message, presence, iq) over an element, with the reply rules of SPEC §8.
 
-public enum StanzaKind: String, Hashable, Sendable, CaseIterable {
+package enum StanzaKind: String, Hashable, Sendable, CaseIterable {
     case message, presence, iq
 }
 
-public struct Stanza: Hashable, Sendable {
-    public var element: Element
+package struct Stanza: Hashable, Sendable {
+    package var element: Element
 
     /// Wraps an element that is a message, presence or iq in a stanza namespace; nil otherwise.
-    public init?(_ element: Element) {
+    package init?(_ element: Element) {
         guard StanzaKind(rawValue: element.name) != nil, Namespace.isStanzaNamespace(element.namespace) else {
             return nil
         }
         self.element = element
     }
 
-    public init(kind: StanzaKind, type: String? = nil, id: String? = nil, from: String? = nil, to: String? = nil) {
+    package init(kind: StanzaKind, type: String? = nil, id: String? = nil, from: String? = nil, to: String? = nil) {
         var e = Element(kind.rawValue, namespace: Namespace.client)
         e[attribute: "type"] = type
         e[attribute: "id"] = id
@@ -24,48 +24,48 @@ public struct Stanza: Hashable, Sendable {
         self.element = e
     }
 
-    public var kind: StanzaKind { StanzaKind(rawValue: element.name) ?? .message }
+    package var kind: StanzaKind { StanzaKind(rawValue: element.name) ?? .message }
 
-    public var type: String? {
+    package var type: String? {
         get { element[attribute: "type"] }
         set { element[attribute: "type"] = newValue }
     }
-    public var id: String? {
+    package var id: String? {
         get { element[attribute: "id"] }
         set { element[attribute: "id"] = newValue }
     }
-    public var from: String? {
+    package var from: String? {
         get { element[attribute: "from"] }
         set { element[attribute: "from"] = newValue }
     }
-    public var to: String? {
+    package var to: String? {
         get { element[attribute: "to"] }
         set { element[attribute: "to"] = newValue }
     }
-    public var lang: String? {
+    package var lang: String? {
         get { element[attribute: "xml:lang"] }
         set { element[attribute: "xml:lang"] = newValue }
     }
 
     /// The message body, if any.
-    public var body: String? { element.child("body", namespace: element.namespace)?.text }
+    package var body: String? { element.child("body", namespace: element.namespace)?.text }
 
     /// The `<thread/>` element of a message, if any.
-    public var thread: Element? { element.child("thread", namespace: element.namespace) }
+    package var thread: Element? { element.child("thread", namespace: element.namespace) }
 
     /// The stanza error carried by a `type="error"` stanza.
-    public var error: StanzaError? {
+    package var error: StanzaError? {
         element.child("error", namespace: element.namespace).flatMap(StanzaError.init(element:))
     }
 
     /// iq get/set: a request that must get exactly one reply.
-    public var isRequest: Bool { kind == .iq && (type == "get" || type == "set") }
+    package var isRequest: Bool { kind == .iq && (type == "get" || type == "set") }
 
     /// Never reply to `error` or `result` (SPEC §8).
-    public var allowsReply: Bool { type != "error" && type != "result" }
+    package var allowsReply: Bool { type != "error" && type != "result" }
 
     /// An empty reply skeleton: swapped addresses, same namespace; iq keeps the id and becomes `result`.
-    public func replySkeleton(kind replyKind: StanzaKind? = nil) -> Stanza {
+    package func replySkeleton(kind replyKind: StanzaKind? = nil) -> Stanza {
         var reply = Element((replyKind ?? kind).rawValue, namespace: element.namespace)
         reply[attribute: "from"] = to
         reply[attribute: "to"] = from
@@ -79,7 +79,7 @@ public struct Stanza: Hashable, Sendable {
 
     /// The error reply to this stanza (SPEC §8): same kind, type=error, swapped addresses, same id,
     /// `<error type by>` with the condition and optional text.
-    public func errorReply(_ error: StanzaError) -> Stanza {
+    package func errorReply(_ error: StanzaError) -> Stanza {
         var reply = Element(kind.rawValue, namespace: element.namespace)
         reply[attribute: "from"] = to
         reply[attribute: "to"] = from
@@ -91,5 +91,5 @@ public struct Stanza: Hashable, Sendable {
 
     init(uncheckedElement: Element) { self.element = uncheckedElement }
 
-    public func serialized() throws(XMLSerializationError) -> String { try element.serialized() }
+    package func serialized() throws(XMLSerializationError) -> String { try element.serialized() }
 }

@@ -2,8 +2,8 @@
 // bodies, webhook bodies, handler stdin/stdout and worker lines.
 
 /// Why JSON could not be read or mapped to a stanza. `message` says what to fix.
-public struct JSONMappingError: Error, Hashable, Sendable, CustomStringConvertible {
-    public enum Code: String, Hashable, Sendable {
+package struct JSONMappingError: Error, Hashable, Sendable, CustomStringConvertible {
+    package enum Code: String, Hashable, Sendable {
         /// Not JSON text (syntax, encoding, empty input).
         case invalidJSON
         /// JSON, but not an object.
@@ -18,38 +18,38 @@ public struct JSONMappingError: Error, Hashable, Sendable, CustomStringConvertib
         case invalidStanza
     }
 
-    public var code: Code
+    package var code: Code
     /// The offending field (`"priority"`, `"error.type"`, …), when there is one.
-    public var field: String?
-    public var message: String
+    package var field: String?
+    package var message: String
 
-    public init(_ code: Code, _ message: String, field: String? = nil) {
+    package init(_ code: Code, _ message: String, field: String? = nil) {
         self.code = code
         self.message = message
         self.field = field
     }
 
-    public var description: String { message }
+    package var description: String { message }
 }
 
 /// Defaults for a handler's reply (SPEC §5.2, §8), used only where the reply's JSON leaves a field out.
-public struct ReplyDefaults: Hashable, Sendable {
+package struct ReplyDefaults: Hashable, Sendable {
     /// Usually the sender of the stanza being answered.
-    public var to: String?
+    package var to: String?
     /// Usually the JID the stanza was addressed to.
-    public var from: String?
-    public var id: String?
+    package var from: String?
+    package var id: String?
     /// The kind when neither `kind`, `type` nor the keys decide it (otherwise message).
-    public var kind: StanzaKind?
+    package var kind: StanzaKind?
     /// The type of a message reply: the incoming message's type, or chat.
-    public var messageType: String?
+    package var messageType: String?
     /// The type of an iq reply (otherwise get).
-    public var iqType: String?
+    package var iqType: String?
     /// The XEP-0201 thread of a message reply, and its parent.
-    public var thread: String?
-    public var threadParent: String?
+    package var thread: String?
+    package var threadParent: String?
 
-    public init(
+    package init(
         to: String? = nil, from: String? = nil, id: String? = nil, kind: StanzaKind? = nil,
         messageType: String? = nil, iqType: String? = nil, thread: String? = nil, threadParent: String? = nil
     ) {
@@ -65,7 +65,7 @@ public struct ReplyDefaults: Hashable, Sendable {
 
     /// The defaults for replying to `stanza`: swapped addresses; a message reply takes its type (chat when it
     /// has none or is not a message) and thread; an iq reply is an iq `result` with the same id.
-    public init(replyingTo stanza: Stanza) {
+    package init(replyingTo stanza: Stanza) {
         self.init(to: stanza.from, from: stanza.to)
         let incomingType = stanza.kind == .message ? stanza.type : nil
         messageType = incomingType.flatMap { StanzaJSON.messageTypes.contains($0) ? $0 : nil } ?? "chat"
@@ -82,7 +82,7 @@ public struct ReplyDefaults: Hashable, Sendable {
 }
 
 /// Stanza ⇄ JSON (SPEC §7).
-public enum StanzaJSON {
+package enum StanzaJSON {
     enum NS {
         static let chatStates = "http://jabber.org/protocol/chatstates"
         static let oob = "jabber:x:oob"
@@ -120,7 +120,7 @@ public enum StanzaJSON {
 
     /// The JSON form of a stanza. Children the mapping does not know are left out; with `includeStanza`,
     /// `stanza` holds the whole stanza as XML (nothing is lost).
-    public static func encode(_ stanza: Stanza, includeStanza: Bool = false) -> JSONValue {
+    package static func encode(_ stanza: Stanza, includeStanza: Bool = false) -> JSONValue {
         let element = stanza.element
         let ns = element.namespace
         var json: [String: JSONValue] = ["kind": .string(stanza.kind.rawValue)]
@@ -248,7 +248,7 @@ public enum StanzaJSON {
     // MARK: JSON → stanza
 
     /// Parses JSON text and maps it to a stanza.
-    public static func decode(
+    package static func decode(
         parsing bytes: some Collection<UInt8>, defaults: ReplyDefaults? = nil
     ) throws(JSONMappingError) -> Stanza {
         try decode(JSONValue.parse(bytes), defaults: defaults)
@@ -256,7 +256,7 @@ public enum StanzaJSON {
 
     /// The stanza a JSON object describes. A string `stanza` field wins over every other field; otherwise the
     /// fields are mapped back to XML (unknown keys are ignored). `defaults` fill what the JSON leaves out.
-    public static func decode(_ json: JSONValue, defaults: ReplyDefaults? = nil) throws(JSONMappingError) -> Stanza {
+    package static func decode(_ json: JSONValue, defaults: ReplyDefaults? = nil) throws(JSONMappingError) -> Stanza {
         guard case .object(let object) = json else {
             throw JSONMappingError(
                 .notAnObject,

@@ -1,15 +1,15 @@
 // Incremental UTF-8 validation across arbitrary chunk splits (RFC 3629: no overlongs, no surrogates,
 // nothing above U+10FFFF).
 
-public struct UTF8Validator: Sendable {
+package struct UTF8Validator: Sendable {
     private var need = 0
     private var lower: UInt8 = 0x80
     private var upper: UInt8 = 0xBF
 
-    public init() {}
+    package init() {}
 
     /// Feeds bytes; false at the first byte that cannot continue a valid UTF-8 sequence.
-    public mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    package mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
         for byte in bytes {
             if need == 0 {
                 if byte < 0x80 { continue }
@@ -34,10 +34,10 @@ public struct UTF8Validator: Sendable {
     }
 
     /// True when no multi-byte sequence is left open.
-    public var isAtBoundary: Bool { need == 0 }
+    package var isAtBoundary: Bool { need == 0 }
 
     /// Whether `bytes` is complete, valid UTF-8.
-    public static func isValid(_ bytes: [UInt8]) -> Bool {
+    package static func isValid(_ bytes: [UInt8]) -> Bool {
         var validator = UTF8Validator()
         return bytes.withUnsafeBytes { validator.feed($0) } && validator.isAtBoundary
     }

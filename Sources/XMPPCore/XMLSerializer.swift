@@ -2,18 +2,18 @@
 // and refusal of characters XML 1.0 cannot carry (they would make the peer close the stream).
 
 /// Why an element could not be written.
-public struct XMLSerializationError: Error, Hashable, Sendable, CustomStringConvertible {
-    public enum Code: Hashable, Sendable {
+package struct XMLSerializationError: Error, Hashable, Sendable, CustomStringConvertible {
+    package enum Code: Hashable, Sendable {
         /// A character XML 1.0 forbids (control characters, U+FFFE, U+FFFF).
         case forbiddenCharacter
         /// An element or attribute name that is not an XML name.
         case invalidName
     }
 
-    public var code: Code
-    public var detail: String
+    package var code: Code
+    package var detail: String
 
-    public var description: String {
+    package var description: String {
         switch code {
         case .forbiddenCharacter: "character not allowed in XML 1.0: \(detail)"
         case .invalidName: "not a valid XML name: \(detail)"
@@ -25,7 +25,7 @@ extension Element {
     /// The element as XML. A top-level stanza (namespace `jabber:client`, `jabber:component:accept`,
     /// `jabber:server` or none) is written without `xmlns`, so it takes the namespace of the stream or
     /// document it is put into; any other top element declares its namespace.
-    public func serialized() throws(XMLSerializationError) -> String {
+    package func serialized() throws(XMLSerializationError) -> String {
         var out = ""
         out.reserveCapacity(256)
         let omitTop = Namespace.isStanzaNamespace(namespace)
@@ -34,12 +34,12 @@ extension Element {
     }
 
     /// The serialized form, or a description of why it cannot be written (for logs and tests).
-    public var xmlDescription: String {
+    package var xmlDescription: String {
         do { return try serialized() } catch { return "<!-- \(error) -->" }
     }
 
     /// The UTF-8 bytes of `serialized()`.
-    public func serializedBytes() throws(XMLSerializationError) -> [UInt8] {
+    package func serializedBytes() throws(XMLSerializationError) -> [UInt8] {
         Array(try serialized().utf8)
     }
 }
@@ -178,9 +178,9 @@ enum XMLWriter {
 }
 
 /// Escaping for hand-written XML (e.g. the stream header).
-public enum XMLEscape {
+package enum XMLEscape {
     /// The value escaped for use inside a quoted attribute.
-    public static func attribute(_ value: String) throws(XMLSerializationError) -> String {
+    package static func attribute(_ value: String) throws(XMLSerializationError) -> String {
         var out = ""
         try XMLWriter.escape(value, attribute: true, into: &out)
         return out

@@ -13,7 +13,7 @@ internal import Darwin
 #endif
 
 /// What the parser saw.
-public enum XMLStreamEvent: Hashable, Sendable {
+package enum XMLStreamEvent: Hashable, Sendable {
     /// The stream header: the root element's name, namespace and attributes (no children).
     case streamOpened(Element)
     /// A complete top-level element (a stanza, or any other first-level child such as `<handshake/>`).
@@ -27,18 +27,18 @@ public enum XMLStreamEvent: Hashable, Sendable {
 
 /// What is known of a top-level element that was refused for breaking a per-stanza limit: its name and the
 /// addressing attributes of its start tag, enough to answer the sender with an error.
-public struct RefusedStanza: Hashable, Sendable {
+package struct RefusedStanza: Hashable, Sendable {
     /// The element's local name (`message`, `presence`, `iq`, or anything else at the first level).
-    public var name: String
-    public var namespace: String?
-    public var id: String?
-    public var from: String?
-    public var to: String?
-    public var type: String?
+    package var name: String
+    package var namespace: String?
+    package var id: String?
+    package var from: String?
+    package var to: String?
+    package var type: String?
     /// Which limit it broke; the message says it in words ("stanza nested deeper than 64 levels").
-    public var reason: XMLStreamError
+    package var reason: XMLStreamError
 
-    public init(
+    package init(
         name: String, namespace: String? = nil, id: String? = nil, from: String? = nil, to: String? = nil,
         type: String? = nil, reason: XMLStreamError
     ) {
@@ -53,42 +53,42 @@ public struct RefusedStanza: Hashable, Sendable {
 }
 
 /// Why the input was refused.
-public struct XMLStreamError: Error, Hashable, Sendable, CustomStringConvertible {
-    public struct Code: Hashable, Sendable, CustomStringConvertible {
+package struct XMLStreamError: Error, Hashable, Sendable, CustomStringConvertible {
+    package struct Code: Hashable, Sendable, CustomStringConvertible {
         let value: String
-        public var description: String { value }
+        package var description: String { value }
         /// Malformed XML (libxml2's verdict).
-        public static let notWellFormed = Code(value: "not-well-formed")
+        package static let notWellFormed = Code(value: "not-well-formed")
         /// A DTD, entity declaration, comment or processing instruction (RFC 6120 §11.1).
-        public static let restrictedXML = Code(value: "restricted-xml")
+        package static let restrictedXML = Code(value: "restricted-xml")
         /// Elements nested deeper than the limit.
-        public static let depthExceeded = Code(value: "depth-exceeded")
+        package static let depthExceeded = Code(value: "depth-exceeded")
         /// One stanza larger than the byte cap.
-        public static let stanzaTooLarge = Code(value: "stanza-too-large")
+        package static let stanzaTooLarge = Code(value: "stanza-too-large")
         /// An element with more attributes than the limit.
-        public static let tooManyAttributes = Code(value: "too-many-attributes")
+        package static let tooManyAttributes = Code(value: "too-many-attributes")
         /// Bytes that are not UTF-8.
-        public static let invalidUTF8 = Code(value: "invalid-utf8")
+        package static let invalidUTF8 = Code(value: "invalid-utf8")
         /// A fragment that must hold one stanza holds more than one root element.
-        public static let multipleRoots = Code(value: "multiple-roots")
+        package static let multipleRoots = Code(value: "multiple-roots")
         /// A fragment with no element at all.
-        public static let empty = Code(value: "empty")
+        package static let empty = Code(value: "empty")
         /// Character data outside any element.
-        public static let textOutsideElement = Code(value: "text-outside-element")
+        package static let textOutsideElement = Code(value: "text-outside-element")
     }
 
-    public var code: Code
-    public var message: String
+    package var code: Code
+    package var message: String
 
-    public init(_ code: Code, _ message: String) {
+    package init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
-    public var description: String { "\(code): \(message)" }
+    package var description: String { "\(code): \(message)" }
 
     /// The stream error condition to send before closing a stream that failed this way.
-    public var streamCondition: String {
+    package var streamCondition: String {
         switch code {
         case .restrictedXML: "restricted-xml"
         case .stanzaTooLarge, .depthExceeded, .tooManyAttributes: "policy-violation"
@@ -99,16 +99,16 @@ public struct XMLStreamError: Error, Hashable, Sendable, CustomStringConvertible
 }
 
 /// Limits applied while parsing.
-public struct XMLLimits: Hashable, Sendable {
+package struct XMLLimits: Hashable, Sendable {
     /// Deepest nesting inside one stanza; the stanza element itself is level 1.
-    public var maxDepth: Int
+    package var maxDepth: Int
     /// Largest stanza in bytes, as received.
-    public var maxStanzaBytes: Int
+    package var maxStanzaBytes: Int
     /// Most attributes on one element (namespace declarations not counted). Real stanzas carry a dozen at most;
     /// libxml2 itself sets no limit.
-    public var maxAttributes: Int
+    package var maxAttributes: Int
 
-    public init(maxDepth: Int = 64, maxStanzaBytes: Int = 524_288, maxAttributes: Int = 64) {
+    package init(maxDepth: Int = 64, maxStanzaBytes: Int = 524_288, maxAttributes: Int = 64) {
         self.maxDepth = maxDepth
         self.maxStanzaBytes = maxStanzaBytes
         self.maxAttributes = maxAttributes
@@ -127,14 +127,14 @@ enum LibXML2 {
 
 /// A push parser for one XMPP stream (one per connection: a context is never reused across streams).
 /// Not thread-safe; own it from one place (e.g. one channel handler).
-public final class XMLStreamParser {
+package final class XMLStreamParser {
     enum Mode {
         case stream
         /// Fragment parsing: the first-level element is an internal wrapper, its children are the results.
         case fragment
     }
 
-    public let limits: XMLLimits
+    package let limits: XMLLimits
     let mode: Mode
     private var context: xmlParserCtxtPtr?
 
@@ -172,7 +172,7 @@ public final class XMLStreamParser {
     var columnAdjustment: (line: Int, columns: Int)?
 
     /// A parser for a stream. Feed it the bytes as they arrive.
-    public convenience init(limits: XMLLimits = XMLLimits()) {
+    package convenience init(limits: XMLLimits = XMLLimits()) {
         self.init(limits: limits, mode: .stream)
     }
 
@@ -197,7 +197,7 @@ public final class XMLStreamParser {
     }
 
     /// True once the stream has been closed or has failed; feed nothing more.
-    public var isFinished: Bool { closed || failure != nil }
+    package var isFinished: Bool { closed || failure != nil }
 
     /// What is held of the stanza being built: open elements and character data not yet added (for tests that
     /// check a skipped stanza is not built).
@@ -205,7 +205,7 @@ public final class XMLStreamParser {
 
     /// Feeds bytes; returns the events they completed. After an error the parser is finished; events
     /// completed earlier in the same call are dropped (use `feed(_:into:)` to keep them).
-    public func feed(_ bytes: some Collection<UInt8>) throws(XMLStreamError) -> [XMLStreamEvent] {
+    package func feed(_ bytes: some Collection<UInt8>) throws(XMLStreamError) -> [XMLStreamEvent] {
         var events: [XMLStreamEvent] = []
         try feed(bytes, into: &events)
         return events
@@ -213,7 +213,7 @@ public final class XMLStreamParser {
 
     /// Feeds bytes, appending each completed event to `events` as it completes; throws at the first error,
     /// with everything completed before it already appended. After an error the parser is finished.
-    public func feed(_ bytes: some Collection<UInt8>, into events: inout [XMLStreamEvent]) throws(XMLStreamError) {
+    package func feed(_ bytes: some Collection<UInt8>, into events: inout [XMLStreamEvent]) throws(XMLStreamError) {
         let done: Result<Void, XMLStreamError>? = bytes.withContiguousStorageIfAvailable { buffer in
             Result { () throws(XMLStreamError) in try feed(UnsafeRawBufferPointer(buffer), into: &events) }
         }
@@ -225,7 +225,7 @@ public final class XMLStreamParser {
     }
 
     /// Feeds bytes from a raw buffer (see `feed(_:into:)`).
-    public func feed(_ buffer: UnsafeRawBufferPointer, into output: inout [XMLStreamEvent]) throws(XMLStreamError) {
+    package func feed(_ buffer: UnsafeRawBufferPointer, into output: inout [XMLStreamEvent]) throws(XMLStreamError) {
         defer { handOver(into: &output) }
         if let failure { throw failure }
         if closed {
@@ -895,7 +895,7 @@ extension XMLStreamParser {
     /// Parses a standalone fragment (a REST body, handler output) into its top-level elements, with the same
     /// restrictions as the stream. An XML declaration at the start is allowed. `maxElements` = 1 refuses a
     /// second root. Unprefixed elements without `xmlns` get `defaultNamespace`.
-    public static func parseFragment(
+    package static func parseFragment(
         _ bytes: some Collection<UInt8>, defaultNamespace: String = Namespace.client,
         limits: XMLLimits = XMLLimits(), maxElements: Int? = nil
     ) throws(XMLStreamError) -> [Element] {
@@ -994,7 +994,7 @@ extension String {
 }
 
 /// Facts about the XML library in use.
-public enum XMLLibrary {
+package enum XMLLibrary {
     /// libxml2's version, e.g. "2.9.14".
-    public static var version: String { LibXML2.version }
+    package static var version: String { LibXML2.version }
 }
