@@ -161,19 +161,10 @@ final class HandlerProcess: ProcessLoopWatcher, @unchecked Sendable {
         } catch {
             return "cannot create pipes: \(error)"
         }
-        let environment = spec.environment.map { "\($0.key)=\($0.value)" }
-        var rc: Int32 = 0
-        var child: pid_t = 0
-        let spec = self.spec
-        spawn = withCStrings(spec.argv) { argv in
-            withCStrings(environment) { envp in
-                OrphanReaper.shared.spawn { () -> pid_t? in
-                    rc = stanzad_spawn(path, argv, envp, spec.workdir, input.read, output.write, errors.write, &child)
-                    return rc == 0 ? child : nil
-                }
-            }
-        }
-        guard rc == 0 else { return "\(path): \(String(cString: strerror(rc)))" }
+        let started = Self.spawn(path: path, argv: spec.argv, environment: spec.environment, workdir: spec.workdir,
+                                 stdin: input.read, stdout: output.write, stderr: errors.write)
+        spawn = started.spawn
+        guard let child = started.pid else { return started.problem }
         pid = child
         // The child has its copies; ours of its ends go (defer above), so EOF means every holder is gone.
         (stdin, stdout, stderr) = (input.write, output.read, errors.read)
@@ -289,14 +280,10 @@ final class HandlerProcess: ProcessLoopWatcher, @unchecked Sendable {
     /// it: its status is lost, and an unknown ending is never taken for success.
     private func checkExit() {
         guard running else { return }
-        var raw: Int32 = 0
-        let result = stanzad_wait(pid, WNOHANG | WNOWAIT, &raw)
-        if result == pid {
-            status = raw
-        } else if result < 0 {
-            lost = true
-        } else {
-            return
+        switch Self.exitState(of: pid) {
+        case .running: return
+        case .exited(let raw): status = raw
+        case .lost: lost = true
         }
         finish()
     }
@@ -354,6 +341,40 @@ final class HandlerProcess: ProcessLoopWatcher, @unchecked Sendable {
         }
         completion(ProcessResult(
             ending: ending, stdout: tooLarge || lost ? [] : collected, pid: pid, duration: .zero, escapedKilled: escapedKilled))
+    }
+
+    /// Spawns `argv` (`path` resolved) into its own session and process group with the given stdio ends, tracked
+    /// by the orphan reaper. The token is returned even when the spawn failed (`pid` nil, `problem` says why).
+    static func spawn(path: String, argv: [String], environment: [String: String], workdir: String,
+                      stdin: Int32, stdout: Int32, stderr: Int32) -> (spawn: OrphanReaper.Spawn, pid: pid_t?, problem: String) {
+        let variables = environment.map { "\($0.key)=\($0.value)" }
+        var rc: Int32 = 0
+        var child: pid_t = 0
+        let spawn = withCStrings(argv) { argv in
+            withCStrings(variables) { envp in
+                OrphanReaper.shared.spawn { () -> pid_t? in
+                    rc = stanzad_spawn(path, argv, envp, workdir, stdin, stdout, stderr, &child)
+                    return rc == 0 ? child : nil
+                }
+            }
+        }
+        return rc == 0 ? (spawn, child, "") : (spawn, nil, "\(path): \(String(cString: strerror(rc)))")
+    }
+
+    enum ExitState {
+        case running
+        /// Exited with this wait status; not reaped yet (WNOWAIT).
+        case exited(Int32)
+        /// Reaped by someone else (ECHILD): its status is lost, and never taken for success.
+        case lost
+    }
+
+    /// Whether a child has exited, without reaping it.
+    static func exitState(of pid: pid_t) -> ExitState {
+        var raw: Int32 = 0
+        let result = stanzad_wait(pid, WNOHANG | WNOWAIT, &raw)
+        if result == pid { return .exited(raw) }
+        return result < 0 ? .lost : .running
     }
 
     /// A wait(2) status as an exit code or a signal.

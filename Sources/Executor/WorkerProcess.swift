@@ -72,18 +72,10 @@ final class WorkerProcess: ProcessLoopWatcher, @unchecked Sendable {
         guard stanzad_pipe(&output, O_CLOEXEC) == 0, stanzad_pipe(&errors, O_CLOEXEC) == 0 else {
             return fail("cannot create pipes: errno \(errno)")
         }
-        let environment = settings.environment.map { "\($0.key)=\($0.value)" }
-        var rc: Int32 = 0
-        var child: pid_t = 0
-        spawn = withCStrings(settings.argv) { argv in
-            withCStrings(environment) { envp in
-                OrphanReaper.shared.spawn { () -> pid_t? in
-                    rc = stanzad_spawn(path, argv, envp, settings.workdir, stdinEnd, output[1], errors[1], &child)
-                    return rc == 0 ? child : nil
-                }
-            }
-        }
-        guard rc == 0 else { return fail("\(path): \(String(cString: strerror(rc)))") }
+        let started = HandlerProcess.spawn(path: path, argv: settings.argv, environment: settings.environment,
+                                           workdir: settings.workdir, stdin: stdinEnd, stdout: output[1], stderr: errors[1])
+        spawn = started.spawn
+        guard let child = started.pid else { return fail(started.problem) }
         _ = Glibc.close(stdinEnd)
         stdinEnd = -1
         pid = child
@@ -192,10 +184,11 @@ final class WorkerProcess: ProcessLoopWatcher, @unchecked Sendable {
 
     private func checkExit() {
         guard running else { return }
-        var raw: Int32 = 0
-        let result = stanzad_wait(pid, WNOHANG | WNOWAIT, &raw)
-        if result == 0 { return }
-        finish(lost: result < 0)
+        switch HandlerProcess.exitState(of: pid) {
+        case .running: return
+        case .exited: finish(lost: false)
+        case .lost: finish(lost: true)
+        }
     }
 
     /// The worker has exited: the answers it wrote before are delivered, what is left of its group is killed, it

@@ -5,6 +5,7 @@
 import Logging
 import NIOCore
 import Synchronization
+import XMPPCore
 
 /// A request handed to the REST API, answered at most once with `respond`. When the connection goes away first
 /// (the HTTP client left and nginx closed the upstream connection, or FCGI_ABORT_REQUEST), the request's wait is
@@ -214,7 +215,7 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
 
     /// A CGI-style response (Status line, headers, body) in STDOUT records, then END_REQUEST.
     static func encode(_ response: RestResponse, requestID: UInt16) -> ByteBuffer {
-        var head = "Status: \(response.status) \(reason(response.status))\r\n"
+        var head = "Status: \(response.status) \(HTTPStanzaErrors.reasonPhrase(response.status))\r\n"
         for (name, value) in response.headers { head += "\(name): \(value)\r\n" }
         if response.header("Content-Type") == nil && !response.body.isEmpty { head += "Content-Type: text/plain\r\n" }
         head += "Content-Length: \(response.body.count)\r\n\r\n"
@@ -223,27 +224,5 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         bytes.writeString(head)
         bytes.writeBytes(response.body)
         return FastCGIRecord.response(requestID: requestID, bytes: bytes)
-    }
-
-    static func reason(_ status: Int) -> String {
-        switch status {
-        case 200: "OK"
-        case 202: "Accepted"
-        case 400: "Bad Request"
-        case 401: "Unauthorized"
-        case 403: "Forbidden"
-        case 404: "Not Found"
-        case 405: "Method Not Allowed"
-        case 409: "Conflict"
-        case 413: "Content Too Large"
-        case 415: "Unsupported Media Type"
-        case 422: "Unprocessable Content"
-        case 429: "Too Many Requests"
-        case 500: "Internal Server Error"
-        case 502: "Bad Gateway"
-        case 503: "Service Unavailable"
-        case 504: "Gateway Timeout"
-        default: "Status"
-        }
     }
 }
