@@ -46,6 +46,14 @@ package struct ComponentSettings: Sendable {
     }
 }
 
+/// What a link observer is told.
+package enum LinkEvent: Sendable, Equatable {
+    /// The handshake is done and whatever waited in the queue is written: stanzas sent now go out at once.
+    case up
+    /// The link was lost after it had been up; stanzas sent now wait in the queue.
+    case down
+}
+
 /// The link's health, as `/rest/health` reports it.
 package enum LinkHealth: String, Sendable {
     case connecting, connected, failed
@@ -65,6 +73,8 @@ package final class ComponentConnection: Service, Sendable {
     let inboundBudget: InboundBudget
     /// Takes stanzas synchronously on the link's own task before they reach `inbound` (see `setDirectInbound`).
     private let directInbound = DirectInboundSlot()
+    /// Told when the link comes up and goes down (see `setLinkObserver`).
+    private let linkObserver = Mutex<(@Sendable (LinkEvent) -> Void)?>(nil)
 
     package init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.settings = settings
@@ -84,6 +94,17 @@ package final class ComponentConnection: Service, Sendable {
     /// consumer's task; a stanza it returns false for goes to `inbound` as usual. It must not block. nil removes it.
     package func setDirectInbound(_ handler: (@Sendable (Stanza) -> Bool)?) {
         directInbound.set(handler)
+    }
+
+    /// Lets `observer` learn when the link is up (handshake done, the queue flushed) and when it went down. It runs
+    /// on the link's task and must not block. nil removes it.
+    package func setLinkObserver(_ observer: (@Sendable (LinkEvent) -> Void)?) {
+        linkObserver.withLock { $0 = observer }
+    }
+
+    fileprivate func notify(_ event: LinkEvent) {
+        let observer = linkObserver.withLock { $0 }
+        observer?(event)
     }
 
     package var health: LinkHealth { shared.withLock { $0.health } }
@@ -233,6 +254,7 @@ package final class ComponentConnection: Service, Sendable {
                     $0.health = error.isConfigurationError ? .failed : ($0.health == .failed && !wasReady ? .failed : .connecting)
                 }
                 failSentIQs(SendError(.linkLost, "the component link was lost: \(error)"))
+                if wasReady { notify(.down) }
                 let delay = schedule.delay(after: error, at: .now, jitter: Double.random(in: 0.8...1.2))
                 let text = error.description
                 var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(delay)"]
@@ -705,6 +727,7 @@ private struct SessionLoop {
             connection.setWake(input)
             logger.notice("component connected", metadata: ["stream.id": "\(streamID)", "server": "\(settings.host):\(settings.port)"])
             try await flush()
+            connection.notify(.up)
             return nil
         case .deliver(let element):
             deliver(element)
