@@ -63,6 +63,17 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Group chats (SPEC §14): a pure RoomStateMachine per room, the MUC stanzas, and the RoomKeeper that keeps
+        // stanzad in its rooms over the link and tells the router which messages come from them.
+        .target(
+            name: "Rooms",
+            dependencies: [
+                "XMPPCore", "ComponentLink", "Routing",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+
         // Process handlers (spawn per stanza, workers): one spawner (CSpawn) and one epoll thread (ProcessLoop).
         .target(
             name: "Executor",
@@ -107,7 +118,7 @@ let package = Package(
         .executableTarget(
             name: "Daemon",
             dependencies: [
-                "XMPPCore", "ComponentLink", "Routing", "Executor", "Webhooks", "FastCGIFront",
+                "XMPPCore", "ComponentLink", "Routing", "Rooms", "Executor", "Webhooks", "FastCGIFront",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -135,6 +146,7 @@ let package = Package(
             dependencies: ["ComponentLink", .product(name: "NIOEmbedded", package: "swift-nio")],
             swiftSettings: strict),
         .testTarget(name: "RoutingTests", dependencies: ["Routing"], swiftSettings: strict),
+        .testTarget(name: "RoomsTests", dependencies: ["Rooms"], swiftSettings: strict),
         .testTarget(name: "ExecutorTests", dependencies: ["Executor"], swiftSettings: strict),
         .testTarget(name: "WebhooksTests", dependencies: ["Webhooks"], swiftSettings: strict),
         .testTarget(
