@@ -63,6 +63,29 @@ struct StanzadConfig: Sendable {
         var inFlight = 1
         /// Takes messages and presences from the component's own addresses (off: the loop guard).
         var fromSelf = false
+        /// Rooms whose messages this route takes (SPEC §14); nil: no group chat.
+        var rooms: [JIDPattern]?
+        /// Only group chat messages that mention our nick.
+        var mentions = false
+    }
+
+    /// A `[[room]]` (SPEC §14).
+    struct Room: Sendable, Equatable {
+        var jid: String
+        var line: Int
+        /// nil: `[disco] name`.
+        var nick: String?
+        /// nil: the component's domain.
+        var from: String?
+        var password: String?
+        var history = 0
+    }
+
+    /// `[rooms]`.
+    struct Rooms: Sendable, Equatable {
+        var selfPing = 300
+        var rejoinDelay = 5
+        var acceptInvites: [JIDPattern] = []
     }
 
     var file: String
@@ -71,6 +94,8 @@ struct StanzadConfig: Sendable {
     var presenceAuto = true
     var discoName = "stanzad"
     var routes: [Route] = []
+    var rooms: [Room] = []
+    var roomDefaults = Rooms()
     var maxProcesses = 64
     var killGrace = 2
     /// `[limits] per_sender`: stanzas per sender (bare JID) that reach handlers; nil: no limit.
@@ -118,7 +143,7 @@ struct ConfigLoader {
     // MARK: Building
 
     private mutating func build(_ root: ConfigTable) -> StanzadConfig? {
-        allow(root, ["component", "rest", "presence", "disco", "route", "limits"], section: nil)
+        allow(root, ["component", "rest", "presence", "disco", "route", "limits", "room", "rooms"], section: nil)
         guard case .table(let componentTable)? = root["component"] else {
             error(root.line(of: "component"), root["component"] == nil
                 ? "missing [component] section (jid, server and secret are required)"
@@ -174,7 +199,64 @@ struct ConfigLoader {
                 error(root.line(of: "route"), "route must be an array of tables ([[route]])")
             }
         }
+        if let value = root["room"] {
+            if case .array(let items) = value {
+                var seen = Set<String>()
+                for item in items {
+                    guard case .table(let t) = item else {
+                        error(root.line(of: "room"), "room must be an array of tables ([[room]])")
+                        continue
+                    }
+                    if let room = buildRoom(t, componentDomain: component?.jid) {
+                        if !seen.insert(room.jid).inserted {
+                            error(t.line(of: "jid"), "room \(room.jid) is configured twice; each [[room]] needs its own jid")
+                        }
+                        config.rooms.append(room)
+                    }
+                }
+            } else {
+                error(root.line(of: "room"), "room must be an array of tables ([[room]])")
+            }
+        }
+        if let value = root["rooms"] {
+            if case .table(let t) = value {
+                allow(t, ["self_ping", "rejoin_delay", "accept_invites"], section: "rooms")
+                config.roomDefaults.selfPing = int(t, "self_ping", min: 0) ?? 300
+                config.roomDefaults.rejoinDelay = int(t, "rejoin_delay", min: 1) ?? 5
+                config.roomDefaults.acceptInvites = stringArray(t, "accept_invites")?.map(JIDPattern.init) ?? []
+            } else { error(root.line(of: "rooms"), "rooms must be a table ([rooms]); a room itself is [[room]]") }
+        }
+        for route in config.routes where route.mentions && route.rooms == nil {
+            error(route.line, "route \"\(route.name)\" has mentions = true but no rooms; add rooms = [\"*\"] (or the rooms it is for)")
+        }
         return component == nil ? nil : config
+    }
+
+    private mutating func buildRoom(_ t: ConfigTable, componentDomain: String?) -> StanzadConfig.Room? {
+        allow(t, ["jid", "nick", "from", "password", "password_file", "history"], section: "[room]")
+        guard let text = string(t, "jid", required: true, section: "[[room]]") else { return nil }
+        guard let jid = JID.parse(text), jid.localpart != nil, jid.resource == nil else {
+            error(t.line(of: "jid"), "room jid \"\(text)\" must be a bare room JID such as ops@conference.example.org (no /nick)")
+            return nil
+        }
+        var room = StanzadConfig.Room(jid: jid.description.lowercased(), line: t.line)
+        if let nick = string(t, "nick") {
+            if nick.isEmpty || nick.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) || (try? JID(localpart: jid.localpart, domain: jid.domain, resource: nick)) == nil {
+                error(t.line(of: "nick"), "nick \"\(nick)\" is not a valid nick (non-empty, no control characters, at most 1023 bytes)")
+            } else {
+                room.nick = nick
+            }
+        }
+        if let from = string(t, "from") {
+            if let parsed = JID.parse(from), parsed.domain == componentDomain {
+                room.from = parsed.description
+            } else {
+                error(t.line(of: "from"), "from \"\(from)\" must be the component domain \(componentDomain ?? "") or an address in it, e.g. bot@\(componentDomain ?? "bot.example.org")")
+            }
+        }
+        room.password = secretValue(t, "password", required: false)
+        room.history = int(t, "history", min: 0) ?? 0
+        return room
     }
 
     private mutating func buildComponent(_ t: ConfigTable) -> StanzadConfig.Component? {
@@ -268,7 +350,7 @@ struct ConfigLoader {
     private mutating func buildRoute(_ t: ConfigTable, componentDomain: String?) -> StanzadConfig.Route? {
         allow(t, ["name", "kinds", "types", "to", "from", "body", "exec", "worker", "webhook", "format", "timeout",
                   "concurrency", "queue", "env", "pass_env", "workdir", "max_output", "headers", "hmac_secret",
-                  "hmac_secret_file", "retries", "workers", "max_requests", "in_flight", "from_self"], section: "route")
+                  "hmac_secret_file", "retries", "workers", "max_requests", "in_flight", "from_self", "rooms", "mentions"], section: "route")
         let name = string(t, "name", required: true, section: "[[route]]")
         var kinds: [StanzaKind] = [.message]
         if let values = stringArray(t, "kinds") {
@@ -302,6 +384,14 @@ struct ConfigLoader {
         route.to = stringArray(t, "to")?.map(JIDPattern.init)
         route.from = stringArray(t, "from")?.map(JIDPattern.init)
         route.fromSelf = bool(t, "from_self") ?? false
+        if let rooms = stringArray(t, "rooms") {
+            if rooms.isEmpty { error(t.line(of: "rooms"), "rooms must not be empty; use rooms = [\"*\"] for every room") }
+            for pattern in rooms where !pattern.contains("*") && JID.parse(pattern)?.localpart == nil {
+                error(t.line(of: "rooms"), "rooms entry \"\(pattern)\" is not a room JID (room@conference.example.org) or a glob with *")
+            }
+            route.rooms = rooms.map(JIDPattern.init)
+        }
+        route.mentions = bool(t, "mentions") ?? false
         if let body = string(t, "body") {
             do { _ = try Regex(body) } catch {
                 self.error(t.line(of: "body"), "body regex \"\(body)\" does not compile: \(error)")

@@ -2,6 +2,8 @@
 
 import ComponentLink
 import FastCGIFront
+import Foundation
+import Rooms
 import XMPPCore
 
 struct LinkSender: StanzaSender {
@@ -32,5 +34,25 @@ struct LinkSender: StanzaSender {
         case .duplicateID: SendFailure(.duplicateID, error.message)
         default: SendFailure(.unavailable(error.code.description), error.message)
         }
+    }
+}
+
+/// Connects the REST API to the room keeper.
+struct RoomDirectoryAdapter: RoomDirectory {
+    let keeper: RoomKeeper
+
+    func listing() -> JSONValue {
+        let formatter = ISO8601DateFormatter()
+        return .array(keeper.status.map { room in
+            .object([
+                "room": .string(room.room), "nick": .string(room.nick), "state": .string(room.state),
+                "since": .string(formatter.string(from: room.since)),
+                "occupants": .array(room.occupants.map { .string($0) }),
+            ])
+        })
+    }
+
+    func occupantJID(inRoom room: String) -> String? {
+        keeper.occupantJID(inRoom: room)
     }
 }

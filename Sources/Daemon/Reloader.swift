@@ -4,6 +4,7 @@
 
 import FastCGIFront
 import Logging
+import Rooms
 import Routing
 import ServiceLifecycle
 import Synchronization
@@ -14,14 +15,16 @@ final class Reloader: Service, Sendable {
     let factory: RouteFactory
     let dispatcher: Dispatcher
     let api: RestAPI?
+    let rooms: RoomKeeper?
     let logger: Logger
     private let active: Mutex<StanzadConfig>
 
-    init(config: StanzadConfig, factory: RouteFactory, dispatcher: Dispatcher, api: RestAPI?, logger: Logger) {
+    init(config: StanzadConfig, factory: RouteFactory, dispatcher: Dispatcher, api: RestAPI?, rooms: RoomKeeper? = nil, logger: Logger) {
         self.file = config.file
         self.factory = factory
         self.dispatcher = dispatcher
         self.api = api
+        self.rooms = rooms
         self.logger = logger
         self.active = Mutex(config)
     }
@@ -56,7 +59,8 @@ final class Reloader: Service, Sendable {
         // Only once no new stanza can reach them: stanzas already admitted to an old route fail or finish there.
         factory.stopRemovedPools(keeping: config)
         if let rest = config.rest { api?.reload(credentials: rest.credentials) }
+        rooms?.reload(rooms: config.roomSettings(), settings: config.roomsSettings())
         active.withLock { $0 = config }
-        logger.notice("configuration reloaded", metadata: ["config": "\(file)", "routes": "\(config.routes.count)"])
+        logger.notice("configuration reloaded", metadata: ["config": "\(file)", "routes": "\(config.routes.count)", "rooms": "\(config.rooms.count)"])
     }
 }

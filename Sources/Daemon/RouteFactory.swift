@@ -4,6 +4,7 @@
 
 import Executor
 import Logging
+import Rooms
 import Routing
 import ServiceLifecycle
 import Synchronization
@@ -35,7 +36,7 @@ final class RouteFactory: Sendable {
             let rule = RouteRule(
                 kinds: Set(route.kinds), types: route.types.map(Set.init), to: route.to, from: route.from,
                 body: route.body.flatMap { try? BodyPattern($0) }, requiresBody: format == .text,
-                refusesFromDomain: route.fromSelf ? nil : config.component.jid)
+                refusesFromDomain: route.fromSelf ? nil : config.component.jid, rooms: route.rooms, mentions: route.mentions)
             let handler: any StanzaHandler
             switch route.target {
             case .exec(let argv):
@@ -116,6 +117,22 @@ final class WorkerHost: Service, Sendable {
 }
 
 extension StanzadConfig {
+    /// The `[[room]]`s with their defaults filled in (nick: `[disco] name`, from: the component domain).
+    func roomSettings() -> [RoomSettings] {
+        rooms.map { room in
+            RoomSettings(jid: room.jid, nick: room.nick ?? discoName, from: room.from ?? component.jid,
+                         password: room.password, history: room.history)
+        }
+    }
+
+    /// `[rooms]`.
+    func roomsSettings() -> RoomsSettings {
+        RoomsSettings(
+            selfPing: roomDefaults.selfPing > 0 ? .seconds(roomDefaults.selfPing) : nil,
+            rejoinDelay: .seconds(roomDefaults.rejoinDelay), acceptInvites: roomDefaults.acceptInvites,
+            defaultNick: discoName, defaultFrom: component.jid)
+    }
+
     /// The built-in responders of SPEC §10 for this configuration.
     func builtInResponder() -> BuiltInResponder {
         BuiltInResponder(

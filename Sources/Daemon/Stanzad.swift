@@ -6,6 +6,7 @@ import Executor
 import FastCGIFront
 import Foundation
 import Logging
+import Rooms
 import Routing
 import ServiceLifecycle
 import XMPPCore
@@ -108,7 +109,8 @@ struct Run: AsyncParsableCommand {
         let dispatcher = Dispatcher(
             routes: factory.routes(for: config), builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
         dispatcher.setRateLimit(config.perSender)
-        let router = Router(connection: connection, dispatcher: dispatcher, logger: logger)
+        let rooms = RoomKeeper(connection: connection, rooms: config.roomSettings(), settings: config.roomsSettings(), logger: logger)
+        let router = Router(connection: connection, dispatcher: dispatcher, logger: logger, rooms: rooms)
         var front: FastCGIServer?
         var api: RestAPI?
         if let rest = config.rest {
@@ -117,7 +119,7 @@ struct Run: AsyncParsableCommand {
                     domain: config.component.jid, path: rest.path, credentials: rest.credentials,
                     iqTimeout: .seconds(rest.iqTimeout), maxIQTimeout: .seconds(rest.maxIQTimeout), maxBody: rest.maxBody,
                     maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
-                sender: LinkSender(connection: connection))
+                sender: LinkSender(connection: connection), rooms: RoomDirectoryAdapter(keeper: rooms))
             api = rest
             let listen = config.rest?.listen ?? ""
             let socketMode = config.rest?.socketMode ?? 0o660
@@ -133,7 +135,7 @@ struct Run: AsyncParsableCommand {
                 listen: listen, socketMode: socketMode, fd: fd, api: rest, logger: logger,
                 readTimeout: .seconds(config.rest?.readTimeout ?? 10))
         }
-        let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, logger: logger)
+        let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, rooms: rooms, logger: logger)
         logger.notice("stanzad starting", metadata: [
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
@@ -145,6 +147,8 @@ struct Run: AsyncParsableCommand {
                     .init(service: connection),
                     .init(service: factory.host),
                     .init(service: reloader),
+                    // Stops before the link: the rooms are left while it still sends.
+                    .init(service: rooms),
                 ] + [
                     // Services stop in reverse order: the REST front first (waiting requests get 503), then the
                     // router (no new stanzas; running handlers finish while workers and the link are still up).
@@ -186,6 +190,14 @@ struct Check: ParsableCommand {
         print("component \(config.component.jid) via \(config.component.host):\(config.component.port)")
         if let rest = config.rest { print("rest \(rest.listen) path \(rest.path), \(rest.credentials.count) credential(s)") }
         print(RouteTable.render(config.routes))
+        for room in config.roomSettings() {
+            print("room \(room.jid) as \(room.nick) from \(room.from)" + (room.password == nil ? "" : ", with a password") + ", history \(room.history)")
+        }
+        if !config.rooms.isEmpty || !config.roomDefaults.acceptInvites.isEmpty {
+            let settings = config.roomDefaults
+            print("rooms: self_ping \(settings.selfPing == 0 ? "off" : "\(settings.selfPing) s"), rejoin_delay \(settings.rejoinDelay) s"
+                  + (settings.acceptInvites.isEmpty ? "" : ", invites accepted from \(settings.acceptInvites.map(\.pattern).joined(separator: ", "))"))
+        }
         if !problems.isEmpty {
             for problem in problems { FileHandle.standardError.write(Data("\(problem)\n".utf8)) }
             throw ExitCode(ExitStatus.config)
@@ -228,7 +240,7 @@ enum HandlerCheck {
 enum RouteTable {
     static func render(_ routes: [StanzadConfig.Route]) -> String {
         guard !routes.isEmpty else { return "no routes: only the built-in responders answer" }
-        var rows = [["#", "name", "kinds", "types", "to", "from", "body", "target", "format"]]
+        var rows = [["#", "name", "kinds", "types", "to", "from", "rooms", "body", "target", "format"]]
         for (index, route) in routes.enumerated() {
             let target: String
             switch route.target {
@@ -239,7 +251,9 @@ enum RouteTable {
             rows.append([
                 "\(index + 1)", route.name, route.kinds.map(\.rawValue).joined(separator: ","),
                 route.types?.joined(separator: ",") ?? "*", route.to?.map(\.pattern).joined(separator: ",") ?? "*",
-                route.from?.map(\.pattern).joined(separator: ",") ?? "*", route.body ?? "*", target, route.format,
+                route.from?.map(\.pattern).joined(separator: ",") ?? "*",
+                (route.rooms?.map(\.pattern).joined(separator: ",") ?? "-") + (route.mentions ? " (mentions)" : ""),
+                route.body ?? "*", target, route.format,
             ])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }

@@ -46,7 +46,7 @@ package struct ProcessHandler: StanzaHandler {
     package func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
         let input: [UInt8]
         do {
-            input = try HandlerInput.stdin(for: stanza, format: settings.format)
+            input = try HandlerInput.stdin(for: stanza, format: settings.format, room: context.room)
         } catch {
             return .failed(.modify, .badRequest, metadata: ["problem": "\(error)"])
         }
@@ -54,7 +54,7 @@ package struct ProcessHandler: StanzaHandler {
             argv: settings.argv,
             environment: HandlerInput.environment(
                 for: stanza, route: context.route, component: context.component, env: settings.env,
-                passEnv: settings.passEnv, parent: settings.parentEnvironment),
+                passEnv: settings.passEnv, parent: settings.parentEnvironment, room: context.room),
             workdir: settings.workdir, stdin: input, timeout: settings.timeout, killGrace: settings.killGrace,
             maxOutput: settings.maxOutput)
 

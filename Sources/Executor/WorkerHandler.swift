@@ -12,7 +12,7 @@ package struct WorkerHandler: StanzaHandler {
     }
 
     package func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
-        Self.outcome(await pool.submit(stanza), for: stanza, context: context)
+        Self.outcome(await pool.submit(stanza, room: context.room), for: stanza, context: context)
     }
 
     /// A worker request needs no task: it is written to the worker's stdin at once and answered from the process
@@ -20,7 +20,7 @@ package struct WorkerHandler: StanzaHandler {
     package var startsWithoutWaiting: Bool { true }
 
     package func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
-        pool.submit(stanza) { reply in completion(Self.outcome(reply, for: stanza, context: context)) }
+        pool.submit(stanza, room: context.room) { reply in completion(Self.outcome(reply, for: stanza, context: context)) }
     }
 
     static func outcome(_ reply: WorkerPool.Reply, for stanza: Stanza, context: HandlerContext) -> HandlerOutcome {

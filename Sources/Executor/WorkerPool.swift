@@ -16,6 +16,7 @@ import Musl
 #endif
 import DequeModule
 import Logging
+import Routing
 import ServiceLifecycle
 import Synchronization
 import XMPPCore
@@ -134,20 +135,20 @@ package final class WorkerPool: Service, Sendable {
     // MARK: Requests
 
     /// Sends `stanza` to a worker and waits for its answer, at most `timeout`.
-    package func submit(_ stanza: Stanza) async -> Reply {
+    package func submit(_ stanza: Stanza, room: RoomOrigin? = nil) async -> Reply {
         await withCheckedContinuation { (continuation: CheckedContinuation<Reply, Never>) in
-            submit(stanza) { continuation.resume(returning: $0) }
+            submit(stanza, room: room) { continuation.resume(returning: $0) }
         }
     }
 
     /// Sends `stanza` to a worker without waiting; `completion` gets the answer (or the failure) exactly once, at
     /// most `timeout` later, on the thread that settles it (the process loop, the deadline sweep, a supervisor).
-    package func submit(_ stanza: Stanza, completion: @escaping @Sendable (Reply) -> Void) {
+    package func submit(_ stanza: Stanza, room: RoomOrigin? = nil, completion: @escaping @Sendable (Reply) -> Void) {
         let ref = state.withLock { state -> String in
             state.nextRef += 1
             return "r\(state.nextRef)"
         }
-        let line = WorkerProtocol.requestLine(for: stanza, ref: ref)
+        let line = WorkerProtocol.requestLine(for: stanza, ref: ref, room: room)
         let deadline = ContinuousClock.now + settings.timeout
         enqueue(Request(ref: ref, line: line, deadline: deadline, complete: completion))
     }

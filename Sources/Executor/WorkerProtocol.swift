@@ -1,6 +1,7 @@
 // The line protocol between stanzad and a worker (SPEC §5.4): one JSON object per line each way; requests
 // carry a string `ref`, answers echo it. Pure, so the framing is tested without processes.
 
+import Routing
 import XMPPCore
 
 package enum WorkerProtocol {
@@ -16,9 +17,9 @@ package enum WorkerProtocol {
     }
 
     /// The request line for `stanza`: its §7 JSON (with `stanza`) plus `ref`, and a newline.
-    package static func requestLine(for stanza: Stanza, ref: String) -> [UInt8] {
+    package static func requestLine(for stanza: Stanza, ref: String, room: RoomOrigin? = nil) -> [UInt8] {
         var object: [String: JSONValue] = [:]
-        if case .object(let fields) = StanzaJSON.encode(stanza, includeStanza: true) { object = fields }
+        if case .object(let fields) = HandlerInput.json(for: stanza, room: room) { object = fields }
         object["ref"] = .string(ref)
         return JSONValue.object(object).serializedBytes() + [0x0A]
     }

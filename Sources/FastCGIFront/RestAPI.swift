@@ -49,11 +49,13 @@ struct RestFailure: Error {
 package final class RestAPI: Sendable {
     package let settings: RestSettings
     let sender: any StanzaSender
+    let rooms: (any RoomDirectory)?
     private let credentials: Mutex<[String]>
 
-    package init(settings: RestSettings, sender: any StanzaSender) {
+    package init(settings: RestSettings, sender: any StanzaSender, rooms: (any RoomDirectory)? = nil) {
         self.settings = settings
         self.sender = sender
+        self.rooms = rooms
         self.credentials = Mutex(settings.credentials)
     }
 
@@ -110,6 +112,11 @@ package final class RestAPI: Sendable {
             try allow(request, ["POST"])
             let stanza = try parse(request, kind: nil, type: nil, to: nil)
             return try send(stanza, request: request, output: output, respond: respond)
+        case 1 where segments[0] == "rooms":
+            try allow(request, ["GET", "HEAD"])
+            let body = (rooms?.listing() ?? .array([])).serializedBytes()
+            respond(RestResponse(status: 200, headers: [("Content-Type", Self.json)], body: body))
+            return nil
         case 1 where segments[0] == "echo":
             try allow(request, ["POST"])
             let stanza = try stamp(try parse(request, kind: nil, type: nil, to: nil))
@@ -329,6 +336,9 @@ package final class RestAPI: Sendable {
                 throw RestFailure(403, .auth, .forbidden, "\"from\" must be the component domain \(settings.domain) or an address in it, not \(JID.quoted(fromValue))")
             }
             stanza.from = from.description
+        } else if stanza.kind == .message, stanza.type == "groupchat", let occupant = rooms?.occupantJID(inRoom: to.bare.description) {
+            // A message to a room we keep goes from the JID we joined it with (SPEC §14), or the room refuses it.
+            stanza.from = occupant
         } else {
             stanza.from = settings.domain
         }

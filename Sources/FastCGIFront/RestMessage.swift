@@ -106,3 +106,12 @@ package protocol StanzaSender: Sendable {
 }
 
 import XMPPCore
+
+/// The rooms stanzad is in (SPEC §14), as the REST API needs them: `GET /rest/rooms`, and the `from` of a group
+/// chat message sent to a room.
+package protocol RoomDirectory: Sendable {
+    /// `[{room, nick, state, since, occupants}]`.
+    func listing() -> JSONValue
+    /// Our occupant's real JID in `room` (bare JID), when stanzad keeps that room.
+    func occupantJID(inRoom room: String) -> String?
+}

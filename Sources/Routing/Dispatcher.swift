@@ -66,7 +66,7 @@ package final class Dispatcher: Sendable {
 
     /// The per-sender limit for a stanza a route would take: nil when it may go on, else the answer to send
     /// instead (wait/policy-violation; nothing for a stanza that takes no error). The handler does not run.
-    package func refuseOverLimit(_ stanza: Stanza, route: Route) -> [Stanza]? {
+    package func refuseOverLimit(_ stanza: Stanza, route: Route, room: RoomOrigin? = nil) -> [Stanza]? {
         guard let limit = rateLimit.withLock({ $0 }), let from = stanza.from, let sender = JID.parse(from)?.bare.description else { return nil }
         guard case .limited(let refusedInARow) = limit.take(sender: sender) else { return nil }
         if refusedInARow == 1 {
@@ -75,7 +75,7 @@ package final class Dispatcher: Sendable {
             ])
         }
         let error = StanzaError(.wait, .policyViolation, text: "rate limit: at most \(limit.spec.count) stanzas per \(limit.spec.seconds) s; try again later")
-        let replies = stamper.errorReply(to: stanza, error)
+        let replies = stamper.errorReply(to: stanza, error, fromRoom: room != nil)
         log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["limit": "per_sender", "refused_in_a_row": "\(refusedInARow)"])
         return replies
     }
@@ -109,44 +109,45 @@ package final class Dispatcher: Sendable {
         case limited(Route, replies: [Stanza])
     }
 
-    package func admit(_ stanza: Stanza) -> Admission {
-        guard let route = route(for: stanza) else { return .builtIn }
-        if let replies = refuseOverLimit(stanza, route: route) { return .limited(route, replies: replies) }
+    package func admit(_ stanza: Stanza, room: RoomOrigin? = nil) -> Admission {
+        guard let route = route(for: stanza, room: room) else { return .builtIn }
+        if let replies = refuseOverLimit(stanza, route: route, room: room) { return .limited(route, replies: replies) }
         return route.gate.admit() ? .admitted(route) : .full(route)
     }
 
     /// The first route whose rule matches, without admitting the stanza; nil: the built-ins answer it.
-    package func route(for stanza: Stanza) -> Route? {
-        routes.first(where: { $0.rule.matches(stanza) })
+    package func route(for stanza: Stanza, room: RoomOrigin? = nil) -> Route? {
+        routes.first(where: { $0.rule.matches(stanza, room: room) })
     }
 
-    /// The built-in answer to a stanza no route takes.
-    package func answerBuiltIn(_ stanza: Stanza) -> [Stanza] {
+    /// The built-in answer to a stanza no route takes. A message from a room gets none (SPEC §14: never
+    /// service-unavailable to a room or an occupant).
+    package func answerBuiltIn(_ stanza: Stanza, room: RoomOrigin? = nil) -> [Stanza] {
         let started = ContinuousClock.now
-        let replies = builtIns.respond(to: stanza)
+        let replies = room == nil ? builtIns.respond(to: stanza) : []
         log(stanza, route: "(built-in)", replies: replies, started: started)
         return replies
     }
 
     /// The answer to a stanza refused because its route is full: wait/resource-constraint.
-    package func answerFull(_ stanza: Stanza, route: Route) -> [Stanza] {
+    package func answerFull(_ stanza: Stanza, route: Route, room: RoomOrigin? = nil) -> [Stanza] {
         let replies = stamper.errorReply(
-            to: stanza, StanzaError(.wait, .resourceConstraint, text: "route \(route.name) is busy; try again later"))
+            to: stanza, StanzaError(.wait, .resourceConstraint, text: "route \(route.name) is busy; try again later"), fromRoom: room != nil)
         log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["queue": "full"])
         return replies
     }
 
     /// Runs an admitted stanza through its route's handler and returns the stamped replies.
-    package func run(_ stanza: Stanza, on route: Route) async -> [Stanza] {
+    package func run(_ stanza: Stanza, on route: Route, room: RoomOrigin? = nil) async -> [Stanza] {
         let started = ContinuousClock.now
         guard await route.gate.acquire() else {
             // Cancelled or shut down while queued: the handler never runs.
-            let replies = stamper.errorReply(to: stanza, Self.shuttingDown)
+            let replies = stamper.errorReply(to: stanza, Self.shuttingDown, fromRoom: room != nil)
             log(stanza, route: route.name, replies: replies, started: started, metadata: ["queue": "left at shutdown"])
             return replies
         }
         defer { route.gate.release() }
-        let context = context(for: stanza, on: route)
+        let context = context(for: stanza, on: route, room: room)
         let outcome = await route.handler.handle(stanza, context: context)
         return finish(outcome, of: stanza, on: route, context: context, started: started)
     }
@@ -154,10 +155,11 @@ package final class Dispatcher: Sendable {
     /// Starts an admitted stanza without a task of its own when its handler supports that and the route has a
     /// free run slot; `completion` then gets the stamped replies, on whichever thread the handler reports from.
     /// False: nothing was started; use `run(_:on:)`.
-    package func start(_ stanza: Stanza, on route: Route, completion: @escaping @Sendable ([Stanza]) -> Void) -> Bool {
+    package func start(_ stanza: Stanza, on route: Route, room: RoomOrigin? = nil,
+                       completion: @escaping @Sendable ([Stanza]) -> Void) -> Bool {
         guard route.handler.startsWithoutWaiting, route.gate.tryAcquire() else { return false }
         let started = ContinuousClock.now
-        let context = context(for: stanza, on: route)
+        let context = context(for: stanza, on: route, room: room)
         route.handler.start(stanza, context: context) { outcome in
             route.gate.release()
             completion(self.finish(outcome, of: stanza, on: route, context: context, started: started))
@@ -165,17 +167,18 @@ package final class Dispatcher: Sendable {
         return true
     }
 
-    private func context(for stanza: Stanza, on route: Route) -> HandlerContext {
+    private func context(for stanza: Stanza, on route: Route, room: RoomOrigin?) -> HandlerContext {
         var handlerLogger = logger
         handlerLogger[metadataKey: "route"] = "\(route.name)"
         handlerLogger[metadataKey: "stanza.id"] = "\(stanza.id ?? "")"
-        return HandlerContext(route: route.name, component: builtIns.domain, logger: handlerLogger)
+        if let room { handlerLogger[metadataKey: "room"] = "\(room.room)" }
+        return HandlerContext(route: route.name, component: builtIns.domain, logger: handlerLogger, room: room)
     }
 
     /// Stamps the handler's replies and logs the stanza.
     private func finish(_ outcome: HandlerOutcome, of stanza: Stanza, on route: Route, context: HandlerContext,
                         started: ContinuousClock.Instant) -> [Stanza] {
-        let (replies, refusal) = stamper.stamp(outcome, replyingTo: stanza)
+        let (replies, refusal) = stamper.stamp(outcome, replyingTo: stanza, fromRoom: context.room != nil)
         var metadata = outcome.metadata
         if let refusal {
             metadata["problem"] = "\(refusal.description)"

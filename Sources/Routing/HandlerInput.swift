@@ -4,23 +4,33 @@ import XMPPCore
 
 package enum HandlerInput {
     /// The bytes written to the handler's stdin.
-    package static func stdin(for stanza: Stanza, format: HandlerFormat) throws(XMLSerializationError) -> [UInt8] {
+    package static func stdin(for stanza: Stanza, format: HandlerFormat, room: RoomOrigin? = nil) throws(XMLSerializationError) -> [UInt8] {
         switch format {
         case .text:
             return Array((stanza.body ?? "").utf8)
         case .json:
-            return StanzaJSON.encode(stanza, includeStanza: true).serializedBytes() + [0x0A]
+            return json(for: stanza, room: room).serializedBytes() + [0x0A]
         case .xml:
             // mod_rest's callback bytes: no xmlns on the top element, so the default is jabber:client.
             return Array(try stanza.serialized().utf8)
         }
     }
 
+    /// The §7 JSON handed to handlers, workers and webhooks: with `stanza`, and `room` / `room_nick` for a message
+    /// from a room (SPEC §14).
+    package static func json(for stanza: Stanza, room: RoomOrigin?) -> JSONValue {
+        let value = StanzaJSON.encode(stanza, includeStanza: true)
+        guard let room, case .object(var object) = value else { return value }
+        object["room"] = .string(room.room)
+        object["room_nick"] = .string(room.nick)
+        return .object(object)
+    }
+
     /// The handler's whole environment: PATH, LANG, the route's `env` and `pass_env`, and the STANZA_*
     /// variables. Nothing else from stanzad's own environment.
     package static func environment(
         for stanza: Stanza, route: String, component: String, env: [String: String], passEnv: [String],
-        parent: [String: String]
+        parent: [String: String], room: RoomOrigin? = nil
     ) -> [String: String] {
         var result = baseEnvironment(route: route, component: component, env: env, passEnv: passEnv, parent: parent)
         func set(_ name: String, _ value: String?) {
@@ -33,6 +43,8 @@ package enum HandlerInput {
         set("STANZA_FROM", JID.parse(stanza.from)?.description)
         set("STANZA_TO", JID.parse(stanza.to)?.description)
         set("STANZA_LANG", stanza.lang)
+        set("STANZA_ROOM", room?.room)
+        set("STANZA_NICK", room?.nick)
         return result
     }
 

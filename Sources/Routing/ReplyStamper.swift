@@ -23,9 +23,11 @@ package struct ReplyStamper: Sendable {
 
     /// The stanzas to send in answer to `incoming`, given the handler's outcome.
     /// - Returns: the stanzas plus, when a reply was refused, why (it is logged; the sender gets an error).
-    package func stamp(_ outcome: HandlerOutcome, replyingTo incoming: Stanza) -> (stanzas: [Stanza], refusal: Refusal?) {
+    /// `fromRoom`: `incoming` came from a room or one of its occupants (SPEC §14), which never get an error.
+    package func stamp(_ outcome: HandlerOutcome, replyingTo incoming: Stanza, fromRoom: Bool = false) -> (stanzas: [Stanza], refusal: Refusal?) {
+        let fromRoom = fromRoom || incoming.type == "groupchat"
         if let failure = outcome.failure {
-            return (errorReply(to: incoming, failure), nil)
+            return (errorReply(to: incoming, failure, fromRoom: fromRoom), nil)
         }
         var stanzas: [Stanza] = []
         var answered = false
@@ -37,11 +39,11 @@ package struct ReplyStamper: Sendable {
                     if answered { continue }
                     answered = true
                 }
-                if !incoming.allowsReply && stamped.type == "error" { continue }
+                if (!incoming.allowsReply || fromRoom) && stamped.type == "error" { continue }
                 stanzas.append(stamped)
             } catch {
                 let failure = StanzaError(.cancel, .internalServerError)
-                return (errorReply(to: incoming, failure), error)
+                return (errorReply(to: incoming, failure, fromRoom: fromRoom), error)
             }
         }
         if incoming.isRequest && !answered {
@@ -54,8 +56,9 @@ package struct ReplyStamper: Sendable {
     }
 
     /// The error reply to `incoming` (none for error/result stanzas), `by` the component.
-    package func errorReply(to incoming: Stanza, _ error: StanzaError) -> [Stanza] {
-        guard incoming.allowsReply else { return [] }
+    /// Nothing for a group chat message or a stanza `fromRoom`: an error bounced into a room can get us kicked.
+    package func errorReply(to incoming: Stanza, _ error: StanzaError, fromRoom: Bool = false) -> [Stanza] {
+        guard incoming.allowsReply, !fromRoom, incoming.type != "groupchat" else { return [] }
         var error = error
         if error.by == nil { error.by = domain }
         return [incoming.errorReply(error)]
@@ -65,7 +68,14 @@ package struct ReplyStamper: Sendable {
     package func stamp(_ reply: Stanza, replyingTo incoming: Stanza) throws(Refusal) -> Stanza {
         var reply = reply
         if reply.from == nil { reply.from = incoming.to }
-        if reply.to == nil { reply.to = incoming.from }
+        if reply.to == nil {
+            reply.to = incoming.from
+            // A group chat message is answered to the room (its bare JID), where everyone reads it.
+            if incoming.type == "groupchat", reply.kind == .message, reply.type == nil || reply.type == "groupchat",
+               let sender = JID.parse(incoming.from) {
+                reply.to = sender.bare.description
+            }
+        }
         switch reply.kind {
         case .iq:
             if incoming.isRequest, reply.type == nil || reply.type == "result" || reply.type == "error" {

@@ -15,10 +15,17 @@ package struct RouteRule: Sendable {
     /// itself are not taken (two of its addresses answering each other would loop forever). nil: the route opts in
     /// (`from_self = true`). iq get/set cannot loop (their answers are results, never answered) and always match.
     package var refusesFromDomain: String?
+    /// Rooms (bare-JID globs, `*` for all) whose messages this route takes (SPEC §14). Group chat messages match
+    /// only routes that name their room; a route with `rooms` takes only messages from those rooms.
+    package var rooms: [JIDPattern]?
+    /// Only group chat messages that mention our nick.
+    package var mentions: Bool
 
     package init(kinds: Set<StanzaKind> = [.message], types: Set<String>? = nil, to: [JIDPattern]? = nil,
                 from: [JIDPattern]? = nil, body: BodyPattern? = nil, requiresBody: Bool = false,
-                refusesFromDomain: String? = nil) {
+                refusesFromDomain: String? = nil, rooms: [JIDPattern]? = nil, mentions: Bool = false) {
+        self.rooms = rooms
+        self.mentions = mentions
         self.kinds = kinds
         self.types = types
         self.to = to
@@ -28,8 +35,23 @@ package struct RouteRule: Sendable {
         self.refusesFromDomain = refusesFromDomain?.lowercased()
     }
 
-    package func matches(_ stanza: Stanza) -> Bool {
+    package func matches(_ stanza: Stanza, room: RoomOrigin? = nil) -> Bool {
         guard kinds.contains(stanza.kind) else { return false }
+        if let room {
+            guard let rooms, let jid = JID.parse(room.room) else {
+                // A private message from an occupant is also a chat message: routes without `rooms` may take it.
+                if room.isGroupchat { return false }
+                return matchesStanza(stanza)
+            }
+            guard rooms.contains(where: { $0.matches(jid) }) else { return false }
+            if mentions, room.isGroupchat, !Mention.contains(stanza.body ?? "", nick: room.ownNick) { return false }
+        } else if rooms != nil {
+            return false
+        }
+        return matchesStanza(stanza)
+    }
+
+    private func matchesStanza(_ stanza: Stanza) -> Bool {
         if let domain = refusesFromDomain, stanza.kind != .iq, isFromSelf(stanza, domain: domain) { return false }
         if let types {
             let type = stanza.type ?? Self.implicitType(of: stanza.kind)

@@ -12,13 +12,27 @@ package final class Router: Service, Sendable {
     let dispatcher: Dispatcher
     let logger: Logger
     let drainTimeout: Duration
+    /// Sees every stanza first: takes the rooms' presence and says which messages come from a room (SPEC §14).
+    let rooms: (any RoomFilter)?
     private let running = RunningHandlers()
 
-    package init(connection: ComponentConnection, dispatcher: Dispatcher, logger: Logger, drainTimeout: Duration = .seconds(10)) {
+    package init(connection: ComponentConnection, dispatcher: Dispatcher, logger: Logger, drainTimeout: Duration = .seconds(10),
+                 rooms: (any RoomFilter)? = nil) {
         self.connection = connection
         self.dispatcher = dispatcher
         self.logger = logger
         self.drainTimeout = drainTimeout
+        self.rooms = rooms
+    }
+
+    /// nil: the stanza is the rooms' (taken or dropped); else route it, with its room if it came from one.
+    private func origin(of stanza: Stanza) -> RoomOrigin?? {
+        guard let rooms else { return .some(nil) }
+        switch rooms.classify(stanza) {
+        case .notFromRoom: return .some(nil)
+        case .taken: return nil
+        case .route(let origin): return .some(origin)
+        }
     }
 
     package func run() async throws {
@@ -26,17 +40,18 @@ package final class Router: Service, Sendable {
         await withDiscardingTaskGroup { group in
             // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.
             for await stanza in connection.inbound.cancelOnGracefulShutdown() {
-                switch dispatcher.admit(stanza) {
+                guard case .some(let room) = origin(of: stanza) else { continue }
+                switch dispatcher.admit(stanza, room: room) {
                 case .builtIn:
-                    send(dispatcher.answerBuiltIn(stanza), for: stanza)
+                    send(dispatcher.answerBuiltIn(stanza, room: room), for: stanza)
                 case .full(let route):
-                    send(dispatcher.answerFull(stanza, route: route), for: stanza)
+                    send(dispatcher.answerFull(stanza, route: route, room: room), for: stanza)
                 case .limited(_, let replies):
                     send(replies, for: stanza)
                 case .admitted(let route):
                     // Handlers that start without waiting were taken by `handleDirectly` already.
                     running.enter()
-                    group.addTask { self.finish(await self.dispatcher.run(stanza, on: route), for: stanza) }
+                    group.addTask { self.finish(await self.dispatcher.run(stanza, on: route, room: room), for: stanza) }
                 }
             }
             connection.setDirectInbound(nil)
@@ -55,23 +70,26 @@ package final class Router: Service, Sendable {
     /// Takes, where the link reads them, the stanzas that need no task: built-in answers, refusals of full routes
     /// and routes whose handler starts without waiting (workers). False: the stanza goes through `run`'s loop.
     private func handleDirectly(_ stanza: Stanza) -> Bool {
-        guard let route = dispatcher.route(for: stanza) else {
-            send(dispatcher.answerBuiltIn(stanza), for: stanza)
+        // The room keeper's verdict is asked again in `run`'s loop for a stanza given back here; it has side
+        // effects only for what it takes (presence, invites), and those never go back.
+        guard case .some(let room) = origin(of: stanza) else { return true }
+        guard let route = dispatcher.route(for: stanza, room: room) else {
+            send(dispatcher.answerBuiltIn(stanza, room: room), for: stanza)
             return true
         }
         guard route.handler.startsWithoutWaiting else { return false }
-        if let replies = dispatcher.refuseOverLimit(stanza, route: route) {
+        if let replies = dispatcher.refuseOverLimit(stanza, route: route, room: room) {
             send(replies, for: stanza)
             return true
         }
         guard route.gate.admit() else {
-            send(dispatcher.answerFull(stanza, route: route), for: stanza)
+            send(dispatcher.answerFull(stanza, route: route, room: room), for: stanza)
             return true
         }
         running.enter()
-        if !dispatcher.start(stanza, on: route, completion: { self.finish($0, for: stanza) }) {
+        if !dispatcher.start(stanza, on: route, room: room, completion: { self.finish($0, for: stanza) }) {
             // Every run slot is taken: this stanza waits for one (in its place in the route's queue) in a task.
-            Task { self.finish(await self.dispatcher.run(stanza, on: route), for: stanza) }
+            Task { self.finish(await self.dispatcher.run(stanza, on: route, room: room), for: stanza) }
         }
         return true
     }

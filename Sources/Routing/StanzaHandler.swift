@@ -37,11 +37,14 @@ package struct HandlerContext: Sendable {
     /// The component domain (`[component] jid`).
     package var component: String
     package var logger: Logger
+    /// The room the stanza came from (SPEC §14), for STANZA_ROOM / STANZA_NICK and JSON `room` / `room_nick`.
+    package var room: RoomOrigin?
 
-    package init(route: String, component: String, logger: Logger) {
+    package init(route: String, component: String, logger: Logger, room: RoomOrigin? = nil) {
         self.route = route
         self.component = component
         self.logger = logger
+        self.room = room
     }
 }
 

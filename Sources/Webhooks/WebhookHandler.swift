@@ -84,7 +84,7 @@ package struct WebhookHandler: StanzaHandler {
         let delivery = RandomID.make()
         let request: WebhookRequest
         do {
-            request = try WebhookRequest(stanza: stanza, settings: settings, delivery: delivery)
+            request = try WebhookRequest(stanza: stanza, settings: settings, delivery: delivery, room: context.room)
         } catch {
             completion(.failed(.modify, .badRequest, metadata: ["problem": "\(error)"]))
             return

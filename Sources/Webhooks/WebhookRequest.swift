@@ -54,7 +54,7 @@ package struct WebhookRequest: Sendable, Equatable {
     package static let accept = "application/xmpp+xml, application/json, text/plain"
 
     /// The request for `stanza`; `delivery` is the Stanzad-Delivery id (the same for every retry).
-    package init(stanza: Stanza, settings: WebhookSettings, delivery: String) throws(XMLSerializationError) {
+    package init(stanza: Stanza, settings: WebhookSettings, delivery: String, room: RoomOrigin? = nil) throws(XMLSerializationError) {
         url = Self.render(settings.urlTemplate, stanza)
         let contentType: String
         switch settings.format {
@@ -62,7 +62,7 @@ package struct WebhookRequest: Sendable, Equatable {
             body = Array(try stanza.serialized().utf8)
             contentType = "application/xmpp+xml"
         case .json:
-            body = StanzaJSON.encode(stanza, includeStanza: true).serializedBytes()
+            body = HandlerInput.json(for: stanza, room: room).serializedBytes()
             contentType = "application/json"
         case .text:
             body = Array((stanza.body ?? "").utf8)
