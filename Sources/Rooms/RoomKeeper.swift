@@ -406,6 +406,7 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
                     // The link went down or the queue refused it: the link's own events decide what happens next.
                     return
                 }
+                logger.debug("self-ping answered", metadata: ["room": "\(key)", "answer": "\(answer)"])
                 pingAnswered(room: key, nick: nick, answer)
             }
         case .report(let report):
