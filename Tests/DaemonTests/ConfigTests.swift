@@ -192,3 +192,81 @@ private let minimal = """
         #expect(errors(minimal + "\n[rest]\niq_timeout = 500\n") == ["/etc/stanzad/stanzad.toml:6: iq_timeout (500) is larger than max_iq_timeout (300)"])
     }
 }
+
+@Suite struct RoomConfigTests {
+    @Test func roomsWithDefaults() throws {
+        let text = minimal + """
+
+            [disco]
+            name = "Ops Bot"
+
+            [[room]]
+            jid = "Ops@Conference.Example.org"
+
+            [[room]]
+            jid = "dev@conference.example.org"
+            nick = "deploy"
+            from = "bot@bot.example.org"
+            password = "sesame"
+            history = 3
+
+            [rooms]
+            self_ping = 0
+            rejoin_delay = 2
+            accept_invites = ["*@example.org"]
+
+            [[route]]
+            name = "ops"
+            rooms = ["*"]
+            mentions = true
+            exec = ["/bin/cat"]
+            """
+        let config = try load(text).get()
+        let rooms = config.roomSettings()
+        #expect(rooms.map(\.jid) == ["ops@conference.example.org", "dev@conference.example.org"])
+        #expect(rooms[0].nick == "Ops Bot")
+        #expect(rooms[0].from == "bot.example.org")
+        #expect(rooms[0].history == 0)
+        #expect(rooms[1].nick == "deploy" && rooms[1].from == "bot@bot.example.org" && rooms[1].password == "sesame" && rooms[1].history == 3)
+        let settings = config.roomsSettings()
+        #expect(settings.selfPing == nil)
+        #expect(settings.rejoinDelay == .seconds(2))
+        #expect(settings.acceptInvites.map(\.pattern) == ["*@example.org"])
+        #expect(config.routes[0].rooms?.map(\.pattern) == ["*"])
+        #expect(config.routes[0].mentions)
+        #expect(config.roomDefaults.selfPing == 0)
+    }
+
+    @Test func badRoomsAreErrorsThatSayWhatToDo() {
+        let text = minimal + """
+
+            [[room]]
+            jid = "conference.example.org"
+
+            [[room]]
+            jid = "ops@conference.example.org"
+            from = "bot@elsewhere.org"
+            history = -1
+
+            [[room]]
+            jid = "ops@conference.example.org"
+            nik = "x"
+
+            [rooms]
+            rejoin_delay = 0
+
+            [[route]]
+            name = "m"
+            mentions = true
+            exec = ["/bin/cat"]
+            """
+        let found = errors(text)
+        #expect(found.contains { $0.contains("room jid \"conference.example.org\" must be a bare room JID") })
+        #expect(found.contains { $0.contains("from \"bot@elsewhere.org\" must be the component domain bot.example.org") })
+        #expect(found.contains { $0.contains("history must be at least 0") })
+        #expect(found.contains { $0.contains("room ops@conference.example.org is configured twice") })
+        #expect(found.contains { $0.contains("unknown key \"nik\" in [[room]] (did you mean nick?)") })
+        #expect(found.contains { $0.contains("rejoin_delay must be at least 1") })
+        #expect(found.contains { $0.contains("route \"m\" has mentions = true but no rooms; add rooms = [\"*\"]") })
+    }
+}
