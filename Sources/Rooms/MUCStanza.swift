@@ -94,14 +94,16 @@ package enum MUCStanza {
     package static func invite(_ message: Stanza) -> (room: String, inviter: String, password: String?)? {
         guard message.kind == .message, message.type != "error", message.type != "groupchat",
               let from = JID.parse(message.from) else { return nil }
+        // Mediated first: a room may add a XEP-0249 element to the invite it forwards (Prosody does), from itself.
+        // Prosody 0.12 also keeps the inviter's own `<x>` (invite `to`, no `from`) before the one it adds.
+        for x in message.element.elements where x.name == "x" && x.namespace == MUCNamespace.user && from.localpart != nil {
+            guard let invite = x.child("invite", namespace: MUCNamespace.user),
+                  let inviter = JID.parse(invite[attribute: "from"]) else { continue }
+            return (from.bare.description, inviter.bare.description, x.child("password", namespace: MUCNamespace.user)?.text)
+        }
         if let x = message.element.child("x", namespace: MUCNamespace.conference),
            let room = JID.parse(x[attribute: "jid"]), room.localpart != nil {
             return (room.bare.description, from.bare.description, x[attribute: "password"])
-        }
-        if let x = message.element.child("x", namespace: MUCNamespace.user),
-           let invite = x.child("invite", namespace: MUCNamespace.user),
-           let inviter = JID.parse(invite[attribute: "from"]), from.localpart != nil {
-            return (from.bare.description, inviter.bare.description, x.child("password", namespace: MUCNamespace.user)?.text)
         }
         return nil
     }

@@ -290,7 +290,12 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
         let work = shared.withLock { state -> [Work] in
             guard let inviter = JID.parse(invite.inviter),
                   state.global.acceptInvites.contains(where: { $0.matches(inviter) }) else {
-                logger.info("room invite ignored", metadata: ["room": "\(invite.room)", "inviter": "\(invite.inviter)"])
+                var metadata: Logger.Metadata = ["room": "\(invite.room)", "inviter": "\(invite.inviter)"]
+                if invite.inviter.lowercased() == invite.room.lowercased() {
+                    // A semi-anonymous room forwards the invite from the inviter's occupant JID: who sent it is unknown.
+                    metadata["hint"] = "the room hides the inviter's real JID; invite directly (XEP-0249) or make the room non-anonymous"
+                }
+                logger.info("room invite ignored", metadata: metadata)
                 return []
             }
             let key = invite.room.lowercased()

@@ -298,6 +298,9 @@ import XMPPCore
         let viaRoom = try #require(MUCStanza.invite(mediated))
         #expect(viaRoom.room == "ops@conference.example.test")
         #expect(viaRoom.inviter == "alice@example.test")
+        // Prosody adds a XEP-0249 element, from the room, to the invite it forwards: the inviter is still alice.
+        let both = try stanza("<message xmlns='jabber:client' from='ops@conference.example.test' to='bot.example.test'><x xmlns='http://jabber.org/protocol/muc#user'><invite from='alice@example.test/x'/></x><x xmlns='jabber:x:conference' jid='ops@conference.example.test'/></message>")
+        #expect(try #require(MUCStanza.invite(both)).inviter == "alice@example.test")
     }
 
     func stanza(_ xml: String) throws -> Stanza {

@@ -24,6 +24,7 @@ BUSY = f"busy@{MUC}"
 SECRET_ROOM = f"secret@{MUC}"
 BANNED = f"banned@{MUC}"
 LATER = f"later@{MUC}"
+PARTY = f"party@{MUC}"
 TOKEN = "Bearer cm9vbXM="
 REJOIN_DELAY = 1
 RECONNECT_MAX = 2
@@ -156,6 +157,7 @@ credentials = ["{TOKEN}"]
 [rooms]
 self_ping = 2
 rejoin_delay = {REJOIN_DELAY}
+accept_invites = ["alice@{DOMAIN}"]
 
 {rooms}
 
@@ -348,6 +350,24 @@ def test_self_ping_finds_a_silently_dropped_occupant(bot, users, prosody):
     assert bob.wait_message(from_bot(ROOM1))["body"] == "echo alice: bot: found you"
 
 
+def test_invites_are_accepted_only_from_accept_invites(bot, users):
+    alice, _, carol = users
+    alice.join(PARTY)
+    # Non-anonymous, so that the invite the room forwards names alice's real JID, which accept_invites checks.
+    alice.iq(owner(PARTY, "<x xmlns='jabber:x:data' type='submit'>"
+                   "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"
+                   "<field var='muc#roomconfig_whois'><value>anyone</value></field></x>"))
+    carol.client.send_raw(f"<message xmlns='jabber:client' to='{COMPONENT}'><x xmlns='jabber:x:conference' jid='{LATER}'/></message>")
+    bot.wait_for_log(rf"room invite ignored .*inviter=carol@{DOMAIN}")
+    alice.client.send_raw(f"<message xmlns='jabber:client' to='{PARTY}'><x xmlns='http://jabber.org/protocol/muc#user'>"
+                          f"<invite to='{COMPONENT}'><reason>join us</reason></invite></x></message>")
+    bot.wait_for_log(rf"room invite accepted .*room={re.escape(PARTY)}")
+    wait_state(socket(bot), PARTY, "joined")
+    assert LATER not in rooms_listing(socket(bot))
+    alice.say(PARTY, "bot: thanks for coming")
+    assert alice.wait_message(from_bot(PARTY))["body"] == "echo alice: bot: thanks for coming"
+
+
 def test_sighup_joins_added_rooms_and_leaves_removed_ones(bot, users, prosody):
     alice, _, _ = users
     alice.join(LATER)
@@ -359,6 +379,7 @@ def test_sighup_joins_added_rooms_and_leaves_removed_ones(bot, users, prosody):
     listing = rooms_listing(socket(bot))
     assert ROOM2 not in listing
     assert listing[LATER]["state"] == "joined"
+    assert listing[PARTY]["state"] == "joined", "a room joined on an invite stays until the next restart"
     alice.say(LATER, "bot: new room")
     assert alice.wait_message(from_bot(LATER))["body"] == "echo alice: bot: new room"
     assert bot.log().count("component connected") == connected, "the link was not dropped"
@@ -382,3 +403,51 @@ def test_prosody_killed_and_restarted_rooms_rejoined(bot, users, prosody):
         assert user.wait_message(from_bot(ROOM1))["body"] == "echo bob2: bot: after the restart"
     finally:
         user.close()
+
+
+def test_ejabberd_mod_muc_rooms(tmp_path):
+    from ejabberd import Ejabberd
+
+    server = Ejabberd(str(tmp_path / "ejabberd"), domain=DOMAIN, component=COMPONENT, secret="s3cret",
+                      users={"alice": "pw", "bob": "pw"},
+                      extra_modules={"mod_muc": {"access_create": "all", "history_size": 20}})
+    server.start()
+    users: list[User] = []
+    daemon = None
+    try:
+        alice, bob = User("alice", server.c2s_port), User("bob", server.c2s_port)
+        users += [alice, bob]
+        for room in (ROOM1, ROOM2):
+            alice.join(room)
+        bob.join(ROOM1)
+        alice.say(ROOM1, "bot: this is history and must not be answered")
+        workdir = tmp_path / "stanzad"
+        workdir.mkdir()
+        daemon = Stanzad(workdir, config(server, workdir, room_tables(ROOM1, ROOM2)))
+        daemon.start()
+        for room in (ROOM1, ROOM2):
+            daemon.wait_for_log(rf"room joined .*room={re.escape(room)}", timeout=30)
+        alice.say(ROOM1, "bot: one")
+        assert bob.wait_message(from_bot(ROOM1))["body"] == "echo alice: bot: one"
+        alice.say(ROOM1, "!log no mention here")
+        alice.say(ROOM2, "bot, two")
+        assert alice.wait_message(from_bot(ROOM2))["body"] == "echo alice: bot, two"
+        daemon.wait_for_log(r"stanza handled .*route=log")
+        assert [json.loads(line)["body"] for line in (workdir / "log.jsonl").read_text().splitlines()] == ["!log no mention here"]
+        assert len(daemon.wait_for_log(r"stanza handled .*route=mention")) == 2
+        assert "this is history" not in daemon.log()
+
+        kicked = time.monotonic()
+        alice.iq(admin(ROOM1, "<item nick='bot' role='none'/>"))
+        daemon.wait_for_log(rf"removed from room .*room={re.escape(ROOM1)}")
+        daemon.wait_for_log(rf"room joined .*room={re.escape(ROOM1)}", count=2, timeout=REJOIN_DELAY + 10)
+        print(f"ejabberd: kicked → joined again after {time.monotonic() - kicked:.2f} s")
+        bob.drain()
+        alice.say(ROOM1, "bot: back?")
+        assert bob.wait_message(from_bot(ROOM1))["body"] == "echo alice: bot: back?"
+    finally:
+        if daemon:
+            daemon.stop()
+        for user in users:
+            user.close()
+        server.stop()
