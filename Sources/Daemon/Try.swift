@@ -59,11 +59,16 @@ struct Try: AsyncParsableCommand {
             await factory.client.shutdown()
             throw ExitCode(ExitStatus.internalError)
         }
-        if !selected.rule.matches(stanza) {
-            FileHandle.standardError.write(Data("note: in production route \"\(route)\" would not take this stanza (its kinds/types/to/from/body do not match)\n".utf8))
+        // A message from `room/nick` of a configured [[room]] runs as one from that room (SPEC §14).
+        let room = config.roomSettings().first { $0.jid == JID.parse(stanza.from)?.bare.description.lowercased() }.flatMap { room -> RoomOrigin? in
+            guard stanza.kind == .message, let nick = JID.parse(stanza.from)?.resource else { return nil }
+            return RoomOrigin(room: room.jid, nick: nick, ownNick: room.nick, isGroupchat: stanza.type == "groupchat")
+        }
+        if !selected.rule.matches(stanza, room: room) {
+            FileHandle.standardError.write(Data("note: in production route \"\(route)\" would not take this stanza (its kinds/types/to/from/body/rooms/mentions do not match)\n".utf8))
         }
         let dispatcher = Dispatcher(routes: routes, builtIns: config.builtInResponder(), maxStanzaBytes: config.component.maxStanza, logger: logger)
-        let once = TryOnce(dispatcher: dispatcher, route: selected, stanza: stanza)
+        let once = TryOnce(dispatcher: dispatcher, route: selected, stanza: stanza, room: room)
         // Worker routes need their pools running, as in production.
         let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: factory.host),
@@ -115,10 +120,11 @@ struct TryOnce: Service {
     let dispatcher: Dispatcher
     let route: Route
     let stanza: Stanza
+    let room: RoomOrigin?
 
     func run() async throws {
         _ = route.gate.admit()
-        let replies = await dispatcher.run(stanza, on: route)
+        let replies = await dispatcher.run(stanza, on: route, room: room)
         for reply in replies {
             do {
                 print(try reply.serialized())

@@ -91,6 +91,8 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
     let logger: Logger
     private let shared: Mutex<Shared>
     private let wakeup = Wakeup()
+    /// Any room or `accept_invites` configured: without them `classify` needs no lock and no JID parsing.
+    private let active = Atomic<Bool>(false)
 
     package init(connection: ComponentConnection, rooms: [RoomSettings], settings: RoomsSettings, logger: Logger) {
         self.connection = connection
@@ -101,6 +103,7 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
             state.order.append(room.jid)
         }
         self.shared = Mutex(state)
+        active.store(!state.rooms.isEmpty || !settings.acceptInvites.isEmpty, ordering: .relaxed)
     }
 
     private static func makeRoom(_ room: RoomSettings, _ global: RoomsSettings, invited: Bool = false) -> Room {
@@ -215,7 +218,12 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
     // MARK: Inbound (RoomFilter)
 
     package func classify(_ stanza: Stanza) -> RoomVerdict {
-        guard stanza.kind != .iq, let from = JID.parse(stanza.from) else { return .notFromRoom }
+        guard stanza.kind != .iq else { return .notFromRoom }
+        guard active.load(ordering: .relaxed) else {
+            // Group chat from a room we are not in is never routed.
+            return stanza.kind == .message && stanza.type == "groupchat" ? .taken : .notFromRoom
+        }
+        guard let from = JID.parse(stanza.from) else { return .notFromRoom }
         if stanza.kind == .message, let invite = MUCStanza.invite(stanza) {
             accept(invite, to: stanza.to)
             return .taken
@@ -251,15 +259,18 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
 
     private static func presence(_ stanza: Stanza, in room: inout Room, at now: ContinuousClock.Instant) -> [RoomStateMachine.Action] {
         guard let occupant = OccupantPresence(stanza) else { return [] }
+        // Our own presence carries status 110. Without it, only what comes for the nick we hold or are trying counts
+        // as ours (an error to our join; a `<destroy/>` some servers send without 110): once we are out, somebody
+        // else may take that nick.
         let ownNick = room.machine.nick
-        let isSelf = occupant.isSelf || occupant.nick == ownNick
+        let holdsNick = occupant.nick == ownNick && (room.phase == .joining || room.phase == .joined)
         if let condition = occupant.errorCondition {
-            return isSelf ? room.machine.selfPresence(.error(condition: condition), at: now) : []
+            return holdsNick ? room.machine.selfPresence(.error(condition: condition), at: now) : []
         }
         if occupant.unavailable {
             room.occupants.remove(occupant.nick)
             if let newNick = occupant.newNick, occupant.codes.contains(303) { room.occupants.insert(newNick) }
-            guard isSelf else { return [] }
+            guard occupant.isSelf || holdsNick else { return [] }
             return room.machine.selfPresence(
                 .unavailable(codes: occupant.codes, newNick: occupant.newNick, destroyed: occupant.destroyed, reason: occupant.reason),
                 at: now)
@@ -340,6 +351,7 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
                 if !actions.isEmpty { work.append(Work(room: room.settings, actions: actions)) }
             }
             state.order.removeAll { state.rooms[$0] == nil }
+            active.store(!rooms.isEmpty || !settings.acceptInvites.isEmpty || !state.rooms.isEmpty, ordering: .relaxed)
             for room in rooms where state.rooms[room.jid] == nil {
                 var entry = Self.makeRoom(room, settings)
                 let actions = state.linkUp ? entry.machine.linkUp(at: now) : []
