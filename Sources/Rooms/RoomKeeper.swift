@@ -241,6 +241,11 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
             switch stanza.kind {
             case .presence:
                 actions = Self.presence(stanza, in: &room, at: now)
+            case .message where stanza.type == "error":
+                // Our message bounced. not-acceptable: the room does not count us as an occupant any more.
+                if from.resource == nil, stanza.error?.condition == .notAcceptable {
+                    actions = room.machine.refusedAsNonOccupant(at: now)
+                }
             case .message:
                 verdict = Self.message(stanza, from: from, in: room)
             case .iq:
@@ -470,6 +475,8 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
         case .selfPingFailed(let condition):
             metadata["condition"] = "\(condition)"
             logger.warning("self-ping says we are no longer in room; rejoining", metadata: metadata)
+        case .notAnOccupant:
+            logger.warning("room refused our message as from a non-occupant; rejoining", metadata: metadata)
         case .rejoinScheduled(let delay):
             metadata["after_s"] = "\(delay.components.seconds)"
             logger.notice("rejoining room later", metadata: metadata)

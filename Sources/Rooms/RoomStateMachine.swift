@@ -70,6 +70,8 @@ package struct RoomStateMachine: Sendable {
         case joinTimedOut
         /// A self-ping said we are no longer an occupant (a condition, or "timeout").
         case selfPingFailed(condition: String)
+        /// The room refused a message of ours because we are not an occupant.
+        case notAnOccupant
         /// The rejoin is due in `after`.
         case rejoinScheduled(after: Duration)
     }
@@ -213,6 +215,13 @@ package struct RoomStateMachine: Sendable {
             condition = "timeout"
         }
         return [.report(.selfPingFailed(condition: condition))] + join(at: now, attempt: 0)
+    }
+
+    /// The room refused one of our messages with not-acceptable (XEP-0045 §7.4: not an occupant): it lost us
+    /// without telling. Rejoin at once, as after a failed self-ping.
+    package mutating func refusedAsNonOccupant(at now: Instant) -> [Action] {
+        guard isJoined else { return [] }
+        return [.report(.notAnOccupant)] + join(at: now, attempt: 0)
     }
 
     static let stillJoined: Set<String> = ["service-unavailable", "feature-not-implemented"]

@@ -189,6 +189,12 @@ import XMPPCore
         #expect(room.selfPingAnswered(.timeout, at: at(90)) == [.report(.selfPingFailed(condition: "timeout")), .join(nick: "bot")])
     }
 
+    @Test func aMessageRefusedAsFromANonOccupantRejoins() {
+        var room = joined()
+        #expect(room.refusedAsNonOccupant(at: at(5)) == [.report(.notAnOccupant), .join(nick: "bot")])
+        #expect(room.refusedAsNonOccupant(at: at(6)) == [], "only while we think we are joined")
+    }
+
     @Test func selfPingsOff() {
         let room = joined(selfPing: nil)
         #expect(room.nextDeadline == nil)
