@@ -405,6 +405,38 @@ def test_prosody_killed_and_restarted_rooms_rejoined(bot, users, prosody):
         user.close()
 
 
+def test_the_readme_room_bot_works_as_shown(bot, prosody, tmp_path):
+    from harness import REPO, SECRET
+    from test_docs_snippets import README, code_blocks
+
+    text = next(t for lang, t, _ in code_blocks(README) if lang == "toml" and 'name = "room-commands"' in t)
+    text = (text.replace('jid = "bot.example.org"', f'jid = "{COMPONENT}"')
+            .replace('server = "127.0.0.1:5347"', f'server = "127.0.0.1:{prosody.component_port}"')
+            .replace('secret = "change-me"', f'secret = "{SECRET}"')
+            .replace("conference.example.org", MUC))
+    (tmp_path / "handlers").symlink_to(REPO / "handlers")
+    bot.stop()  # the README's bot is the component now (after the restart test, on the restarted Prosody)
+    alice = User("alice", prosody.c2s_port)
+    ops = f"ops@{MUC}"
+    daemon = Stanzad(tmp_path, text).start()
+    try:
+        daemon.wait_for_log(rf"room joined .*room={re.escape(ops)}")
+        daemon.wait_for_log(rf"room joined .*room={re.escape('oncall@' + MUC)}")
+        alice.join(ops)
+        alice.drain()
+        alice.say(ops, "!ping")
+        assert alice.wait_message(from_bot(ops, "opsbot"))["body"] == "pong"
+        alice.say(ops, "!whoami")
+        assert alice.wait_message(from_bot(ops, "opsbot"))["body"] == f"alice in {ops}"
+        alice.say(ops, "opsbot: help")
+        assert alice.wait_message(from_bot(ops, "opsbot"))["body"] == "alice: I know !ping, !time, !whoami and !roll N"
+        alice.say(ops, "!roll 20")
+        assert re.fullmatch(r"alice rolls ([1-9]|1\d|20) \(d20\)", alice.wait_message(from_bot(ops, "opsbot"))["body"])
+    finally:
+        daemon.stop()
+        alice.close()
+
+
 def test_ejabberd_mod_muc_rooms(tmp_path):
     from ejabberd import Ejabberd
 
