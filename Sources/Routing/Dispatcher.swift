@@ -67,7 +67,9 @@ package final class Dispatcher: Sendable {
     /// The per-sender limit for a stanza a route would take: nil when it may go on, else the answer to send
     /// instead (wait/policy-violation; nothing for a stanza that takes no error). The handler does not run.
     package func refuseOverLimit(_ stanza: Stanza, route: Route, room: RoomOrigin? = nil) -> [Stanza]? {
-        guard let limit = rateLimit.withLock({ $0 }), let from = stanza.from, let sender = JID.parse(from)?.bare.description else { return nil }
+        // In a room every occupant is `room/nick`: the sender is the occupant, not the whole room.
+        guard let limit = rateLimit.withLock({ $0 }), let from = JID.parse(stanza.from) else { return nil }
+        let sender = room == nil ? from.bare.description : from.description
         guard case .limited(let refusedInARow) = limit.take(sender: sender) else { return nil }
         if refusedInARow == 1 {
             logger.warning("sender over its rate limit; its stanzas are refused", metadata: [

@@ -240,7 +240,7 @@ def test_joins_every_room_and_answers_a_mention_exactly_once(bot, users):
     assert alice.wait_message(from_bot(ROOM2))["body"] == "echo alice: bot, three"
     alice.say(ROOM1, "bot: four")
     assert bob.wait_message(from_bot(ROOM1))["body"] == "echo alice: bot: four"
-    assert len(bot.wait_for_log(r"stanza handled .*route=mention")) == 4
+    assert len(bot.wait_for_log(r"stanza handled .*route=mention", count=4)) == 4
     assert "this is history" not in bot.log()
 
 
@@ -466,7 +466,7 @@ def test_ejabberd_mod_muc_rooms(tmp_path):
         assert alice.wait_message(from_bot(ROOM2))["body"] == "echo alice: bot, two"
         daemon.wait_for_log(r"stanza handled .*route=log")
         assert [json.loads(line)["body"] for line in (workdir / "log.jsonl").read_text().splitlines()] == ["!log no mention here"]
-        assert len(daemon.wait_for_log(r"stanza handled .*route=mention")) == 2
+        assert len(daemon.wait_for_log(r"stanza handled .*route=mention", count=2)) == 2
         assert "this is history" not in daemon.log()
 
         kicked = time.monotonic()
