@@ -112,6 +112,8 @@ package struct RoomStateMachine: Sendable {
     /// Failed tries since we were last joined: the exponent of the backoff.
     package private(set) var failures = 0
     private var linkUp = false
+    /// The link has been up at least once: before that a room is still to be joined, after it to be rejoined.
+    private var linkSeen = false
 
     package init(settings: Settings) {
         self.settings = settings
@@ -119,7 +121,7 @@ package struct RoomStateMachine: Sendable {
 
     package var phase: Phase {
         switch state {
-        case .offline: .rejoining
+        case .offline: linkSeen ? .rejoining : .joining
         case .joining: .joining
         case .joined: .joined
         case .waiting(_, let failed): failed ? .failed : .rejoining
@@ -153,6 +155,7 @@ package struct RoomStateMachine: Sendable {
     /// The link came up (every time): join now, unless banned or left.
     package mutating func linkUp(at now: Instant) -> [Action] {
         linkUp = true
+        linkSeen = true
         switch state {
         case .banned, .left: return []
         case .waiting(let until, _) where until > now: return []

@@ -28,7 +28,7 @@ import XMPPCore
 
     @Test func joinsWhenTheLinkComesUpAndIsJoinedOnItsSelfPresence() {
         var room = machine()
-        #expect(room.phase == .rejoining)
+        #expect(room.phase == .joining)
         #expect(room.nextDeadline == nil, "nothing happens before the link is up")
         #expect(room.linkUp(at: start) == [.join(nick: "bot")])
         #expect(room.phase == .joining)
