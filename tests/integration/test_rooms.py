@@ -134,10 +134,12 @@ def wait_state(socket_path: Path, room: str, state: str, timeout: float = 15) ->
         time.sleep(0.05)
 
 
-def room_tables(*rooms: str) -> str:
+def room_tables(*rooms: str, nicks: dict[str, str] | None = None) -> str:
     text = ""
     for room in rooms:
         text += f'[[room]]\njid = "{room}"\n'
+        if room in (nicks or {}):
+            text += f'nick = "{(nicks or {})[room]}"\n'
         if room == ROOM1:
             text += "history = 5\n"
         if room == SECRET_ROOM:
@@ -372,7 +374,8 @@ def test_sighup_joins_added_rooms_and_leaves_removed_ones(bot, users, prosody):
     alice, _, _ = users
     alice.join(LATER)
     connected = bot.log().count("component connected")
-    bot.config_path.write_text(config(prosody, bot.workdir, room_tables(ROOM1, BUSY, SECRET_ROOM, BANNED, LATER)))
+    bot.config_path.write_text(config(prosody, bot.workdir, room_tables(ROOM1, BUSY, SECRET_ROOM, BANNED, LATER,
+                                                                        nicks={SECRET_ROOM: "robot"})))
     bot.signal(signal.SIGHUP)
     bot.wait_for_log(rf"room joined .*room={re.escape(LATER)}")
     bot.wait_for_log(rf"leaving room .*room={re.escape(ROOM2)}")
@@ -382,6 +385,14 @@ def test_sighup_joins_added_rooms_and_leaves_removed_ones(bot, users, prosody):
     assert listing[PARTY]["state"] == "joined", "a room joined on an invite stays until the next restart"
     alice.say(LATER, "bot: new room")
     assert alice.wait_message(from_bot(LATER))["body"] == "echo alice: bot: new room"
+    # The changed nick was asked for in the room, and mentions follow it.
+    bot.wait_for_log(rf"changing nick in room .*room={re.escape(SECRET_ROOM)}")
+    deadline = time.monotonic() + 10
+    while rooms_listing(socket(bot))[SECRET_ROOM]["nick"] != "robot":
+        assert time.monotonic() < deadline, rooms_listing(socket(bot))[SECRET_ROOM]
+        time.sleep(0.05)
+    alice.say(SECRET_ROOM, "robot: renamed?")
+    assert alice.wait_message(from_bot(SECRET_ROOM, "robot"))["body"] == "echo alice: robot: renamed?"
     assert bot.log().count("component connected") == connected, "the link was not dropped"
 
 
