@@ -308,10 +308,12 @@ def test_kicked_comes_back_after_rejoin_delay(bot, users):
 
 def test_a_destroyed_room_is_rejoined_when_it_is_back(bot, users):
     alice, _, _ = users
+    destroyed = time.monotonic()
     alice.iq(owner(ROOM2, "<destroy><reason>moving</reason></destroy>"))
     bot.wait_for_log(rf"room destroyed .*room={re.escape(ROOM2)}")
     alice.join(ROOM2)
     wait_state(socket(bot), ROOM2, "joined", timeout=20)
+    print(f"destroyed and recreated → joined again after {time.monotonic() - destroyed:.2f} s")
     alice.say(ROOM2, "bot: welcome back")
     assert alice.wait_message(from_bot(ROOM2))["body"] == "echo alice: bot: welcome back"
 
