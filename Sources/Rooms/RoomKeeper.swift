@@ -350,7 +350,7 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
                     continue
                 }
                 if let new = rooms.first(where: { $0.jid == key }) { room.settings = new }
-                let actions = room.machine.update(Self.machineSettings(room.settings, settings))
+                let actions = room.machine.update(Self.machineSettings(room.settings, settings), at: now)
                 Self.note(&room)
                 state.rooms[key] = room
                 if !actions.isEmpty { work.append(Work(room: room.settings, actions: actions)) }

@@ -254,10 +254,14 @@ package struct RoomStateMachine: Sendable {
         }
     }
 
-    /// A reload changed the settings: a new nick is asked for at once while joined, and used for every later join.
-    package mutating func update(_ settings: Settings) -> [Action] {
+    /// A reload changed the settings: a new nick is asked for at once while joined, and used for every later join;
+    /// self-pings turned on start now.
+    package mutating func update(_ settings: Settings, at now: Instant) -> [Action] {
         let old = self.settings
         self.settings = settings
+        if old.selfPing == nil, let interval = settings.selfPing, case .joined(let nick, nil) = state {
+            state = .joined(nick: nick, nextPing: now + interval)
+        }
         guard old.nick != settings.nick else { return [] }
         switch state {
         case .joined(let nick, let nextPing) where linkUp && nick != settings.nick:

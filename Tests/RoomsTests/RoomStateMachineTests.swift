@@ -196,8 +196,12 @@ import XMPPCore
     }
 
     @Test func selfPingsOff() {
-        let room = joined(selfPing: nil)
+        var room = joined(selfPing: nil)
         #expect(room.nextDeadline == nil)
+        var settings = room.settings
+        settings.selfPing = .seconds(60)
+        #expect(room.update(settings, at: at(10)) == [])
+        #expect(room.nextDeadline == at(70), "turned on by a reload: the first self-ping is one interval away")
     }
 
     @Test func aStaleSelfPingAnswerIsIgnored() {
@@ -218,7 +222,7 @@ import XMPPCore
         var room = joined()
         var settings = room.settings
         settings.nick = "robot"
-        #expect(room.update(settings) == [.changeNick(to: "robot")])
+        #expect(room.update(settings, at: at(4)) == [.changeNick(to: "robot")])
         // The room answers with 303 then our new self-presence.
         #expect(room.selfPresence(.unavailable(codes: [110, 303], newNick: "robot", destroyed: false, reason: nil), at: at(5)) == [])
         #expect(room.isJoined)
