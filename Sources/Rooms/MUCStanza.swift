@@ -80,7 +80,7 @@ package enum MUCStanza {
         message.element.elements.contains { element in
             guard element.name == "delay", element.namespace == MUCNamespace.delay else { return false }
             guard let from = element[attribute: "from"], let jid = JID.parse(from) else { return true }
-            return jid.bare.description.lowercased() == room || jid.resource != nil
+            return jid.description.lowercased() == room
         }
     }
 

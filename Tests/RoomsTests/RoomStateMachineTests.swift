@@ -293,6 +293,12 @@ import XMPPCore
         #expect(MUCStanza.isHistory(history, room: "ops@conference.example.test"))
         let live = try stanza("<message xmlns='jabber:client' type='groupchat' from='ops@conference.example.test/alice'><body>new</body></message>")
         #expect(!MUCStanza.isHistory(live, room: "ops@conference.example.test"))
+        // A live message the sender's own server delayed (offline queue) is not the room's history.
+        let delayedBySender = try stanza("""
+            <message xmlns='jabber:client' type='groupchat' from='ops@conference.example.test/alice'><body>late</body>\
+            <delay xmlns='urn:xmpp:delay' from='example.test' stamp='2026-01-01T00:00:00Z'/></message>
+            """)
+        #expect(!MUCStanza.isHistory(delayedBySender, room: "ops@conference.example.test"))
         let subject = try stanza("<message xmlns='jabber:client' type='groupchat' from='ops@conference.example.test/alice'><subject>topic</subject></message>")
         #expect(MUCStanza.isSubjectChange(subject))
         #expect(!MUCStanza.isSubjectChange(live))
