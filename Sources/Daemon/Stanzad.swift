@@ -143,6 +143,8 @@ struct Run: AsyncParsableCommand {
                 services: [
                     .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
+                    // Stops after the router has drained: its pending retries end, then its connections close.
+                    .init(service: factory.client),
                     .init(service: factory.host),
                     .init(service: reloader),
                 ] + [
@@ -155,10 +157,9 @@ struct Run: AsyncParsableCommand {
         do {
             try await group.run()
         } catch {
-            await factory.client.shutdown()
+            await factory.client.shutdown()  // in case the group failed before the client's service ran
             throw error
         }
-        await factory.client.shutdown()
         logger.notice("stanzad stopped")
     }
 }

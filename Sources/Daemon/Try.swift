@@ -66,16 +66,16 @@ struct Try: AsyncParsableCommand {
         let once = TryOnce(dispatcher: dispatcher, route: selected, stanza: stanza)
         // Worker routes need their pools running, as in production.
         let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: factory.client),
             .init(service: factory.host),
             .init(service: once, successTerminationBehavior: .gracefullyShutdownGroup),
         ]
         do {
             try await ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger)).run()
         } catch {
-            await factory.client.shutdown()
+            await factory.client.shutdown()  // in case the group failed before the client's service ran
             throw error
         }
-        await factory.client.shutdown()
     }
 
     private func makeStanza(defaultTo: String) throws -> Stanza {

@@ -136,6 +136,15 @@ package final class Dispatcher: Sendable {
         return replies
     }
 
+    /// An admitted stanza that will never run because shutdown began before it could wait for a slot: its
+    /// admission goes back and it is answered like a stanza left in the queue.
+    package func turnAway(_ stanza: Stanza, route: Route) -> [Stanza] {
+        route.gate.withdraw()
+        let replies = stamper.errorReply(to: stanza, Self.shuttingDown)
+        log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["queue": "left at shutdown"])
+        return replies
+    }
+
     /// Runs an admitted stanza through its route's handler and returns the stamped replies.
     package func run(_ stanza: Stanza, on route: Route) async -> [Stanza] {
         let started = ContinuousClock.now

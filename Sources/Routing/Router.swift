@@ -13,17 +13,29 @@ package final class Router: Service, Sendable {
     let logger: Logger
     let drainTimeout: Duration
     private let running = RunningHandlers()
+    /// Direct-start stanzas admitted while every run slot of their route was taken: they wait for a slot in a child
+    /// task of `run`'s group, never in a task of their own.
+    private let overflow: AsyncStream<(Stanza, Route)>
+    private let overflowContinuation: AsyncStream<(Stanza, Route)>.Continuation
 
     package init(connection: ComponentConnection, dispatcher: Dispatcher, logger: Logger, drainTimeout: Duration = .seconds(10)) {
         self.connection = connection
         self.dispatcher = dispatcher
         self.logger = logger
         self.drainTimeout = drainTimeout
+        (overflow, overflowContinuation) = AsyncStream.makeStream(of: (Stanza, Route).self)
     }
 
     package func run() async throws {
         connection.setDirectInbound { [self] stanza in handleDirectly(stanza) }
         await withDiscardingTaskGroup { group in
+            group.addTask {
+                await withDiscardingTaskGroup { waiting in
+                    for await (stanza, route) in self.overflow {
+                        waiting.addTask { self.finish(await self.dispatcher.run(stanza, on: route), for: stanza) }
+                    }
+                }
+            }
             // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.
             for await stanza in connection.inbound.cancelOnGracefulShutdown() {
                 switch dispatcher.admit(stanza) {
@@ -42,6 +54,8 @@ package final class Router: Service, Sendable {
             connection.setDirectInbound(nil)
             // Queued stanzas never start; they are answered "shutting down" now, while the link still sends.
             dispatcher.shutDown()
+            // Stanzas already handed to the overflow child are turned away by the closed gates; later ones at once.
+            overflowContinuation.finish()
             let count = running.count
             guard count > 0 else { return }
             logger.notice("waiting for running handlers", metadata: ["handlers": "\(count)", "limit_s": "\(drainTimeout.components.seconds)"])
@@ -70,8 +84,11 @@ package final class Router: Service, Sendable {
         }
         running.enter()
         if !dispatcher.start(stanza, on: route, completion: { self.finish($0, for: stanza) }) {
-            // Every run slot is taken: this stanza waits for one (in its place in the route's queue) in a task.
-            Task { self.finish(await self.dispatcher.run(stanza, on: route), for: stanza) }
+            // Every run slot is taken: this stanza waits for one (in its place in the route's queue) in `run`'s group.
+            if case .terminated = overflowContinuation.yield((stanza, route)) {
+                // Shutdown began between the link's read and here: it is answered like a stanza still queued.
+                finish(dispatcher.turnAway(stanza, route: route), for: stanza)
+            }
         }
         return true
     }
