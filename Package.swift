@@ -97,6 +97,7 @@ let package = Package(
             name: "FastCGIFront",
             dependencies: [
                 "XMPPCore", "CMalloc",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -65,9 +65,30 @@ struct StanzadConfig: Sendable {
         var fromSelf = false
     }
 
+    /// A `[[hook]]` (SPEC §16): `POST {rest.path}/hooks/{name}` runs `argv` with the body on stdin.
+    struct Hook: Sendable {
+        enum Auth: String, Sendable {
+            case credentials, hmac, none
+        }
+
+        var name: String
+        var line: Int
+        var argv: [String]
+        var to: [String] = []
+        var auth: Auth = .credentials
+        var hmacSecret: String?
+        var hmacHeader = "X-Hub-Signature-256"
+        var timeout = 10
+        var env: [String: String] = [:]
+        var passEnv: [String] = []
+        var workdir: String
+        var maxOutput = 262_144
+    }
+
     var file: String
     var component: Component
     var rest: Rest?
+    var hooks: [Hook] = []
     var presenceAuto = true
     var discoName = "stanzad"
     var routes: [Route] = []
@@ -118,7 +139,7 @@ struct ConfigLoader {
     // MARK: Building
 
     private mutating func build(_ root: ConfigTable) -> StanzadConfig? {
-        allow(root, ["component", "rest", "presence", "disco", "route", "limits"], section: nil)
+        allow(root, ["component", "rest", "presence", "disco", "route", "limits", "hook"], section: nil)
         guard case .table(let componentTable)? = root["component"] else {
             error(root.line(of: "component"), root["component"] == nil
                 ? "missing [component] section (jid, server and secret are required)"
@@ -174,7 +195,83 @@ struct ConfigLoader {
                 error(root.line(of: "route"), "route must be an array of tables ([[route]])")
             }
         }
+        if let value = root["hook"] {
+            if case .array(let items) = value {
+                var names = Set<String>()
+                for item in items {
+                    guard case .table(let t) = item else {
+                        error(root.line(of: "hook"), "hook must be an array of tables ([[hook]])")
+                        continue
+                    }
+                    guard let hook = buildHook(t) else { continue }
+                    if !names.insert(hook.name).inserted {
+                        error(t.line(of: "name"), "hook name \"\(hook.name)\" is used twice; hook names must be unique")
+                    }
+                    if hook.auth == .credentials, config.rest.map({ $0.credentials.isEmpty }) ?? false {
+                        error(t.line(of: "auth"), "hook \"\(hook.name)\" has auth = \"credentials\" but [rest] has no credentials; add credentials to [rest] or use auth = \"hmac\"")
+                    }
+                    config.hooks.append(hook)
+                }
+                if config.rest == nil, !items.isEmpty {
+                    error(root.line(of: "hook"), "[[hook]] needs the REST API: add a [rest] section (hooks are served at POST {rest.path}/hooks/{name})")
+                }
+            } else {
+                error(root.line(of: "hook"), "hook must be an array of tables ([[hook]])")
+            }
+        }
         return component == nil ? nil : config
+    }
+
+    private mutating func buildHook(_ t: ConfigTable) -> StanzadConfig.Hook? {
+        allow(t, ["name", "exec", "worker", "to", "auth", "hmac_secret", "hmac_secret_file", "hmac_header", "timeout", "env",
+                  "pass_env", "workdir", "max_output"], section: "hook")
+        let name = string(t, "name", required: true, section: "[[hook]]")
+        if let name, name.isEmpty || !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }) {
+            error(t.line(of: "name"), "hook name \"\(name)\" must be letters, digits, '-', '_' or '.' (it is a URL path segment)")
+        }
+        var argv: [String]?
+        if t["worker"] != nil {
+            error(t.line(of: "worker"), "hooks run exec handlers only for now: use exec = [...]")
+        }
+        if let values = stringArray(t, "exec") {
+            if values.isEmpty { error(t.line(of: "exec"), "exec must name a program: exec = [\"handlers/alertmanager.py\"]") } else {
+                argv = [resolveProgram(values[0])] + values.dropFirst()
+            }
+        } else if t["exec"] == nil {
+            error(t.line, "hook \(name.map { "\"\($0)\" " } ?? "")needs exec = [\"program\", …]")
+        }
+        var hook = StanzadConfig.Hook(name: name ?? "", line: t.line, argv: argv ?? [], workdir: directory)
+        if let to = stringArray(t, "to") {
+            for jid in to where JID.parse(jid) == nil {
+                error(t.line(of: "to"), "to: \"\(jid)\" is not a valid JID")
+            }
+            hook.to = to
+        }
+        if let auth = string(t, "auth") {
+            if let value = StanzadConfig.Hook.Auth(rawValue: auth) { hook.auth = value } else {
+                error(t.line(of: "auth"), "unknown auth \"\(auth)\" (use credentials, hmac or none)")
+            }
+        }
+        hook.hmacSecret = secretValue(t, "hmac_secret", required: hook.auth == .hmac)
+        if hook.auth != .hmac, hook.hmacSecret != nil {
+            error(t.line(of: "hmac_secret"), "hmac_secret is set but auth is \"\(hook.auth.rawValue)\"; set auth = \"hmac\" to check signatures")
+        }
+        if let header = string(t, "hmac_header") {
+            if header.isEmpty || !header.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }) {
+                error(t.line(of: "hmac_header"), "hmac_header \"\(header)\" must be an HTTP header name (letters, digits and '-')")
+            }
+            hook.hmacHeader = header
+        }
+        hook.timeout = int(t, "timeout", min: 1) ?? 10
+        hook.env = stringTable(t, "env") ?? [:]
+        for key in hook.env.keys where !Self.isEnvName(key) {
+            error(t.line(of: "env"), "env name \"\(key)\" is not a valid environment variable name")
+        }
+        hook.passEnv = stringArray(t, "pass_env") ?? []
+        if let workdir = string(t, "workdir") { hook.workdir = resolve(workdir) }
+        hook.maxOutput = int(t, "max_output", min: 1) ?? 262_144
+        guard name != nil, argv != nil else { return nil }
+        return hook
     }
 
     private mutating func buildComponent(_ t: ConfigTable) -> StanzadConfig.Component? {

@@ -14,14 +14,17 @@ final class Reloader: Service, Sendable {
     let factory: RouteFactory
     let dispatcher: Dispatcher
     let api: RestAPI?
+    let hooks: HookExecutor?
     let logger: Logger
     private let active: Mutex<StanzadConfig>
 
-    init(config: StanzadConfig, factory: RouteFactory, dispatcher: Dispatcher, api: RestAPI?, logger: Logger) {
+    init(config: StanzadConfig, factory: RouteFactory, dispatcher: Dispatcher, api: RestAPI?, hooks: HookExecutor? = nil,
+         logger: Logger) {
         self.file = config.file
         self.factory = factory
         self.dispatcher = dispatcher
         self.api = api
+        self.hooks = hooks
         self.logger = logger
         self.active = Mutex(config)
     }
@@ -56,7 +59,12 @@ final class Reloader: Service, Sendable {
         // Only once no new stanza can reach them: stanzas already admitted to an old route fail or finish there.
         factory.stopRemovedPools(keeping: config)
         if let rest = config.rest { api?.reload(credentials: rest.credentials) }
+        // The programs first: a hook the API newly accepts must find its program.
+        hooks?.reload(config.hookPrograms)
+        api?.reload(hooks: config.hookSettings)
         active.withLock { $0 = config }
-        logger.notice("configuration reloaded", metadata: ["config": "\(file)", "routes": "\(config.routes.count)"])
+        logger.notice("configuration reloaded", metadata: [
+            "config": "\(file)", "routes": "\(config.routes.count)", "hooks": "\(config.hooks.count)",
+        ])
     }
 }

@@ -111,13 +111,16 @@ struct Run: AsyncParsableCommand {
         let router = Router(connection: connection, dispatcher: dispatcher, logger: logger)
         var front: FastCGIServer?
         var api: RestAPI?
+        let hooks = HookExecutor(
+            hooks: config.hookPrograms, processes: factory.processes, killGrace: .seconds(config.killGrace),
+            parentEnvironment: ProcessInfo.processInfo.environment, component: config.component.jid, logger: logger)
         if let rest = config.rest {
             let rest = RestAPI(
                 settings: RestSettings(
                     domain: config.component.jid, path: rest.path, credentials: rest.credentials,
                     iqTimeout: .seconds(rest.iqTimeout), maxIQTimeout: .seconds(rest.maxIQTimeout), maxBody: rest.maxBody,
                     maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
-                sender: LinkSender(connection: connection))
+                sender: LinkSender(connection: connection), hooks: config.hookSettings, hookRunner: hooks, logger: logger)
             api = rest
             let listen = config.rest?.listen ?? ""
             let socketMode = config.rest?.socketMode ?? 0o660
@@ -133,7 +136,7 @@ struct Run: AsyncParsableCommand {
                 listen: listen, socketMode: socketMode, fd: fd, api: rest, logger: logger,
                 readTimeout: .seconds(config.rest?.readTimeout ?? 10))
         }
-        let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, logger: logger)
+        let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, hooks: hooks, logger: logger)
         logger.notice("stanzad starting", metadata: [
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
@@ -186,6 +189,9 @@ struct Check: ParsableCommand {
         for warning in config.warnings { print("warning: \(warning)") }
         print("component \(config.component.jid) via \(config.component.host):\(config.component.port)")
         if let rest = config.rest { print("rest \(rest.listen) path \(rest.path), \(rest.credentials.count) credential(s)") }
+        for hook in config.hooks {
+            print("hook \(hook.name): POST \(config.rest?.path ?? "/rest")/hooks/\(hook.name) → \(hook.argv.joined(separator: " ")) (auth \(hook.auth.rawValue)\(hook.to.isEmpty ? "" : ", to \(hook.to.joined(separator: ", "))"))")
+        }
         print(RouteTable.render(config.routes))
         if !problems.isEmpty {
             for problem in problems { FileHandle.standardError.write(Data("\(problem)\n".utf8)) }

@@ -207,6 +207,7 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         rest.authorization = param("HTTP_AUTHORIZATION")
         rest.accept = param("HTTP_ACCEPT")
         rest.timeout = param("HTTP_REST_TIMEOUT") ?? param("HTTP_PROSODY_REST_TIMEOUT")
+        rest.params = params
         if !request.bodyTooLarge {
             rest.body = Array(buffer: request.body)
         }

@@ -2,6 +2,7 @@
 // stamping and validation with their status codes, content negotiation, the iq long-poll, /health.
 
 import Foundation
+import Logging
 import Synchronization
 import XMPPCore
 
@@ -50,16 +51,29 @@ package final class RestAPI: Sendable {
     package let settings: RestSettings
     let sender: any StanzaSender
     private let credentials: Mutex<[String]>
+    /// `[[hook]]`s by name (SPEC §16), and what runs their handlers.
+    let hooks: Mutex<[String: HookSettings]>
+    let hookRunner: (any HookRunner)?
+    let logger: Logger?
 
-    package init(settings: RestSettings, sender: any StanzaSender) {
+    package init(settings: RestSettings, sender: any StanzaSender, hooks: [HookSettings] = [],
+                 hookRunner: (any HookRunner)? = nil, logger: Logger? = nil) {
         self.settings = settings
         self.sender = sender
         self.credentials = Mutex(settings.credentials)
+        self.hooks = Mutex(Dictionary(hooks.map { ($0.name, $0) }, uniquingKeysWith: { $1 }))
+        self.hookRunner = hookRunner
+        self.logger = logger
     }
 
     /// SIGHUP: the accepted Authorization values from now on.
     package func reload(credentials: [String]) {
         self.credentials.withLock { $0 = credentials }
+    }
+
+    /// SIGHUP: the hooks from now on (requests already running finish with the hook they started with).
+    package func reload(hooks: [HookSettings]) {
+        self.hooks.withLock { $0 = Dictionary(hooks.map { ($0.name, $0) }, uniquingKeysWith: { $1 }) }
     }
 
     static let xmppXML = "application/xmpp+xml"
@@ -104,6 +118,10 @@ package final class RestAPI: Sendable {
             respond(health())
             return nil
         }
+        if segments.count == 2, segments[0] == "hooks" {
+            try hook(segments[1], request: request, output: output, respond: respond)
+            return nil
+        }
         try authorize(request)
         switch segments.count {
         case 0:
@@ -131,7 +149,7 @@ package final class RestAPI: Sendable {
         }
     }
 
-    private func allow(_ request: RestRequest, _ methods: [String]) throws {
+    func allow(_ request: RestRequest, _ methods: [String]) throws {
         guard methods.contains(request.method.uppercased()) else {
             throw RestFailure(405, .cancel, .notAllowed, "method \(request.method) is not allowed here; use \(methods.joined(separator: " or "))",
                               headers: [("Allow", methods.joined(separator: ", "))])
@@ -140,7 +158,7 @@ package final class RestAPI: Sendable {
 
     // MARK: Auth
 
-    private func authorize(_ request: RestRequest) throws {
+    func authorize(_ request: RestRequest) throws {
         guard let header = request.authorization, !header.isEmpty else {
             throw RestFailure(401, .auth, .notAuthorized, "credentials required (Authorization header)",
                               headers: [("WWW-Authenticate", "Bearer realm=\"\(settings.domain)\"")])
@@ -181,13 +199,18 @@ package final class RestAPI: Sendable {
 
     // MARK: Body → stanza
 
-    private func parse(_ request: RestRequest, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
+    /// 413 for a body over `max_body`.
+    func checkBodySize(_ request: RestRequest) throws {
         if let length = request.contentLength, length > settings.maxBody {
             throw RestFailure(413, .modify, .resourceConstraint, "body of \(length) bytes exceeds max_body (\(settings.maxBody) bytes)")
         }
         guard request.body.count <= settings.maxBody, !request.bodyTooLarge else {
             throw RestFailure(413, .modify, .resourceConstraint, "body exceeds max_body (\(settings.maxBody) bytes)")
         }
+    }
+
+    private func parse(_ request: RestRequest, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
+        try checkBodySize(request)
         let media = HTTPMediaType.essence(request.contentType)
         if request.body.isEmpty && (media.isEmpty || media == "application/x-www-form-urlencoded") {
             guard let kind else {
@@ -267,7 +290,7 @@ package final class RestAPI: Sendable {
         return stanza
     }
 
-    private func fromJSON(_ value: JSONValue, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
+    func fromJSON(_ value: JSONValue, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
         guard case .object(var object) = value else {
             throw RestFailure(400, .modify, .badRequest, "the JSON body must be an object such as {\"to\": \"…\", \"body\": \"…\"}")
         }
@@ -308,7 +331,7 @@ package final class RestAPI: Sendable {
 
     // MARK: Stamping and validation (SPEC §9)
 
-    private func stamp(_ input: Stanza) throws -> Stanza {
+    func stamp(_ input: Stanza) throws -> Stanza {
         var stanza = Stanza(kind: input.kind)
         stanza.element.children = input.element.children
         stanza.type = input.type
@@ -407,7 +430,7 @@ package final class RestAPI: Sendable {
         return RestResponse(status: status, headers: [("Content-Type", Self.xmppXML)], body: Array(xml.utf8))
     }
 
-    private func errorResponse(_ failure: RestFailure, output: String) -> RestResponse {
+    func errorResponse(_ failure: RestFailure, output: String) -> RestResponse {
         let error = failure.error
         var headers = failure.headers
         let body: [UInt8]

@@ -15,6 +15,8 @@ package struct RestRequest: Sendable {
     package var accept: String?
     /// `Rest-Timeout` or `Prosody-Rest-Timeout`.
     package var timeout: String?
+    /// Every FastCGI parameter as nginx sent it (`HTTP_*` for the request headers): hooks pass them on.
+    package var params: [String: String] = [:]
 
     package init(method: String, path: String, query: String = "", contentType: String? = nil, contentLength: Int? = nil,
                 body: [UInt8] = [], authorization: String? = nil, accept: String? = nil, timeout: String? = nil) {
