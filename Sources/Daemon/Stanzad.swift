@@ -186,6 +186,11 @@ struct Check: ParsableCommand {
                 break
             }
         }
+        for hook in config.hooks {
+            if let program = hook.argv.first, let problem = HandlerCheck.problem(program: program) {
+                problems.append("\(config.file):\(hook.line): hook \"\(hook.name)\": \(problem)")
+            }
+        }
         for warning in config.warnings { print("warning: \(warning)") }
         print("component \(config.component.jid) via \(config.component.host):\(config.component.port)")
         if let rest = config.rest { print("rest \(rest.listen) path \(rest.path), \(rest.credentials.count) credential(s)") }
