@@ -36,6 +36,8 @@ struct StanzadConfig: Sendable {
         case exec([String])
         case worker([String])
         case webhook(String)
+        /// Stanzas wait in the route's update queue for `GET {rest.path}/updates/{route}` (SPEC §17).
+        case pull
     }
 
     struct Route: Sendable {
@@ -63,6 +65,8 @@ struct StanzadConfig: Sendable {
         var inFlight = 1
         /// Takes messages and presences from the component's own addresses (off: the loop guard).
         var fromSelf = false
+        /// Pull routes: seconds an update is kept.
+        var retention = 86_400
     }
 
     /// A `[[hook]]` (SPEC §16): `POST {rest.path}/hooks/{name}` runs `argv` with the body on stdin.
@@ -185,6 +189,9 @@ struct ConfigLoader {
                         continue
                     }
                     if let route = buildRoute(t, componentDomain: component?.jid) {
+                        if route.target == .pull, root["rest"] == nil {
+                            error(t.line(of: "pull"), "route \"\(route.name)\" has pull = true but there is no [rest] section; updates are fetched at GET {rest.path}/updates/\(route.name)")
+                        }
                         if !names.insert(route.name).inserted {
                             error(t.line(of: "name"), "route name \"\(route.name)\" is used twice; route names must be unique")
                         }
@@ -365,7 +372,8 @@ struct ConfigLoader {
     private mutating func buildRoute(_ t: ConfigTable, componentDomain: String?) -> StanzadConfig.Route? {
         allow(t, ["name", "kinds", "types", "to", "from", "body", "exec", "worker", "webhook", "format", "timeout",
                   "concurrency", "queue", "env", "pass_env", "workdir", "max_output", "headers", "hmac_secret",
-                  "hmac_secret_file", "retries", "workers", "max_requests", "in_flight", "from_self"], section: "route")
+                  "hmac_secret_file", "retries", "workers", "max_requests", "in_flight", "from_self", "pull", "retention"],
+              section: "route")
         let name = string(t, "name", required: true, section: "[[route]]")
         var kinds: [StanzaKind] = [.message]
         if let values = stringArray(t, "kinds") {
@@ -377,10 +385,13 @@ struct ConfigLoader {
             }
             if values.isEmpty { error(t.line(of: "kinds"), "kinds must not be empty") }
         }
-        let targets = ["exec", "worker", "webhook"].filter { t[$0] != nil }
+        let pull = bool(t, "pull") ?? false
+        let targets = ["exec", "worker", "webhook"].filter { t[$0] != nil } + (pull ? ["pull"] : [])
         var target: StanzadConfig.Target?
         if targets.count != 1 {
-            error(t.line, "route \(name.map { "\"\($0)\"" } ?? "") needs exactly one of exec, worker or webhook" + (targets.isEmpty ? "" : " (found \(targets.joined(separator: ", ")))"))
+            error(t.line, "route \(name.map { "\"\($0)\"" } ?? "") needs exactly one of exec, worker, webhook or pull = true" + (targets.isEmpty ? "" : " (found \(targets.joined(separator: ", ")))"))
+        } else if pull {
+            target = .pull
         } else if let argv = stringArray(t, "exec") {
             if argv.isEmpty { error(t.line(of: "exec"), "exec must name a program: exec = [\"handlers/echo.sh\"]") } else {
                 target = .exec([resolveProgram(argv[0])] + argv.dropFirst())
@@ -412,7 +423,11 @@ struct ConfigLoader {
         }
         route.timeout = int(t, "timeout", min: 1) ?? 10
         route.concurrency = int(t, "concurrency", min: 1) ?? 4
-        route.queue = int(t, "queue", min: 0) ?? 100
+        route.queue = int(t, "queue", min: 0) ?? (pull ? 10_000 : 100)
+        route.retention = int(t, "retention", min: 1) ?? 86_400
+        if !pull, t["retention"] != nil {
+            error(t.line(of: "retention"), "retention applies to pull routes only (pull = true)")
+        }
         route.env = stringTable(t, "env") ?? [:]
         for key in route.env.keys where !Self.isEnvName(key) {
             error(t.line(of: "env"), "env name \"\(key)\" is not a valid environment variable name")
@@ -426,7 +441,7 @@ struct ConfigLoader {
         route.workers = int(t, "workers", min: 1) ?? 1
         route.maxRequests = int(t, "max_requests", min: 0) ?? 0
         route.inFlight = int(t, "in_flight", min: 1) ?? 1
-        if route.format == "text", route.kinds.contains(where: { $0 != .message }) {
+        if route.format == "text", !pull, route.kinds.contains(where: { $0 != .message }) {
             warning(t.line(of: "kinds"), "route \"\(route.name)\" has format \"text\", which takes only messages with a body; its \(route.kinds.filter { $0 != .message }.map(\.rawValue).joined(separator: " and ")) will never match (use format = \"json\" or \"xml\")")
         }
         guard name != nil, target != nil else { return nil }

@@ -62,6 +62,7 @@ final class Reloader: Service, Sendable {
         // The programs first: a hook the API newly accepts must find its program.
         hooks?.reload(config.hookPrograms)
         api?.reload(hooks: config.hookSettings)
+        api?.setUpdateQueues(factory.queues(for: config))
         active.withLock { $0 = config }
         logger.notice("configuration reloaded", metadata: [
             "config": "\(file)", "routes": "\(config.routes.count)", "hooks": "\(config.hooks.count)",

@@ -121,6 +121,7 @@ struct Run: AsyncParsableCommand {
                     iqTimeout: .seconds(rest.iqTimeout), maxIQTimeout: .seconds(rest.maxIQTimeout), maxBody: rest.maxBody,
                     maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
                 sender: LinkSender(connection: connection), hooks: config.hookSettings, hookRunner: hooks, logger: logger)
+            rest.setUpdateQueues(factory.queues(for: config))
             api = rest
             let listen = config.rest?.listen ?? ""
             let socketMode = config.rest?.socketMode ?? 0o660
@@ -182,7 +183,7 @@ struct Check: ParsableCommand {
                 if let program = argv.first, let problem = HandlerCheck.problem(program: program) {
                     problems.append("\(config.file):\(route.line): route \"\(route.name)\": \(problem)")
                 }
-            case .webhook:
+            case .webhook, .pull:
                 break
             }
         }
@@ -247,6 +248,7 @@ enum RouteTable {
             case .exec(let argv): target = "exec " + argv.joined(separator: " ")
             case .worker(let argv): target = "worker " + argv.joined(separator: " ")
             case .webhook(let url): target = "webhook " + url
+            case .pull: target = "pull (GET …/updates/\(route.name))"
             }
             rows.append([
                 "\(index + 1)", route.name, route.kinds.map(\.rawValue).joined(separator: ","),

@@ -55,6 +55,8 @@ package final class RestAPI: Sendable {
     let hooks: Mutex<[String: HookSettings]>
     let hookRunner: (any HookRunner)?
     let logger: Logger?
+    /// The pull routes' update queues by route name (SPEC §17).
+    let updateQueues = Mutex<[String: UpdateQueue]>([:])
 
     package init(settings: RestSettings, sender: any StanzaSender, hooks: [HookSettings] = [],
                  hookRunner: (any HookRunner)? = nil, logger: Logger? = nil) {
@@ -123,6 +125,13 @@ package final class RestAPI: Sendable {
             return nil
         }
         try authorize(request)
+        if segments.count == 2, segments[0] == "updates" {
+            return try updates(segments[1], request: request, respond: respond)
+        }
+        if segments.count == 2, segments[0] == "events" {
+            try events(segments[1], request: request, respond: respond)
+            return nil
+        }
         switch segments.count {
         case 0:
             try allow(request, ["POST"])

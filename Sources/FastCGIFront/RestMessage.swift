@@ -36,6 +36,9 @@ package struct RestResponse: Sendable {
     package var status: Int
     package var headers: [(String, String)]
     package var body: [UInt8]
+    /// A streamed body (server-sent events): the head is written, then whatever the stream sends, until it ends
+    /// or the client goes away. `body` is ignored then.
+    package var stream: RestEventStream?
 
     package init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
         self.status = status
