@@ -142,7 +142,7 @@ let package = Package(
         .testTarget(name: "WebhooksTests", dependencies: ["Webhooks"], swiftSettings: strict),
         .testTarget(
             name: "FastCGIFrontTests",
-            dependencies: ["FastCGIFront", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["FastCGIFront", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")],
             swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
     ],

@@ -89,11 +89,14 @@ final class RouteFactory: Sendable {
                     }
                     let name = route.name
                     let logger = self.logger
-                    let queue = UpdateQueue(route: name, capacity: route.queue, retention: .seconds(route.retention)) { _, total in
-                        logger.warning("update queue full; the oldest update was dropped", metadata: [
-                            "route": "\(name)", "queue": "\(route.queue)", "dropped_total": "\(total)",
-                        ])
-                    }
+                    let capacity = route.queue
+                    let queue = UpdateQueue(
+                        route: name, capacity: capacity, retention: .seconds(route.retention),
+                        onDrop: { _, total in
+                            logger.warning("update queue full; the oldest update was dropped", metadata: [
+                                "route": "\(name)", "queue": "\(capacity)", "dropped_total": "\(total)",
+                            ])
+                        })
                     queues[route.name] = queue
                     return queue
                 }

@@ -42,15 +42,19 @@ package final class UpdateQueue: Sendable {
     private let loop: any EventLoop
     /// Told when the queue drops its oldest update because it is full.
     private let onDrop: @Sendable (_ dropped: Int, _ total: Int) -> Void
+    /// The clock retention is measured on (tests give their own).
+    private let now: @Sendable () -> ContinuousClock.Instant
 
     /// Update ids start at the clock's milliseconds × 1000, so they keep growing across restarts (a restart
     /// would have to follow more than a thousand updates per millisecond since the last start to reuse one).
     package init(route: String, capacity: Int, retention: Duration, loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.any(),
                  firstID: Int64 = Int64(Date().timeIntervalSince1970 * 1000) * 1000,
+                 now: @escaping @Sendable () -> ContinuousClock.Instant = { .now },
                  onDrop: @escaping @Sendable (Int, Int) -> Void = { _, _ in }) {
         self.route = route
         self.loop = loop
         self.onDrop = onDrop
+        self.now = now
         self.state = Mutex(State(nextID: firstID, capacity: max(1, capacity), retention: retention))
     }
 
@@ -66,7 +70,7 @@ package final class UpdateQueue: Sendable {
     /// Queues a stanza; waiting fetches and open streams get it at once.
     package func append(_ stanza: Stanza) {
         let json = StanzaJSON.encode(stanza).serializedBytes()
-        let now = ContinuousClock.now
+        let now = self.now()
         var dropped: (Int, Int)?
         let (update, waiters, streams): (Update, [Waiter], [@Sendable (Update) -> Void]) = state.withLock { state in
             let update = Update(id: state.nextID, json: json, arrived: now)
@@ -98,7 +102,7 @@ package final class UpdateQueue: Sendable {
     /// cancellation ends the wait at once with an empty list.
     package func fetch(offset: Int64?, limit: Int, timeout: Duration,
                        deliver: @escaping @Sendable ([Update]) -> Void) -> RestCancellation? {
-        let now = ContinuousClock.now
+        let now = self.now()
         let result: Result<[Update], Never>? = state.withLock { state in
             expire(&state, now: now)
             if let offset {
@@ -134,7 +138,7 @@ package final class UpdateQueue: Sendable {
     /// Streams every update after `lastID` (those still queued first), then each new one as it arrives; updates
     /// are acknowledged (deleted) as they are handed to `send`. The returned cancellation stops the stream.
     package func subscribe(after lastID: Int64?, send: @escaping @Sendable (Update) -> Void) -> RestCancellation {
-        let now = ContinuousClock.now
+        let now = self.now()
         // Under the lock, so no update can slip between the backlog and the subscription.
         let (token, backlog): (Int, [Update]) = state.withLock { state in
             expire(&state, now: now)

@@ -58,6 +58,11 @@ to = ["many@{COMPONENT}"]
 pull = true
 
 [[route]]
+name = "readme"
+to = ["readme@{COMPONENT}"]
+pull = true
+
+[[route]]
 name = "fanout"
 to = ["fanout@{COMPONENT}"]
 pull = true
@@ -327,3 +332,20 @@ def test_a_hundred_streams_for_a_minute_keep_stanzads_memory_flat_and_get_keepal
     assert end <= sample * 1.10, f"RSS grew from {sample} to {end} KiB"
     assert all(c["keepalives"] >= 3 for c in counts), "a comment line every 15 s on every stream"
     assert all(c["events"] >= sent * 0.9 for c in counts), "every stream saw the messages"
+
+
+def test_the_readmes_python_loop_prints_each_message(nginx, alice):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Receiving without a webhook"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace("https://xmpp.example.org/rest/updates/inbox", f"http://127.0.0.1:{nginx.port}/rest/updates/readme")
+    code = code.replace("Bearer change-me", TOKEN)
+    process = subprocess.Popen(["/usr/bin/python3", "-u", "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        send(alice, "inbox", [])  # nothing: the loop must wait, not fail
+        send(alice, "readme", ["r1", "r2", "r3"])
+        lines = [process.stdout.readline().strip() for _ in range(3)]
+        assert lines == [f"{ALICE}/updates r1", f"{ALICE}/updates r2", f"{ALICE}/updates r3"]
+    finally:
+        process.kill()
+        process.wait()
