@@ -37,6 +37,12 @@ package struct HookInvocation: Sendable {
     package var stdin: [UInt8]
     /// The CGI-like variables of SPEC §16 (the runner adds the clean base environment).
     package var environment: [String: String]
+
+    package init(hook: String, stdin: [UInt8], environment: [String: String]) {
+        self.hook = hook
+        self.stdin = stdin
+        self.environment = environment
+    }
 }
 
 /// How a hook's handler ended.
@@ -86,12 +92,12 @@ extension RestAPI {
             stdout = bytes
         case .exited(let code, _):
             let failure: RestFailure
-            switch code {
-            case 64, 65:
+            switch Self.hookStatus(exit: code) {
+            case 400:
                 failure = RestFailure(400, .modify, .badRequest, "hook \(hook.name) refused the request (exit \(code))")
-            case 77:
+            case 403:
                 failure = RestFailure(403, .auth, .forbidden, "hook \(hook.name) refused the request (exit 77)")
-            case 75:
+            case 503:
                 failure = RestFailure(503, .wait, .serviceUnavailable, "hook \(hook.name) is temporarily unavailable (exit 75); try again later",
                                       headers: [("Retry-After", "30")])
             default:
@@ -134,6 +140,17 @@ extension RestAPI {
         return RestResponse(status: 202, headers: [("Content-Type", Self.json)], body: body)
     }
 
+    /// SPEC §16: the HTTP status of a hook handler's exit status.
+    package static func hookStatus(exit code: Int32) -> Int {
+        switch code {
+        case 0: 202
+        case 64, 65: 400
+        case 77: 403
+        case 75: 503
+        default: 500
+        }
+    }
+
     private func hookLog(_ hook: HookSettings, status: Int, started: ContinuousClock.Instant, problem: String?, sent: Int? = nil) {
         let elapsed = ContinuousClock.now - started
         let milliseconds = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
@@ -149,7 +166,7 @@ extension RestAPI {
 
     /// The handler's stdout as stanzas: JSON (an object, an array, or one object per line), XML stanzas, or plain
     /// text (one chat message to each of the hook's `to`). Each is stamped as a REST stanza is (SPEC §8).
-    func hookStanzas(_ stdout: [UInt8], hook: HookSettings) throws -> [Stanza] {
+    package func hookStanzas(_ stdout: [UInt8], hook: HookSettings) throws -> [Stanza] {
         guard let text = String(validating: stdout, as: UTF8.self) else {
             throw RestFailure(500, .wait, .internalServerError, "output is not UTF-8")
         }
@@ -221,7 +238,7 @@ extension RestAPI {
 
     /// SPEC §16: `STANZAD_HOOK`, `STANZAD_TO`, `REQUEST_METHOD`, `QUERY_STRING`, `CONTENT_TYPE` and `HTTP_*` for the
     /// request's headers except credentials, cookies and the signature.
-    static func hookEnvironment(_ request: RestRequest, hook: HookSettings) -> [String: String] {
+    package static func hookEnvironment(_ request: RestRequest, hook: HookSettings) -> [String: String] {
         var environment: [String: String] = [
             "STANZAD_HOOK": hook.name, "STANZAD_TO": hook.to.joined(separator: ","), "REQUEST_METHOD": request.method.uppercased(),
             "QUERY_STRING": request.query, "CONTENT_TYPE": request.contentType ?? "",

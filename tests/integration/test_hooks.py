@@ -8,6 +8,7 @@ import hmac
 import http.client
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -268,3 +269,34 @@ def test_a_body_over_the_limit_is_413_before_the_handler_runs(nginx, marks):
     assert status == 413
     assert runs(marks) == before
 
+
+
+def test_try_hook_prints_the_stanzas_and_the_status_without_a_server(tmp_path):
+    config = tmp_path / "stanzad.toml"
+    config.write_text(f'''[component]
+jid = "{COMPONENT}"
+server = "127.0.0.1:1"
+secret = "x"
+
+[rest]
+credentials = ["{TOKEN}"]
+
+[[hook]]
+name = "alertmanager"
+exec = ["{REPO}/handlers/alertmanager.py"]
+to = ["{ALICE}"]
+''')
+    from harness import stanzad_binary
+    sample = (SAMPLES / "alertmanager_resolved.json").read_bytes()
+    result = subprocess.run([str(stanzad_binary()), "try", "--config", str(config), "--hook", "alertmanager"],
+                            input=sample, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert f'to="{ALICE}"' in out and "[RESOLVED:1] DiskFull (warning)" in out
+    assert b'HTTP 202 {"sent": 1}' in result.stderr
+    bad = subprocess.run([str(stanzad_binary()), "try", "--config", str(config), "--hook", "alertmanager"],
+                         input=b"not json", capture_output=True, timeout=30)
+    assert bad.returncode == 1 and b"HTTP 400: the handler exited with 65" in bad.stderr
+    missing = subprocess.run([str(stanzad_binary()), "try", "--config", str(config), "--hook", "nope"],
+                             input=b"", capture_output=True, timeout=30)
+    assert missing.returncode != 0 and b'no hook named "nope"' in missing.stderr and b"hooks: alertmanager" in missing.stderr
