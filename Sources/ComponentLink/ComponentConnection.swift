@@ -74,7 +74,7 @@ package final class ComponentConnection: Service, Sendable {
     /// Takes stanzas synchronously on the link's own task before they reach `inbound` (see `setDirectInbound`).
     private let directInbound = DirectInboundSlot()
     /// Told when the link comes up and goes down (see `setLinkObserver`).
-    private let linkObserver = Mutex<(@Sendable (LinkEvent) -> Void)?>(nil)
+    private let linkObservers = Mutex<[@Sendable (LinkEvent) -> Void]>([])
 
     package init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.settings = settings
@@ -103,15 +103,17 @@ package final class ComponentConnection: Service, Sendable {
         directInbound.set(handler)
     }
 
-    /// Lets `observer` learn when the link is up (handshake done, the queue flushed) and when it went down. It runs
-    /// on the link's task and must not block. nil removes it.
+    /// Adds `observer`, told when the link is up (handshake done, the queue flushed) and when it went down. It
+    /// runs on the link's task and must not block. nil removes every observer.
     package func setLinkObserver(_ observer: (@Sendable (LinkEvent) -> Void)?) {
-        linkObserver.withLock { $0 = observer }
+        linkObservers.withLock { observers in
+            if let observer { observers.append(observer) } else { observers.removeAll() }
+        }
     }
 
     fileprivate func notify(_ event: LinkEvent) {
-        let observer = linkObserver.withLock { $0 }
-        observer?(event)
+        let observers = linkObservers.withLock { $0 }
+        for observer in observers { observer(event) }
     }
 
     package var health: LinkHealth { shared.withLock { $0.machine.health } }
@@ -122,6 +124,9 @@ package final class ComponentConnection: Service, Sendable {
     var backlog: (queued: Int, pendingIQs: Int) {
         shared.withLock { ($0.machine.queue.items.count, $0.machine.queue.pending.count) }
     }
+
+    /// Stanzas waiting for the link (the send queue) and iqs waiting for replies (for metrics).
+    package var depth: (queued: Int, pendingIQs: Int) { backlog }
 
     /// The link's phase (for tests).
     var phase: LinkStateMachine<Waiter, IQReplier>.Phase { shared.withLock { $0.machine.phase } }
@@ -134,6 +139,7 @@ package final class ComponentConnection: Service, Sendable {
             let writeNow = try state.machine.enqueue(Outgoing(xml: xml, deadline: deadline, waiter: nil, iqID: nil))
             return queued(&state, deadline: deadline, writeNow: writeNow)
         }
+        LinkMetrics.queued(stanza.kind)
         wake?.yield(.flush)
     }
 
@@ -176,6 +182,7 @@ package final class ComponentConnection: Service, Sendable {
         }
         switch queued {
         case .success(let (id, wake)):
+            LinkMetrics.queued(stanza.kind)
             wake?.yield(.flush)
             return { self.cancelWaiter(id) }
         case .failure(let error):
@@ -232,6 +239,7 @@ package final class ComponentConnection: Service, Sendable {
         }
         switch queued {
         case .success(let wake):
+            LinkMetrics.queued(.iq)
             wake?.yield(.flush)
             return {
                 if let pending = self.shared.withLock({ $0.machine.cancelRequest(id: id) }) {
@@ -557,6 +565,7 @@ private struct SessionLoop {
                 pipe.queued.subtract(1, ordering: .relaxed)
                 let action = connection.received(event)
                 if case .deliver(let stanza) = action {
+                    LinkMetrics.received(stanza.kind)
                     connection.deliver(stanza)  // gives the unit back unless the router's queue holds the stanza
                 } else {
                     connection.inboundBudget.give()
@@ -668,6 +677,7 @@ private struct SessionLoop {
             connection.deliver(stanza)
             return nil
         case .reply(let pending, let stanza):
+            LinkMetrics.received(.iq)
             pending.replier(.success(stanza))
             return nil
         case .ignore(let element):

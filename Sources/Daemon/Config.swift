@@ -89,9 +89,16 @@ struct StanzadConfig: Sendable {
         var maxOutput = 262_144
     }
 
+    /// `[metrics]` (SPEC §19): the Prometheus text on the FastCGI front.
+    struct Metrics: Sendable, Equatable {
+        var path = "/metrics"
+        var credentials: [String] = []
+    }
+
     var file: String
     var component: Component
     var rest: Rest?
+    var metrics: Metrics?
     var hooks: [Hook] = []
     var presenceAuto = true
     var discoName = "stanzad"
@@ -143,7 +150,7 @@ struct ConfigLoader {
     // MARK: Building
 
     private mutating func build(_ root: ConfigTable) -> StanzadConfig? {
-        allow(root, ["component", "rest", "presence", "disco", "route", "limits", "hook"], section: nil)
+        allow(root, ["component", "rest", "presence", "disco", "route", "limits", "hook", "metrics"], section: nil)
         guard case .table(let componentTable)? = root["component"] else {
             error(root.line(of: "component"), root["component"] == nil
                 ? "missing [component] section (jid, server and secret are required)"
@@ -154,6 +161,26 @@ struct ConfigLoader {
         var config = StanzadConfig(file: file, component: component ?? .init(jid: "", host: "", port: 0, secret: ""))
         if let value = root["rest"] {
             if case .table(let t) = value { config.rest = buildRest(t) } else { error(root.line(of: "rest"), "rest must be a table ([rest])") }
+        }
+        if let value = root["metrics"] {
+            if case .table(let t) = value {
+                allow(t, ["path", "credentials"], section: "metrics")
+                var metrics = StanzadConfig.Metrics()
+                if let path = string(t, "path") {
+                    if path.hasPrefix("/"), !path.contains(where: { $0 == " " || $0 == "?" || $0 == "#" }) { metrics.path = path } else {
+                        error(t.line(of: "path"), "metrics path \"\(path)\" must be a URL path starting with /, e.g. \"/metrics\"")
+                    }
+                }
+                metrics.credentials = stringArray(t, "credentials") ?? []
+                if config.rest == nil {
+                    error(root.line(of: "metrics"), "[metrics] is served on the FastCGI front: add a [rest] section (its listen socket serves both)")
+                } else if let rest = config.rest, metrics.path == rest.path || metrics.path.hasPrefix(rest.path + "/") {
+                    if ["/health", "/echo"].contains(String(metrics.path.dropFirst(rest.path.count))) || metrics.path == rest.path {
+                        error(t.line(of: "path"), "metrics path \"\(metrics.path)\" collides with the REST API's own path")
+                    }
+                }
+                config.metrics = metrics
+            } else { error(root.line(of: "metrics"), "metrics must be a table ([metrics])") }
         }
         if let value = root["presence"] {
             if case .table(let t) = value {

@@ -50,7 +50,7 @@ final class Reloader: Service, Sendable {
         let previous = active.withLock { $0 }
         for (name, changed) in [
             ("[component]", previous.component != config.component), ("[rest] listen/path", previous.rest?.listen != config.rest?.listen || previous.rest?.path != config.rest?.path),
-            ("[limits]", previous.maxProcesses != config.maxProcesses),
+            ("[limits]", previous.maxProcesses != config.maxProcesses), ("[metrics]", previous.metrics != config.metrics),
         ] where changed {
             logger.warning("configuration change needs a restart", metadata: ["section": "\(name)"])
         }

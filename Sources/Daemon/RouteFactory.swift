@@ -21,6 +21,9 @@ final class RouteFactory: Sendable {
     /// The pull routes' queues by route name, kept across reloads (their updates with them).
     private let updateQueues = Mutex<[String: UpdateQueue]>([:])
 
+    /// Every pull route's queue now (for metrics).
+    var allQueues: [UpdateQueue] { updateQueues.withLock { Array($0.values) } }
+
     /// The queues of the pull routes `config` has (removed routes' queues are dropped).
     func queues(for config: StanzadConfig) -> [UpdateQueue] {
         let names = Set(config.routes.filter { $0.target == .pull }.map(\.name))

@@ -102,7 +102,14 @@ struct Run: AsyncParsableCommand {
         settings.sendQueue = config.component.sendQueue
         settings.sendQueueTTL = .seconds(config.component.sendQueueTTL)
         settings.maxStanza = config.component.maxStanza
+        // Before any route or counter exists: they bind to the backend bootstrapped here.
+        let metrics = config.metrics.map { _ in DaemonMetrics() }
         let connection = ComponentConnection(settings: settings, logger: logger)
+        if let metrics {
+            connection.setLinkObserver { event in
+                if event == .down { metrics.linkLost() }
+            }
+        }
         let builtIns = config.builtInResponder()
         let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
         let dispatcher = Dispatcher(
@@ -122,6 +129,11 @@ struct Run: AsyncParsableCommand {
                     maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
                 sender: LinkSender(connection: connection), hooks: config.hookSettings, hookRunner: hooks, logger: logger)
             rest.setUpdateQueues(factory.queues(for: config))
+            if let metrics, let endpoint = config.metrics {
+                rest.setMetrics(.init(path: endpoint.path, credentials: endpoint.credentials) {
+                    metrics.render(connection: connection, dispatcher: dispatcher, queues: factory.allQueues)
+                })
+            }
             api = rest
             let listen = config.rest?.listen ?? ""
             let socketMode = config.rest?.socketMode ?? 0o660

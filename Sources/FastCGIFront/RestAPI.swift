@@ -57,6 +57,26 @@ package final class RestAPI: Sendable {
     let logger: Logger?
     /// The pull routes' update queues by route name (SPEC §17).
     let updateQueues = Mutex<[String: UpdateQueue]>([:])
+    /// `[metrics]` (SPEC §19): where the Prometheus text is served, who may read it, and what renders it.
+    let metrics = Mutex<MetricsEndpoint?>(nil)
+
+    package struct MetricsEndpoint: Sendable {
+        package var path: String
+        /// Empty: no Authorization needed (keep the location internal in nginx).
+        package var credentials: [String]
+        package var render: @Sendable () -> [UInt8]
+
+        package init(path: String, credentials: [String], render: @escaping @Sendable () -> [UInt8]) {
+            self.path = path
+            self.credentials = credentials
+            self.render = render
+        }
+    }
+
+    /// Start and SIGHUP: the metrics endpoint (nil: none).
+    package func setMetrics(_ endpoint: MetricsEndpoint?) {
+        metrics.withLock { $0 = endpoint }
+    }
 
     package init(settings: RestSettings, sender: any StanzaSender, hooks: [HookSettings] = [],
                  hookRunner: (any HookRunner)? = nil, logger: Logger? = nil) {
@@ -107,6 +127,13 @@ package final class RestAPI: Sendable {
     // MARK: Routing
 
     private func route(_ request: RestRequest, output: String, respond: @escaping @Sendable (RestResponse) -> Void) throws -> RestCancellation? {
+        if let endpoint = metrics.withLock({ $0 }), request.path == endpoint.path {
+            try allow(request, ["GET", "HEAD"])
+            if !endpoint.credentials.isEmpty { try authorize(request, accepting: endpoint.credentials) }
+            respond(RestResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                                 body: request.method.uppercased() == "HEAD" ? [] : endpoint.render()))
+            return nil
+        }
         guard request.path == settings.path || request.path.hasPrefix(settings.path + "/") else {
             throw RestFailure(404, .cancel, .itemNotFound, "no such resource; the REST API is at \(settings.path)")
         }
@@ -168,13 +195,17 @@ package final class RestAPI: Sendable {
     // MARK: Auth
 
     func authorize(_ request: RestRequest) throws {
+        try authorize(request, accepting: credentials.withLock { $0 })
+    }
+
+    func authorize(_ request: RestRequest, accepting credentials: [String]) throws {
         guard let header = request.authorization, !header.isEmpty else {
             throw RestFailure(401, .auth, .notAuthorized, "credentials required (Authorization header)",
                               headers: [("WWW-Authenticate", "Bearer realm=\"\(settings.domain)\"")])
         }
         let presented = Self.normalizedCredential(header)
         var accepted = false
-        for credential in credentials.withLock({ $0 }) {
+        for credential in credentials {
             // Every credential is compared in full, so timing says nothing about which one nearly matched.
             if Self.constantTimeEqual(presented, Self.normalizedCredential(credential)) { accepted = true }
         }

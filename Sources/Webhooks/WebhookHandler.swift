@@ -10,6 +10,7 @@
 
 import AsyncHTTPClient
 import Logging
+import Metrics
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -161,7 +162,7 @@ package struct WebhookHandler: StanzaHandler {
         logger[metadataKey: "delivery"] = "\(delivery)"
         let retries = stanza.kind == .message ? settings.retries : 0
         let attempts = Delivery(
-            handler: self, stanza: stanza, request: request, logger: logger, retries: retries,
+            handler: self, stanza: stanza, request: request, logger: logger, retries: retries, route: context.route,
             budgetEnd: .now() + TimeAmount(settings.timeout * (retries + 1)), completion: completion)
         attempts.attempt(1)
     }
@@ -173,6 +174,7 @@ package struct WebhookHandler: StanzaHandler {
         let request: WebhookRequest
         let logger: Logger
         let retries: Int
+        let route: String
         let budgetEnd: NIODeadline
         let completion: @Sendable (HandlerOutcome) -> Void
 
@@ -183,6 +185,15 @@ package struct WebhookHandler: StanzaHandler {
         }
 
         private func attempted(_ number: Int, _ result: Attempt) {
+            let code: String
+            switch result {
+            case .response(let status, _, _, _, _): code = "\(status)"
+            case .connectionFailed: code = "connection_failed"
+            case .timedOut: code = "timeout"
+            case .bodyTooLarge: code = "too_large"
+            }
+            // `stanzad_webhook_responses_total{route,code}`: every attempt's answer (the factory caches the counter).
+            Counter(label: "stanzad_webhook_responses_total", dimensions: [("route", route), ("code", code)]).increment()
             var metadata: Logger.Metadata = ["attempts": "\(number)"]
             let retryable: Bool
             var retryAfter: Duration?
