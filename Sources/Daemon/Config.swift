@@ -356,10 +356,10 @@ struct ConfigLoader {
                 let path = String(listen.dropFirst(5))
                 if path.isEmpty { error(t.line(of: "listen"), "listen \"unix:\" needs a socket path") }
                 rest.listen = "unix:" + resolve(path)
-            } else if Self.hostPort(listen) != nil {
+            } else if listen == "systemd" || Self.hostPort(listen) != nil {
                 rest.listen = listen
             } else {
-                error(t.line(of: "listen"), "listen \"\(listen)\" must be unix:/path/to.sock or host:port")
+                error(t.line(of: "listen"), "listen \"\(listen)\" must be unix:/path/to.sock, host:port or \"systemd\" (socket activation)")
             }
         }
         if let mode = string(t, "socket_mode") {

@@ -36,6 +36,9 @@ final class Reloader: Service, Sendable {
     }
 
     func reload() {
+        SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotify.monotonicMicroseconds())\nSTATUS=reloading")
+        // Whatever the outcome, the daemon runs on (with the old configuration if the new one is refused).
+        defer { SystemdNotify.send("READY=1\nSTATUS=running") }
         let config: StanzadConfig
         do {
             config = try ConfigLoader.load(file: file)

@@ -167,7 +167,10 @@ struct Run: AsyncParsableCommand {
                     // Services stop in reverse order: the REST front first (waiting requests get 503), then the
                     // router (no new stanzas; running handlers finish while workers and the link are still up).
                     .init(service: router),
-                ] + (front.map { [.init(service: $0)] } ?? []),
+                ] + (front.map { [.init(service: $0)] } ?? []) + [
+                    // Last: READY=1 once everything runs; the first to hear of a shutdown (STOPPING=1).
+                    .init(service: SystemdService(logger: logger)),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {

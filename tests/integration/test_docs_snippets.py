@@ -286,6 +286,13 @@ def test_systemd_unit_verifies_and_its_sandbox_rates_ok(tmp_path):
     unit.write_text(text.replace("/usr/local/bin/stanzad", str(stanzad_binary())))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+    # The socket unit beside it (socket activation, [rest] listen = "systemd") verifies with it.
+    assert "Type=notify" in text and "WatchdogSec=" in text
+    socket_unit = tmp_path / "stanzad.socket"
+    socket_unit.write_text((EXAMPLES / "systemd" / "stanzad.socket").read_text())
+    assert "ListenStream=/run/stanzad/fastcgi.sock" in socket_unit.read_text()
+    result = subprocess.run(["systemd-analyze", "verify", str(socket_unit), str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
     # Exposure 4.0 or lower is what systemd-analyze calls "OK".
     result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=40", str(unit)],
                             capture_output=True, text=True, timeout=60)
