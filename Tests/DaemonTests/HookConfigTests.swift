@@ -3,15 +3,6 @@ import Testing
 
 @testable import Daemon
 
-private func load(_ text: String) -> Result<StanzadConfig, ConfigErrors> {
-    Result { () throws(ConfigErrors) in try ConfigLoader.load(text: text, file: "/etc/stanzad/stanzad.toml") }
-}
-
-private func errors(_ text: String) -> [String] {
-    if case .failure(let e) = load(text) { return e.errors.map(\.description) }
-    return []
-}
-
 private let base = """
     [component]
     jid = "bot.example.org"

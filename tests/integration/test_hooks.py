@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import COMPONENT, DOMAIN, REPO, Client, Stanzad, component_config
+from harness import COMPONENT, Client, DOMAIN, REPO, rest_stanzad
 from nginx import Nginx
 
 TOKEN = "Bearer aG9vay10b2tlbg=="
@@ -27,11 +27,6 @@ ALICE = f"alice@{DOMAIN}"
 @pytest.fixture(scope="module")
 def marks(tmp_path_factory):
     return tmp_path_factory.mktemp("marks")
-
-
-@pytest.fixture(scope="module")
-def socket_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("run") / "fastcgi.sock"
 
 
 @pytest.fixture(scope="module")
@@ -81,27 +76,9 @@ auth = "hmac"
 hmac_secret = "{HMAC_SECRET}"
 env = {{ HOOK_MARKS = "{marks}" }}
 '''
-    daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), component_config(prosody.component_port, extra=extra))
-    daemon.start()
-    daemon.wait_for_log("component connected")
-    daemon.wait_for_log("REST API listening")
+    daemon = rest_stanzad(prosody, tmp_path_factory, extra)
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def nginx(stanzad, socket_path, tmp_path_factory):
-    server = Nginx(tmp_path_factory.mktemp("nginx"), socket_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def alice(prosody, stanzad):
-    client = Client(f"{ALICE}/hooks", "pw", prosody.c2s_port)
-    yield client
-    client.close()
 
 
 def post(nginx: Nginx, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -268,7 +245,6 @@ def test_a_body_over_the_limit_is_413_before_the_handler_runs(nginx, marks):
     status, _, _ = post(nginx, "/rest/hooks/behaviour", b"x" * (10 * 1024 * 1024), {"Authorization": TOKEN})
     assert status == 413
     assert runs(marks) == before
-
 
 
 def test_try_hook_prints_the_stanzas_and_the_status_without_a_server(tmp_path):

@@ -10,7 +10,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import COMPONENT, DOMAIN, REPO, Client, Stanzad, component_config
+from harness import COMPONENT, DOMAIN, REPO, rest_stanzad
 from nginx import Nginx
 from test_executor import ask
 from webhook_server import WebhookServer
@@ -24,11 +24,6 @@ def hooks():
     server = WebhookServer()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def socket_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("run") / "fastcgi.sock"
 
 
 @pytest.fixture(scope="module")
@@ -56,27 +51,9 @@ name = "inbox"
 to = ["inbox@{COMPONENT}"]
 pull = true
 '''
-    daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), component_config(prosody.component_port, extra=extra))
-    daemon.start()
-    daemon.wait_for_log("component connected")
-    daemon.wait_for_log("REST API listening")
+    daemon = rest_stanzad(prosody, tmp_path_factory, extra)
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def nginx(stanzad, socket_path, tmp_path_factory):
-    server = Nginx(tmp_path_factory.mktemp("nginx"), socket_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def alice(prosody, stanzad):
-    client = Client(f"{ALICE}/metrics", "pw", prosody.c2s_port)
-    yield client
-    client.close()
 
 
 def request(nginx: Nginx, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, bytes]:

@@ -15,17 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import COMPONENT, DOMAIN, Client, Stanzad, component_config
+from harness import COMPONENT, Client, DOMAIN, rest_stanzad
 from nginx import Nginx
 from test_executor import condition
 
 TOKEN = "Bearer dXBkYXRlcy10b2tlbg=="
 ALICE = f"alice@{DOMAIN}"
-
-
-@pytest.fixture(scope="module")
-def socket_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("run") / "fastcgi.sock"
 
 
 @pytest.fixture(scope="module")
@@ -67,27 +62,9 @@ name = "fanout"
 to = ["fanout@{COMPONENT}"]
 pull = true
 '''
-    daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), component_config(prosody.component_port, extra=extra))
-    daemon.start()
-    daemon.wait_for_log("component connected")
-    daemon.wait_for_log("REST API listening")
+    daemon = rest_stanzad(prosody, tmp_path_factory, extra)
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def nginx(stanzad, socket_path, tmp_path_factory):
-    server = Nginx(tmp_path_factory.mktemp("nginx"), socket_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def alice(prosody, stanzad):
-    client = Client(f"{ALICE}/updates", "pw", prosody.c2s_port)
-    yield client
-    client.close()
 
 
 def get(nginx: Nginx, path: str, headers: dict | None = None, auth: bool = True) -> tuple[int, dict, bytes]:
@@ -345,7 +322,7 @@ def test_the_readmes_python_loop_prints_each_message(nginx, alice):
         send(alice, "inbox", [])  # nothing: the loop must wait, not fail
         send(alice, "readme", ["r1", "r2", "r3"])
         lines = [process.stdout.readline().strip() for _ in range(3)]
-        assert lines == [f"{ALICE}/updates r1", f"{ALICE}/updates r2", f"{ALICE}/updates r3"]
+        assert lines == [f"{ALICE}/test r1", f"{ALICE}/test r2", f"{ALICE}/test r3"]
     finally:
         process.kill()
         process.wait()
