@@ -1,6 +1,6 @@
-// The component link as a Service: connects, handshakes, reconnects with backoff, keeps the link alive,
-// queues outgoing stanzas while it is down and matches iq replies to their waiters. Deadlines (queued stanzas,
-// senders waiting for the link, iqs waiting for replies) fire from a timer in every state of the link. Inbound is
+// The component link as a Service: the I/O shell around `LinkStateMachine`. The machine decides (handshake,
+// keepalive and ping, the send queue and its deadlines, iq replies, the reconnect backoff); this file connects,
+// reads, writes, sleeps and sets the one timer that answers every deadline in every phase of the link. Inbound is
 // bounded: when the router falls `inboundBacklog` stanzas behind, the link stops reading the socket.
 
 import DequeModule
@@ -74,14 +74,21 @@ package final class ComponentConnection: Service, Sendable {
     /// Takes stanzas synchronously on the link's own task before they reach `inbound` (see `setDirectInbound`).
     private let directInbound = DirectInboundSlot()
     /// Told when the link comes up and goes down (see `setLinkObserver`).
-    private let linkObserver = Mutex<(@Sendable (LinkEvent) -> Void)?>(nil)
+    private let linkObservers = Mutex<[@Sendable (LinkEvent) -> Void]>([])
 
     package init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.settings = settings
         self.policy = OutboundPolicy(domain: settings.jid, maxStanzaBytes: settings.maxStanza)
         self.logger = logger
         self.group = group
-        self.shared = Mutex(SharedState(queue: OutboundQueue(capacity: settings.sendQueue)))
+        // A ping target the policy refuses (a bad `ping_target`) leaves the keepalive alone to hold the link.
+        let canPing = (try? policy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
+        let limits = SessionTimers.Limits(
+            handshakeTimeout: settings.handshakeTimeout, keepaliveInterval: settings.keepaliveInterval,
+            pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout)
+        self.shared = Mutex(SharedState(machine: LinkStateMachine(
+            jid: settings.jid, secret: settings.secret, limits: limits, reconnectMax: settings.reconnectMax,
+            sendQueue: settings.sendQueue, sendQueueTTL: settings.sendQueueTTL)))
         let (stream, continuation) = AsyncStream.makeStream(of: Stanza.self)
         inboundBudget = InboundBudget(limit: settings.inboundBacklog)
         inbound = InboundStanzas(stream: stream, budget: inboundBudget)
@@ -96,32 +103,43 @@ package final class ComponentConnection: Service, Sendable {
         directInbound.set(handler)
     }
 
-    /// Lets `observer` learn when the link is up (handshake done, the queue flushed) and when it went down. It runs
-    /// on the link's task and must not block. nil removes it.
+    /// Adds `observer`, told when the link is up (handshake done, the queue flushed) and when it went down. It
+    /// runs on the link's task and must not block. nil removes every observer.
     package func setLinkObserver(_ observer: (@Sendable (LinkEvent) -> Void)?) {
-        linkObserver.withLock { $0 = observer }
+        linkObservers.withLock { observers in
+            if let observer { observers.append(observer) } else { observers.removeAll() }
+        }
     }
 
     fileprivate func notify(_ event: LinkEvent) {
-        let observer = linkObserver.withLock { $0 }
-        observer?(event)
+        let observers = linkObservers.withLock { $0 }
+        for observer in observers { observer(event) }
     }
 
-    package var health: LinkHealth { shared.withLock { $0.health } }
-    package var lastError: ComponentLinkError? { shared.withLock { $0.lastError } }
-    package var isConnected: Bool { shared.withLock { $0.wake != nil } }
+    package var health: LinkHealth { shared.withLock { $0.machine.health } }
+    package var lastError: ComponentLinkError? { shared.withLock { $0.machine.lastError } }
+    package var isConnected: Bool { shared.withLock { $0.machine.isReady } }
 
     /// Stanzas waiting for the link and iqs waiting for replies (for tests).
-    var backlog: (queued: Int, pendingIQs: Int) { shared.withLock { ($0.queue.items.count, $0.queue.pending.count) } }
+    var backlog: (queued: Int, pendingIQs: Int) {
+        shared.withLock { ($0.machine.queue.items.count, $0.machine.queue.pending.count) }
+    }
+
+    /// Stanzas waiting for the link (the send queue) and iqs waiting for replies (for metrics).
+    package var depth: (queued: Int, pendingIQs: Int) { backlog }
+
+    /// The link's phase (for tests).
+    var phase: LinkStateMachine<Waiter, IQReplier>.Phase { shared.withLock { $0.machine.phase } }
 
     /// Validates and queues a stanza; it is written as soon as the link is up. Does not wait.
     package func send(_ stanza: Stanza) throws(SendError) {
         let xml = try policy.serialize(stanza)
+        let deadline = ContinuousClock.now + settings.sendQueueTTL
         let wake: AsyncStream<Input>.Continuation? = try shared.withLock { (state) throws(SendError) in
-            try state.checkOpen()
-            try state.queue.append(Outgoing(xml: xml, deadline: .now + settings.sendQueueTTL, waiter: nil, iqID: nil))
-            return queued(&state)
+            let writeNow = try state.machine.enqueue(Outgoing(xml: xml, deadline: deadline, waiter: nil, iqID: nil))
+            return queued(&state, deadline: deadline, writeNow: writeNow)
         }
+        LinkMetrics.queued(stanza.kind)
         wake?.yield(.flush)
     }
 
@@ -155,15 +173,16 @@ package final class ComponentConnection: Service, Sendable {
         let queued: Result<(id: Int, wake: AsyncStream<Input>.Continuation?), SendError> = shared.withLock { state in
             let id = state.nextWaiterID()
             do throws(SendError) {
-                try state.checkOpen()
-                try state.queue.append(Outgoing(xml: xml, deadline: deadline, waiter: Waiter(id: id, complete: completion), iqID: nil))
+                let item = Outgoing(xml: xml, deadline: deadline, waiter: Waiter(id: id, complete: completion), iqID: nil)
+                let writeNow = try state.machine.enqueue(item)
+                return .success((id, self.queued(&state, deadline: deadline, writeNow: writeNow)))
             } catch {
                 return .failure(error)
             }
-            return .success((id, self.queued(&state)))
         }
         switch queued {
         case .success(let (id, wake)):
+            LinkMetrics.queued(stanza.kind)
             wake?.yield(.flush)
             return { self.cancelWaiter(id) }
         case .failure(let error):
@@ -205,22 +224,25 @@ package final class ComponentConnection: Service, Sendable {
             return nil
         }
         let deadline = ContinuousClock.now + timeout
-        let item = Outgoing(xml: xml, deadline: min(deadline, .now + settings.sendQueueTTL), waiter: nil, iqID: id)
+        // An iq's request is due no later than the iq itself; when the timer fires for it, it is set again for the
+        // iq's own deadline if the request was written by then.
+        let itemDeadline = min(deadline, .now + settings.sendQueueTTL)
+        let item = Outgoing(xml: xml, deadline: itemDeadline, waiter: nil, iqID: id)
         let pending = PendingIQ(deadline: deadline, to: iq.to, replier: completion)
         let queued: Result<AsyncStream<Input>.Continuation?, SendError> = shared.withLock { state in
             do throws(SendError) {
-                try state.checkOpen()
-                try state.queue.request(item, id: id, iq: pending, maxPending: maxPending)
+                let writeNow = try state.machine.request(item, id: id, iq: pending, maxPending: maxPending)
+                return .success(self.queued(&state, deadline: itemDeadline, writeNow: writeNow))
             } catch {
                 return .failure(error)
             }
-            return .success(self.queued(&state))
         }
         switch queued {
         case .success(let wake):
+            LinkMetrics.queued(.iq)
             wake?.yield(.flush)
             return {
-                if let pending = self.shared.withLock({ $0.queue.cancelRequest(id: id) }) {
+                if let pending = self.shared.withLock({ $0.machine.cancelRequest(id: id) }) {
                     pending.replier(.failure(SendError(.timeout, "request cancelled")))
                 }
             }
@@ -233,57 +255,48 @@ package final class ComponentConnection: Service, Sendable {
     // MARK: Service
 
     package func run() async throws {
-        var schedule = ReconnectSchedule(cap: settings.reconnectMax)
         var lastLoggedError: String?
         defer {
             inboundContinuation.finish()
-            failAll(SendError(.shuttingDown, "stanzad is shutting down"))
+            closeAll(SendError(.shuttingDown, "stanzad is shutting down"))
         }
+        var logger = self.logger
+        logger[metadataKey: "component"] = "\(settings.jid)"
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            shared.withLock { $0.health = $0.health == .failed ? .failed : .connecting }
-            var logger = self.logger
-            logger[metadataKey: "component"] = "\(settings.jid)"
-            let outcome = await connectOnce(logger: logger)
-            switch outcome {
-            case .shutdown:
-                return
-            case .failed(let error, let wasReady):
-                if wasReady { schedule.linkUp() }
-                shared.withLock {
-                    $0.lastError = error
-                    $0.health = error.isConfigurationError ? .failed : ($0.health == .failed && !wasReady ? .failed : .connecting)
-                }
-                failSentIQs(SendError(.linkLost, "the component link was lost: \(error)"))
-                if wasReady { notify(.down) }
-                let delay = schedule.delay(after: error, at: .now, jitter: Double.random(in: 0.8...1.2))
-                let text = error.description
-                var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(delay)"]
-                if error.isConfigurationError, let hint = error.hint(jid: settings.jid) {
-                    metadata["hint"] = "\(hint)"
-                    if lastLoggedError != text {
-                        logger.error("component link refused by the server (configuration error)", metadata: metadata)
-                    } else {
-                        logger.debug("component link refused again", metadata: metadata)
-                    }
-                } else if lastLoggedError != text || wasReady {
-                    logger.notice("component link down, reconnecting", metadata: metadata)
+            shared.withLock { $0.machine.connecting() }
+            guard case .failed(let error) = await connectOnce(logger: logger) else { return }
+            let end = shared.withLock { $0.machine.sessionEnded(error, at: .now, jitter: Double.random(in: 0.8...1.2)) }
+            let lost = SendError(.linkLost, "the component link was lost: \(error)")
+            for iq in end.lostIQs { iq.replier(.failure(lost)) }
+            if end.wasReady { notify(.down) }
+            let text = error.description
+            var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(end.delay)"]
+            if error.isConfigurationError, let hint = error.hint(jid: settings.jid) {
+                metadata["hint"] = "\(hint)"
+                if lastLoggedError != text {
+                    logger.error("component link refused by the server (configuration error)", metadata: metadata)
                 } else {
-                    logger.debug("component link attempt failed", metadata: metadata)
+                    logger.debug("component link refused again", metadata: metadata)
                 }
-                lastLoggedError = text
-                do {
-                    try await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
-                } catch {
-                    return
-                }
-                if Task.isShuttingDownGracefully { return }
+            } else if lastLoggedError != text || end.wasReady {
+                logger.notice("component link down, reconnecting", metadata: metadata)
+            } else {
+                logger.debug("component link attempt failed", metadata: metadata)
             }
+            lastLoggedError = text
+            // The deadline timer keeps answering queued stanzas and iqs while this sleeps.
+            do {
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: end.delay) }
+            } catch {
+                return
+            }
+            if Task.isShuttingDownGracefully { return }
         }
     }
 
     enum Outcome {
         case shutdown
-        case failed(ComponentLinkError, wasReady: Bool)
+        case failed(ComponentLinkError)
     }
 
     enum Input: Sendable {
@@ -291,9 +304,15 @@ package final class ComponentConnection: Service, Sendable {
         case parseError(XMLStreamError)
         case eof
         case flush
-        /// The session's timer fired (see `SessionTimers`); a stale generation is ignored.
-        case deadline(generation: Int)
+        /// What the session's clock has due (from the deadline timer).
+        case timers([SessionTimers.Action])
         case shutdown
+    }
+
+    static func ping(id: String, settings: ComponentSettings) -> Stanza {
+        var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.jid, to: settings.pingTarget)
+        ping.element.append(Element("ping", namespace: "urn:xmpp:ping"))
+        return ping
     }
 
     private func connectOnce(logger: Logger) async -> Outcome {
@@ -310,7 +329,7 @@ package final class ComponentConnection: Service, Sendable {
                     }
                 }
         } catch {
-            return .failed(ComponentLinkError(.connectFailed, "cannot connect to \(settings.host):\(settings.port): \(error)"), wasReady: false)
+            return .failed(ComponentLinkError(.connectFailed, "cannot connect to \(settings.host):\(settings.port): \(error)"))
         }
         logger.debug("connected, opening stream", metadata: ["server": "\(settings.host):\(settings.port)"])
         do {
@@ -318,7 +337,7 @@ package final class ComponentConnection: Service, Sendable {
                 try await session(inbound: inbound, outbound: outbound, logger: logger)
             }
         } catch {
-            return .failed(ComponentLinkError(.closedByPeer, "connection error: \(error)"), wasReady: false)
+            return .failed(ComponentLinkError(.closedByPeer, "connection error: \(error)"))
         }
     }
 
@@ -352,32 +371,44 @@ package final class ComponentConnection: Service, Sendable {
                         input.yield(.eof)
                     }
                 }
-                var loop = SessionLoop(connection: self, outbound: outbound, input: input, pipe: pipe, logger: logger)
+                let opening = sessionStarted(input)
+                var loop = SessionLoop(connection: self, outbound: outbound, pipe: pipe, logger: logger)
                 defer {
                     group.cancelAll()
-                    loop.disarm()
-                    shared.withLock { $0.wake = nil }
+                    shared.withLock { $0.session = nil }
                     input.finish()
                 }
-                return try await loop.run(inputs)
+                return try await loop.run(inputs, opening: opening)
             }
         } onGracefulShutdown: {
             input.yield(.shutdown)
         }
     }
 
-    // MARK: Queue plumbing (used by SessionLoop)
+    // MARK: Machine plumbing (used by SessionLoop)
+
+    /// TCP is up: the machine starts a stream and a session clock, the timer covers the clock, and the session's
+    /// input receives flush signals and the clock's actions. Returns our stream header's action.
+    private func sessionStarted(_ input: AsyncStream<Input>.Continuation) -> LinkStateMachine<Waiter, IQReplier>.StreamAction {
+        shared.withLock { state in
+            state.session = input
+            state.flushSignalled = false
+            let action = state.machine.connected(at: .now)
+            armSessionTimer(&state)
+            return action
+        }
+    }
 
     /// After something was queued (under the lock): the timer covers its deadline, and the session loop is
     /// signalled (once per batch) when the link is up. Returns the loop's input to signal, if any.
-    private func queued(_ state: inout SharedState) -> AsyncStream<Input>.Continuation? {
-        // An iq's request is due no later than the iq itself; when the timer fires for it, it is set again for
-        // the iq's own deadline if the request was written by then.
-        if let deadline = state.queue.items.last?.deadline { armTimer(&state, for: deadline) }
+    private func queued(_ state: inout SharedState, deadline: ContinuousClock.Instant, writeNow: Bool)
+        -> AsyncStream<Input>.Continuation?
+    {
+        armTimer(&state, for: deadline)
         // One flush signal per batch: the session loop takes everything queued when it handles the signal.
-        if state.flushSignalled { return nil }
-        state.flushSignalled = state.wake != nil
-        return state.wake
+        guard writeNow, !state.flushSignalled, let session = state.session else { return nil }
+        state.flushSignalled = true
+        return session
     }
 
     /// Makes sure the deadline timer fires by `deadline` (under the lock). One timer on the link's event loop
@@ -390,18 +421,26 @@ package final class ComponentConnection: Service, Sendable {
         state.timer = (deadline, task)
     }
 
-    /// The timer fired: answers everything due and sets the timer for what is due next. Timers are at least
-    /// `timerResolution` apart, so a crowd of iqs with deadlines a few microseconds apart costs a few scans of
-    /// the queue, not one each.
+    /// The session clock's next deadline may have come earlier (a new session, the handshake done): cheap.
+    private func armSessionTimer(_ state: inout SharedState) {
+        if let deadline = state.machine.nextSessionDeadline { armTimer(&state, for: deadline) }
+    }
+
+    /// The timer fired: answers everything due, hands the session clock's actions to the session loop and sets
+    /// the timer for what is due next. Timers are at least `timerResolution` apart, so a crowd of iqs with
+    /// deadlines a few microseconds apart costs a few scans of the queue, not one each.
     private func deadlinesDue() {
-        let expired: OutboundQueue<Waiter, IQReplier>.Expired = shared.withLock { state in
-            state.timer = nil
-            let now = ContinuousClock.now
-            let expired = state.queue.expire(now: now)
-            if let next = state.queue.nextDeadline { armTimer(&state, for: max(next, now + Self.timerResolution)) }
-            return expired
-        }
-        finish(expired)
+        let (due, session): (LinkStateMachine<Waiter, IQReplier>.Due, AsyncStream<Input>.Continuation?) =
+            shared.withLock { state in
+                state.timer = nil
+                let now = ContinuousClock.now
+                if inboundBudget.isWaiting { state.machine.readingPaused(at: now) }
+                let due = state.machine.due(at: now)
+                if let next = state.machine.nextDeadline { armTimer(&state, for: max(next, now + Self.timerResolution)) }
+                return (due, state.session)
+            }
+        if !due.session.isEmpty { session?.yield(.timers(due.session)) }
+        finish(due.expired)
     }
 
     static let timerResolution: Duration = .milliseconds(20)
@@ -416,54 +455,48 @@ package final class ComponentConnection: Service, Sendable {
         }
     }
 
-    fileprivate func takeQueue() -> [Outgoing] {
+    /// Runs `body` on the machine under the lock.
+    fileprivate func withMachine<T>(_ body: (inout LinkStateMachine<Waiter, IQReplier>) -> T) -> T {
+        shared.withLock { body(&$0.machine) }
+    }
+
+    /// A stream event read at `now`, through the machine; the timer follows the session clock if it moved earlier.
+    fileprivate func received(_ event: XMLStreamEvent) -> LinkStateMachine<Waiter, IQReplier>.StreamAction {
+        shared.withLock { state in
+            let action = state.machine.received(event, at: .now)
+            if case .ready = action { armSessionTimer(&state) }
+            return action
+        }
+    }
+
+    /// What the session loop writes when it handles a flush signal (nothing unless the link is up).
+    fileprivate func takeForWrite() -> [Outgoing] {
         shared.withLock { state in
             state.flushSignalled = false
-            return state.queue.takeAll()
+            return state.machine.takeForWrite()
         }
     }
 
-    fileprivate func setWake(_ wake: AsyncStream<Input>.Continuation?) {
-        shared.withLock {
-            $0.wake = wake
-            $0.flushSignalled = false
-            if wake != nil {
-                $0.health = .connected
-                $0.lastError = nil
-            }
-        }
-    }
-
-    fileprivate func beginShutdown() {
-        shared.withLock { $0.shuttingDown = true }
-    }
-
-    /// Delivers an iq reply to its waiter; true when it was one.
+    /// Delivers an iq reply that did not come through the stream's own path (a refused reply); true when it was one.
     fileprivate func resolveIQ(_ stanza: Stanza) -> Bool {
-        guard stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id else { return false }
-        guard let pending = shared.withLock({ $0.queue.resolve(id: id, from: stanza.from) }) else { return false }
+        guard let pending = withMachine({ $0.resolve(stanza) }) else { return false }
         pending.replier(.success(stanza))
         return true
     }
 
-    private func failSentIQs(_ error: SendError) {
-        let failed = shared.withLock { $0.queue.removeSent() }
-        for entry in failed { entry.replier(.failure(error)) }
-    }
-
-    private func failAll(_ error: SendError) {
+    /// Shutdown: the machine is closed and everything still waiting is told why.
+    private func closeAll(_ error: SendError) {
         let (items, pending) = shared.withLock { state in
-            state.shuttingDown = true
             state.timer?.task.cancel()
             state.timer = nil
-            return state.queue.removeAll()
+            return state.machine.closed()
         }
         for item in items { item.waiter?.complete(.failure(error)) }
         for entry in pending { entry.replier(.failure(error)) }
     }
 
     private func cancelWaiter(_ id: Int) {
-        let item = shared.withLock { $0.queue.removeItem { $0.waiter?.id == id } }
+        let item = withMachine { $0.cancelItem { $0.waiter?.id == id } }
         item?.waiter?.complete(.failure(SendError(.expired, "cancelled while waiting for the link")))
     }
 
@@ -513,154 +546,68 @@ final class DirectInboundSlot: @unchecked Sendable {
 
 // MARK: - Session loop
 
-/// One connection's event loop: owns the state machine and the writer; everything else talks to it through
-/// `Input`.
+/// One connection's I/O: reads the session's inputs, asks the machine what they mean and performs it (writes,
+/// deliveries, replies). Owns the writer; everything else talks to it through `Input`.
 private struct SessionLoop {
     let connection: ComponentConnection
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-    let input: AsyncStream<ComponentConnection.Input>.Continuation
     let pipe: EventPipe
     let logger: Logger
-    var machine: HandshakeStateMachine
-    var timers: SessionTimers
-    /// The one timer of the session, set for `timers.nextDeadline`: it is moved only when the deadline comes
-    /// earlier; when it fires for a deadline that has since moved later, it is set again.
-    var timer: (deadline: ContinuousClock.Instant, generation: Int, task: Scheduled<Void>)?
-    var timerGeneration = 0
-    let eventLoop: any EventLoop
-    var wasReady = false
-
-    init(connection: ComponentConnection, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-         input: AsyncStream<ComponentConnection.Input>.Continuation, pipe: EventPipe, logger: Logger) {
-        self.connection = connection
-        self.outbound = outbound
-        self.input = input
-        self.pipe = pipe
-        self.logger = logger
-        self.machine = HandshakeStateMachine(jid: connection.settings.jid, secret: connection.settings.secret)
-        self.eventLoop = connection.group.any()
-        let settings = connection.settings
-        // A ping target the policy refuses (a bad `ping_target`) leaves the keepalive alone to hold the link.
-        let canPing = (try? connection.policy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
-        self.timers = SessionTimers(
-            limits: .init(handshakeTimeout: settings.handshakeTimeout, keepaliveInterval: settings.keepaliveInterval,
-                          pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout),
-            now: .now)
-    }
-
-    static func ping(id: String, settings: ComponentSettings) -> Stanza {
-        var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.jid, to: settings.pingTarget)
-        ping.element.append(Element("ping", namespace: "urn:xmpp:ping"))
-        return ping
-    }
 
     var settings: ComponentSettings { connection.settings }
 
-    mutating func run(_ inputs: AsyncStream<ComponentConnection.Input>) async throws -> ComponentConnection.Outcome {
-        if let outcome = try await perform(machine.connected()) { return outcome }
-        arm()
+    mutating func run(_ inputs: AsyncStream<ComponentConnection.Input>,
+                      opening: LinkStateMachine<Waiter, IQReplier>.StreamAction) async throws -> ComponentConnection.Outcome {
+        if let outcome = try await perform(opening) { return outcome }
         for await item in inputs {
             switch item {
             case .event(let event):
                 pipe.queued.subtract(1, ordering: .relaxed)
-                timers.read(at: .now)
-                let action = machine.received(event)
-                if case .deliver(let element) = action {
-                    deliver(element)  // gives the unit back unless the router's queue holds the stanza
+                let action = connection.received(event)
+                if case .deliver(let stanza) = action {
+                    LinkMetrics.received(stanza.kind)
+                    connection.deliver(stanza)  // gives the unit back unless the router's queue holds the stanza
                 } else {
                     connection.inboundBudget.give()
                     if let outcome = try await perform(action) { return outcome }
                 }
             case .parseError(let error):
-                if let outcome = try await perform(machine.parseFailed(error)) { return outcome }
+                if let outcome = try await perform(connection.withMachine({ $0.parseFailed(error) })) { return outcome }
             case .eof:
-                return .failed(machine.disconnected(), wasReady: wasReady)
+                return .failed(connection.withMachine { $0.disconnected() })
             case .flush:
-                try await flush()
-            case .deadline(let generation):
-                guard generation == timer?.generation else { continue }
-                timer = nil
-                if let outcome = try await deadlinesDue() { return outcome }
+                try await write(connection.takeForWrite())
+            case .timers(let actions):
+                if let outcome = try await perform(actions) { return outcome }
             case .shutdown:
-                connection.beginShutdown()
-                timers.close()
-                if machine.isReady { try await flush() }
-                _ = machine.close()
+                let last = connection.withMachine { $0.close() }
+                try await write(last)
                 try? await write("</stream:stream>")
                 logger.notice("component stream closed for shutdown")
                 return .shutdown
             }
-            arm()
         }
         return .shutdown
     }
 
-    /// Performs what the timers have due now.
-    mutating func deadlinesDue() async throws -> ComponentConnection.Outcome? {
-        let now = ContinuousClock.now
-        if connection.inboundBudget.isWaiting { timers.readingPaused(at: now) }
-        for action in timers.due(at: now) {
+    /// Performs what the session clock has due.
+    mutating func perform(_ actions: [SessionTimers.Action]) async throws -> ComponentConnection.Outcome? {
+        for action in actions {
             switch action {
             case .handshakeTimedOut:
-                return .failed(ComponentLinkError(.handshakeTimeout, "no handshake reply within \(settings.handshakeTimeout)"), wasReady: false)
+                return .failed(ComponentLinkError(.handshakeTimeout, "no handshake reply within \(settings.handshakeTimeout)"))
             case .pingTimedOut:
                 logger.notice("no reply to ping, reconnecting", metadata: ["ping_timeout": "\(settings.pingTimeout)"])
                 try? await write("<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
-                return .failed(ComponentLinkError(.pingTimeout, "no reply to a ping within \(settings.pingTimeout)"), wasReady: true)
+                return .failed(ComponentLinkError(.pingTimeout, "no reply to a ping within \(settings.pingTimeout)"))
             case .sendPing(let id):
                 logger.debug("link idle, pinging the server", metadata: ["to": "\(settings.pingTarget)"])
-                try await write(connection.policy.serialize(Self.ping(id: id, settings: settings)))
+                try await write(connection.policy.serialize(ComponentConnection.ping(id: id, settings: settings)))
             case .sendKeepalive:
                 try await write(" ")
             }
         }
         return nil
-    }
-
-    /// Sets the timer for the timers' next deadline unless it is set for that or earlier already.
-    mutating func arm() {
-        guard let deadline = timers.nextDeadline else {
-            disarm()
-            return
-        }
-        if let timer, timer.deadline <= deadline { return }
-        disarm()
-        timerGeneration += 1
-        let generation = timerGeneration
-        let input = self.input
-        let task = eventLoop.scheduleTask(in: TimeAmount(max(.zero, deadline - .now))) {
-            _ = input.yield(.deadline(generation: generation))
-        }
-        timer = (deadline, generation, task)
-    }
-
-    mutating func disarm() {
-        timer?.task.cancel()
-        timer = nil
-    }
-
-    mutating func flush() async throws {
-        guard machine.isReady else { return }
-        try await write(connection.takeQueue())
-    }
-
-    /// A stanza from the server: a pong, an iq reply for a waiter, or a stanza for the router. Gives the event's
-    /// budget unit back unless the router's queue holds the stanza.
-    mutating func deliver(_ element: Element) {
-        guard let stanza = Stanza(element) else {
-            logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
-            connection.inboundBudget.give()
-            return
-        }
-        if stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id, timers.pong(id: id) {
-            connection.inboundBudget.give()
-            return
-        }
-        if connection.resolveIQ(stanza) {
-            connection.inboundBudget.give()
-            return
-        }
-        connection.deliver(stanza)
     }
 
     /// A stanza the parser skipped for breaking a per-stanza limit: the link stays up and the sender learns why.
@@ -672,7 +619,7 @@ private struct SessionLoop {
                 "to": "\(refused.to ?? "")", "type": "\(refused.type ?? "")", "reason": "\(refused.reason.message)",
             ])
         if refused.name == "iq", refused.type == "result" || refused.type == "error", let id = refused.id {
-            if timers.pong(id: id) {
+            if connection.withMachine({ $0.refusedPong(id: id) }) {
                 // The server answered our ping, however oddly.
             } else if let reply = ComponentConnection.refusedReply(refused, domain: settings.jid) {
                 // A request waiting for this reply gets the refusal instead of waiting for its timeout.
@@ -697,7 +644,7 @@ private struct SessionLoop {
         for item in items { buffer.writeString(item.xml) }
         do {
             try await outbound.write(buffer)
-            timers.wrote(at: .now)
+            connection.withMachine { $0.wrote(at: .now) }
         } catch {
             for item in items {
                 item.waiter?.complete(.failure(SendError(.linkLost, "write failed: \(error)")))
@@ -709,11 +656,11 @@ private struct SessionLoop {
 
     mutating func write(_ text: String) async throws {
         try await outbound.write(ByteBuffer(string: text))
-        timers.wrote(at: .now)
+        connection.withMachine { $0.wrote(at: .now) }
     }
 
-    /// Performs a state machine action; returns an outcome when the session is over.
-    mutating func perform(_ action: HandshakeStateMachine.Action) async throws -> ComponentConnection.Outcome? {
+    /// Performs the machine's answer to a stream event; returns an outcome when the session is over.
+    mutating func perform(_ action: LinkStateMachine<Waiter, IQReplier>.StreamAction) async throws -> ComponentConnection.Outcome? {
         switch action {
         case .none:
             return nil
@@ -721,16 +668,20 @@ private struct SessionLoop {
             try await write(text)
             return nil
         case .ready(let streamID):
-            wasReady = true
             pipe.ready.store(true, ordering: .relaxed)
-            timers.handshakeDone()
-            connection.setWake(input)
             logger.notice("component connected", metadata: ["stream.id": "\(streamID)", "server": "\(settings.host):\(settings.port)"])
-            try await flush()
+            try await write(connection.takeForWrite())
             connection.notify(.up)
             return nil
-        case .deliver(let element):
-            deliver(element)
+        case .deliver(let stanza):
+            connection.deliver(stanza)
+            return nil
+        case .reply(let pending, let stanza):
+            LinkMetrics.received(.iq)
+            pending.replier(.success(stanza))
+            return nil
+        case .ignore(let element):
+            logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
             return nil
         case .refuse(let refused):
             try await refuse(refused)
@@ -740,7 +691,7 @@ private struct SessionLoop {
                 try? await write("<stream:error><\(streamError) xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
             }
             try? await write("</stream:stream>")
-            return .failed(reason, wasReady: wasReady)
+            return .failed(reason)
         }
     }
 }
@@ -794,28 +745,23 @@ typealias Outgoing = OutboundQueue<Waiter, IQReplier>.Item
 typealias PendingIQ = OutboundQueue<Waiter, IQReplier>.PendingIQ
 
 private struct SharedState: Sendable {
-    var queue: OutboundQueue<Waiter, IQReplier>
+    /// Every decision of the link.
+    var machine: LinkStateMachine<Waiter, IQReplier>
     /// The deadline timer: when it fires, and the task to cancel when an earlier deadline needs it sooner.
     var timer: (deadline: ContinuousClock.Instant, task: Scheduled<Void>)?
-    var wake: AsyncStream<ComponentConnection.Input>.Continuation?
+    /// The current session's input, from TCP connect to the session's end.
+    var session: AsyncStream<ComponentConnection.Input>.Continuation?
     /// A `.flush` is on its way to the session loop and has not been handled yet.
     var flushSignalled = false
-    var health: LinkHealth = .connecting
-    var lastError: ComponentLinkError?
-    var shuttingDown = false
     var waiterCounter = 0
 
-    init(queue: OutboundQueue<Waiter, IQReplier>) {
-        self.queue = queue
+    init(machine: LinkStateMachine<Waiter, IQReplier>) {
+        self.machine = machine
     }
 
     mutating func nextWaiterID() -> Int {
         waiterCounter += 1
         return waiterCounter
-    }
-
-    func checkOpen() throws(SendError) {
-        if shuttingDown { throw SendError(.shuttingDown, "stanzad is shutting down") }
     }
 }
 

@@ -36,6 +36,8 @@ struct StanzadConfig: Sendable {
         case exec([String])
         case worker([String])
         case webhook(String)
+        /// Stanzas wait in the route's update queue for `GET {rest.path}/updates/{route}` (SPEC §17).
+        case pull
     }
 
     struct Route: Sendable {
@@ -67,6 +69,8 @@ struct StanzadConfig: Sendable {
         var rooms: [JIDPattern]?
         /// Only group chat messages that mention our nick.
         var mentions = false
+        /// Pull routes: seconds an update is kept.
+        var retention = 86_400
     }
 
     /// A `[[room]]` (SPEC §14).
@@ -88,9 +92,37 @@ struct StanzadConfig: Sendable {
         var acceptInvites: [JIDPattern] = []
     }
 
+    /// A `[[hook]]` (SPEC §16): `POST {rest.path}/hooks/{name}` runs `argv` with the body on stdin.
+    struct Hook: Sendable {
+        enum Auth: String, Sendable {
+            case credentials, hmac, none
+        }
+
+        var name: String
+        var line: Int
+        var argv: [String]
+        var to: [String] = []
+        var auth: Auth = .credentials
+        var hmacSecret: String?
+        var hmacHeader = "X-Hub-Signature-256"
+        var timeout = 10
+        var env: [String: String] = [:]
+        var passEnv: [String] = []
+        var workdir: String
+        var maxOutput = 262_144
+    }
+
+    /// `[metrics]` (SPEC §19): the Prometheus text on the FastCGI front.
+    struct Metrics: Sendable, Equatable {
+        var path = "/metrics"
+        var credentials: [String] = []
+    }
+
     var file: String
     var component: Component
     var rest: Rest?
+    var metrics: Metrics?
+    var hooks: [Hook] = []
     var presenceAuto = true
     var discoName = "stanzad"
     var routes: [Route] = []
@@ -143,7 +175,7 @@ struct ConfigLoader {
     // MARK: Building
 
     private mutating func build(_ root: ConfigTable) -> StanzadConfig? {
-        allow(root, ["component", "rest", "presence", "disco", "route", "limits", "room", "rooms"], section: nil)
+        allow(root, ["component", "rest", "presence", "disco", "route", "limits", "hook", "metrics", "room", "rooms"], section: nil)
         guard case .table(let componentTable)? = root["component"] else {
             error(root.line(of: "component"), root["component"] == nil
                 ? "missing [component] section (jid, server and secret are required)"
@@ -154,6 +186,26 @@ struct ConfigLoader {
         var config = StanzadConfig(file: file, component: component ?? .init(jid: "", host: "", port: 0, secret: ""))
         if let value = root["rest"] {
             if case .table(let t) = value { config.rest = buildRest(t) } else { error(root.line(of: "rest"), "rest must be a table ([rest])") }
+        }
+        if let value = root["metrics"] {
+            if case .table(let t) = value {
+                allow(t, ["path", "credentials"], section: "metrics")
+                var metrics = StanzadConfig.Metrics()
+                if let path = string(t, "path") {
+                    if path.hasPrefix("/"), !path.contains(where: { $0 == " " || $0 == "?" || $0 == "#" }) { metrics.path = path } else {
+                        error(t.line(of: "path"), "metrics path \"\(path)\" must be a URL path starting with /, e.g. \"/metrics\"")
+                    }
+                }
+                metrics.credentials = stringArray(t, "credentials") ?? []
+                if config.rest == nil {
+                    error(root.line(of: "metrics"), "[metrics] is served on the FastCGI front: add a [rest] section (its listen socket serves both)")
+                } else if let rest = config.rest, metrics.path == rest.path || metrics.path.hasPrefix(rest.path + "/") {
+                    if ["/health", "/echo"].contains(String(metrics.path.dropFirst(rest.path.count))) || metrics.path == rest.path {
+                        error(t.line(of: "path"), "metrics path \"\(metrics.path)\" collides with the REST API's own path")
+                    }
+                }
+                config.metrics = metrics
+            } else { error(root.line(of: "metrics"), "metrics must be a table ([metrics])") }
         }
         if let value = root["presence"] {
             if case .table(let t) = value {
@@ -189,6 +241,9 @@ struct ConfigLoader {
                         continue
                     }
                     if let route = buildRoute(t, componentDomain: component?.jid) {
+                        if route.target == .pull, root["rest"] == nil {
+                            error(t.line(of: "pull"), "route \"\(route.name)\" has pull = true but there is no [rest] section; updates are fetched at GET {rest.path}/updates/\(route.name)")
+                        }
                         if !names.insert(route.name).inserted {
                             error(t.line(of: "name"), "route name \"\(route.name)\" is used twice; route names must be unique")
                         }
@@ -229,6 +284,30 @@ struct ConfigLoader {
         for route in config.routes where route.mentions && route.rooms == nil {
             error(route.line, "route \"\(route.name)\" has mentions = true but no rooms; add rooms = [\"*\"] (or the rooms it is for)")
         }
+        if let value = root["hook"] {
+            if case .array(let items) = value {
+                var names = Set<String>()
+                for item in items {
+                    guard case .table(let t) = item else {
+                        error(root.line(of: "hook"), "hook must be an array of tables ([[hook]])")
+                        continue
+                    }
+                    guard let hook = buildHook(t) else { continue }
+                    if !names.insert(hook.name).inserted {
+                        error(t.line(of: "name"), "hook name \"\(hook.name)\" is used twice; hook names must be unique")
+                    }
+                    if hook.auth == .credentials, config.rest.map({ $0.credentials.isEmpty }) ?? false {
+                        error(t.line(of: "auth"), "hook \"\(hook.name)\" has auth = \"credentials\" but [rest] has no credentials; add credentials to [rest] or use auth = \"hmac\"")
+                    }
+                    config.hooks.append(hook)
+                }
+                if config.rest == nil, !items.isEmpty {
+                    error(root.line(of: "hook"), "[[hook]] needs the REST API: add a [rest] section (hooks are served at POST {rest.path}/hooks/{name})")
+                }
+            } else {
+                error(root.line(of: "hook"), "hook must be an array of tables ([[hook]])")
+            }
+        }
         return component == nil ? nil : config
     }
 
@@ -257,6 +336,58 @@ struct ConfigLoader {
         room.password = secretValue(t, "password", required: false)
         room.history = int(t, "history", min: 0) ?? 0
         return room
+    }
+
+    private mutating func buildHook(_ t: ConfigTable) -> StanzadConfig.Hook? {
+        allow(t, ["name", "exec", "worker", "to", "auth", "hmac_secret", "hmac_secret_file", "hmac_header", "timeout", "env",
+                  "pass_env", "workdir", "max_output"], section: "hook")
+        let name = string(t, "name", required: true, section: "[[hook]]")
+        if let name, name.isEmpty || !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }) {
+            error(t.line(of: "name"), "hook name \"\(name)\" must be letters, digits, '-', '_' or '.' (it is a URL path segment)")
+        }
+        var argv: [String]?
+        if t["worker"] != nil {
+            error(t.line(of: "worker"), "hooks run exec handlers only for now: use exec = [...]")
+        }
+        if let values = stringArray(t, "exec") {
+            if values.isEmpty { error(t.line(of: "exec"), "exec must name a program: exec = [\"handlers/alertmanager.py\"]") } else {
+                argv = [resolveProgram(values[0])] + values.dropFirst()
+            }
+        } else if t["exec"] == nil {
+            error(t.line, "hook \(name.map { "\"\($0)\" " } ?? "")needs exec = [\"program\", …]")
+        }
+        var hook = StanzadConfig.Hook(name: name ?? "", line: t.line, argv: argv ?? [], workdir: directory)
+        if let to = stringArray(t, "to") {
+            for jid in to where JID.parse(jid) == nil {
+                error(t.line(of: "to"), "to: \"\(jid)\" is not a valid JID")
+            }
+            hook.to = to
+        }
+        if let auth = string(t, "auth") {
+            if let value = StanzadConfig.Hook.Auth(rawValue: auth) { hook.auth = value } else {
+                error(t.line(of: "auth"), "unknown auth \"\(auth)\" (use credentials, hmac or none)")
+            }
+        }
+        hook.hmacSecret = secretValue(t, "hmac_secret", required: hook.auth == .hmac)
+        if hook.auth != .hmac, hook.hmacSecret != nil {
+            error(t.line(of: "hmac_secret"), "hmac_secret is set but auth is \"\(hook.auth.rawValue)\"; set auth = \"hmac\" to check signatures")
+        }
+        if let header = string(t, "hmac_header") {
+            if header.isEmpty || !header.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }) {
+                error(t.line(of: "hmac_header"), "hmac_header \"\(header)\" must be an HTTP header name (letters, digits and '-')")
+            }
+            hook.hmacHeader = header
+        }
+        hook.timeout = int(t, "timeout", min: 1) ?? 10
+        hook.env = stringTable(t, "env") ?? [:]
+        for key in hook.env.keys where !Self.isEnvName(key) {
+            error(t.line(of: "env"), "env name \"\(key)\" is not a valid environment variable name")
+        }
+        hook.passEnv = stringArray(t, "pass_env") ?? []
+        if let workdir = string(t, "workdir") { hook.workdir = resolve(workdir) }
+        hook.maxOutput = int(t, "max_output", min: 1) ?? 262_144
+        guard name != nil, argv != nil else { return nil }
+        return hook
     }
 
     private mutating func buildComponent(_ t: ConfigTable) -> StanzadConfig.Component? {
@@ -307,10 +438,10 @@ struct ConfigLoader {
                 let path = String(listen.dropFirst(5))
                 if path.isEmpty { error(t.line(of: "listen"), "listen \"unix:\" needs a socket path") }
                 rest.listen = "unix:" + resolve(path)
-            } else if Self.hostPort(listen) != nil {
+            } else if listen == "systemd" || Self.hostPort(listen) != nil {
                 rest.listen = listen
             } else {
-                error(t.line(of: "listen"), "listen \"\(listen)\" must be unix:/path/to.sock or host:port")
+                error(t.line(of: "listen"), "listen \"\(listen)\" must be unix:/path/to.sock, host:port or \"systemd\" (socket activation)")
             }
         }
         if let mode = string(t, "socket_mode") {
@@ -350,7 +481,9 @@ struct ConfigLoader {
     private mutating func buildRoute(_ t: ConfigTable, componentDomain: String?) -> StanzadConfig.Route? {
         allow(t, ["name", "kinds", "types", "to", "from", "body", "exec", "worker", "webhook", "format", "timeout",
                   "concurrency", "queue", "env", "pass_env", "workdir", "max_output", "headers", "hmac_secret",
-                  "hmac_secret_file", "retries", "workers", "max_requests", "in_flight", "from_self", "rooms", "mentions"], section: "route")
+                  "hmac_secret_file", "retries", "workers", "max_requests", "in_flight", "from_self", "pull", "retention",
+                  "rooms", "mentions"],
+              section: "route")
         let name = string(t, "name", required: true, section: "[[route]]")
         var kinds: [StanzaKind] = [.message]
         if let values = stringArray(t, "kinds") {
@@ -362,10 +495,13 @@ struct ConfigLoader {
             }
             if values.isEmpty { error(t.line(of: "kinds"), "kinds must not be empty") }
         }
-        let targets = ["exec", "worker", "webhook"].filter { t[$0] != nil }
+        let pull = bool(t, "pull") ?? false
+        let targets = ["exec", "worker", "webhook"].filter { t[$0] != nil } + (pull ? ["pull"] : [])
         var target: StanzadConfig.Target?
         if targets.count != 1 {
-            error(t.line, "route \(name.map { "\"\($0)\"" } ?? "") needs exactly one of exec, worker or webhook" + (targets.isEmpty ? "" : " (found \(targets.joined(separator: ", ")))"))
+            error(t.line, "route \(name.map { "\"\($0)\"" } ?? "") needs exactly one of exec, worker, webhook or pull = true" + (targets.isEmpty ? "" : " (found \(targets.joined(separator: ", ")))"))
+        } else if pull {
+            target = .pull
         } else if let argv = stringArray(t, "exec") {
             if argv.isEmpty { error(t.line(of: "exec"), "exec must name a program: exec = [\"handlers/echo.sh\"]") } else {
                 target = .exec([resolveProgram(argv[0])] + argv.dropFirst())
@@ -405,7 +541,11 @@ struct ConfigLoader {
         }
         route.timeout = int(t, "timeout", min: 1) ?? 10
         route.concurrency = int(t, "concurrency", min: 1) ?? 4
-        route.queue = int(t, "queue", min: 0) ?? 100
+        route.queue = int(t, "queue", min: 0) ?? (pull ? 10_000 : 100)
+        route.retention = int(t, "retention", min: 1) ?? 86_400
+        if !pull, t["retention"] != nil {
+            error(t.line(of: "retention"), "retention applies to pull routes only (pull = true)")
+        }
         route.env = stringTable(t, "env") ?? [:]
         for key in route.env.keys where !Self.isEnvName(key) {
             error(t.line(of: "env"), "env name \"\(key)\" is not a valid environment variable name")
@@ -419,7 +559,7 @@ struct ConfigLoader {
         route.workers = int(t, "workers", min: 1) ?? 1
         route.maxRequests = int(t, "max_requests", min: 0) ?? 0
         route.inFlight = int(t, "in_flight", min: 1) ?? 1
-        if route.format == "text", route.kinds.contains(where: { $0 != .message }) {
+        if route.format == "text", !pull, route.kinds.contains(where: { $0 != .message }) {
             warning(t.line(of: "kinds"), "route \"\(route.name)\" has format \"text\", which takes only messages with a body; its \(route.kinds.filter { $0 != .message }.map(\.rawValue).joined(separator: " and ")) will never match (use format = \"json\" or \"xml\")")
         }
         guard name != nil, target != nil else { return nil }

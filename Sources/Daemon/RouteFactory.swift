@@ -3,6 +3,7 @@
 // queued stanzas) by route name; pools whose route a reload removed are stopped.
 
 import Executor
+import FastCGIFront
 import Logging
 import Rooms
 import Routing
@@ -18,6 +19,20 @@ final class RouteFactory: Sendable {
     let environment: [String: String]
     let logger: Logger
     private let pools = Mutex<[String: WorkerPool]>([:])
+    /// The pull routes' queues by route name, kept across reloads (their updates with them).
+    private let updateQueues = Mutex<[String: UpdateQueue]>([:])
+
+    /// Every pull route's queue now (for metrics).
+    var allQueues: [UpdateQueue] { updateQueues.withLock { Array($0.values) } }
+
+    /// The queues of the pull routes `config` has (removed routes' queues are dropped).
+    func queues(for config: StanzadConfig) -> [UpdateQueue] {
+        let names = Set(config.routes.filter { $0.target == .pull }.map(\.name))
+        return updateQueues.withLock { queues in
+            for name in queues.keys where !names.contains(name) { queues[name] = nil }
+            return Array(queues.values)
+        }
+    }
 
     init(maxProcesses: Int, environment: [String: String], logger: Logger) {
         self.processes = AdmissionGate(concurrency: maxProcesses, queue: nil)
@@ -35,7 +50,7 @@ final class RouteFactory: Sendable {
             let format = HandlerFormat(rawValue: route.format) ?? .text
             let rule = RouteRule(
                 kinds: Set(route.kinds), types: route.types.map(Set.init), to: route.to, from: route.from,
-                body: route.body.flatMap { try? BodyPattern($0) }, requiresBody: format == .text,
+                body: route.body.flatMap { try? BodyPattern($0) }, requiresBody: format == .text && route.target != .pull,
                 refusesFromDomain: route.fromSelf ? nil : config.component.jid, rooms: route.rooms, mentions: route.mentions)
             let handler: any StanzaHandler
             switch route.target {
@@ -70,6 +85,28 @@ final class RouteFactory: Sendable {
                         timeout: .seconds(route.timeout), retries: route.retries, maxBody: route.maxOutput,
                         maxStanza: config.component.maxStanza, userAgent: "stanzad/\(StanzadVersion.string)"),
                     client: client)
+            case .pull:
+                let queue = updateQueues.withLock { queues -> UpdateQueue in
+                    if let existing = queues[route.name] {
+                        existing.reconfigure(capacity: route.queue, retention: .seconds(route.retention))
+                        return existing
+                    }
+                    let name = route.name
+                    let logger = self.logger
+                    let capacity = route.queue
+                    let queue = UpdateQueue(
+                        route: name, capacity: capacity, retention: .seconds(route.retention),
+                        onDrop: { _, total in
+                            logger.warning("update queue full; the oldest update was dropped", metadata: [
+                                "route": "\(name)", "queue": "\(capacity)", "dropped_total": "\(total)",
+                            ])
+                        })
+                    queues[route.name] = queue
+                    return queue
+                }
+                handler = PullHandler(queue: queue)
+                // Taking a stanza is instant: the route's gate never holds one back.
+                return Route(name: route.name, rule: rule, handler: handler, concurrency: route.concurrency, queue: 100)
             }
             return Route(name: route.name, rule: rule, handler: handler, concurrency: route.concurrency, queue: route.queue)
         }

@@ -103,7 +103,14 @@ struct Run: AsyncParsableCommand {
         settings.sendQueue = config.component.sendQueue
         settings.sendQueueTTL = .seconds(config.component.sendQueueTTL)
         settings.maxStanza = config.component.maxStanza
+        // Before any route or counter exists: they bind to the backend bootstrapped here.
+        let metrics = config.metrics.map { _ in DaemonMetrics() }
         let connection = ComponentConnection(settings: settings, logger: logger)
+        if let metrics {
+            connection.setLinkObserver { event in
+                if event == .down { metrics.linkLost() }
+            }
+        }
         let builtIns = config.builtInResponder()
         let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
         let dispatcher = Dispatcher(
@@ -113,13 +120,23 @@ struct Run: AsyncParsableCommand {
         let router = Router(connection: connection, dispatcher: dispatcher, logger: logger, rooms: rooms)
         var front: FastCGIServer?
         var api: RestAPI?
+        let hooks = HookExecutor(
+            hooks: config.hookPrograms, processes: factory.processes, killGrace: .seconds(config.killGrace),
+            parentEnvironment: ProcessInfo.processInfo.environment, component: config.component.jid, logger: logger)
         if let rest = config.rest {
             let rest = RestAPI(
                 settings: RestSettings(
                     domain: config.component.jid, path: rest.path, credentials: rest.credentials,
                     iqTimeout: .seconds(rest.iqTimeout), maxIQTimeout: .seconds(rest.maxIQTimeout), maxBody: rest.maxBody,
                     maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
-                sender: LinkSender(connection: connection), rooms: RoomDirectoryAdapter(keeper: rooms))
+                sender: LinkSender(connection: connection), hooks: config.hookSettings, hookRunner: hooks, logger: logger,
+                rooms: RoomDirectoryAdapter(keeper: rooms))
+            rest.setUpdateQueues(factory.queues(for: config))
+            if let metrics, let endpoint = config.metrics {
+                rest.setMetrics(.init(path: endpoint.path, credentials: endpoint.credentials) {
+                    metrics.render(connection: connection, dispatcher: dispatcher, queues: factory.allQueues, rooms: rooms.countsByState)
+                })
+            }
             api = rest
             let listen = config.rest?.listen ?? ""
             let socketMode = config.rest?.socketMode ?? 0o660
@@ -135,7 +152,7 @@ struct Run: AsyncParsableCommand {
                 listen: listen, socketMode: socketMode, fd: fd, api: rest, logger: logger,
                 readTimeout: .seconds(config.rest?.readTimeout ?? 10))
         }
-        let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, rooms: rooms, logger: logger)
+        let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, hooks: hooks, rooms: rooms, logger: logger)
         logger.notice("stanzad starting", metadata: [
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
@@ -145,6 +162,8 @@ struct Run: AsyncParsableCommand {
                 services: [
                     .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
+                    // Stops after the router has drained: its pending retries end, then its connections close.
+                    .init(service: factory.client),
                     .init(service: factory.host),
                     .init(service: reloader),
                     // Stops before the link: the rooms are left while it still sends.
@@ -153,16 +172,18 @@ struct Run: AsyncParsableCommand {
                     // Services stop in reverse order: the REST front first (waiting requests get 503), then the
                     // router (no new stanzas; running handlers finish while workers and the link are still up).
                     .init(service: router),
-                ] + (front.map { [.init(service: $0)] } ?? []),
+                ] + (front.map { [.init(service: $0)] } ?? []) + [
+                    // Last: READY=1 once everything runs; the first to hear of a shutdown (STOPPING=1).
+                    .init(service: SystemdService(logger: logger)),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {
             try await group.run()
         } catch {
-            await factory.client.shutdown()
+            await factory.client.shutdown()  // in case the group failed before the client's service ran
             throw error
         }
-        await factory.client.shutdown()
         logger.notice("stanzad stopped")
     }
 }
@@ -182,13 +203,21 @@ struct Check: ParsableCommand {
                 if let program = argv.first, let problem = HandlerCheck.problem(program: program) {
                     problems.append("\(config.file):\(route.line): route \"\(route.name)\": \(problem)")
                 }
-            case .webhook:
+            case .webhook, .pull:
                 break
+            }
+        }
+        for hook in config.hooks {
+            if let program = hook.argv.first, let problem = HandlerCheck.problem(program: program) {
+                problems.append("\(config.file):\(hook.line): hook \"\(hook.name)\": \(problem)")
             }
         }
         for warning in config.warnings { print("warning: \(warning)") }
         print("component \(config.component.jid) via \(config.component.host):\(config.component.port)")
         if let rest = config.rest { print("rest \(rest.listen) path \(rest.path), \(rest.credentials.count) credential(s)") }
+        for hook in config.hooks {
+            print("hook \(hook.name): POST \(config.rest?.path ?? "/rest")/hooks/\(hook.name) → \(hook.argv.joined(separator: " ")) (auth \(hook.auth.rawValue)\(hook.to.isEmpty ? "" : ", to \(hook.to.joined(separator: ", "))"))")
+        }
         print(RouteTable.render(config.routes))
         for room in config.roomSettings() {
             print("room \(room.jid) as \(room.nick) from \(room.from)" + (room.password == nil ? "" : ", with a password") + ", history \(room.history)")
@@ -247,6 +276,7 @@ enum RouteTable {
             case .exec(let argv): target = "exec " + argv.joined(separator: " ")
             case .worker(let argv): target = "worker " + argv.joined(separator: " ")
             case .webhook(let url): target = "webhook " + url
+            case .pull: target = "pull (GET …/updates/\(route.name))"
             }
             rows.append([
                 "\(index + 1)", route.name, route.kinds.map(\.rawValue).joined(separator: ","),

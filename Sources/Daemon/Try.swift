@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import Executor
+import FastCGIFront
 import Foundation
 import Logging
 import Routing
@@ -10,16 +11,30 @@ import XMPPCore
 
 struct Try: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run one stanza through a route (no XMPP server needed); print the reply stanzas.",
+        abstract: "Run one stanza through a route, or one request body through a hook (no XMPP server needed); print the stanzas.",
         discussion: """
-            The stanza is a message built from --body, or an XML stanza read from stdin. The replies are printed \
-            as XML on stdout; the handler's stderr, exit status and timing go to stderr.
+            With --route: the stanza is a message built from --body, or an XML stanza read from stdin. The replies \
+            are printed as XML on stdout; the handler's stderr, exit status and timing go to stderr. \
+            With --hook: the request body is read from stdin (e.g. `stanzad try --hook alertmanager < alert.json`); \
+            the stanzas the hook would send are printed as XML and the HTTP status it would answer goes to stderr. \
+            Nothing is sent.
             """)
 
     @OptionGroup var options: CommonOptions
 
     @Option(name: .long, help: "The route to run (its name in the config).")
-    var route: String
+    var route: String?
+
+    @Option(name: .long, help: "The hook to run (its name in the config); the request body is read from stdin.")
+    var hook: String?
+
+    @Option(name: .long, help: "With --hook: the request's Content-Type (default: application/json).")
+    var contentType: String?
+
+    func validate() throws {
+        if (route == nil) == (hook == nil) { throw ValidationError("give either --route NAME or --hook NAME") }
+        if hook != nil, body != nil { throw ValidationError("--body is for routes; a hook reads its request body from stdin") }
+    }
 
     @Option(name: .long, help: "Sender JID (default: user@example.org/try).")
     var from: String?
@@ -44,6 +59,11 @@ struct Try: AsyncParsableCommand {
             ])
         }
         let config = try options.loadConfig()
+        if let hook {
+            try await runHook(hook, config: config, logger: logger)
+            return
+        }
+        guard let route else { return }
         guard let configured = config.routes.first(where: { $0.name == route }) else {
             let names = config.routes.map(\.name)
             throw ValidationError(
@@ -71,16 +91,62 @@ struct Try: AsyncParsableCommand {
         let once = TryOnce(dispatcher: dispatcher, route: selected, stanza: stanza, room: room)
         // Worker routes need their pools running, as in production.
         let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: factory.client),
             .init(service: factory.host),
             .init(service: once, successTerminationBehavior: .gracefullyShutdownGroup),
         ]
         do {
             try await ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger)).run()
         } catch {
-            await factory.client.shutdown()
+            await factory.client.shutdown()  // in case the group failed before the client's service ran
             throw error
         }
-        await factory.client.shutdown()
+    }
+
+    /// `--hook`: the body from stdin through the hook's handler, as `POST {path}/hooks/{name}` would run it
+    /// (auth is not checked); prints the stanzas and the HTTP status.
+    private func runHook(_ name: String, config: StanzadConfig, logger: Logger) async throws {
+        guard let settings = config.hookSettings.first(where: { $0.name == name }) else {
+            let names = config.hooks.map(\.name)
+            throw ValidationError(
+                "no hook named \"\(name)\" in \(config.file)" + (names.isEmpty ? " (it has no [[hook]])" : "; hooks: \(names.joined(separator: ", "))"))
+        }
+        let body = [UInt8](FileHandle.standardInput.readDataToEndOfFile())
+        let executor = HookExecutor(
+            hooks: config.hookPrograms, processes: AdmissionGate(concurrency: 1, queue: nil), killGrace: .seconds(config.killGrace),
+            parentEnvironment: ProcessInfo.processInfo.environment, component: config.component.jid, logger: logger)
+        let path = config.rest?.path ?? "/rest"
+        let request = RestRequest(method: "POST", path: "\(path)/hooks/\(name)", contentType: contentType ?? "application/json",
+                                  contentLength: body.count, body: body)
+        let invocation = HookInvocation(hook: name, stdin: body, environment: RestAPI.hookEnvironment(request, hook: settings))
+        let ending = await withCheckedContinuation { (continuation: CheckedContinuation<HookEnding, Never>) in
+            executor.run(invocation) { continuation.resume(returning: $0) }
+        }
+        let status: Int
+        switch ending {
+        case .exited(0, let stdout):
+            let api = RestAPI(settings: RestSettings(domain: config.component.jid, path: path, credentials: []), sender: NothingSent())
+            let stanzas: [Stanza]
+            do {
+                stanzas = try api.hookStanzas(stdout, hook: settings)
+            } catch {
+                FileHandle.standardError.write(Data("HTTP 500: the handler's output cannot be sent: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            for stanza in stanzas { print((try? stanza.serialized()) ?? "") }
+            FileHandle.standardError.write(Data("HTTP 202 {\"sent\": \(stanzas.count)}\n".utf8))
+            return
+        case .exited(let code, _):
+            status = RestAPI.hookStatus(exit: code)
+            FileHandle.standardError.write(Data("HTTP \(status): the handler exited with \(code)\n".utf8))
+        case .timedOut:
+            FileHandle.standardError.write(Data("HTTP 504: the handler did not finish within its timeout\n".utf8))
+        case .failed(let reason):
+            FileHandle.standardError.write(Data("HTTP 500: \(reason)\n".utf8))
+        case .busy:
+            FileHandle.standardError.write(Data("HTTP 503: no handler slot\n".utf8))
+        }
+        throw ExitCode(1)
     }
 
     private func makeStanza(defaultTo: String) throws -> Stanza {
@@ -132,5 +198,21 @@ struct TryOnce: Service {
                 FileHandle.standardError.write(Data("reply cannot be written as XML: \(error)\n".utf8))
             }
         }
+    }
+}
+
+/// `try --hook` sends nothing.
+private struct NothingSent: StanzaSender {
+    var linkState: String { "try" }
+
+    func deliver(_ stanza: Stanza, wait: Duration, completion: @escaping @Sendable (Result<Void, SendFailure>) -> Void) -> RestCancellation? {
+        completion(.success(()))
+        return nil
+    }
+
+    func ask(_ iq: Stanza, timeout: Duration, maxPending: Int,
+             completion: @escaping @Sendable (Result<Stanza, SendFailure>) -> Void) -> RestCancellation? {
+        completion(.failure(SendFailure(.unavailable("try"), "stanzad try sends nothing")))
+        return nil
     }
 }

@@ -174,3 +174,10 @@ final class ProcessLoop: @unchecked Sendable {
         return -1
     }
 }
+
+/// For the systemd watchdog: runs `done` on the process loop's thread (it does not run while the loop is stuck).
+package enum ProcessLoopProbe {
+    package static func ping(_ done: @escaping @Sendable () -> Void) {
+        ProcessLoop.shared.execute(done)
+    }
+}

@@ -95,6 +95,24 @@ package enum ProcessRunner {
         result.duration = ContinuousClock.now - started
         return result
     }
+
+    /// `run` without a task: `completion` gets the result once, on the process loop's thread. The returned closure
+    /// stops the handler like its deadline does.
+    @discardableResult
+    package static func start(_ spec: ProcessSpec, stderrLine: @escaping @Sendable (String, Int32) -> Void,
+                              completion: @escaping @Sendable (ProcessResult) -> Void) -> @Sendable () -> Void {
+        _ = ignoreBrokenPipes
+        let started = ContinuousClock.now
+        let loop = ProcessLoop.shared
+        let handler = HandlerProcess(spec: spec, loop: loop, stderrLine: stderrLine)
+        handler.completion = { result in
+            var result = result
+            result.duration = ContinuousClock.now - started
+            completion(result)
+        }
+        ProcessLoop.spawner().execute { handler.start() }
+        return { loop.execute { handler.stop() } }
+    }
 }
 /// One handler process from spawn to reap: spawned on a spawner thread, then on the process loop, where its pipes
 /// and pidfd are watched and its deadline and kill grace are timers. Created by the caller; after the spawn, every

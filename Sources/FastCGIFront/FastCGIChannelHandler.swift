@@ -83,6 +83,8 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     private let dispatch: @Sendable (FastCGIExchange) -> Void
     private var deadline: Scheduled<Void>?
     private var exchange: FastCGIExchange?
+    /// The streamed response being written (server-sent events), if any.
+    private var streaming: RestEventStream?
     private var context: ChannelHandlerContext?
 
     init(limits: FastCGIConnectionStateMachine.Limits, readTimeout: TimeAmount, logger: Logger,
@@ -118,6 +120,8 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         machine.closed()
         exchange?.connectionClosed()
         exchange = nil
+        streaming?.clientGone()
+        streaming = nil
         context.fireChannelInactive()
     }
 
@@ -141,6 +145,8 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         case .abort:
             exchange?.connectionClosed()
             exchange = nil
+            streaming?.clientGone()
+            streaming = nil
             context.close(promise: nil)
         case .close(let error):
             if let error {
@@ -156,6 +162,11 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         let bound = NIOLoopBound(self, eventLoop: loop)
         let id = request.requestID
         let exchange = FastCGIExchange(request: rest) { response in
+            if let stream = response.stream {
+                let head = Self.encodeHead(response, requestID: id)
+                loop.execute { bound.value.startStream(head, stream: stream, requestID: id) }
+                return
+            }
             let bytes = Self.encode(response, requestID: id)
             loop.execute { bound.value.finish(bytes) }
         }
@@ -168,6 +179,45 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         guard let context, exchange != nil else { return }  // the connection went away meanwhile
         exchange = nil
         context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        perform(machine.responseSent(), context: context)
+        if machine.isReading, context.channel.isActive { armDeadline(context: context) }
+    }
+
+    /// A streamed response: the head now, then each chunk the stream sends as it comes; the request ends when the
+    /// stream ends (or the client goes away, which stops the stream).
+    private func startStream(_ head: ByteBuffer, stream: RestEventStream, requestID: UInt16) {
+        guard let context, exchange != nil else {
+            stream.clientGone()
+            return
+        }
+        exchange = nil
+        streaming = stream
+        context.writeAndFlush(wrapOutboundOut(head), promise: nil)
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        stream.attach(RestEventStream.Sink(
+            write: { bytes in
+                loop.execute { bound.value.streamWrite(bytes, requestID: requestID) }
+            },
+            end: {
+                loop.execute { bound.value.streamEnd(requestID: requestID) }
+            }))
+    }
+
+    private func streamWrite(_ bytes: [UInt8], requestID: UInt16) {
+        guard let context, streaming != nil, !bytes.isEmpty else { return }
+        var out = ByteBuffer()
+        FastCGIRecord(.stdout, requestID: requestID, content: ByteBuffer(bytes: bytes)).write(into: &out)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    private func streamEnd(requestID: UInt16) {
+        guard let context, streaming != nil else { return }
+        streaming = nil
+        var out = ByteBuffer()
+        FastCGIRecord(.stdout, requestID: requestID).write(into: &out)
+        FastCGIRecord.endRequest(requestID: requestID, appStatus: 0, protocolStatus: .requestComplete).write(into: &out)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         perform(machine.responseSent(), context: context)
         if machine.isReading, context.channel.isActive { armDeadline(context: context) }
     }
@@ -207,10 +257,21 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         rest.authorization = param("HTTP_AUTHORIZATION")
         rest.accept = param("HTTP_ACCEPT")
         rest.timeout = param("HTTP_REST_TIMEOUT") ?? param("HTTP_PROSODY_REST_TIMEOUT")
+        rest.params = params
         if !request.bodyTooLarge {
             rest.body = Array(buffer: request.body)
         }
         return rest
+    }
+
+    /// The head of a streamed response (Status line and headers) in one STDOUT record; no length, no end.
+    static func encodeHead(_ response: RestResponse, requestID: UInt16) -> ByteBuffer {
+        var head = "Status: \(response.status) \(HTTPStanzaErrors.reasonPhrase(response.status))\r\n"
+        for (name, value) in response.headers { head += "\(name): \(value)\r\n" }
+        head += "\r\n"
+        var out = ByteBuffer()
+        FastCGIRecord(.stdout, requestID: requestID, content: ByteBuffer(string: head)).write(into: &out)
+        return out
     }
 
     /// A CGI-style response (Status line, headers, body) in STDOUT records, then END_REQUEST.

@@ -8,6 +8,7 @@ import CMalloc
 import Glibc
 #endif
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -123,6 +124,8 @@ package final class FastCGIServer: Service, Sendable {
             return
         }
         let cancellation = api.handle(exchange.request) { response in
+            // `stanzad_rest_requests_total{status}` (the factory caches the counter per status).
+            Counter(label: "stanzad_rest_requests_total", dimensions: [("status", "\(response.status)")]).increment()
             self.outstanding.withLock { state in
                 state.exchanges.removeValue(forKey: key)
                 if state.exchanges.isEmpty && state.exchanges.capacity > 64 { state.exchanges = [:] }  // keeps its capacity otherwise

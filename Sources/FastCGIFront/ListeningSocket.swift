@@ -4,10 +4,14 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 
 package enum ListeningSocket {
     /// Opens `listen` ("unix:/path" or "host:port" with an IPv4 host) for accepting; a unix socket gets `mode`.
     package static func open(_ listen: String, mode: UInt16) throws(FastCGIError) -> Int32 {
+        if listen == "systemd" {
+            return try activated()
+        }
         if listen.hasPrefix("unix:") {
             return try openUnix(String(listen.dropFirst(5)), mode: mode)
         }
@@ -17,6 +21,30 @@ package enum ListeningSocket {
     static func failure(_ listen: String, _ what: String, hint: String) -> FastCGIError {
         let reason = String(cString: strerror(errno))
         return FastCGIError(description: "cannot listen on \(listen) for FastCGI: \(what): \(reason); \(hint)")
+    }
+
+    /// Socket activation (`sd_listen_fds`): the first socket systemd passed (fd 3), when `LISTEN_PID` is this
+    /// process. The variables are removed so that handlers do not see them.
+    private static func activated() throws(FastCGIError) -> Int32 {
+        let environment = ProcessInfo.processInfo.environment
+        defer {
+            unsetenv("LISTEN_PID")
+            unsetenv("LISTEN_FDS")
+            unsetenv("LISTEN_FDNAMES")
+        }
+        guard let pid = environment["LISTEN_PID"].flatMap({ Int32($0) }), pid == getpid(),
+            let count = environment["LISTEN_FDS"].flatMap({ Int($0) }), count >= 1
+        else {
+            throw FastCGIError(description: "[rest] listen = \"systemd\" but systemd passed no socket (LISTEN_FDS/LISTEN_PID unset or for another process): start stanzad through its socket unit (examples/systemd/stanzad.socket), or listen on unix:/path")
+        }
+        let fd: Int32 = 3
+        var accepting: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) == 0, accepting == 1 else {
+            throw failure("systemd", "fd 3 is not a listening socket", hint: "the socket unit must have ListenStream= (one socket)")
+        }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        return fd
     }
 
     private static func openUnix(_ path: String, mode: UInt16) throws(FastCGIError) -> Int32 {

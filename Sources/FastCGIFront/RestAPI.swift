@@ -2,6 +2,7 @@
 // stamping and validation with their status codes, content negotiation, the iq long-poll, /health.
 
 import Foundation
+import Logging
 import Synchronization
 import XMPPCore
 
@@ -51,17 +52,52 @@ package final class RestAPI: Sendable {
     let sender: any StanzaSender
     let rooms: (any RoomDirectory)?
     private let credentials: Mutex<[String]>
+    /// `[[hook]]`s by name (SPEC §16), and what runs their handlers.
+    let hooks: Mutex<[String: HookSettings]>
+    let hookRunner: (any HookRunner)?
+    let logger: Logger?
+    /// The pull routes' update queues by route name (SPEC §17).
+    let updateQueues = Mutex<[String: UpdateQueue]>([:])
+    /// `[metrics]` (SPEC §19): where the Prometheus text is served, who may read it, and what renders it.
+    let metrics = Mutex<MetricsEndpoint?>(nil)
 
-    package init(settings: RestSettings, sender: any StanzaSender, rooms: (any RoomDirectory)? = nil) {
+    package struct MetricsEndpoint: Sendable {
+        package var path: String
+        /// Empty: no Authorization needed (keep the location internal in nginx).
+        package var credentials: [String]
+        package var render: @Sendable () -> [UInt8]
+
+        package init(path: String, credentials: [String], render: @escaping @Sendable () -> [UInt8]) {
+            self.path = path
+            self.credentials = credentials
+            self.render = render
+        }
+    }
+
+    /// Start and SIGHUP: the metrics endpoint (nil: none).
+    package func setMetrics(_ endpoint: MetricsEndpoint?) {
+        metrics.withLock { $0 = endpoint }
+    }
+
+    package init(settings: RestSettings, sender: any StanzaSender, hooks: [HookSettings] = [],
+                 hookRunner: (any HookRunner)? = nil, logger: Logger? = nil, rooms: (any RoomDirectory)? = nil) {
         self.settings = settings
         self.sender = sender
         self.rooms = rooms
         self.credentials = Mutex(settings.credentials)
+        self.hooks = Mutex(Dictionary(hooks.map { ($0.name, $0) }, uniquingKeysWith: { $1 }))
+        self.hookRunner = hookRunner
+        self.logger = logger
     }
 
     /// SIGHUP: the accepted Authorization values from now on.
     package func reload(credentials: [String]) {
         self.credentials.withLock { $0 = credentials }
+    }
+
+    /// SIGHUP: the hooks from now on (requests already running finish with the hook they started with).
+    package func reload(hooks: [HookSettings]) {
+        self.hooks.withLock { $0 = Dictionary(hooks.map { ($0.name, $0) }, uniquingKeysWith: { $1 }) }
     }
 
     static let xmppXML = "application/xmpp+xml"
@@ -93,6 +129,13 @@ package final class RestAPI: Sendable {
     // MARK: Routing
 
     private func route(_ request: RestRequest, output: String, respond: @escaping @Sendable (RestResponse) -> Void) throws -> RestCancellation? {
+        if let endpoint = metrics.withLock({ $0 }), request.path == endpoint.path {
+            try allow(request, ["GET", "HEAD"])
+            if !endpoint.credentials.isEmpty { try authorize(request, accepting: endpoint.credentials) }
+            respond(RestResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                                 body: request.method.uppercased() == "HEAD" ? [] : endpoint.render()))
+            return nil
+        }
         guard request.path == settings.path || request.path.hasPrefix(settings.path + "/") else {
             throw RestFailure(404, .cancel, .itemNotFound, "no such resource; the REST API is at \(settings.path)")
         }
@@ -106,7 +149,18 @@ package final class RestAPI: Sendable {
             respond(health())
             return nil
         }
+        if segments.count == 2, segments[0] == "hooks" {
+            try hook(segments[1], request: request, output: output, respond: respond)
+            return nil
+        }
         try authorize(request)
+        if segments.count == 2, segments[0] == "updates" {
+            return try updates(segments[1], request: request, respond: respond)
+        }
+        if segments.count == 2, segments[0] == "events" {
+            try events(segments[1], request: request, respond: respond)
+            return nil
+        }
         switch segments.count {
         case 0:
             try allow(request, ["POST"])
@@ -138,7 +192,7 @@ package final class RestAPI: Sendable {
         }
     }
 
-    private func allow(_ request: RestRequest, _ methods: [String]) throws {
+    func allow(_ request: RestRequest, _ methods: [String]) throws {
         guard methods.contains(request.method.uppercased()) else {
             throw RestFailure(405, .cancel, .notAllowed, "method \(request.method) is not allowed here; use \(methods.joined(separator: " or "))",
                               headers: [("Allow", methods.joined(separator: ", "))])
@@ -147,14 +201,18 @@ package final class RestAPI: Sendable {
 
     // MARK: Auth
 
-    private func authorize(_ request: RestRequest) throws {
+    func authorize(_ request: RestRequest) throws {
+        try authorize(request, accepting: credentials.withLock { $0 })
+    }
+
+    func authorize(_ request: RestRequest, accepting credentials: [String]) throws {
         guard let header = request.authorization, !header.isEmpty else {
             throw RestFailure(401, .auth, .notAuthorized, "credentials required (Authorization header)",
                               headers: [("WWW-Authenticate", "Bearer realm=\"\(settings.domain)\"")])
         }
         let presented = Self.normalizedCredential(header)
         var accepted = false
-        for credential in credentials.withLock({ $0 }) {
+        for credential in credentials {
             // Every credential is compared in full, so timing says nothing about which one nearly matched.
             if Self.constantTimeEqual(presented, Self.normalizedCredential(credential)) { accepted = true }
         }
@@ -188,13 +246,18 @@ package final class RestAPI: Sendable {
 
     // MARK: Body → stanza
 
-    private func parse(_ request: RestRequest, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
+    /// 413 for a body over `max_body`.
+    func checkBodySize(_ request: RestRequest) throws {
         if let length = request.contentLength, length > settings.maxBody {
             throw RestFailure(413, .modify, .resourceConstraint, "body of \(length) bytes exceeds max_body (\(settings.maxBody) bytes)")
         }
         guard request.body.count <= settings.maxBody, !request.bodyTooLarge else {
             throw RestFailure(413, .modify, .resourceConstraint, "body exceeds max_body (\(settings.maxBody) bytes)")
         }
+    }
+
+    private func parse(_ request: RestRequest, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
+        try checkBodySize(request)
         let media = HTTPMediaType.essence(request.contentType)
         if request.body.isEmpty && (media.isEmpty || media == "application/x-www-form-urlencoded") {
             guard let kind else {
@@ -274,7 +337,7 @@ package final class RestAPI: Sendable {
         return stanza
     }
 
-    private func fromJSON(_ value: JSONValue, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
+    func fromJSON(_ value: JSONValue, kind: StanzaKind?, type: String?, to: String?) throws -> Stanza {
         guard case .object(var object) = value else {
             throw RestFailure(400, .modify, .badRequest, "the JSON body must be an object such as {\"to\": \"…\", \"body\": \"…\"}")
         }
@@ -315,7 +378,7 @@ package final class RestAPI: Sendable {
 
     // MARK: Stamping and validation (SPEC §9)
 
-    private func stamp(_ input: Stanza) throws -> Stanza {
+    func stamp(_ input: Stanza) throws -> Stanza {
         var stanza = Stanza(kind: input.kind)
         stanza.element.children = input.element.children
         stanza.type = input.type
@@ -417,7 +480,7 @@ package final class RestAPI: Sendable {
         return RestResponse(status: status, headers: [("Content-Type", Self.xmppXML)], body: Array(xml.utf8))
     }
 
-    private func errorResponse(_ failure: RestFailure, output: String) -> RestResponse {
+    func errorResponse(_ failure: RestFailure, output: String) -> RestResponse {
         let error = failure.error
         var headers = failure.headers
         let body: [UInt8]

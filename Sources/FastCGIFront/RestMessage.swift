@@ -15,6 +15,8 @@ package struct RestRequest: Sendable {
     package var accept: String?
     /// `Rest-Timeout` or `Prosody-Rest-Timeout`.
     package var timeout: String?
+    /// Every FastCGI parameter as nginx sent it (`HTTP_*` for the request headers): hooks pass them on.
+    package var params: [String: String] = [:]
 
     package init(method: String, path: String, query: String = "", contentType: String? = nil, contentLength: Int? = nil,
                 body: [UInt8] = [], authorization: String? = nil, accept: String? = nil, timeout: String? = nil) {
@@ -34,6 +36,9 @@ package struct RestResponse: Sendable {
     package var status: Int
     package var headers: [(String, String)]
     package var body: [UInt8]
+    /// A streamed body (server-sent events): the head is written, then whatever the stream sends, until it ends
+    /// or the client goes away. `body` is ignored then.
+    package var stream: RestEventStream?
 
     package init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
         self.status = status

@@ -385,6 +385,13 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
         }
     }
 
+    /// How many rooms are in each state (the `stanzad_rooms` gauge).
+    package var countsByState: [String: Int] {
+        shared.withLock { state in
+            state.rooms.values.reduce(into: [:]) { counts, room in counts[room.phase.rawValue, default: 0] += 1 }
+        }
+    }
+
     /// Our occupant's real JID in `room` (a configured or invited room), for messages sent there.
     package func occupantJID(inRoom room: String) -> String? {
         shared.withLock { $0.rooms[room.lowercased()]?.settings.from }

@@ -118,6 +118,11 @@ package final class AdmissionGate: Sendable {
         next?.continuation.resume(returning: true)
     }
 
+    /// Gives back an admission that will never wait for a slot (its stanza was turned away after `admit()`).
+    package func withdraw() {
+        state.withLock { $0.admitted -= 1 }
+    }
+
     /// Stanzas admitted and not yet released (running plus waiting).
     package var load: Int { state.withLock { $0.admitted } }
 

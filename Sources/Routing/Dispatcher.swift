@@ -12,12 +12,14 @@ package struct Route: Sendable {
     package var rule: RouteRule
     package var handler: any StanzaHandler
     package var gate: AdmissionGate
+    package var metrics: RouteMetrics
 
     package init(name: String, rule: RouteRule, handler: any StanzaHandler, concurrency: Int, queue: Int) {
         self.name = name
         self.rule = rule
         self.handler = handler
         self.gate = AdmissionGate(concurrency: concurrency, queue: queue)
+        self.metrics = RouteMetrics(route: name)
     }
 }
 
@@ -76,6 +78,7 @@ package final class Dispatcher: Sendable {
                 "from": "\(sender)", "route": "\(route.name)", "per_sender": "\(limit.spec)",
             ])
         }
+        route.metrics.count(.limited)
         let error = StanzaError(.wait, .policyViolation, text: "rate limit: at most \(limit.spec.count) stanzas per \(limit.spec.seconds) s; try again later")
         let replies = stamper.errorReply(to: stanza, error, fromRoom: room != nil)
         log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["limit": "per_sender", "refused_in_a_row": "\(refusedInARow)"])
@@ -133,9 +136,20 @@ package final class Dispatcher: Sendable {
 
     /// The answer to a stanza refused because its route is full: wait/resource-constraint.
     package func answerFull(_ stanza: Stanza, route: Route, room: RoomOrigin? = nil) -> [Stanza] {
+        route.metrics.count(.busy)
         let replies = stamper.errorReply(
             to: stanza, StanzaError(.wait, .resourceConstraint, text: "route \(route.name) is busy; try again later"), fromRoom: room != nil)
         log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["queue": "full"])
+        return replies
+    }
+
+    /// An admitted stanza that will never run because shutdown began before it could wait for a slot: its
+    /// admission goes back and it is answered like a stanza left in the queue.
+    package func turnAway(_ stanza: Stanza, route: Route, room: RoomOrigin? = nil) -> [Stanza] {
+        route.gate.withdraw()
+        route.metrics.count(.shutdown)
+        let replies = stamper.errorReply(to: stanza, Self.shuttingDown, fromRoom: room != nil)
+        log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["queue": "left at shutdown"])
         return replies
     }
 
@@ -144,6 +158,7 @@ package final class Dispatcher: Sendable {
         let started = ContinuousClock.now
         guard await route.gate.acquire() else {
             // Cancelled or shut down while queued: the handler never runs.
+            route.metrics.count(.shutdown)
             let replies = stamper.errorReply(to: stanza, Self.shuttingDown, fromRoom: room != nil)
             log(stanza, route: route.name, replies: replies, started: started, metadata: ["queue": "left at shutdown"])
             return replies
@@ -186,6 +201,8 @@ package final class Dispatcher: Sendable {
             metadata["problem"] = "\(refusal.description)"
             context.logger.error("handler reply refused", metadata: ["problem": "\(refusal.description)"])
         }
+        let failed = outcome.failure != nil || refusal != nil || replies.contains { $0.type == "error" }
+        route.metrics.ran(failed ? .error : .ok, since: started)
         log(stanza, route: route.name, replies: replies, started: started, metadata: metadata)
         return replies
     }

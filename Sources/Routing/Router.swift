@@ -15,6 +15,10 @@ package final class Router: Service, Sendable {
     /// Sees every stanza first: takes the rooms' presence and says which messages come from a room (SPEC §14).
     let rooms: (any RoomFilter)?
     private let running = RunningHandlers()
+    /// Direct-start stanzas admitted while every run slot of their route was taken: they wait for a slot in a child
+    /// task of `run`'s group, never in a task of their own.
+    private let overflow: AsyncStream<(Stanza, Route, RoomOrigin?)>
+    private let overflowContinuation: AsyncStream<(Stanza, Route, RoomOrigin?)>.Continuation
 
     package init(connection: ComponentConnection, dispatcher: Dispatcher, logger: Logger, drainTimeout: Duration = .seconds(10),
                  rooms: (any RoomFilter)? = nil) {
@@ -23,6 +27,7 @@ package final class Router: Service, Sendable {
         self.logger = logger
         self.drainTimeout = drainTimeout
         self.rooms = rooms
+        (overflow, overflowContinuation) = AsyncStream.makeStream(of: (Stanza, Route, RoomOrigin?).self)
     }
 
     /// nil: the stanza is the rooms' (taken or dropped); else route it, with its room if it came from one.
@@ -38,6 +43,13 @@ package final class Router: Service, Sendable {
     package func run() async throws {
         connection.setDirectInbound { [self] stanza in handleDirectly(stanza) }
         await withDiscardingTaskGroup { group in
+            group.addTask {
+                await withDiscardingTaskGroup { waiting in
+                    for await (stanza, route, room) in self.overflow {
+                        waiting.addTask { self.finish(await self.dispatcher.run(stanza, on: route, room: room), for: stanza) }
+                    }
+                }
+            }
             // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.
             for await stanza in connection.inbound.cancelOnGracefulShutdown() {
                 guard case .some(let room) = origin(of: stanza) else { continue }
@@ -57,6 +69,8 @@ package final class Router: Service, Sendable {
             connection.setDirectInbound(nil)
             // Queued stanzas never start; they are answered "shutting down" now, while the link still sends.
             dispatcher.shutDown()
+            // Stanzas already handed to the overflow child are turned away by the closed gates; later ones at once.
+            overflowContinuation.finish()
             let count = running.count
             guard count > 0 else { return }
             logger.notice("waiting for running handlers", metadata: ["handlers": "\(count)", "limit_s": "\(drainTimeout.components.seconds)"])
@@ -88,8 +102,11 @@ package final class Router: Service, Sendable {
         }
         running.enter()
         if !dispatcher.start(stanza, on: route, room: room, completion: { self.finish($0, for: stanza) }) {
-            // Every run slot is taken: this stanza waits for one (in its place in the route's queue) in a task.
-            Task { self.finish(await self.dispatcher.run(stanza, on: route, room: room), for: stanza) }
+            // Every run slot is taken: this stanza waits for one (in its place in the route's queue) in `run`'s group.
+            if case .terminated = overflowContinuation.yield((stanza, route, room)) {
+                // Shutdown began between the link's read and here: it is answered like a stanza still queued.
+                finish(dispatcher.turnAway(stanza, route: route, room: room), for: stanza)
+            }
         }
         return true
     }

@@ -24,8 +24,11 @@ package protocol StanzaHandler: Sendable {
 extension StanzaHandler {
     package var startsWithoutWaiting: Bool { false }
 
+    /// Handlers that do not start without waiting are run through `handle` in a task of the router's group; the
+    /// dispatcher never calls their `start`.
     package func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
-        Task { completion(await handle(stanza, context: context)) }
+        assertionFailure("start(_:context:completion:) is only for handlers whose startsWithoutWaiting is true")
+        completion(.failed(.wait, .internalServerError, metadata: ["problem": "handler cannot start without waiting"]))
     }
 
     package func shutDown() {}

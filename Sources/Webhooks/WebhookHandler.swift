@@ -4,22 +4,31 @@
 //
 // Everything runs on async-http-client's event loops without a task per stanza: the request is started from the
 // thread that routes the stanza, its response arrives in a callback, and a retry is a task scheduled on an event
-// loop. The router sends the reply from that callback.
+// loop. The router sends the reply from that callback. At shutdown, retries still waiting for their turn end at
+// once with the last attempt's outcome, and the client is a Service that closes its connections after the
+// router has drained.
 
 import AsyncHTTPClient
 import Logging
+import Metrics
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Routing
+import ServiceLifecycle
+import Synchronization
 import XMPPCore
 
 /// The HTTP clients all webhook routes share: keep-alive connections, redirects not followed. Plain `http://`
-/// URLs go through our own small client (`PlainHTTPClient`), `https://` through async-http-client.
-package final class WebhookClient: Sendable {
+/// URLs go through our own small client (`PlainHTTPClient`), `https://` through async-http-client. As a Service it
+/// runs until graceful shutdown, then ends pending retries and closes its connections.
+package final class WebhookClient: Service, Sendable {
     package let http: HTTPClient
     /// nil: every URL goes through async-http-client (tests compare the two transports this way).
     let plain: PlainHTTPClient?
+    /// Retries waiting for their turn; ended at once when stanzad shuts down.
+    let retries = PendingRetries()
+    private let stopped = Mutex(false)
 
     package convenience init() {
         self.init(plainHTTP: true)
@@ -36,10 +45,65 @@ package final class WebhookClient: Sendable {
             : nil
     }
 
+    package func run() async throws {
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+
+    /// Ends pending retries and closes every connection; once (later calls do nothing).
     package func shutdown() async {
+        guard stopped.withLock({ stopped in defer { stopped = true }; return !stopped }) else { return }
+        retries.endAll()
         plain?.shutdown()
         try? await http.shutdown()
     }
+}
+
+/// Webhook retries scheduled and not yet started. Each can be ended early: its timer is cancelled and its stanza
+/// gets the outcome of the attempt before.
+final class PendingRetries: Sendable {
+    private struct State {
+        var next = 0
+        var entries: [Int: (task: Scheduled<Void>?, giveUp: @Sendable () -> Void)] = [:]
+        var ended = false
+    }
+
+    private let state = Mutex(State())
+
+    /// Schedules `retry` after `delay` on `loop`; `giveUp` runs instead if retries are ended first. False: retries
+    /// are ended already (the caller gives up now).
+    func schedule(on loop: any EventLoop, in delay: TimeAmount, retry: @escaping @Sendable () -> Void,
+                  giveUp: @escaping @Sendable () -> Void) -> Bool {
+        let id: Int? = state.withLock { state in
+            guard !state.ended else { return nil }
+            state.next += 1
+            state.entries[state.next] = (nil, giveUp)
+            return state.next
+        }
+        guard let id else { return false }
+        let task = loop.scheduleTask(in: delay) { [self] in
+            if state.withLock({ $0.entries.removeValue(forKey: id) }) != nil { retry() }
+        }
+        state.withLock { state in
+            if state.entries[id] != nil { state.entries[id]?.task = task }
+        }
+        return true
+    }
+
+    /// Ends every pending retry now (its `giveUp` runs) and every later one at once.
+    func endAll() {
+        let ended = state.withLock { state in
+            state.ended = true
+            defer { state.entries.removeAll() }
+            return Array(state.entries.values)
+        }
+        for entry in ended {
+            entry.task?.cancel()
+            entry.giveUp()
+        }
+    }
+
+    var count: Int { state.withLock { $0.entries.count } }
 }
 
 package struct WebhookHandler: StanzaHandler {
@@ -74,6 +138,11 @@ package struct WebhookHandler: StanzaHandler {
 
     package var startsWithoutWaiting: Bool { true }
 
+    /// Shutdown: retries waiting for their turn end now, with the outcome of the attempt before.
+    package func shutDown() {
+        client.retries.endAll()
+    }
+
     package func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
         await withCheckedContinuation { continuation in
             start(stanza, context: context) { continuation.resume(returning: $0) }
@@ -93,7 +162,7 @@ package struct WebhookHandler: StanzaHandler {
         logger[metadataKey: "delivery"] = "\(delivery)"
         let retries = stanza.kind == .message ? settings.retries : 0
         let attempts = Delivery(
-            handler: self, stanza: stanza, request: request, logger: logger, retries: retries,
+            handler: self, stanza: stanza, request: request, logger: logger, retries: retries, route: context.route,
             budgetEnd: .now() + TimeAmount(settings.timeout * (retries + 1)), completion: completion)
         attempts.attempt(1)
     }
@@ -105,6 +174,7 @@ package struct WebhookHandler: StanzaHandler {
         let request: WebhookRequest
         let logger: Logger
         let retries: Int
+        let route: String
         let budgetEnd: NIODeadline
         let completion: @Sendable (HandlerOutcome) -> Void
 
@@ -115,6 +185,15 @@ package struct WebhookHandler: StanzaHandler {
         }
 
         private func attempted(_ number: Int, _ result: Attempt) {
+            let code: String
+            switch result {
+            case .response(let status, _, _, _, _): code = "\(status)"
+            case .connectionFailed: code = "connection_failed"
+            case .timedOut: code = "timeout"
+            case .bodyTooLarge: code = "too_large"
+            }
+            // `stanzad_webhook_responses_total{route,code}`: every attempt's answer (the factory caches the counter).
+            Counter(label: "stanzad_webhook_responses_total", dimensions: [("route", route), ("code", code)]).increment()
             var metadata: Logger.Metadata = ["attempts": "\(number)"]
             let retryable: Bool
             var retryAfter: Duration?
@@ -132,8 +211,14 @@ package struct WebhookHandler: StanzaHandler {
                 let backoff = TimeAmount(retryAfter ?? .milliseconds(250) * (1 << min(number - 1, 10)))
                 if .now() + backoff < budgetEnd {
                     logger.notice("webhook attempt failed; retrying", metadata: metadata.merging(["retry_in_ms": "\(backoff.nanoseconds / 1_000_000)"]) { $1 })
-                    handler.client.http.eventLoopGroup.any().scheduleTask(in: backoff) { self.attempt(number + 1) }
-                    return
+                    let metadata = metadata
+                    let scheduled = handler.client.retries.schedule(
+                        on: handler.client.http.eventLoopGroup.any(), in: backoff, retry: { self.attempt(number + 1) },
+                        giveUp: {
+                            self.logger.notice("webhook retry dropped: stanzad is shutting down", metadata: metadata)
+                            self.completion(self.outcome(result, metadata: metadata))
+                        })
+                    if scheduled { return }
                 }
             }
             completion(outcome(result, metadata: metadata))

@@ -4,15 +4,6 @@ import Testing
 @testable import Daemon
 import Routing
 
-private func load(_ text: String) -> Result<StanzadConfig, ConfigErrors> {
-    Result { () throws(ConfigErrors) in try ConfigLoader.load(text: text, file: "/etc/stanzad/stanzad.toml") }
-}
-
-private func errors(_ text: String) -> [String] {
-    if case .failure(let e) = load(text) { return e.errors.map(\.description) }
-    return []
-}
-
 private let minimal = """
     [component]
     jid = "bot.example.org"
@@ -155,8 +146,8 @@ private let minimal = """
             kinds = ["mesage"]
             """
         let found = errors(text)
-        #expect(found.contains("/etc/stanzad/stanzad.toml:5: route \"none\" needs exactly one of exec, worker or webhook"))
-        #expect(found.contains("/etc/stanzad/stanzad.toml:8: route \"both\" needs exactly one of exec, worker or webhook (found exec, webhook)"))
+        #expect(found.contains("/etc/stanzad/stanzad.toml:5: route \"none\" needs exactly one of exec, worker, webhook or pull = true"))
+        #expect(found.contains("/etc/stanzad/stanzad.toml:8: route \"both\" needs exactly one of exec, worker, webhook or pull = true (found exec, webhook)"))
         #expect(found.contains { $0.hasPrefix("/etc/stanzad/stanzad.toml:16: body regex \"([\" does not compile") })
         #expect(found.contains("/etc/stanzad/stanzad.toml:17: unknown format \"yaml\" (use text, json or xml)"))
         #expect(found.contains("/etc/stanzad/stanzad.toml:18: unknown kind \"mesage\" (use message, presence or iq)"))

@@ -305,3 +305,12 @@ class Client:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+def rest_stanzad(prosody: "Prosody", tmp_path_factory, extra: str) -> Stanzad:
+    """stanzad with `extra` (a [rest] section and whatever else), started and connected, its REST API listening."""
+    daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), component_config(prosody.component_port, extra=extra))
+    daemon.start()
+    daemon.wait_for_log("component connected")
+    daemon.wait_for_log("REST API listening")
+    return daemon

@@ -140,13 +140,27 @@ def test_readme_console_commands_print_what_the_readme_shows(tmp_path):
     ("lua", PROSODY_SNIPPET), ("yaml", EJABBERD_SNIPPET), ("nginx", EXAMPLES / "nginx" / "stanzad.conf"),
     ("ini", UNIT)])
 def test_readme_copies_of_example_files_are_verbatim(lang, example):
-    file_lines = [line.strip() for line in example.read_text().splitlines()]
+    examples = [example] + (sorted((EXAMPLES / "prometheus").glob("*.yml")) if lang == "yaml" else [])
+    files = [[line.strip() for line in path.read_text().splitlines()] for path in examples]
     blocks = [text for block_lang, text, _ in code_blocks(README) if block_lang == lang]
     assert blocks, f"README shows no {lang} block from {example.name}"
     for text in blocks:
         lines = [line.strip() for line in text.strip("\n").splitlines()]
-        assert any(file_lines[i:i + len(lines)] == lines for i in range(len(file_lines))), \
-            f"README's {lang} block is not part of {example.relative_to(REPO)}:\n{text}"
+        assert any(file_lines[i:i + len(lines)] == lines for file_lines in files for i in range(len(file_lines))), \
+            f"README's {lang} block is not part of {', '.join(str(p.relative_to(REPO)) for p in examples)}:\n{text}"
+
+
+def test_prometheus_examples_are_valid_yaml_naming_metrics_stanzad_serves():
+    import yaml
+    rules = yaml.safe_load((EXAMPLES / "prometheus" / "stanzad-rules.yml").read_text())
+    scrape = yaml.safe_load((EXAMPLES / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["job_name"] == "stanzad"
+    documented = (REPO / "docs" / "CONFIG.md").read_text()
+    alerts = rules["groups"][0]["rules"]
+    assert [a["alert"] for a in alerts] == ["StanzadLinkDown", "StanzadQueueGrowing", "StanzadHandlerErrors"]
+    for alert in alerts:
+        for name in re.findall(r"stanzad_[a-z_]+", alert["expr"]):
+            assert f"`{name}" in documented, f"{alert['alert']} uses {name}, which docs/CONFIG.md does not list"
 
 
 def test_demo_config_passes_check_as_it_stands():
@@ -271,6 +285,13 @@ def test_systemd_unit_verifies_and_its_sandbox_rates_ok(tmp_path):
     unit = tmp_path / "stanzad.service"
     unit.write_text(text.replace("/usr/local/bin/stanzad", str(stanzad_binary())))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+    # The socket unit beside it (socket activation, [rest] listen = "systemd") verifies with it.
+    assert "Type=notify" in text and "WatchdogSec=" in text
+    socket_unit = tmp_path / "stanzad.socket"
+    socket_unit.write_text((EXAMPLES / "systemd" / "stanzad.socket").read_text())
+    assert "ListenStream=/run/stanzad/fastcgi.sock" in socket_unit.read_text()
+    result = subprocess.run(["systemd-analyze", "verify", str(socket_unit), str(unit)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
     # Exposure 4.0 or lower is what systemd-analyze calls "OK".
     result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=40", str(unit)],

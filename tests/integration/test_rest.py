@@ -21,11 +21,6 @@ STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
 @pytest.fixture(scope="module")
-def socket_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("run") / "fastcgi.sock"
-
-
-@pytest.fixture(scope="module")
 def stanzad(prosody, socket_path, tmp_path_factory):
     extra = f'''
 [rest]
@@ -53,14 +48,6 @@ timeout = 30
     daemon.wait_for_log("REST API listening")
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def nginx(stanzad, socket_path, tmp_path_factory):
-    server = Nginx(tmp_path_factory.mktemp("nginx"), socket_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def call(nginx: Nginx, method: str, path: str, body: bytes | str = b"", headers: dict | None = None,

@@ -1,0 +1,278 @@
+// The whole component link as one pure value: which phase it is in (connecting, handshaking, ready, backing off,
+// closing), the stream's handshake, the session's clock rules, the send queue with its iq tracker and the
+// reconnect schedule. The I/O shell (ComponentConnection) reports what happened and when, performs the actions it
+// gets back, and sets one timer for `nextDeadline`. Every deadline is answered by `due(at:)` in every phase, the
+// backoff sleep included: nothing here waits for a socket.
+
+import XMPPCore
+
+struct LinkStateMachine<Waiter, Replier> {
+    typealias Instant = ContinuousClock.Instant
+    typealias Queue = OutboundQueue<Waiter, Replier>
+
+    enum Phase: Hashable, Sendable {
+        /// A TCP connection is being opened.
+        case connecting
+        /// The stream is open; waiting for `<handshake/>`.
+        case handshaking
+        /// Stanzas flow.
+        case ready
+        /// The last session failed; the next attempt is at `until`.
+        case backingOff(until: Instant)
+        /// Shutting down: what is queued is written once more, then the stream is closed.
+        case closing
+        /// Shut down: nothing is accepted any more.
+        case closed
+    }
+
+    /// What the stream's next event asks of the shell.
+    enum StreamAction {
+        /// Write this text.
+        case write(String)
+        /// The handshake is done: log it, write what is queued (`takeForWrite`), tell observers.
+        case ready(streamID: String)
+        /// A stanza for the router.
+        case deliver(Stanza)
+        /// The server's answer to our ping, or an iq reply for its requester (give it to `replier`).
+        case reply(Queue.PendingIQ, Stanza)
+        /// An element that is not a stanza: nothing to do.
+        case ignore(Element)
+        /// A stanza the parser skipped for breaking a per-stanza limit.
+        case refuse(RefusedStanza)
+        /// End the session: write the stream error if any, then `</stream:stream>`, then `sessionEnded(reason)`.
+        case close(streamError: String?, reason: ComponentLinkError)
+        case none
+    }
+
+    /// What is due at a moment.
+    struct Due {
+        /// Queued stanzas and iqs whose time is up: their waiters get errors.
+        var expired = Queue.Expired()
+        /// What the session has to do (ping, keepalive) or why it ends (handshake or ping timeout).
+        var session: [SessionTimers.Action] = []
+    }
+
+    /// What ending a session leaves to the shell.
+    struct SessionEnd {
+        /// When to try again.
+        var delay: Duration
+        /// iqs already written on the lost stream: their replies cannot come any more.
+        var lostIQs: [Queue.PendingIQ]
+        /// The session had reached `ready` (observers are told the link went down).
+        var wasReady: Bool
+    }
+
+    let jid: String
+    let secret: String
+    let limits: SessionTimers.Limits
+    let sendQueueTTL: Duration
+
+    private(set) var phase: Phase = .connecting
+    private(set) var queue: Queue
+    private(set) var health: LinkHealth = .connecting
+    private(set) var lastError: ComponentLinkError?
+    private var stream: HandshakeStateMachine
+    /// The clock rules of the current session, from TCP connect to its end.
+    private var timers: SessionTimers?
+    private var schedule: ReconnectSchedule
+    private var wasReady = false
+
+    init(jid: String, secret: String, limits: SessionTimers.Limits, reconnectMax: Duration, sendQueue: Int,
+         sendQueueTTL: Duration) {
+        self.jid = jid
+        self.secret = secret
+        self.limits = limits
+        self.sendQueueTTL = sendQueueTTL
+        self.queue = Queue(capacity: sendQueue)
+        self.stream = HandshakeStateMachine(jid: jid, secret: secret)
+        self.schedule = ReconnectSchedule(cap: reconnectMax)
+    }
+
+    var isReady: Bool { phase == .ready }
+    var isOpen: Bool { phase != .closing && phase != .closed }
+
+    // MARK: Connection
+
+    /// A connection attempt begins (at start and after each backoff).
+    mutating func connecting() {
+        guard isOpen else { return }
+        phase = .connecting
+        if health != .failed { health = .connecting }
+    }
+
+    /// TCP is up at `now`: a fresh stream and a fresh session clock. Returns our stream header.
+    mutating func connected(at now: Instant) -> StreamAction {
+        guard isOpen else { return .none }
+        phase = .handshaking
+        wasReady = false
+        stream = HandshakeStateMachine(jid: jid, secret: secret)
+        timers = SessionTimers(limits: limits, now: now)
+        return streamAction(stream.connected())
+    }
+
+    /// An event from the server's stream, read at `now`.
+    mutating func received(_ event: XMLStreamEvent, at now: Instant) -> StreamAction {
+        timers?.read(at: now)
+        return streamAction(stream.received(event))
+    }
+
+    /// The server's XML broke the parser.
+    mutating func parseFailed(_ error: XMLStreamError) -> StreamAction {
+        streamAction(stream.parseFailed(error))
+    }
+
+    /// The server closed the connection.
+    mutating func disconnected() -> ComponentLinkError {
+        stream.disconnected()
+    }
+
+    /// Something was written at `now` (keepalives wait for write silence).
+    mutating func wrote(at now: Instant) {
+        timers?.wrote(at: now)
+    }
+
+    /// The link holds off reading because the router is behind: the silence is ours, not the server's.
+    mutating func readingPaused(at now: Instant) {
+        timers?.readingPaused(at: now)
+    }
+
+    /// A refused iq result or error with `id`: true when it answered our ping (then it is nobody else's).
+    mutating func refusedPong(id: String) -> Bool {
+        timers?.pong(id: id) ?? false
+    }
+
+    /// The session ended with `error` at `now`: its written iqs are lost and the next attempt is scheduled.
+    /// `jitter` (0.8…1.2) is a parameter so that tests can pin it.
+    mutating func sessionEnded(_ error: ComponentLinkError, at now: Instant, jitter: Double) -> SessionEnd {
+        let hadBeenReady = wasReady
+        wasReady = false
+        timers = nil
+        if hadBeenReady { schedule.linkUp() }
+        lastError = error
+        if error.isConfigurationError {
+            health = .failed
+        } else if !(health == .failed && !hadBeenReady) {
+            health = .connecting
+        }
+        let lost = queue.removeSent()
+        let delay = schedule.delay(after: error, at: now, jitter: jitter)
+        if isOpen { phase = .backingOff(until: now + delay) }
+        return SessionEnd(delay: delay, lostIQs: lost, wasReady: hadBeenReady)
+    }
+
+    /// Shutdown begins: nothing new is accepted and the session's timers stop. Returns what a ready link writes
+    /// before it closes its stream (everything queued); empty when the link is not up.
+    mutating func close() -> [Queue.Item] {
+        let wasUp = isReady
+        phase = .closing
+        timers?.close()
+        _ = stream.close()
+        return wasUp ? queue.takeAll() : []
+    }
+
+    /// Shut down: everything still held, for its waiters to be told.
+    mutating func closed() -> (items: [Queue.Item], iqs: [Queue.PendingIQ]) {
+        phase = .closed
+        timers = nil
+        return queue.removeAll()
+    }
+
+    // MARK: Senders
+
+    /// Queues a stanza. True when the link is up and the shell should write the queue now.
+    mutating func enqueue(_ item: Queue.Item) throws(SendError) -> Bool {
+        try checkOpen()
+        try queue.append(item)
+        return isReady
+    }
+
+    /// Registers an iq waiting for its reply and queues its request. True when the shell should write now.
+    mutating func request(_ item: Queue.Item, id: String, iq: Queue.PendingIQ, maxPending: Int) throws(SendError) -> Bool {
+        try checkOpen()
+        try queue.request(item, id: id, iq: iq, maxPending: maxPending)
+        return isReady
+    }
+
+    /// What is queued, to be written now; empty unless the link is ready.
+    mutating func takeForWrite() -> [Queue.Item] {
+        guard isReady else { return [] }
+        return queue.takeAll()
+    }
+
+    /// A requester stopped waiting: its iq, if it still waited (its request is not sent any more).
+    mutating func cancelRequest(id: String) -> Queue.PendingIQ? {
+        queue.cancelRequest(id: id)
+    }
+
+    /// A sender stopped waiting: its queued stanza, if still queued.
+    mutating func cancelItem(where predicate: (Queue.Item) -> Bool) -> Queue.Item? {
+        queue.removeItem(where: predicate)
+    }
+
+    /// An iq reply that arrived outside the stream (a refused reply turned into an error): its requester.
+    mutating func resolve(_ reply: Stanza) -> Queue.PendingIQ? {
+        guard reply.kind == .iq, reply.type == "result" || reply.type == "error", let id = reply.id else { return nil }
+        return queue.resolve(id: id, from: reply.from)
+    }
+
+    // MARK: Time
+
+    /// The earliest moment anything is due: a queued stanza's or iq's deadline, or the session's next timer.
+    /// Scans the queue: call it after `due(at:)`, not per stanza.
+    var nextDeadline: Instant? {
+        let session = timers?.nextDeadline
+        guard let queued = queue.nextDeadline else { return session }
+        return session.map { min($0, queued) } ?? queued
+    }
+
+    /// The session clock's next deadline alone (cheap).
+    var nextSessionDeadline: Instant? { timers?.nextDeadline }
+
+    /// Everything due at `now`, in every phase.
+    mutating func due(at now: Instant) -> Due {
+        var due = Due()
+        due.expired = queue.expire(now: now)
+        if let actions = timers?.due(at: now) { due.session = actions }
+        return due
+    }
+
+    // MARK: Helpers
+
+    private func checkOpen() throws(SendError) {
+        if !isOpen { throw SendError(.shuttingDown, "stanzad is shutting down") }
+    }
+
+    /// Turns the stream's action into the link's, taking pongs and iq replies out on the way.
+    private mutating func streamAction(_ action: HandshakeStateMachine.Action) -> StreamAction {
+        switch action {
+        case .none:
+            return .none
+        case .write(let text):
+            return .write(text)
+        case .ready(let streamID):
+            guard isOpen else { return .none }
+            phase = .ready
+            wasReady = true
+            health = .connected
+            lastError = nil
+            timers?.handshakeDone()
+            return .ready(streamID: streamID)
+        case .deliver(let element):
+            guard let stanza = Stanza(element) else { return .ignore(element) }
+            if stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id {
+                if timers?.pong(id: id) == true { return .none }
+                if let pending = queue.resolve(id: id, from: stanza.from) { return .reply(pending, stanza) }
+            }
+            return .deliver(stanza)
+        case .refuse(let refused):
+            return .refuse(refused)
+        case .close(let streamError, let reason):
+            return .close(streamError: streamError, reason: reason)
+        }
+    }
+}
+
+extension LinkStateMachine: Sendable where Waiter: Sendable, Replier: Sendable {}
+extension LinkStateMachine.StreamAction: Sendable where Waiter: Sendable, Replier: Sendable {}
+extension LinkStateMachine.Due: Sendable where Waiter: Sendable, Replier: Sendable {}
+extension LinkStateMachine.SessionEnd: Sendable where Waiter: Sendable, Replier: Sendable {}
