@@ -156,6 +156,9 @@ name = "bot"
 listen = "unix:{workdir}/fastcgi.sock"
 credentials = ["{TOKEN}"]
 
+[metrics]
+path = "/metrics"
+
 [rooms]
 self_ping = 2
 rejoin_delay = {REJOIN_DELAY}
@@ -230,6 +233,9 @@ def test_joins_every_room_and_answers_a_mention_exactly_once(bot, users):
         assert listing[room]["nick"] == "bot"
     assert {"alice", "bob", "bot"} <= set(listing[ROOM1]["occupants"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listing[ROOM1]["since"])
+    status, _, scrape = asyncio.run(fcgi_client.call(str(socket(bot)), "GET", "/metrics"))
+    assert status == 200
+    assert re.search(r'^stanzad_rooms\{state="joined"\} 5(\.0)?$', scrape.decode(), re.M), scrape.decode()
 
     bob.drain()
     # History present at the join was not answered; each mention once: the bot's own answers (which mention
