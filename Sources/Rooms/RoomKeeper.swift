@@ -472,7 +472,7 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
             metadata["reason"] = "\(reason ?? "")"
             logger.warning("room destroyed", metadata: metadata)
         case .banned:
-            logger.error("banned from room; not rejoining (unban stanzad's JID and restart, or remove the room)", metadata: metadata)
+            logger.error("banned from room; not rejoining (after an unban: restart, or reload without the room and then with it)", metadata: metadata)
         case .joinRefused(let condition):
             metadata["condition"] = "\(condition)"
             metadata["hint"] = "\(Self.hint(condition))"
