@@ -416,8 +416,12 @@ package final class ComponentConnection: Service, Sendable {
     private func armTimer(_ state: inout SharedState, for deadline: ContinuousClock.Instant) {
         if let armed = state.timer, armed.deadline <= deadline { return }
         state.timer?.task.cancel()
+        // A cancel can come too late (the old timer is already running): its callback then finds another
+        // generation and leaves the new timer alone.
+        state.timerGeneration += 1
+        let generation = state.timerGeneration
         let delay = max(.zero, deadline - .now)
-        let task = group.any().scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.deadlinesDue() ?? () }
+        let task = group.any().scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.deadlinesDue(generation) ?? () }
         state.timer = (deadline, task)
     }
 
@@ -429,9 +433,10 @@ package final class ComponentConnection: Service, Sendable {
     /// The timer fired: answers everything due, hands the session clock's actions to the session loop and sets
     /// the timer for what is due next. Timers are at least `timerResolution` apart, so a crowd of iqs with
     /// deadlines a few microseconds apart costs a few scans of the queue, not one each.
-    private func deadlinesDue() {
+    private func deadlinesDue(_ generation: Int) {
         let (due, session): (LinkStateMachine<Waiter, IQReplier>.Due, AsyncStream<Input>.Continuation?) =
             shared.withLock { state in
+                guard generation == state.timerGeneration else { return (.init(), nil) }
                 state.timer = nil
                 let now = ContinuousClock.now
                 if inboundBudget.isWaiting { state.machine.readingPaused(at: now) }
@@ -749,6 +754,8 @@ private struct SharedState: Sendable {
     var machine: LinkStateMachine<Waiter, IQReplier>
     /// The deadline timer: when it fires, and the task to cancel when an earlier deadline needs it sooner.
     var timer: (deadline: ContinuousClock.Instant, task: Scheduled<Void>)?
+    /// Which arming of the timer is current; a callback of an earlier one does nothing.
+    var timerGeneration = 0
     /// The current session's input, from TCP connect to the session's end.
     var session: AsyncStream<ComponentConnection.Input>.Continuation?
     /// A `.flush` is on its way to the session loop and has not been handled yet.

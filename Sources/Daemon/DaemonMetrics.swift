@@ -15,6 +15,8 @@ final class DaemonMetrics: Sendable {
     private let reconnects: Prometheus.Counter
     /// Route gauges by route name, so that a route a reload removed stops being reported.
     private let routeGauges = Mutex<[String: [Prometheus.Gauge]]>([:])
+    /// `stanzad_updates_pending` by pull route, likewise.
+    private let updateGauges = Mutex<[String: Prometheus.Gauge]>([:])
 
     /// Bootstraps swift-metrics (once per process, before any route or counter is made).
     init() {
@@ -70,10 +72,22 @@ final class DaemonMetrics: Sendable {
             return gone.flatMap { gauges.removeValue(forKey: $0) ?? [] }
         }
         for gauge in removed { registry.unregisterGauge(gauge) }
+        var pullRoutes = Set<String>()
         for queue in queues {
-            gauge("stanzad_updates_pending", "updates waiting to be fetched", labels: [("route", queue.route)])
-                .set(Double(queue.count))
+            pullRoutes.insert(queue.route)
+            let pending = updateGauges.withLock { gauges in
+                if let existing = gauges[queue.route] { return existing }
+                let made = gauge("stanzad_updates_pending", "updates waiting to be fetched", labels: [("route", queue.route)])
+                gauges[queue.route] = made
+                return made
+            }
+            pending.set(Double(queue.count))
         }
+        let removedQueues = updateGauges.withLock { gauges -> [Prometheus.Gauge] in
+            let gone = gauges.keys.filter { !pullRoutes.contains($0) }
+            return gone.compactMap { gauges.removeValue(forKey: $0) }
+        }
+        for gauge in removedQueues { registry.unregisterGauge(gauge) }
         for state in ["joining", "joined", "rejoining", "banned", "failed"] {
             gauge("stanzad_rooms", "rooms by state", labels: [("state", state)]).set(Double(rooms[state] ?? 0))
         }

@@ -39,20 +39,22 @@ final class HookExecutor: HookRunner {
         self.hooks.withLock { $0 = hooks }
     }
 
-    func run(_ invocation: HookInvocation, completion: @escaping @Sendable (HookEnding) -> Void) {
+    @discardableResult
+    func run(_ invocation: HookInvocation, completion: @escaping @Sendable (HookEnding) -> Void) -> RestCancellation? {
         guard let hook = hooks.withLock({ $0[invocation.hook] }) else {
             completion(.failed("hook \(invocation.hook) is no longer configured"))
-            return
+            return nil
         }
         // A hook never waits for a handler slot: the HTTP client is told to come back instead.
         guard processes.tryAcquire() else {
             completion(.busy)
-            return
+            return nil
         }
         var environment = HandlerInput.baseEnvironment(
             route: invocation.hook, component: component, env: hook.env, passEnv: hook.passEnv, parent: parentEnvironment)
         environment["STANZAD_ROUTE"] = nil
-        environment.merge(invocation.environment) { $1 }
+        // The operator's env and pass_env win over a request header of the same name.
+        environment.merge(invocation.environment) { configured, _ in configured }
         let spec = ProcessSpec(
             argv: hook.argv, environment: environment, workdir: hook.workdir, stdin: invocation.stdin, timeout: hook.timeout,
             killGrace: killGrace, maxOutput: hook.maxOutput)
@@ -60,7 +62,8 @@ final class HookExecutor: HookRunner {
         handlerLogger[metadataKey: "hook"] = "\(invocation.hook)"
         let log = handlerLogger
         let processes = self.processes
-        ProcessRunner.start(spec, stderrLine: { line, pid in
+        // Stopped like at its timeout when its client goes away or stanzad shuts down.
+        let stop = ProcessRunner.start(spec, stderrLine: { line, pid in
             log.warning("handler stderr", metadata: ["pid": "\(pid)", "line": "\(line)"])
         }) { result in
             processes.release()
@@ -79,6 +82,7 @@ final class HookExecutor: HookRunner {
                 completion(.failed("exit status lost"))
             }
         }
+        return RestCancellation(stop)
     }
 }
 

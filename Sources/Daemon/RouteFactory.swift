@@ -28,10 +28,14 @@ final class RouteFactory: Sendable {
     /// The queues of the pull routes `config` has (removed routes' queues are dropped).
     func queues(for config: StanzadConfig) -> [UpdateQueue] {
         let names = Set(config.routes.filter { $0.target == .pull }.map(\.name))
-        return updateQueues.withLock { queues in
-            for name in queues.keys where !names.contains(name) { queues[name] = nil }
-            return Array(queues.values)
+        let (kept, removed) = updateQueues.withLock { queues -> ([UpdateQueue], [UpdateQueue]) in
+            let gone = queues.keys.filter { !names.contains($0) }
+            let removed = gone.compactMap { queues.removeValue(forKey: $0) }
+            return (Array(queues.values), removed)
         }
+        // Their clients are told: long-polls answer empty, event streams end.
+        for queue in removed { queue.close() }
+        return kept
     }
 
     init(maxProcesses: Int, environment: [String: String], logger: Logger) {

@@ -174,7 +174,7 @@ struct Run: AsyncParsableCommand {
                     .init(service: router),
                 ] + (front.map { [.init(service: $0)] } ?? []) + [
                     // Last: READY=1 once everything runs; the first to hear of a shutdown (STOPPING=1).
-                    .init(service: SystemdService(logger: logger)),
+                    .init(service: SystemdService(logger: logger, probes: front.map { front in [{ front.probe($0) }] } ?? [])),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))

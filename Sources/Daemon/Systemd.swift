@@ -60,9 +60,12 @@ enum SystemdNotify {
 /// Listed last in the ServiceGroup: it starts after every other service and is the first told to stop.
 final class SystemdService: Service {
     let logger: Logger
+    /// Loops of our own beyond NIO's shared ones (the FastCGI front's): each runs the closure it is given.
+    let probes: [@Sendable (@escaping @Sendable () -> Void) -> Void]
 
-    init(logger: Logger) {
+    init(logger: Logger, probes: [@Sendable (@escaping @Sendable () -> Void) -> Void] = []) {
         self.logger = logger
+        self.probes = probes
     }
 
     func run() async throws {
@@ -84,7 +87,7 @@ final class SystemdService: Service {
     private func watchdog(every interval: Duration) async {
         var failing = false
         while !Task.isCancelled {
-            let responded = await Self.loopsRespond(within: interval)
+            let responded = await Self.loopsRespond(within: interval, probes: probes)
             if responded {
                 SystemdNotify.send("WATCHDOG=1")
                 if failing { logger.notice("watchdog: every loop responds again") }
@@ -95,8 +98,9 @@ final class SystemdService: Service {
         }
     }
 
-    /// Hands a no-op to every NIO event loop and to the process loop and waits `within` for all to have run it.
-    static func loopsRespond(within: Duration) async -> Bool {
+    /// Hands a no-op to every NIO event loop, the process loop and each probe's loop, and waits `within` for all
+    /// to have run it.
+    static func loopsRespond(within: Duration, probes: [@Sendable (@escaping @Sendable () -> Void) -> Void]) async -> Bool {
         let pending = Atomic<Int>(0)
         for loop in MultiThreadedEventLoopGroup.singleton.makeIterator() {
             pending.add(1, ordering: .relaxed)
@@ -104,6 +108,10 @@ final class SystemdService: Service {
         }
         pending.add(1, ordering: .relaxed)
         ProcessLoopProbe.ping { pending.subtract(1, ordering: .relaxed) }
+        for probe in probes {
+            pending.add(1, ordering: .relaxed)
+            probe { pending.subtract(1, ordering: .relaxed) }
+        }
         try? await Task.sleep(for: within)
         return pending.load(ordering: .relaxed) == 0
     }

@@ -206,10 +206,29 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
 
     private func streamWrite(_ bytes: [UInt8], requestID: UInt16) {
         guard let context, streaming != nil, !bytes.isEmpty else { return }
+        // A client that stops reading must not make stanzad buffer its events without bound: past the limit the
+        // stream is closed (what it had not read is lost to it; `updates` is the at-least-once way).
+        guard streamPending + bytes.count <= Self.streamPendingLimit else {
+            logger.notice("event stream closed: the client does not keep up", metadata: [
+                "unwritten_bytes": "\(streamPending)", "limit": "\(Self.streamPendingLimit)",
+            ])
+            streaming?.clientGone()
+            streaming = nil
+            context.close(promise: nil)
+            return
+        }
         var out = ByteBuffer()
         FastCGIRecord(.stdout, requestID: requestID, content: ByteBuffer(bytes: bytes)).write(into: &out)
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        streamPending += bytes.count
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { _ in bound.value.streamPending -= bytes.count }
+        context.writeAndFlush(wrapOutboundOut(out), promise: promise)
     }
+
+    /// Bytes of an event stream written to the connection and not yet taken by the socket.
+    private var streamPending = 0
+    static let streamPendingLimit = 1 << 20
 
     private func streamEnd(requestID: UInt16) {
         guard let context, streaming != nil else { return }

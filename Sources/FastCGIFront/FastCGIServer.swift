@@ -110,6 +110,11 @@ package final class FastCGIServer: Service, Sendable {
 
     static let shuttingDown = RestResponse(status: 503, headers: [("Retry-After", "5")])
 
+    /// For the systemd watchdog: runs `done` on the front's own event loop (not while it is stuck).
+    package func probe(_ done: @escaping @Sendable () -> Void) {
+        acceptLoop.next().execute(done)
+    }
+
     /// Runs a complete request: the API answers at once or when the link has done its part. No task and no
     /// thread waits for it; the exchange is remembered only so that shutdown can answer it.
     private func start(_ exchange: FastCGIExchange) {

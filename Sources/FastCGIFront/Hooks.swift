@@ -56,14 +56,17 @@ package enum HookEnding: Sendable, Equatable {
     case busy
 }
 
-/// Runs hook handlers (the Daemon's executor). `completion` runs exactly once.
+/// Runs hook handlers (the Daemon's executor). `completion` runs exactly once. The returned cancellation stops
+/// the handler (its client went away, or stanzad is shutting down).
 package protocol HookRunner: Sendable {
-    func run(_ invocation: HookInvocation, completion: @escaping @Sendable (HookEnding) -> Void)
+    @discardableResult
+    func run(_ invocation: HookInvocation, completion: @escaping @Sendable (HookEnding) -> Void) -> RestCancellation?
 }
 
 extension RestAPI {
     /// `POST {path}/hooks/{name}`.
-    func hook(_ name: String, request: RestRequest, output: String, respond: @escaping @Sendable (RestResponse) -> Void) throws {
+    func hook(_ name: String, request: RestRequest, output: String,
+              respond: @escaping @Sendable (RestResponse) -> Void) throws -> RestCancellation? {
         guard let hook = hooks.withLock({ $0[name] }), let runner = hookRunner else {
             throw RestFailure(404, .cancel, .itemNotFound, "no hook named \(JID.quoted(name)); hooks are configured with [[hook]]")
         }
@@ -79,7 +82,7 @@ extension RestAPI {
         try checkBodySize(request)
         let invocation = HookInvocation(hook: name, stdin: request.body, environment: Self.hookEnvironment(request, hook: hook))
         let started = ContinuousClock.now
-        runner.run(invocation) { [self] ending in
+        return runner.run(invocation) { [self] ending in
             respond(self.finishHook(hook, ending: ending, output: output, started: started))
         }
     }

@@ -150,8 +150,7 @@ package final class RestAPI: Sendable {
             return nil
         }
         if segments.count == 2, segments[0] == "hooks" {
-            try hook(segments[1], request: request, output: output, respond: respond)
-            return nil
+            return try hook(segments[1], request: request, output: output, respond: respond)
         }
         try authorize(request)
         if segments.count == 2, segments[0] == "updates" {

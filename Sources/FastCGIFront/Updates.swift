@@ -31,7 +31,8 @@ package final class UpdateQueue: Sendable {
         var nextID: Int64
         var dropped = 0
         var waiters: [Int: Waiter] = [:]
-        var streams: [Int: @Sendable (Update) -> Void] = [:]
+        /// Open event streams: each gets every new update (which is acknowledged by that) and is ended by `close`.
+        var streams: [Int: (send: @Sendable (Update) -> Void, end: @Sendable () -> Void)] = [:]
         var nextToken = 0
         var capacity: Int
         var retention: Duration
@@ -67,19 +68,25 @@ package final class UpdateQueue: Sendable {
         }
     }
 
-    /// Queues a stanza; waiting fetches and open streams get it at once.
+    /// Queues a stanza; waiting fetches and open streams get it at once. Open streams get it in order (it is
+    /// handed to them under the lock; handing over only queues it on their connection's event loop), and an
+    /// update an open stream got is acknowledged.
     package func append(_ stanza: Stanza) {
         let json = StanzaJSON.encode(stanza).serializedBytes()
         let now = self.now()
         var dropped: (Int, Int)?
-        let (update, waiters, streams): (Update, [Waiter], [@Sendable (Update) -> Void]) = state.withLock { state in
+        let (update, waiters): (Update, [Waiter]) = state.withLock { state in
             let update = Update(id: state.nextID, json: json, arrived: now)
             state.nextID += 1
-            state.updates.append(update)
-            if state.updates.count > state.capacity {
-                state.updates.removeFirst()
-                state.dropped += 1
-                dropped = (1, state.dropped)
+            if state.streams.isEmpty {
+                state.updates.append(update)
+                if state.updates.count > state.capacity {
+                    state.updates.removeFirst()
+                    state.dropped += 1
+                    dropped = (1, state.dropped)
+                }
+            } else {
+                for stream in state.streams.values { stream.send(update) }
             }
             // A fetch waiting for ids beyond this one (an offset ahead of the queue) keeps waiting.
             var ready: [Waiter] = []
@@ -87,14 +94,13 @@ package final class UpdateQueue: Sendable {
                 ready.append(waiter)
                 state.waiters[token] = nil
             }
-            return (update, ready, Array(state.streams.values))
+            return (update, ready)
         }
         if let (count, total) = dropped { onDrop(count, total) }
         for waiter in waiters {
             waiter.timer?.cancel()
             waiter.deliver([update])
         }
-        for stream in streams { stream(update) }
     }
 
     /// Acknowledges (deletes) every update below `offset` and returns up to `limit` from there on; when there is
@@ -103,27 +109,36 @@ package final class UpdateQueue: Sendable {
     package func fetch(offset: Int64?, limit: Int, timeout: Duration,
                        deliver: @escaping @Sendable ([Update]) -> Void) -> RestCancellation? {
         let now = self.now()
-        let result: Result<[Update], Never>? = state.withLock { state in
+        // The check and the registration of the waiter are one step: an update appended between them would
+        // otherwise reach nobody, and the next offset would delete it unseen.
+        enum Found { case updates([Update]), waiting(Int) }
+        let result: Found = state.withLock { state in
             expire(&state, now: now)
             if let offset {
                 while let first = state.updates.first, first.id < offset { state.updates.removeFirst() }
             }
             let from = offset ?? 0
             let available = state.updates.lazy.filter { $0.id >= from }.prefix(limit)
-            if !available.isEmpty || timeout <= .zero { return .success(Array(available)) }
-            return nil
+            if !available.isEmpty || timeout <= .zero { return .updates(Array(available)) }
+            state.nextToken += 1
+            state.waiters[state.nextToken] = Waiter(offset: from, limit: limit, deliver: deliver)
+            return .waiting(state.nextToken)
         }
-        if case .success(let updates) = result {
+        let token: Int
+        switch result {
+        case .updates(let updates):
             deliver(updates)
             return nil
-        }
-        let token: Int = state.withLock { state in
-            state.nextToken += 1
-            state.waiters[state.nextToken] = Waiter(offset: offset ?? 0, limit: limit, deliver: deliver)
-            return state.nextToken
+        case .waiting(let waiting):
+            token = waiting
         }
         let timer = loop.scheduleTask(in: TimeAmount(timeout)) { [self] in self.endWait(token) }
-        state.withLock { state in state.waiters[token]?.timer = timer }
+        let stillWaiting: Bool = state.withLock { state in
+            guard state.waiters[token] != nil else { return false }
+            state.waiters[token]?.timer = timer
+            return true
+        }
+        if !stillWaiting { timer.cancel() }
         return RestCancellation { [self] in
             timer.cancel()
             self.endWait(token)
@@ -136,29 +151,40 @@ package final class UpdateQueue: Sendable {
     }
 
     /// Streams every update after `lastID` (those still queued first), then each new one as it arrives; updates
-    /// are acknowledged (deleted) as they are handed to `send`. The returned cancellation stops the stream.
-    package func subscribe(after lastID: Int64?, send: @escaping @Sendable (Update) -> Void) -> RestCancellation {
+    /// are acknowledged (deleted) as they are handed to `send`, which must only queue them (it runs under the
+    /// queue's lock, which keeps the events in order). `end` runs if the queue is closed (its route removed). The
+    /// returned cancellation stops the stream.
+    package func subscribe(after lastID: Int64?, send: @escaping @Sendable (Update) -> Void,
+                           end: @escaping @Sendable () -> Void = {}) -> RestCancellation {
         let now = self.now()
-        // Under the lock, so no update can slip between the backlog and the subscription.
-        let (token, backlog): (Int, [Update]) = state.withLock { state in
+        let token: Int = state.withLock { state in
             expire(&state, now: now)
-            let from = (lastID ?? -1) + 1
-            let backlog = Array(state.updates.filter { $0.id >= from })
-            // Acknowledged: the backlog as it is sent, and what is older than the client's last event.
+            for update in state.updates where update.id > (lastID ?? Int64.min) { send(update) }
+            // Acknowledged: the backlog as it was sent, and what is older than the client's last event.
             state.updates.removeAll()
             state.nextToken += 1
-            state.streams[state.nextToken] = { [self] update in
-                self.state.withLock { state in
-                    if let index = state.updates.lastIndex(where: { $0.id == update.id }) { state.updates.remove(at: index) }
-                }
-                send(update)
-            }
-            return (state.nextToken, backlog)
+            state.streams[state.nextToken] = (send, end)
+            return state.nextToken
         }
-        for update in backlog { send(update) }
         return RestCancellation { [self] in
             _ = self.state.withLock { $0.streams.removeValue(forKey: token) }
         }
+    }
+
+    /// The route is gone (a reload removed it): waiting fetches get an empty answer and open streams end.
+    package func close() {
+        let (waiters, streams) = state.withLock { state in
+            defer {
+                state.waiters.removeAll()
+                state.streams.removeAll()
+            }
+            return (Array(state.waiters.values), Array(state.streams.values))
+        }
+        for waiter in waiters {
+            waiter.timer?.cancel()
+            waiter.deliver([])
+        }
+        for stream in streams { stream.end() }
     }
 
     /// Updates waiting (for tests and metrics).
@@ -317,12 +343,12 @@ extension RestAPI {
         let stream = RestEventStream { stream in
             logger?.debug("event stream opened", metadata: ["route": "\(route)", "last_event_id": "\(resumeAfter.map(String.init) ?? "")"])
             stream.send(Array(": stanzad updates of route \(route)\n\n".utf8))
-            let subscription = queue.subscribe(after: resumeAfter) { update in
+            let subscription = queue.subscribe(after: resumeAfter, send: { update in
                 var event = Array("id: \(update.id)\ndata: ".utf8)
                 event += update.json
                 event += Array("\n\n".utf8)
                 stream.send(event)
-            }
+            }, end: { stream.end() })
             let keepalive = MultiThreadedEventLoopGroup.singleton.any().scheduleRepeatedTask(
                 initialDelay: Self.keepaliveInterval, delay: Self.keepaliveInterval
             ) { _ in

@@ -84,7 +84,7 @@ import XMPPCore
         let queue = UpdateQueue(route: "stream", capacity: 10, retention: .seconds(60), loop: EmbeddedEventLoop(), firstID: 1)
         for body in ["a", "b", "c"] { queue.append(message(body)) }
         let box = Box()
-        let subscription = queue.subscribe(after: 1) { box.add([$0]) }
+        let subscription = queue.subscribe(after: 1, send: { box.add([$0]) })
         #expect(box.all.flatMap(bodies) == ["b", "c"])
         queue.append(message("d"))
         #expect(box.all.flatMap(bodies) == ["b", "c", "d"])
@@ -105,5 +105,38 @@ import XMPPCore
         let box = Box()
         _ = queue.fetch(offset: nil, limit: 10, timeout: .zero) { box.add($0) }
         #expect(box.all.first.map(bodies) == ["new"])
+    }
+
+    @Test func aLastEventIdAtTheTopOfTheRangeResumesAfterEverythingWithoutTrapping() {
+        let queue = UpdateQueue(route: "stream", capacity: 10, retention: .seconds(60), loop: EmbeddedEventLoop(), firstID: 1)
+        queue.append(message("a"))
+        let box = Box()
+        let subscription = queue.subscribe(after: Int64.max, send: { box.add([$0]) })
+        #expect(box.all.isEmpty)
+        queue.append(message("b"))
+        #expect(box.all.flatMap(bodies) == ["b"])
+        subscription.cancel()
+    }
+
+    @Test func closingTheQueueAnswersWaitingFetchesAndEndsStreams() {
+        let queue = UpdateQueue(route: "gone", capacity: 10, retention: .seconds(60), loop: EmbeddedEventLoop(), firstID: 1)
+        let fetched = Box()
+        _ = queue.fetch(offset: nil, limit: 10, timeout: .seconds(30)) { fetched.add($0) }
+        let ended = Mutex(false)
+        _ = queue.subscribe(after: nil, send: { _ in }, end: { ended.withLock { $0 = true } })
+        queue.close()
+        #expect(fetched.all.count == 1 && fetched.all.first?.isEmpty == true)
+        #expect(ended.withLock { $0 })
+        #expect(queue.listeners == (0, 0))
+    }
+
+    @Test func anOpenStreamGetsUpdatesInOrderAndTheyAreNotQueuedForFetches() {
+        let queue = UpdateQueue(route: "stream", capacity: 10, retention: .seconds(60), loop: EmbeddedEventLoop(), firstID: 1)
+        let box = Box()
+        let subscription = queue.subscribe(after: nil, send: { box.add([$0]) })
+        for body in ["a", "b", "c"] { queue.append(message(body)) }
+        #expect(box.all.flatMap { $0.map(\.id) } == [1, 2, 3])
+        #expect(queue.count == 0)
+        subscription.cancel()
     }
 }

@@ -23,7 +23,7 @@ to = os.environ.get("STANZAD_TO", "").split(",")[0]
 if "exit" in query:
     sys.exit(int(query["exit"]))
 if query.get("hang"):
-    child = subprocess.Popen(["sleep", "300"])
+    child = subprocess.Popen(["sleep", "305.5"])  # a duration no other test uses (test_executor looks for its own)
     with open(os.path.join(marks, "pids"), "w") as f:
         f.write(f"{os.getpid()} {child.pid}\n")
     time.sleep(300)
