@@ -30,13 +30,20 @@ package final class Router: Service, Sendable {
         (overflow, overflowContinuation) = AsyncStream.makeStream(of: (Stanza, Route, RoomOrigin?).self)
     }
 
-    /// nil: the stanza is the rooms' (taken or dropped); else route it, with its room if it came from one.
-    private func origin(of stanza: Stanza) -> RoomOrigin?? {
-        guard let rooms else { return .some(nil) }
+    /// Where an inbound stanza goes first.
+    private enum Intake {
+        /// The room keeper took it (room presence, an invite) or dropped it (a reflection, history, a subject).
+        case taken
+        /// To the routes, with the room it came from, if any.
+        case route(RoomOrigin?)
+    }
+
+    private func intake(_ stanza: Stanza) -> Intake {
+        guard let rooms else { return .route(nil) }
         switch rooms.classify(stanza) {
-        case .notFromRoom: return .some(nil)
-        case .taken: return nil
-        case .route(let origin): return .some(origin)
+        case .notFromRoom: return .route(nil)
+        case .taken: return .taken
+        case .route(let origin): return .route(origin)
         }
     }
 
@@ -52,7 +59,7 @@ package final class Router: Service, Sendable {
             }
             // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.
             for await stanza in connection.inbound.cancelOnGracefulShutdown() {
-                guard case .some(let room) = origin(of: stanza) else { continue }
+                guard case .route(let room) = intake(stanza) else { continue }
                 switch dispatcher.admit(stanza, room: room) {
                 case .builtIn:
                     send(dispatcher.answerBuiltIn(stanza, room: room), for: stanza)
@@ -86,7 +93,7 @@ package final class Router: Service, Sendable {
     private func handleDirectly(_ stanza: Stanza) -> Bool {
         // The room keeper's verdict is asked again in `run`'s loop for a stanza given back here; it has side
         // effects only for what it takes (presence, invites), and those never go back.
-        guard case .some(let room) = origin(of: stanza) else { return true }
+        guard case .route(let room) = intake(stanza) else { return true }
         guard let route = dispatcher.route(for: stanza, room: room) else {
             send(dispatcher.answerBuiltIn(stanza, room: room), for: stanza)
             return true
