@@ -21,7 +21,8 @@ package struct HookSettings: Sendable {
 
     package var name: String
     package var auth: Auth
-    /// Default recipients: `STANZAD_TO`, and where plain text and stanzas without `to` go.
+    /// Default recipients: `STANZAD_TO`, and where plain text and stanzas without `to` go (a room stanzad keeps
+    /// gets plain text as group chat from our occupant).
     package var to: [String]
 
     package init(name: String, auth: Auth, to: [String]) {
@@ -200,7 +201,9 @@ extension RestAPI {
                 throw RestFailure(500, .wait, .internalServerError, "plain-text output but the hook has no `to`")
             }
             for recipient in hook.to {
-                var message = Stanza(kind: .message, type: "chat", to: recipient)
+                // A room stanzad keeps gets a group chat message from our occupant (stamp sets the `from`).
+                let isRoom = JID.parse(recipient).map { rooms?.occupantJID(inRoom: $0.bare.description) != nil } ?? false
+                var message = Stanza(kind: .message, type: isRoom ? "groupchat" : "chat", to: recipient)
                 message.element.append(Element("body", namespace: Namespace.client, text: trimmed))
                 parsed.append(message)
             }

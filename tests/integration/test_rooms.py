@@ -178,6 +178,11 @@ rooms = ["*"]
 mentions = true
 exec = ["/bin/sh", "-c", "echo \\"echo $STANZA_NICK: $(cat)\\""]
 
+[[hook]]
+name = "deploy"
+exec = ["/bin/sh", "-c", "echo \\"deployed $(cat)\\""]
+to = ["{ROOM1}"]
+
 [[route]]
 name = "log"
 rooms = ["{ROOM1}"]
@@ -296,6 +301,14 @@ def test_rest_groupchat_reaches_the_room_from_our_occupant(bot, users):
                            {"Content-Type": "text/plain"})
     assert status == 202, body
     assert bob.wait_message(from_bot(ROOM1))["body"] == "deploy finished"
+
+
+def test_a_hooks_plain_text_goes_to_its_room_as_group_chat_from_our_occupant(bot, users):
+    _, bob, _ = users
+    status, _, body = rest(socket(bot), "POST", "/rest/hooks/deploy", b"v1.2.0", {"Content-Type": "text/plain"})
+    assert status == 202 and json.loads(body) == {"sent": 1}, body
+    message = bob.wait_message(from_bot(ROOM1))
+    assert message["body"] == "deployed v1.2.0" and message["type"] == "groupchat"
 
 
 def test_kicked_comes_back_after_rejoin_delay(bot, users):
