@@ -80,6 +80,12 @@ package struct WebhookRequest: Sendable, Equatable {
         }) {
             headers.append(("Content-Language", lang))
         }
+        // A message from a room (any format; JSON has them in the body too): the room and the sender's nick,
+        // percent-encoded as the URL placeholders are (a nick may hold anything).
+        if let room {
+            headers.append(("Stanzad-Room", Self.percentEncode(room.room)))
+            headers.append(("Stanzad-Nick", Self.percentEncode(room.nick)))
+        }
         for (name, value) in settings.headers.sorted(by: { $0.key < $1.key }) { headers.append((name, value)) }
         if let secret = settings.hmacSecret {
             headers.append(("Stanzad-Signature", Self.signature(body, secret: secret)))

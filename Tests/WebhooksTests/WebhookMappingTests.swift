@@ -36,6 +36,20 @@ private let chat = "<message type='chat' id='m 1' from='alice@example.org/phone'
         #expect(Dictionary(uniqueKeysWithValues: xmlRequest.headers)["Content-Type"] == "application/xmpp+xml")
     }
 
+    @Test func aRoomMessageCarriesItsRoomAndNickInHeadersForEveryFormat() throws {
+        let groupchat = "<message type='groupchat' from='ops@conference.example.org/Ada L.' to='bot@bot.example.org'><body>bot: hi</body></message>"
+        let origin = RoomOrigin(room: "ops@conference.example.org", nick: "Ada L.", ownNick: "bot", isGroupchat: true)
+        for format in [HandlerFormat.text, .xml, .json] {
+            let settings = WebhookSettings(urlTemplate: "http://h/", format: format)
+            let request = try WebhookRequest(stanza: try stanza(groupchat), settings: settings, delivery: "d1", room: origin)
+            let headers = Dictionary(uniqueKeysWithValues: request.headers)
+            #expect(headers["Stanzad-Room"] == "ops%40conference.example.org")
+            #expect(headers["Stanzad-Nick"] == "Ada%20L.")
+        }
+        let plain = try WebhookRequest(stanza: try stanza(chat), settings: WebhookSettings(urlTemplate: "http://h/", format: .text), delivery: "d1")
+        #expect(!plain.headers.contains { $0.0 == "Stanzad-Room" || $0.0 == "Stanzad-Nick" })
+    }
+
     @Test func contentLanguageOnlyForAWellFormedTag() throws {
         let settings = WebhookSettings(urlTemplate: "http://h/", format: .text)
         let odd = "<message to='echo@bot.example.org' from='a@example.org/r' xml:lang='de&#13;&#10;X-Injected: 1'><body>hi</body></message>"
