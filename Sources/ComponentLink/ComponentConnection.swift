@@ -75,14 +75,21 @@ package final class ComponentConnection: Service, Sendable {
     private let directInbound = DirectInboundSlot()
     /// Told when the link comes up and goes down (see `setLinkObserver`).
     private let linkObservers = Mutex<[@Sendable (LinkEvent) -> Void]>([])
+    /// Where durable stanzas wait for the server's confirmation (SPEC §18); nil: memory only.
+    package let spool: (any OutboundSpool)?
+    /// The ping target can be pinged, so spooled stanzas are confirmed by barriers.
+    let canPing: Bool
 
-    package init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+    package init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                 spool: (any OutboundSpool)? = nil) {
         self.settings = settings
+        self.spool = spool
         self.policy = OutboundPolicy(domain: settings.jid, maxStanzaBytes: settings.maxStanza)
         self.logger = logger
         self.group = group
         // A ping target the policy refuses (a bad `ping_target`) leaves the keepalive alone to hold the link.
         let canPing = (try? policy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
+        self.canPing = canPing
         let limits = SessionTimers.Limits(
             handshakeTimeout: settings.handshakeTimeout, keepaliveInterval: settings.keepaliveInterval,
             pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout)
@@ -125,8 +132,14 @@ package final class ComponentConnection: Service, Sendable {
         shared.withLock { ($0.machine.queue.items.count, $0.machine.queue.pending.count) }
     }
 
-    /// Stanzas waiting for the link (the send queue) and iqs waiting for replies (for metrics).
-    package var depth: (queued: Int, pendingIQs: Int) { backlog }
+    /// Stanzas waiting for the link (the send queue, and with a spool the stanzas it holds unconfirmed) and iqs
+    /// waiting for replies (for metrics).
+    package var depth: (queued: Int, pendingIQs: Int) {
+        shared.withLock { state in
+            let spooledInQueue = state.machine.spooledQueued
+            return (state.machine.queue.items.count - spooledInQueue + state.machine.spoolDepth, state.machine.queue.pending.count)
+        }
+    }
 
     /// The link's phase (for tests).
     var phase: LinkStateMachine<Waiter, IQReplier>.Phase { shared.withLock { $0.machine.phase } }
@@ -140,6 +153,73 @@ package final class ComponentConnection: Service, Sendable {
             return queued(&state, deadline: deadline, writeNow: writeNow)
         }
         LinkMetrics.queued(stanza.kind)
+        wake?.yield(.flush)
+    }
+
+    /// A stanza stanzad answers for (a handler's reply, a hook's or a REST client's stanza): with a spool, it is
+    /// stored first and `completion` hears success once it is committed; it is then sent until the server confirms
+    /// it, across link losses and restarts. Without a spool, this is `sendAndWait`.
+    @discardableResult
+    package func sendDurably(_ stanza: Stanza, wait: Duration? = nil,
+                             completion: @escaping @Sendable (Result<Void, SendError>) -> Void) -> (@Sendable () -> Void)? {
+        guard let spool else { return sendAndWait(stanza, wait: wait, completion: completion) }
+        do {
+            try store(stanza, in: spool, completion: completion)
+        } catch {
+            completion(.failure(error))
+        }
+        return nil
+    }
+
+    /// `sendDurably` for a sender that does not wait: a bad stanza or a full spool throws; a failed commit is
+    /// logged.
+    package func sendReply(_ stanza: Stanza) throws(SendError) {
+        guard let spool else { return try send(stanza) }
+        let id = stanza.id
+        try store(stanza, in: spool) { [logger] result in
+            if case .failure(let error) = result {
+                logger.warning("reply not stored in the spool", metadata: ["stanza.id": "\(id ?? "")", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Validates `stanza`, reserves its place and hands it to the spool; once committed it is queued.
+    private func store(_ stanza: Stanza, in spool: any OutboundSpool,
+                       completion: @escaping @Sendable (Result<Void, SendError>) -> Void) throws(SendError) {
+        let xml = try policy.serialize(stanza)
+        try shared.withLock { (state) throws(SendError) in try state.machine.reserveSpool() }
+        let kind = stanza.kind
+        spool.append(xml) { [self] result in
+            switch result {
+            case .success(let seq):
+                let item = Outgoing(xml: xml, deadline: .now + Self.forever, waiter: nil, iqID: nil, seq: seq)
+                let wake: AsyncStream<Input>.Continuation? = shared.withLock { state in
+                    let writeNow = state.machine.spooled(item)
+                    guard writeNow, !state.flushSignalled, let session = state.session else { return nil }
+                    state.flushSignalled = true
+                    return session
+                }
+                LinkMetrics.queued(kind)
+                wake?.yield(.flush)
+                completion(.success(()))
+            case .failure(let error):
+                shared.withLock { $0.machine.spoolFailed() }
+                completion(.failure(error))
+            }
+        }
+    }
+
+    /// The deadline of a spooled stanza: it waits as long as it takes.
+    static let forever: Duration = .seconds(100 * 365 * 86_400)
+
+    /// Spool entries this process took over: queued behind whatever is queued.
+    private func adopt(_ entries: [SpooledStanza]) {
+        let items = entries.map { Outgoing(xml: $0.xml, deadline: .now + Self.forever, waiter: nil, iqID: nil, seq: $0.seq) }
+        let wake: AsyncStream<Input>.Continuation? = shared.withLock { state in
+            guard state.machine.adopted(items), !state.flushSignalled, let session = state.session else { return nil }
+            state.flushSignalled = true
+            return session
+        }
         wake?.yield(.flush)
     }
 
@@ -262,6 +342,10 @@ package final class ComponentConnection: Service, Sendable {
         }
         var logger = self.logger
         logger[metadataKey: "component"] = "\(settings.jid)"
+        spool?.startAdopting { [weak self] entries in self?.adopt(entries) }
+        if spool != nil && !canPing {
+            logger.warning("spooled stanzas are confirmed when written, not by the server: ping_target is not a JID the link can ping")
+        }
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             shared.withLock { $0.machine.connecting() }
             guard case .failed(let error) = await connectOnce(logger: logger) else { return }
@@ -269,6 +353,9 @@ package final class ComponentConnection: Service, Sendable {
             let lost = SendError(.linkLost, "the component link was lost: \(error)")
             for iq in end.lostIQs { iq.replier(.failure(lost)) }
             if end.wasReady { notify(.down) }
+            if end.resent > 0 {
+                logger.notice("spooled stanzas not confirmed by the server will be sent again", metadata: ["count": "\(end.resent)"])
+            }
             let text = error.description
             var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(end.delay)"]
             if error.isConfigurationError, let hint = error.hint(jid: settings.jid) {
@@ -307,6 +394,8 @@ package final class ComponentConnection: Service, Sendable {
         /// What the session's clock has due (from the deadline timer).
         case timers([SessionTimers.Action])
         case shutdown
+        /// Shutdown stops waiting for the last barrier's answer.
+        case drainTimeout
     }
 
     static func ping(id: String, settings: ComponentSettings) -> Stanza {
@@ -372,7 +461,7 @@ package final class ComponentConnection: Service, Sendable {
                     }
                 }
                 let opening = sessionStarted(input)
-                var loop = SessionLoop(connection: self, outbound: outbound, pipe: pipe, logger: logger)
+                var loop = SessionLoop(connection: self, outbound: outbound, pipe: pipe, logger: logger, input: input)
                 defer {
                     group.cancelAll()
                     shared.withLock { $0.session = nil }
@@ -475,7 +564,7 @@ package final class ComponentConnection: Service, Sendable {
     }
 
     /// What the session loop writes when it handles a flush signal (nothing unless the link is up).
-    fileprivate func takeForWrite() -> [Outgoing] {
+    fileprivate func takeForWrite() -> LinkStateMachine<Waiter, IQReplier>.Batch {
         shared.withLock { state in
             state.flushSignalled = false
             return state.machine.takeForWrite()
@@ -558,6 +647,10 @@ private struct SessionLoop {
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     let pipe: EventPipe
     let logger: Logger
+    /// The session's own input (for the drain timer).
+    let input: AsyncStream<ComponentConnection.Input>.Continuation
+    /// Shutdown has written the last stanzas and waits for their barrier's answer.
+    var draining = false
 
     var settings: ComponentSettings { connection.settings }
 
@@ -579,6 +672,7 @@ private struct SessionLoop {
             case .parseError(let error):
                 if let outcome = try await perform(connection.withMachine({ $0.parseFailed(error) })) { return outcome }
             case .eof:
+                if draining { return .shutdown }
                 return .failed(connection.withMachine { $0.disconnected() })
             case .flush:
                 try await write(connection.takeForWrite())
@@ -587,11 +681,26 @@ private struct SessionLoop {
             case .shutdown:
                 let last = connection.withMachine { $0.close() }
                 try await write(last)
-                try? await write("</stream:stream>")
-                logger.notice("component stream closed for shutdown")
-                return .shutdown
+                // Spooled stanzas just written: their barrier's answer lets the spool forget them, so that the next
+                // start does not send them again. It is awaited for a moment, no longer.
+                if connection.canPing, connection.withMachine({ !$0.unconfirmed.isEmpty }) {
+                    draining = true
+                    let input = self.input
+                    connection.group.any().scheduleTask(in: .seconds(2)) { input.yield(.drainTimeout) }
+                    continue
+                }
+                return await closeForShutdown()
+            case .drainTimeout:
+                return await closeForShutdown()
             }
+            if draining, connection.withMachine({ $0.unconfirmed.isEmpty }) { return await closeForShutdown() }
         }
+        return .shutdown
+    }
+
+    mutating func closeForShutdown() async -> ComponentConnection.Outcome {
+        try? await write("</stream:stream>")
+        logger.notice("component stream closed for shutdown")
         return .shutdown
     }
 
@@ -641,12 +750,20 @@ private struct SessionLoop {
     }
 
     /// Writes everything queued as one buffer: one hop to the event loop and one system call for a burst of
-    /// replies instead of one per stanza.
-    mutating func write(_ items: [Outgoing]) async throws {
+    /// replies instead of one per stanza. Spooled stanzas among them are followed by a barrier ping.
+    mutating func write(_ batch: LinkStateMachine<Waiter, IQReplier>.Batch) async throws {
+        let items = batch.items
         guard !items.isEmpty else { return }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(items.reduce(0) { $0 + $1.xml.utf8.count })
         for item in items { buffer.writeString(item.xml) }
+        if let barrier = batch.barrier {
+            if connection.canPing, let ping = try? connection.policy.serialize(ComponentConnection.ping(id: barrier, settings: settings)) {
+                buffer.writeString(ping)
+            } else {
+                connection.spool?.confirm(connection.withMachine { $0.confirmWithoutBarrier() })
+            }
+        }
         do {
             try await outbound.write(buffer)
             connection.withMachine { $0.wrote(at: .now) }
@@ -684,6 +801,9 @@ private struct SessionLoop {
         case .reply(let pending, let stanza):
             LinkMetrics.received(.iq)
             pending.replier(.success(stanza))
+            return nil
+        case .confirmed(let seqs):
+            connection.spool?.confirm(seqs)
             return nil
         case .ignore(let element):
             logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])

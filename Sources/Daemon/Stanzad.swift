@@ -9,6 +9,7 @@ import Logging
 import Rooms
 import Routing
 import ServiceLifecycle
+import Storage
 import XMPPCore
 
 @main
@@ -105,7 +106,18 @@ struct Run: AsyncParsableCommand {
         settings.maxStanza = config.component.maxStanza
         // Before any route or counter exists: they bind to the backend bootstrapped here.
         let metrics = config.metrics.map { _ in DaemonMetrics() }
-        let connection = ComponentConnection(settings: settings, logger: logger)
+        var spool: SQLiteSpool?
+        if let storage = config.storage {
+            do {
+                spool = try SQLiteSpool(
+                    settings: StorageSettings(path: storage.path, sync: StorageSettings.Sync(rawValue: storage.sync) ?? .normal),
+                    logger: logger)
+            } catch {
+                logger.error("the spool cannot be opened", metadata: ["problem": "\(error.description)"])
+                throw ExitCode(ExitStatus.config)
+            }
+        }
+        let connection = ComponentConnection(settings: settings, logger: logger, spool: spool)
         if let metrics {
             connection.setLinkObserver { event in
                 if event == .down { metrics.linkLost() }
@@ -157,9 +169,11 @@ struct Run: AsyncParsableCommand {
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
         ])
+        // The spool, first, stops last: what the link and the router leave is committed before it closes.
+        let storageServices: [ServiceGroupConfiguration.ServiceConfiguration] = spool.map { [.init(service: $0)] } ?? []
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [
+                services: storageServices + [
                     .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
                     // Stops after the router has drained: its pending retries end, then its connections close.
