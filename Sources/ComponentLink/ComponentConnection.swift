@@ -52,6 +52,10 @@ package enum LinkEvent: Sendable, Equatable {
     case up
     /// The link was lost after it had been up; stanzas sent now wait in the queue.
     case down
+    /// The server closed the link with `conflict` after it had been up: another process connected as this
+    /// component (Prosody's `component_conflict_resolve = "kick_old"`, a take-over restart). The link does not
+    /// reconnect (it would throw the other out in turn); it waits for shutdown.
+    case replaced
 }
 
 /// The link's health, as `/rest/health` reports it.
@@ -154,6 +158,27 @@ package final class ComponentConnection: Service, Sendable {
         }
         LinkMetrics.queued(stanza.kind)
         wake?.yield(.flush)
+    }
+
+    /// Hands the link to another process that runs on the same spool (a take-over restart, SPEC §18): what is
+    /// queued is written, the stream is closed, and what the server still sends before it closes its side is read
+    /// and delivered as usual; then the link stays down. Returns when the stream is closed (at most `timeout`).
+    /// Stanzas sent afterwards stay in the spool for the other process.
+    package func leave(timeout: Duration = .seconds(3)) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let session: AsyncStream<Input>.Continuation? = shared.withLock { state in
+                state.leaving = true
+                guard let session = state.session else { return nil }
+                state.leaveWaiters.append(continuation)
+                return session
+            }
+            if let session {
+                session.yield(.leave)
+                group.any().scheduleTask(in: TimeAmount(timeout)) { session.yield(.drainTimeout) }
+            } else {
+                continuation.resume()
+            }
+        }
     }
 
     /// A stanza stanzad answers for (a handler's reply, a hook's or a REST client's stanza): with a spool, it is
@@ -347,12 +372,26 @@ package final class ComponentConnection: Service, Sendable {
             logger.warning("spooled stanzas are confirmed when written, not by the server: ping_target is not a JID the link can ping")
         }
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            if shared.withLock({ $0.leaving }) {
+                // Another process has the link now (see `leave`): this one waits for its own shutdown.
+                try? await gracefulShutdown()
+                return
+            }
             shared.withLock { $0.machine.connecting() }
-            guard case .failed(let error) = await connectOnce(logger: logger) else { return }
+            let outcome = await connectOnce(logger: logger)
+            if case .left = outcome { continue }
+            guard case .failed(let error) = outcome else { return }
             let end = shared.withLock { $0.machine.sessionEnded(error, at: .now, jitter: Double.random(in: 0.8...1.2)) }
             let lost = SendError(.linkLost, "the component link was lost: \(error)")
             for iq in end.lostIQs { iq.replier(.failure(lost)) }
             if end.wasReady { notify(.down) }
+            if end.wasReady, error.condition == "conflict" {
+                logger.notice("another process took over the component link (conflict); not reconnecting",
+                              metadata: ["error": "\(error.description)"])
+                notify(.replaced)
+                try? await gracefulShutdown()
+                return
+            }
             if end.resent > 0 {
                 logger.notice("spooled stanzas not confirmed by the server will be sent again", metadata: ["count": "\(end.resent)"])
             }
@@ -383,6 +422,8 @@ package final class ComponentConnection: Service, Sendable {
 
     enum Outcome {
         case shutdown
+        /// The link was handed to another process (`leave`).
+        case left
         case failed(ComponentLinkError)
     }
 
@@ -396,6 +437,8 @@ package final class ComponentConnection: Service, Sendable {
         case shutdown
         /// Shutdown stops waiting for the last barrier's answer.
         case drainTimeout
+        /// Hand the link over (see `leave`).
+        case leave
     }
 
     static func ping(id: String, settings: ComponentSettings) -> Stanza {
@@ -464,8 +507,13 @@ package final class ComponentConnection: Service, Sendable {
                 var loop = SessionLoop(connection: self, outbound: outbound, pipe: pipe, logger: logger, input: input)
                 defer {
                     group.cancelAll()
-                    shared.withLock { $0.session = nil }
+                    let waiters = shared.withLock { state in
+                        state.session = nil
+                        defer { state.leaveWaiters = [] }
+                        return state.leaveWaiters
+                    }
                     input.finish()
+                    for waiter in waiters { waiter.resume() }
                 }
                 return try await loop.run(inputs, opening: opening)
             }
@@ -651,6 +699,8 @@ private struct SessionLoop {
     let input: AsyncStream<ComponentConnection.Input>.Continuation
     /// Shutdown has written the last stanzas and waits for their barrier's answer.
     var draining = false
+    /// The stream was closed by `leave`: reading on until the server closes its side.
+    var leaving = false
 
     var settings: ComponentSettings { connection.settings }
 
@@ -673,12 +723,16 @@ private struct SessionLoop {
                 if let outcome = try await perform(connection.withMachine({ $0.parseFailed(error) })) { return outcome }
             case .eof:
                 if draining { return .shutdown }
+                if leaving { return .left }
                 return .failed(connection.withMachine { $0.disconnected() })
             case .flush:
+                if leaving { continue }  // after our </stream:stream>: nothing more is written
                 try await write(connection.takeForWrite())
             case .timers(let actions):
+                if leaving { continue }
                 if let outcome = try await perform(actions) { return outcome }
             case .shutdown:
+                if leaving { return .left }
                 let last = connection.withMachine { $0.close() }
                 try await write(last)
                 // Spooled stanzas just written: their barrier's answer lets the spool forget them, so that the next
@@ -691,7 +745,14 @@ private struct SessionLoop {
                 }
                 return await closeForShutdown()
             case .drainTimeout:
+                if leaving { return .left }
                 return await closeForShutdown()
+            case .leave:
+                guard !leaving else { continue }
+                leaving = true
+                try await write(connection.takeForWrite())
+                try? await write("</stream:stream>")
+                logger.notice("component stream closed: handing the link to the other stanzad on this spool")
             }
             if draining, connection.withMachine({ $0.unconfirmed.isEmpty }) { return await closeForShutdown() }
         }
@@ -881,6 +942,10 @@ private struct SharedState: Sendable {
     /// A `.flush` is on its way to the session loop and has not been handled yet.
     var flushSignalled = false
     var waiterCounter = 0
+    /// The link is being handed to another process: it does not connect again.
+    var leaving = false
+    /// Waiting for the session to end after `leave`.
+    var leaveWaiters: [CheckedContinuation<Void, Never>] = []
 
     init(machine: LinkStateMachine<Waiter, IQReplier>) {
         self.machine = machine

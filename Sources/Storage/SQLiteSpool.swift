@@ -120,6 +120,19 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
     /// Entries in the spool that this process appended or adopted and the server has not confirmed.
     package var depth: Int { depthCounter.load(ordering: .relaxed) }
 
+    /// Other processes registered in the spool that still run (a take-over stops them). Blocking: a read of the
+    /// file; call it off the event loops (it runs once, when a take-over's link is up).
+    package func otherProcesses() -> [Int32] {
+        let rows = (try? database.read { db in
+            try Row.fetchAll(db, sql: "SELECT pid, start_time FROM instance WHERE owner != ?", arguments: [owner])
+        }) ?? []
+        return rows.compactMap { row in
+            let pid: Int32 = row["pid"]
+            let startTime: Int64 = row["start_time"]
+            return ProcessIdentity.isRunning(pid: pid, startTime: startTime) && pid != getpid() ? pid : nil
+        }
+    }
+
     // MARK: OutboundSpool
 
     package func append(_ xml: String, completion: @escaping @Sendable (Result<Int64, SendError>) -> Void) {
