@@ -439,6 +439,8 @@ package final class ComponentConnection: Service, Sendable {
         case drainTimeout
         /// Hand the link over (see `leave`).
         case leave
+        /// Time to write a barrier for the spooled stanzas written since the last one.
+        case barrierDue
     }
 
     static func ping(id: String, settings: ComponentSettings) -> Stanza {
@@ -701,6 +703,19 @@ private struct SessionLoop {
     var draining = false
     /// The stream was closed by `leave`: reading on until the server closes its side.
     var leaving = false
+    /// A `.barrierDue` is on its way.
+    var barrierScheduled = false
+
+    /// How long spooled stanzas wait for their barrier: long enough that a burst shares one, short enough that
+    /// the spool forgets them about as fast as the server confirms.
+    static let barrierDelay: TimeAmount = .milliseconds(10)
+
+    mutating func scheduleBarrier() {
+        guard !barrierScheduled else { return }
+        barrierScheduled = true
+        let input = self.input
+        connection.group.any().scheduleTask(in: Self.barrierDelay) { input.yield(.barrierDue) }
+    }
 
     var settings: ComponentSettings { connection.settings }
 
@@ -747,6 +762,12 @@ private struct SessionLoop {
             case .drainTimeout:
                 if leaving { return .left }
                 return await closeForShutdown()
+            case .barrierDue:
+                barrierScheduled = false
+                if leaving || draining { continue }
+                if let id = connection.withMachine({ $0.barrierIfNeeded() }) {
+                    try await write(connection.policy.serialize(ComponentConnection.ping(id: id, settings: settings)))
+                }
             case .leave:
                 guard !leaving else { continue }
                 leaving = true
@@ -818,12 +839,14 @@ private struct SessionLoop {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(items.reduce(0) { $0 + $1.xml.utf8.count })
         for item in items { buffer.writeString(item.xml) }
-        if let barrier = batch.barrier {
-            if connection.canPing, let ping = try? connection.policy.serialize(ComponentConnection.ping(id: barrier, settings: settings)) {
-                buffer.writeString(ping)
-            } else {
+        if !connection.canPing {
+            if batch.barrier != nil || batch.wantsBarrier {
                 connection.spool?.confirm(connection.withMachine { $0.confirmWithoutBarrier() })
             }
+        } else if let barrier = batch.barrier, let ping = try? connection.policy.serialize(ComponentConnection.ping(id: barrier, settings: settings)) {
+            buffer.writeString(ping)
+        } else if batch.wantsBarrier {
+            scheduleBarrier()
         }
         do {
             try await outbound.write(buffer)
@@ -863,8 +886,9 @@ private struct SessionLoop {
             LinkMetrics.received(.iq)
             pending.replier(.success(stanza))
             return nil
-        case .confirmed(let seqs):
+        case .confirmed(let seqs, let more):
             connection.spool?.confirm(seqs)
+            if more { scheduleBarrier() }
             return nil
         case .ignore(let element):
             logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])

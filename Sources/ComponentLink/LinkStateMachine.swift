@@ -36,8 +36,9 @@ struct LinkStateMachine<Waiter, Replier> {
         case deliver(Stanza)
         /// The server's answer to our ping, or an iq reply for its requester (give it to `replier`).
         case reply(Queue.PendingIQ, Stanza)
-        /// The server answered a barrier: these spool entries were handled and may be deleted.
-        case confirmed([Int64])
+        /// The server answered a barrier: these spool entries were handled and may be deleted. `more`: spooled
+        /// stanzas were written after that barrier (the shell asks for the next one, `barrierIfNeeded`, soon).
+        case confirmed([Int64], more: Bool)
         /// An element that is not a stanza: nothing to do.
         case ignore(Element)
         /// A stanza the parser skipped for breaking a per-stanza limit.
@@ -67,11 +68,14 @@ struct LinkStateMachine<Waiter, Replier> {
         var resent = 0
     }
 
-    /// What the shell writes when it flushes: the queued items, then (when spooled ones are among them) a barrier
-    /// ping with this id, whose answer confirms them.
+    /// What the shell writes when it flushes: the queued items, then (at shutdown, when spooled ones are among
+    /// them) a barrier ping with this id, whose answer confirms them. `wantsBarrier`: spooled stanzas were written
+    /// and no barrier is on its way; the shell asks `barrierIfNeeded` a moment later, so that one barrier covers a
+    /// burst (the server sees a ping per burst, not per write).
     struct Batch {
         var items: [Queue.Item] = []
         var barrier: String?
+        var wantsBarrier = false
 
         var isEmpty: Bool { items.isEmpty }
     }
@@ -96,8 +100,9 @@ struct LinkStateMachine<Waiter, Replier> {
     private(set) var unconfirmed = Deque<(item: Queue.Item, number: Int)>()
     /// Spooled stanzas written on this stream so far.
     private var spooledWritten = 0
-    /// Barriers written and not answered: id → how many spooled stanzas had been written before it.
-    private var barriers: [String: Int] = [:]
+    /// The barrier written and not answered yet (one at a time, so that the server sees one ping per round
+    /// trip, not one per write): its id and how many spooled stanzas had been written before it.
+    private var barrier: (id: String, mark: Int)?
     private var barrierCounter = 0
     /// Barrier ids carry a token per process, so that no other iq result can pass for one.
     private let barrierToken = RandomID.make()
@@ -193,7 +198,7 @@ struct LinkStateMachine<Waiter, Replier> {
             spooledQueued += resent
         }
         unconfirmed.removeAll()
-        barriers.removeAll()
+        barrier = nil
         spooledWritten = 0
         let delay = schedule.delay(after: error, at: now, jitter: jitter)
         if isOpen { phase = .backingOff(until: now + delay) }
@@ -207,7 +212,10 @@ struct LinkStateMachine<Waiter, Replier> {
         phase = .closing
         timers?.close()
         _ = stream.close()
-        return wasUp ? batch(queue.takeAll()) : Batch()
+        guard wasUp else { return Batch() }
+        var last = batch(queue.takeAll())
+        if barrier == nil && !unconfirmed.isEmpty { last.barrier = newBarrier() }
+        return last
     }
 
     /// Shut down: everything still held, for its waiters to be told.
@@ -251,13 +259,22 @@ struct LinkStateMachine<Waiter, Replier> {
             spooledQueued -= 1
             spooledInBatch = true
         }
-        if spooledInBatch {
-            barrierCounter += 1
-            let id = "stanzad-barrier-\(barrierToken)-\(barrierCounter)"
-            barriers[id] = spooledWritten
-            batch.barrier = id
-        }
+        // Written after an unanswered barrier: the next one, asked for when that is answered, covers them.
+        batch.wantsBarrier = spooledInBatch && barrier == nil
         return batch
+    }
+
+    /// A barrier to write now, when spooled stanzas wait for one and none is on its way.
+    mutating func barrierIfNeeded() -> String? {
+        guard isReady, barrier == nil, !unconfirmed.isEmpty else { return nil }
+        return newBarrier()
+    }
+
+    private mutating func newBarrier() -> String {
+        barrierCounter += 1
+        let id = "stanzad-barrier-\(barrierToken)-\(barrierCounter)"
+        barrier = (id, spooledWritten)
+        return id
     }
 
     // MARK: The spool
@@ -300,7 +317,7 @@ struct LinkStateMachine<Waiter, Replier> {
     mutating func confirmWithoutBarrier() -> [Int64] {
         let seqs = unconfirmed.compactMap(\.item.seq)
         unconfirmed.removeAll()
-        barriers.removeAll()
+        barrier = nil
         return seqs
     }
 
@@ -366,15 +383,15 @@ struct LinkStateMachine<Waiter, Replier> {
             guard let stanza = Stanza(element) else { return .ignore(element) }
             if stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id {
                 if timers?.pong(id: id) == true { return .none }
-                if let mark = barriers.removeValue(forKey: id) {
-                    // In order: everything written before the barrier was handled, earlier barriers' stanzas too.
+                if let current = barrier, current.id == id {
+                    // In order: everything written before the barrier was handled.
+                    barrier = nil
                     var seqs: [Int64] = []
-                    while let first = unconfirmed.first, first.number <= mark {
+                    while let first = unconfirmed.first, first.number <= current.mark {
                         if let seq = first.item.seq { seqs.append(seq) }
                         unconfirmed.removeFirst()
                     }
-                    barriers = barriers.filter { $0.value > mark }
-                    return .confirmed(seqs)
+                    return .confirmed(seqs, more: !unconfirmed.isEmpty)
                 }
                 if let pending = queue.resolve(id: id, from: stanza.from) { return .reply(pending, stanza) }
             }
