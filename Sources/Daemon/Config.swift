@@ -134,7 +134,7 @@ struct StanzadConfig: Sendable {
         var workers = 1
         var maxRequests = 0
         var inFlight = 1
-        /// Its route's name in logs and metrics: `command:<node>` (`command:<node>@<jid>` off the component domain).
+        /// Its route's name in logs and metrics: `command:<node>` (`command:<jid>/<node>` at an address other than the domain).
         var routeName = ""
     }
 
@@ -428,7 +428,7 @@ struct ConfigLoader {
         command.workers = int(t, "workers", min: 1) ?? 1
         command.maxRequests = int(t, "max_requests", min: 0) ?? 0
         command.inFlight = int(t, "in_flight", min: 1) ?? 1
-        command.routeName = "command:" + command.node + (to == componentDomain ? "" : "@" + to)
+        command.routeName = "command:" + (to == componentDomain ? "" : to + "/") + command.node
         guard node != nil, target != nil, !to.isEmpty else { return nil }
         return command
     }
