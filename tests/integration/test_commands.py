@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness import COMPONENT, DOMAIN, REPO, Client, Stanzad, component_config
+from harness import COMPONENT, DOMAIN, REPO, Client, Stanzad, component_config, stanzad_binary
 
 HANDLERS = Path(__file__).parent / "handlers"
 RECORD = HANDLERS / "record_step.py"
@@ -283,3 +284,51 @@ def test_1001_concurrent_sessions_hit_the_limit_and_all_expire(alice_cmd, stanza
     stanzad.wait_for_log(r"command sessions expired .*open=0\b", count=expired_before + 1, timeout=30)
     # Room again.
     assert run_command(alice_cmd, COMPONENT, "many")["command"]["status"] == "executing"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# check and try (no server)
+
+MINIMAL = f'[component]\njid = "{COMPONENT}"\nserver = "127.0.0.1:5347"\nsecret = "x"\n\n'
+
+
+def stanzad_cli(args: list[str], config: Path, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([str(stanzad_binary())] + args + ["--config", str(config)], input=stdin, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_check_reports_command_mistakes_with_file_line(tmp_path):
+    config = tmp_path / "stanzad.toml"
+    config.write_text(MINIMAL + '[[command]]\nnode = "a"\nworker = ["/bin/cat"]\n\n[[command]]\nnode = "b"\nexec = ["/bin/true"]\nformat = "xml"\n')
+    result = stanzad_cli(["check"], config)
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [
+        f'{config}:8: a worker command speaks JSON lines: set format = "json"',
+        f'{config}:13: unknown command format "xml" (use text or json; a command has no xml contract)',
+    ]
+    config.write_text(MINIMAL + '[[command]]\nnode = "a"\nexec = ["handlers/missing.sh"]\n')
+    result = stanzad_cli(["check"], config)
+    assert result.returncode == 78
+    assert f'{config}:6: command "a": handler {tmp_path}/handlers/missing.sh does not exist' in result.stderr
+    config.write_text(MINIMAL + f'[[command]]\nnode = "remind"\nexec = ["{REPO}/handlers/remind.py"]\nformat = "json"\n')
+    result = stanzad_cli(["check"], config)
+    assert result.returncode == 0, result.stderr
+    assert f'command remind ("remind") at {COMPONENT} → exec {REPO}/handlers/remind.py, format json, from anyone' in result.stdout
+
+
+def test_try_runs_one_step_of_a_command_from_stdin(tmp_path):
+    config = tmp_path / "stanzad.toml"
+    config.write_text(MINIMAL + f'[[command]]\nnode = "remind"\nexec = ["{REPO}/handlers/remind.py"]\nformat = "json"\n')
+    first = stanzad_cli(["try", "--command", "remind"], config)
+    assert first.returncode == 0, first.stderr
+    assert re.search(r'<command xmlns="http://jabber.org/protocol/commands" node="remind" sessionid="[^"]+" status="executing">', first.stdout)
+    assert "<field var=\"what\" type=\"text-single\" label=\"What\"><required/>" in first.stdout
+    assert 'command status executing; session: {"step":"ask"}' in first.stderr
+    wrong = stanzad_cli(["try", "--command", "remind", "--session", '{"step": "ask"}', "--action", "complete"], config,
+                        '{"what": "tea", "when": "soon"}')
+    assert "status=\"executing\"" in wrong.stdout
+    assert "<note type=\"error\">I cannot read the time 'soon': use HH:MM or \"in 10 minutes\".</note>" in wrong.stdout
+    done = stanzad_cli(["try", "--command", "remind", "--session", '{"step": "ask"}', "--action", "complete"], config,
+                       '{"what": "tea", "when": "16:30"}')
+    assert 'status="completed"><note type="info">OK, I will remind you 16:30: tea</note></command>' in done.stdout
+    assert "command status completed" in done.stderr
