@@ -36,8 +36,9 @@ def logs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stanzad(prosody, logs, tmp_path_factory):
+def stanzad(prosody, logs, socket_path, tmp_path_factory):
     config = "".join([
+        f'[rest]\nlisten = "unix:{socket_path}"\ncredentials = ["Bearer x"]\n\n[metrics]\npath = "/metrics"\n\n',
         command("hello", ["/bin/sh", "-c", 'echo "hello $STANZA_FROM, $(cat | wc -c) bytes on stdin"'], logs / "hello.jsonl",
                 name="Say hello", **{"from": f'["alice@{DOMAIN}", "bob@{DOMAIN}"]'}),
         command("remind", [str(REPO / "handlers" / "remind.py")], logs / "remind.jsonl", name="Set a reminder", to=BOT,
@@ -53,6 +54,7 @@ def stanzad(prosody, logs, tmp_path_factory):
     daemon.start()
     daemon.wait_for_log("component connected")
     daemon.wait_for_log("worker started")
+    daemon.wait_for_log("REST API listening")
     yield daemon
     daemon.stop()
 
@@ -93,6 +95,15 @@ def run_command(client: Client, jid: str, node: str, action: str = "execute", se
             return error.iq
 
     return client.run(go(), timeout + 5)
+
+
+def command_sessions(socket_path) -> dict[str, float]:
+    """stanzad_command_sessions by command, from GET /metrics on the FastCGI socket."""
+    import fcgi_client
+
+    status, _, body = asyncio.run(fcgi_client.call(str(socket_path), "GET", "/metrics"))
+    assert status == 200
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^stanzad_command_sessions\{command="([^"]+)"\} (\S+)$', body.decode(), re.M)}
 
 
 def steps(log: Path) -> list[dict]:
@@ -258,7 +269,7 @@ def test_stale_and_unknown_session_ids_are_bad_sessionid(alice_cmd, stanzad):
     assert error_of(stale)[1] == "bad-request" and error_of(stale)[3] == ["bad-sessionid"]
 
 
-def test_1001_concurrent_sessions_hit_the_limit_and_all_expire(alice_cmd, stanzad):
+def test_1001_concurrent_sessions_hit_the_limit_and_all_expire(alice_cmd, stanzad, socket_path):
     from slixmpp.exceptions import IqError
 
     async def start_all():
@@ -280,8 +291,11 @@ def test_1001_concurrent_sessions_hit_the_limit_and_all_expire(alice_cmd, stanza
         "wait", "resource-constraint",
         'the command "many" has 1000 sessions open, the most it allows; finish or cancel one, or try again later')]
     stanzad.wait_for_log(r"command session limit reached")
+    assert command_sessions(socket_path)["command:many"] == 1000
     # session_timeout = 2: every session expires and the count goes back to 0.
     stanzad.wait_for_log(r"command sessions expired .*open=0\b", count=expired_before + 1, timeout=30)
+    assert command_sessions(socket_path) == {"command:hello": 0, "command:bot@bot.example.test/remind": 0, "command:admin": 0,
+                                             "command:badform": 0, "command:short": 0, "command:many": 0}
     # Room again.
     assert run_command(alice_cmd, COMPONENT, "many")["command"]["status"] == "executing"
 
