@@ -53,7 +53,7 @@ package struct CommandHandler: StanzaHandler {
     }
 
     package func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome {
-        let request: AdHocCommand.Request
+        var request: AdHocCommand.Request
         switch AdHocCommand.request(in: stanza) {
         case .success(let parsed): request = parsed
         case .failure(let failure): return refuse(stanza, failure, context: context)
@@ -79,6 +79,8 @@ package struct CommandHandler: StanzaHandler {
             case .success(let resumed):
                 session = resumed
                 sessionID = id
+                // XEP-0050: execute is the step's default action; the handler is told which one that is.
+                if request.action == .execute, let action = resumed.defaultAction { request.action = action }
             case .failure(let refusal):
                 return refuse(stanza, Self.failure(for: refusal, sessionID: id, action: request.action, settings: settings), context: context)
             }
@@ -106,7 +108,8 @@ package struct CommandHandler: StanzaHandler {
             answer = AdHocCommand.Answer(status: .completed, note: .init(.error, failed.note))
         }
         if answer.status == .executing {
-            sessions.park(id: sessionID, value: answer.session, form: answer.form, allowed: answer.allowedNext, timeout: settings.sessionTimeout)
+            sessions.park(id: sessionID, value: answer.session, form: answer.form, allowed: answer.allowedNext,
+                          defaultAction: answer.actions?.execute, timeout: settings.sessionTimeout)
         } else {
             sessions.close(id: sessionID, reason: answer.note?.type == .error ? "failed" : "completed")
         }

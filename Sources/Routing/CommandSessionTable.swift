@@ -25,6 +25,8 @@ package struct CommandSessionTable: Sendable {
         package var form: DataForm?
         /// What the requester may send next.
         package var allowed: Set<AdHocCommand.Action>
+        /// What `execute` means at the next step (the `execute` attribute of the last step's `<actions/>`).
+        package var defaultAction: AdHocCommand.Action? = nil
         package var state: State
     }
 
@@ -84,11 +86,12 @@ package struct CommandSessionTable: Sendable {
 
     /// A step answered `executing`: the session waits for the next one until `deadline`.
     package mutating func park(id: String, value: JSONValue?, form: DataForm?, allowed: Set<AdHocCommand.Action>,
-                               until deadline: ContinuousClock.Instant) {
+                               defaultAction: AdHocCommand.Action? = nil, until deadline: ContinuousClock.Instant) {
         guard var session = sessions[id] else { return }
         session.value = value
         session.form = form
         session.allowed = allowed
+        session.defaultAction = defaultAction
         session.state = .waiting(until: deadline)
         sessions[id] = session
     }

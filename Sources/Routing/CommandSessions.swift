@@ -53,10 +53,11 @@ package final class CommandSessions: Service, Sendable {
     }
 
     /// The step answered `executing`: the session waits `timeout` for the next one.
-    package func park(id: String, value: JSONValue?, form: DataForm?, allowed: Set<AdHocCommand.Action>, timeout: Duration) {
+    package func park(id: String, value: JSONValue?, form: DataForm?, allowed: Set<AdHocCommand.Action>,
+                      defaultAction: AdHocCommand.Action? = nil, timeout: Duration) {
         let deadline = ContinuousClock.now + timeout
         let wakeUp = state.withLock { state -> Bool in
-            state.table.park(id: id, value: value, form: form, allowed: allowed, until: deadline)
+            state.table.park(id: id, value: value, form: form, allowed: allowed, defaultAction: defaultAction, until: deadline)
             guard state.armed.map({ deadline < $0 }) ?? true else { return false }
             state.armed = deadline
             return true

@@ -56,6 +56,20 @@ private let ns = AdHocCommand.namespace
         #expect(sessions.count == 0)
     }
 
+    @Test func executeOnALaterStepIsTheStepsDefaultAction() async throws {
+        let script = """
+            input=$(cat)
+            case "$input" in
+            *'"session"'*) printf '{"command": {"note": {"text": "%s"}}}' "$(printf '%s' "$input" | grep -o '"action":"[a-z]*"' | tr -d '"')" ;;
+            *) echo '{"command": {"status": "executing", "actions": {"execute": "complete", "complete": true}}, "session": 1}' ;;
+            esac
+            """
+        let command = handler(script)
+        let id = try #require(try self.command(await command.handle(try iq(), context: context))[attribute: "sessionid"])
+        let done = try self.command(await command.handle(try iq(action: "execute", sessionID: id), context: context))
+        #expect(done.child("note", namespace: ns)?.text == "action:complete")
+    }
+
     @Test func cancelIsAnsweredWithoutTheHandlerAndEndsTheSession() async throws {
         let command = handler(#"echo '{"command": {"status": "executing", "form": {"fields": []}}}'"#)
         let id = try #require(try self.command(await command.handle(try iq(), context: context))[attribute: "sessionid"])
