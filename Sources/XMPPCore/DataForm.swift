@@ -219,6 +219,7 @@ package struct DataForm: Hashable, Sendable {
     /// mod_rest's `formdata` (its st2json): `{var: value}` for the fields that have a `var`. With a type (from the
     /// field, else from `types`, e.g. the form this one answers): boolean → true/false, list-single and list-multi →
     /// an array, text-multi → the lines joined with "\n", others → the first value or null. Without a type → an array.
+    /// One difference: jid-multi is an array here (mod_rest keeps only its first value).
     package func formData(types: [String: String] = [:]) -> JSONValue {
         var object: [String: JSONValue] = [:]
         for field in fields {
