@@ -144,10 +144,17 @@ struct StanzadConfig: Sendable {
         var credentials: [String] = []
     }
 
+    /// `[storage]` (SPEC §18): the spool file; nil keeps everything in memory.
+    struct Storage: Sendable, Equatable {
+        var path: String
+        var sync = "normal"
+    }
+
     var file: String
     var component: Component
     var rest: Rest?
     var metrics: Metrics?
+    var storage: Storage?
     var hooks: [Hook] = []
     var presenceAuto = true
     var discoName = "stanzad"
@@ -202,7 +209,7 @@ struct ConfigLoader {
     // MARK: Building
 
     private mutating func build(_ root: ConfigTable) -> StanzadConfig? {
-        allow(root, ["component", "rest", "presence", "disco", "route", "command", "limits", "hook", "metrics", "room", "rooms"], section: nil)
+        allow(root, ["component", "rest", "presence", "disco", "route", "command", "limits", "hook", "metrics", "room", "rooms", "storage"], section: nil)
         guard case .table(let componentTable)? = root["component"] else {
             error(root.line(of: "component"), root["component"] == nil
                 ? "missing [component] section (jid, server and secret are required)"
@@ -233,6 +240,24 @@ struct ConfigLoader {
                 }
                 config.metrics = metrics
             } else { error(root.line(of: "metrics"), "metrics must be a table ([metrics])") }
+        }
+        if let value = root["storage"] {
+            if case .table(let t) = value {
+                allow(t, ["path", "sync"], section: "storage")
+                if let path = string(t, "path", required: true, section: "storage") {
+                    if path.isEmpty {
+                        error(t.line(of: "path"), "storage path is empty: give the spool file, e.g. \"/var/lib/stanzad/stanzad.sqlite\"")
+                    } else {
+                        var storage = StanzadConfig.Storage(path: path.hasPrefix("/") ? path : directory + "/" + path)
+                        if let sync = string(t, "sync") {
+                            if ["normal", "full"].contains(sync) { storage.sync = sync } else {
+                                error(t.line(of: "sync"), "storage sync \"\(sync)\" must be \"normal\" (survives a crash of stanzad) or \"full\" (also a power loss)")
+                            }
+                        }
+                        config.storage = storage
+                    }
+                }
+            } else { error(root.line(of: "storage"), "storage must be a table ([storage])") }
         }
         if let value = root["presence"] {
             if case .table(let t) = value {

@@ -9,6 +9,8 @@ import Logging
 import Rooms
 import Routing
 import ServiceLifecycle
+import Storage
+import Synchronization
 import XMPPCore
 
 @main
@@ -79,6 +81,9 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
+    @Flag(name: .long, help: "Take over from a running stanzad of the same spool: connect while it runs, then stop it (SIGTERM) once this link is up; it hands what it still holds over through the spool. Needs [storage].")
+    var takeover = false
+
     func run() async throws {
         // Writing to a handler that exited must be an error, not the end of stanzad.
         signal(SIGPIPE, SIG_IGN)
@@ -105,10 +110,45 @@ struct Run: AsyncParsableCommand {
         settings.maxStanza = config.component.maxStanza
         // Before any route or counter exists: they bind to the backend bootstrapped here.
         let metrics = config.metrics.map { _ in DaemonMetrics() }
-        let connection = ComponentConnection(settings: settings, logger: logger)
+        var spool: SQLiteSpool?
+        if let storage = config.storage {
+            do {
+                spool = try SQLiteSpool(
+                    settings: StorageSettings(path: storage.path, sync: StorageSettings.Sync(rawValue: storage.sync) ?? .normal),
+                    logger: logger)
+            } catch {
+                logger.error("the spool cannot be opened", metadata: ["problem": "\(error.description)"])
+                throw ExitCode(ExitStatus.config)
+            }
+        }
+        if takeover && spool == nil {
+            logger.error("--takeover needs [storage]: the process being replaced hands over what it holds through the spool")
+            throw ExitCode(ExitStatus.config)
+        }
+        let connection = ComponentConnection(settings: settings, logger: logger, spool: spool)
         if let metrics {
             connection.setLinkObserver { event in
                 if event == .down { metrics.linkLost() }
+            }
+        }
+        // Another process took the link over: this one drains and stops.
+        let shutdown = ShutdownTrigger()
+        connection.setLinkObserver { event in
+            if event == .replaced { shutdown.trigger() }
+        }
+        if takeover, let spool {
+            let done = Mutex(false)
+            connection.setLinkObserver { event in
+                guard event == .up, !done.withLock({ let was = $0; $0 = true; return was }) else { return }
+                // A read of the spool file: on a thread of its own, not the link's task.
+                Thread.detachNewThread {
+                    let others = spool.otherProcesses()
+                    if others.isEmpty { logger.notice("taking over: no other stanzad runs on this spool") }
+                    for pid in others {
+                        logger.notice("taking over: asking the running stanzad to stop", metadata: ["pid": "\(pid)"])
+                        kill(pid, SIGTERM)
+                    }
+                }
             }
         }
         let builtIns = config.builtInResponder()
@@ -158,9 +198,14 @@ struct Run: AsyncParsableCommand {
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
         ])
-        let group = ServiceGroup(
+        // The spool, first, stops last: what the link and the router leave is committed before it closes.
+        let storageServices: [ServiceGroupConfiguration.ServiceConfiguration] = spool.map { [.init(service: $0)] } ?? []
+        // Before the router stops taking stanzas: a successor on the spool gets the link first.
+        let handoverServices: [ServiceGroupConfiguration.ServiceConfiguration] =
+            spool.map { [.init(service: Handover(connection: connection, spool: $0, logger: logger))] } ?? []
+        let group: ServiceGroup = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [
+                services: storageServices + [
                     .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
                     // Stops after the router has drained: its pending retries end, then its connections close.
@@ -174,12 +219,13 @@ struct Run: AsyncParsableCommand {
                     // Services stop in reverse order: the REST front first (waiting requests get 503), then the
                     // router (no new stanzas; running handlers finish while workers and the link are still up).
                     .init(service: router),
-                ] + (front.map { [.init(service: $0)] } ?? []) + [
+                ] + handoverServices + (front.map { [.init(service: $0)] } ?? []) + [
                     // Last: READY=1 once everything runs; the first to hear of a shutdown (STOPPING=1).
                     .init(service: SystemdService(logger: logger, probes: front.map { front in [{ front.probe($0) }] } ?? [])),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
+        shutdown.set(group)
         do {
             try await group.run()
         } catch {
@@ -313,5 +359,57 @@ enum RouteTable {
         return rows.map { row in
             zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
         }.joined(separator: "\n")
+    }
+}
+
+/// Starts a graceful shutdown of the service group from a callback (the link was taken over).
+final class ShutdownTrigger: Sendable {
+    private let state = Mutex<(group: ServiceGroup?, pending: Bool)>((nil, false))
+
+    func set(_ group: ServiceGroup) {
+        let pending = state.withLock { state in
+            state.group = group
+            return state.pending
+        }
+        if pending { start(group) }
+    }
+
+    func trigger() {
+        let group: ServiceGroup? = state.withLock { state in
+            state.pending = true
+            return state.group
+        }
+        if let group { start(group) }
+    }
+
+    private func start(_ group: ServiceGroup) {
+        Task { await group.triggerGracefulShutdown() }
+    }
+}
+
+/// At shutdown, when another stanzad runs on the same spool (it was started with --takeover), hands it the link
+/// before the router stops taking stanzas: the server (ejabberd, which admits both) then routes only to the other
+/// process, and nothing arrives here that no one would take. Replies of running handlers go into the spool.
+final class Handover: Service {
+    let connection: ComponentConnection
+    let spool: SQLiteSpool
+    let logger: Logger
+
+    init(connection: ComponentConnection, spool: SQLiteSpool, logger: Logger) {
+        self.connection = connection
+        self.spool = spool
+        self.logger = logger
+    }
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        let spool = self.spool
+        // A read of the spool file, on a thread of its own.
+        let others: [Int32] = await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: spool.otherProcesses()) }
+        }
+        guard !others.isEmpty else { return }
+        logger.notice("another stanzad runs on this spool: handing it the component link", metadata: ["pids": "\(others)"])
+        await connection.leave()
     }
 }
