@@ -174,7 +174,8 @@ struct Run: AsyncParsableCommand {
             rest.setUpdateQueues(factory.queues(for: config))
             if let metrics, let endpoint = config.metrics {
                 rest.setMetrics(.init(path: endpoint.path, credentials: endpoint.credentials) {
-                    metrics.render(connection: connection, dispatcher: dispatcher, queues: factory.allQueues, rooms: rooms.countsByState)
+                    metrics.render(connection: connection, dispatcher: dispatcher, queues: factory.allQueues, rooms: rooms.countsByState,
+                                   commandSessions: factory.sessions.countsByCommand)
                 })
             }
             api = rest
@@ -210,6 +211,7 @@ struct Run: AsyncParsableCommand {
                     // Stops after the router has drained: its pending retries end, then its connections close.
                     .init(service: factory.client),
                     .init(service: factory.host),
+                    .init(service: factory.sessions),
                     .init(service: reloader),
                     // Stops before the link: the rooms are left while it still sends.
                     .init(service: rooms),
@@ -258,6 +260,16 @@ struct Check: ParsableCommand {
                 problems.append("\(config.file):\(hook.line): hook \"\(hook.name)\": \(problem)")
             }
         }
+        for command in config.commands {
+            switch command.target {
+            case .exec(let argv), .worker(let argv):
+                if let program = argv.first, let problem = HandlerCheck.problem(program: program) {
+                    problems.append("\(config.file):\(command.line): command \"\(command.node)\": \(problem)")
+                }
+            case .webhook, .pull:
+                break
+            }
+        }
         for warning in config.warnings { print("warning: \(warning)") }
         print("component \(config.component.jid) via \(config.component.host):\(config.component.port)")
         if let rest = config.rest { print("rest \(rest.listen) path \(rest.path), \(rest.credentials.count) credential(s)") }
@@ -265,6 +277,17 @@ struct Check: ParsableCommand {
             print("hook \(hook.name): POST \(config.rest?.path ?? "/rest")/hooks/\(hook.name) → \(hook.argv.joined(separator: " ")) (auth \(hook.auth.rawValue)\(hook.to.isEmpty ? "" : ", to \(hook.to.joined(separator: ", "))"))")
         }
         print(RouteTable.render(config.routes))
+        for command in config.commands {
+            let target: String
+            switch command.target {
+            case .exec(let argv): target = "exec " + argv.joined(separator: " ")
+            case .worker(let argv): target = "worker " + argv.joined(separator: " ")
+            case .webhook, .pull: target = "?"
+            }
+            print("command \(command.node) (\"\(command.name)\") at \(command.to) → \(target), format \(command.format), from "
+                  + (command.from?.map(\.pattern).joined(separator: ",") ?? "anyone")
+                  + ", timeout \(command.timeout) s, sessions \(command.maxSessions) for \(command.sessionTimeout) s")
+        }
         for room in config.roomSettings() {
             print("room \(room.jid) as \(room.nick) from \(room.from)" + (room.password == nil ? "" : ", with a password") + ", history \(room.history)")
         }
