@@ -15,6 +15,8 @@ struct StanzadConfig: Sendable {
         var pingTimeout = 20
         var pingTo: String?
         var sendQueue = 1000
+        /// `send_queue` was given (else, with `[storage]`, the spool holds up to 10,000).
+        var sendQueueGiven = false
         var sendQueueTTL = 60
         var maxStanza = 524_288
     }
@@ -565,6 +567,7 @@ struct ConfigLoader {
         component.pingInterval = int(t, "ping_interval", min: 1) ?? 60
         component.pingTimeout = int(t, "ping_timeout", min: 1) ?? 20
         component.sendQueue = int(t, "send_queue", min: 0) ?? 1000
+        component.sendQueueGiven = t["send_queue"] != nil
         component.sendQueueTTL = int(t, "send_queue_ttl", min: 1) ?? 60
         component.maxStanza = int(t, "max_stanza", min: 10_000) ?? 524_288
         if let pingTo = string(t, "ping_to") {

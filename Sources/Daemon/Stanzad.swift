@@ -105,7 +105,8 @@ struct Run: AsyncParsableCommand {
         settings.reconnectMax = .seconds(config.component.reconnectMax)
         settings.pingInterval = .seconds(config.component.pingInterval)
         settings.pingTimeout = .seconds(config.component.pingTimeout)
-        settings.sendQueue = config.component.sendQueue
+        // The spool is on disk: by default it holds ten times what memory does.
+        settings.sendQueue = config.storage != nil && !config.component.sendQueueGiven ? 10_000 : config.component.sendQueue
         settings.sendQueueTTL = .seconds(config.component.sendQueueTTL)
         settings.maxStanza = config.component.maxStanza
         // Before any route or counter exists: they bind to the backend bootstrapped here.

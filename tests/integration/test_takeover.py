@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -44,9 +45,10 @@ class Activated(Stanzad):
     def start(self) -> "Activated":
         fd = self.listener.fileno()
         environment = dict(os.environ if self.env is None else self.env, LISTEN_FDS="1")
-        # The shell moves the socket to fd 3 and becomes stanzad (exec keeps its pid, so $$ is stanzad's).
-        move = "" if fd == 3 else f" 3<&{fd} {fd}<&-"
-        self.process = subprocess.Popen(["/bin/sh", "-c", f'LISTEN_PID=$$ exec "$@"{move}', "sh"] + self.args,
+        # A small launcher moves the socket to fd 3 and becomes stanzad (exec keeps its pid: LISTEN_PID).
+        launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+                    "os.execv(sys.argv[2], sys.argv[2:])")
+        self.process = subprocess.Popen([sys.executable, "-c", launcher, str(fd)] + self.args,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
                                         cwd=self.workdir, pass_fds=(fd,))
         self._reader = threading.Thread(target=self._read, daemon=True)
