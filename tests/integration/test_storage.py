@@ -206,3 +206,52 @@ def test_without_storage_a_server_crash_loses_what_was_written_to_it(parts, tmp_
     load, counts, _ = kill_prosody_twice(parts, tmp_path, None, "n")
     lost, _ = report("Prosody kill -9 ×2, without storage", load, counts)
     assert len(set(counts) & load.accepted) + lost == 5000
+
+
+def test_a_spool_that_cannot_be_opened_stops_stanzad_with_what_to_do(prosody, tmp_path):
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port,
+                                                extra=f'[storage]\npath = "{tmp_path}/missing/spool.sqlite"\n')).start()
+    assert daemon.wait(20) == 78
+    assert (f"the spool cannot be opened problem=\"cannot open the spool {tmp_path}/missing/spool.sqlite: the directory "
+            f"{tmp_path}/missing does not exist (create it, writable by stanzad)\"") in daemon.log()
+
+
+def test_takeover_without_storage_is_refused(prosody, tmp_path):
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port), extra_args=["--takeover"]).start()
+    assert daemon.wait(20) == 78
+    assert "--takeover needs [storage]: the process being replaced hands over what it holds through the spool" in daemon.log()
+
+
+def test_the_spool_holds_nothing_once_the_server_confirmed_and_metrics_show_its_depth(prosody, tmp_path):
+    """A quiet link: the barrier after a burst empties the spool; stanzad_spool_depth says so."""
+    socket_path = tmp_path / "fastcgi.sock"
+    web = Nginx(tmp_path / "nginx", socket_path)
+    (tmp_path / "nginx").mkdir()
+    daemon = start_stanzad(tmp_path, prosody, rest_extra(socket_path, tmp_path / "spool.sqlite")
+                           + '\n[metrics]\npath = "/metrics"\n')
+    web.start()
+    alice = Client(f"alice@{DOMAIN}/quiet", "pw", prosody.c2s_port)
+    try:
+        daemon.wait_for_log("component connected")
+        for i in range(20):
+            connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+            connection.request("POST", f"/rest/message/chat/alice@{DOMAIN}", body=f"q-{i}",
+                               headers={"Authorization": TOKEN, "Content-Type": "text/plain"})
+            assert connection.getresponse().status == 202
+        bodies = {str(alice.next_message(10)["body"]) for _ in range(20)}
+        assert bodies == {f"q-{i}" for i in range(20)}
+        deadline = time.monotonic() + 10
+        while True:
+            with sqlite3.connect(tmp_path / "spool.sqlite") as db:
+                left = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+            connection.request("GET", "/metrics", headers={"Authorization": TOKEN})
+            metrics = connection.getresponse().read().decode()
+            if left == 0 and "stanzad_spool_depth 0" in metrics:
+                break
+            assert time.monotonic() < deadline, f"{left} entries left; {[l for l in metrics.splitlines() if 'spool' in l]}"
+            time.sleep(0.1)  # polling a file another process writes: no event to wait for
+    finally:
+        alice.close()
+        daemon.stop()
+        web.stop()
