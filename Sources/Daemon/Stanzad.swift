@@ -127,6 +127,16 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(ExitStatus.config)
         }
         let connection = ComponentConnection(settings: settings, logger: logger, spool: spool)
+        // SPEC §20: the same server, secret and timers under this instance's own domain; no spool (it carries only
+        // requests whose waiters are in this process).
+        let instance: InstanceLink? = config.component.instanceJID.map { instanceJID in
+            var instanceSettings = settings
+            instanceSettings.jid = instanceJID
+            let link = ComponentConnection(settings: instanceSettings, logger: logger)
+            let inbound = InstanceInbound(connection: link, logger: logger)
+            link.setDirectInbound { inbound.take($0) }
+            return InstanceLink(connection: link, addressing: InstanceAddressing(domain: config.component.jid, instance: instanceJID))
+        }
         if let metrics {
             connection.setLinkObserver { event in
                 if event == .down { metrics.linkLost() }
@@ -170,13 +180,13 @@ struct Run: AsyncParsableCommand {
                     domain: config.component.jid, path: rest.path, credentials: rest.credentials,
                     iqTimeout: .seconds(rest.iqTimeout), maxIQTimeout: .seconds(rest.maxIQTimeout), maxBody: rest.maxBody,
                     maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
-                sender: LinkSender(connection: connection), hooks: config.hookSettings, hookRunner: hooks, logger: logger,
+                sender: LinkSender(connection: connection, instance: instance), hooks: config.hookSettings, hookRunner: hooks, logger: logger,
                 rooms: RoomDirectoryAdapter(keeper: rooms))
             rest.setUpdateQueues(factory.queues(for: config))
             if let metrics, let endpoint = config.metrics {
                 rest.setMetrics(.init(path: endpoint.path, credentials: endpoint.credentials) {
                     metrics.render(connection: connection, dispatcher: dispatcher, queues: factory.allQueues, rooms: rooms.countsByState,
-                                   commandSessions: factory.sessions.countsByCommand)
+                                   commandSessions: factory.sessions.countsByCommand, instance: instance?.connection)
                 })
             }
             api = rest
@@ -198,17 +208,21 @@ struct Run: AsyncParsableCommand {
         logger.notice("stanzad starting", metadata: [
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
+            "instance_jid": "\(config.component.instanceJID ?? "-")",
         ])
         // The spool, first, stops last: what the link and the router leave is committed before it closes.
         let storageServices: [ServiceGroupConfiguration.ServiceConfiguration] = spool.map { [.init(service: $0)] } ?? []
         // Before the router stops taking stanzas: a successor on the spool gets the link first.
         let handoverServices: [ServiceGroupConfiguration.ServiceConfiguration] =
             spool.map { [.init(service: Handover(connection: connection, spool: $0, logger: logger))] } ?? []
+        // Stops after the router and the REST front (requests waiting for replies end first).
+        let instanceServices: [ServiceGroupConfiguration.ServiceConfiguration] = instance.map { [.init(service: $0.connection)] } ?? []
         let group: ServiceGroup = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: storageServices + [
                     .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
+                ] + instanceServices + [
                     // Stops after the router has drained: its pending retries end, then its connections close.
                     .init(service: factory.client),
                     .init(service: factory.host),

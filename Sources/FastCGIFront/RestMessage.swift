@@ -102,12 +102,18 @@ package struct SendFailure: Error, Sendable, Equatable {
 package protocol StanzaSender: Sendable {
     /// "connected", "connecting" or "failed".
     var linkState: String { get }
+    /// The instance link's domain and state (SPEC §20), when there is one.
+    var instanceLinkState: (jid: String, state: String)? { get }
     /// Writes a message or presence; waits up to `wait` for a lost link to come back.
     func deliver(_ stanza: XMPPCore.Stanza, wait: Duration,
                  completion: @escaping @Sendable (Result<Void, SendFailure>) -> Void) -> RestCancellation?
     /// Sends an iq get/set; `completion` gets its reply (result or error stanza) or why there is none.
     func ask(_ iq: XMPPCore.Stanza, timeout: Duration, maxPending: Int,
              completion: @escaping @Sendable (Result<XMPPCore.Stanza, SendFailure>) -> Void) -> RestCancellation?
+}
+
+extension StanzaSender {
+    package var instanceLinkState: (jid: String, state: String)? { nil }
 }
 
 import XMPPCore
