@@ -30,6 +30,12 @@ package struct ComponentSettings: Sendable {
     package var inboundBacklog: Int = 1000
     /// Where XEP-0199 pings go: the server's domain.
     package var pingTarget: String
+    /// Where the link's own pings (keepalive and barriers) go from; nil: `jid`. With an instance link (SPEC §20),
+    /// the instance domain: when the server balances `jid` over several processes, the answer to a ping from `jid`
+    /// reaches any of them, the answer to one from the instance domain this process (see `relayReply`).
+    package var pingFrom: String?
+    /// Ids of the link's keepalive pings start with this (two links of one process need different ones).
+    package var pingIDPrefix = "stanzad-ping-"
 
     package init(jid: String, host: String, port: Int, secret: String, pingTarget: String? = nil) {
         self.jid = jid
@@ -66,6 +72,8 @@ package enum LinkHealth: String, Sendable {
 package final class ComponentConnection: Service, Sendable {
     package let settings: ComponentSettings
     package let policy: OutboundPolicy
+    /// The policy for the link's own pings: `pingFrom` may be outside `jid`.
+    let pingPolicy: OutboundPolicy
     let logger: Logger
     let group: any EventLoopGroup
     private let shared: Mutex<SharedState>
@@ -89,14 +97,17 @@ package final class ComponentConnection: Service, Sendable {
         self.settings = settings
         self.spool = spool
         self.policy = OutboundPolicy(domain: settings.jid, maxStanzaBytes: settings.maxStanza)
+        self.pingPolicy = OutboundPolicy(
+            domain: settings.pingFrom.flatMap { JID.parse($0)?.domain } ?? settings.jid, maxStanzaBytes: settings.maxStanza)
         self.logger = logger
         self.group = group
         // A ping target the policy refuses (a bad `ping_target`) leaves the keepalive alone to hold the link.
-        let canPing = (try? policy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
+        let canPing = (try? pingPolicy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
         self.canPing = canPing
         let limits = SessionTimers.Limits(
             handshakeTimeout: settings.handshakeTimeout, keepaliveInterval: settings.keepaliveInterval,
-            pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout)
+            pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout,
+            pingIDPrefix: settings.pingIDPrefix)
         self.shared = Mutex(SharedState(machine: LinkStateMachine(
             jid: settings.jid, secret: settings.secret, limits: limits, reconnectMax: settings.reconnectMax,
             sendQueue: settings.sendQueue, sendQueueTTL: settings.sendQueueTTL)))
@@ -441,10 +452,12 @@ package final class ComponentConnection: Service, Sendable {
         case leave
         /// Time to write a barrier for the spooled stanzas written since the last one.
         case barrierDue
+        /// The answer to a ping or barrier of this link that arrived over another link (`relayReply`).
+        case relayed(LinkStateMachine<Waiter, IQReplier>.StreamAction)
     }
 
     static func ping(id: String, settings: ComponentSettings) -> Stanza {
-        var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.jid, to: settings.pingTarget)
+        var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.pingFrom ?? settings.jid, to: settings.pingTarget)
         ping.element.append(Element("ping", namespace: "urn:xmpp:ping"))
         return ping
     }
@@ -621,6 +634,16 @@ package final class ComponentConnection: Service, Sendable {
         }
     }
 
+    /// Takes the answer to one of this link's pings or barriers that arrived over another link of this process (the
+    /// instance link, when `pingFrom` is its domain); false when `stanza` is not one. Does not wait.
+    package func relayReply(_ stanza: Stanza) -> Bool {
+        let (action, session) = shared.withLock { state in (state.machine.relayed(stanza, at: .now), state.session) }
+        guard let action else { return false }
+        if case .none = action { return true }
+        session?.yield(.relayed(action))
+        return true
+    }
+
     /// Delivers an iq reply that did not come through the stream's own path (a refused reply); true when it was one.
     fileprivate func resolveIQ(_ stanza: Stanza) -> Bool {
         guard let pending = withMachine({ $0.resolve(stanza) }) else { return false }
@@ -766,8 +789,11 @@ private struct SessionLoop {
                 barrierScheduled = false
                 if leaving || draining { continue }
                 if let id = connection.withMachine({ $0.barrierIfNeeded() }) {
-                    try await write(connection.policy.serialize(ComponentConnection.ping(id: id, settings: settings)))
+                    try await write(connection.pingPolicy.serialize(ComponentConnection.ping(id: id, settings: settings)))
                 }
+            case .relayed(let action):
+                if leaving { continue }
+                if let outcome = try await perform(action) { return outcome }
             case .leave:
                 guard !leaving else { continue }
                 leaving = true
@@ -798,7 +824,7 @@ private struct SessionLoop {
                 return .failed(ComponentLinkError(.pingTimeout, "no reply to a ping within \(settings.pingTimeout)"))
             case .sendPing(let id):
                 logger.debug("link idle, pinging the server", metadata: ["to": "\(settings.pingTarget)"])
-                try await write(connection.policy.serialize(ComponentConnection.ping(id: id, settings: settings)))
+                try await write(connection.pingPolicy.serialize(ComponentConnection.ping(id: id, settings: settings)))
             case .sendKeepalive:
                 try await write(" ")
             }
@@ -843,7 +869,7 @@ private struct SessionLoop {
             if batch.barrier != nil || batch.wantsBarrier {
                 connection.spool?.confirm(connection.withMachine { $0.confirmWithoutBarrier() })
             }
-        } else if let barrier = batch.barrier, let ping = try? connection.policy.serialize(ComponentConnection.ping(id: barrier, settings: settings)) {
+        } else if let barrier = batch.barrier, let ping = try? connection.pingPolicy.serialize(ComponentConnection.ping(id: barrier, settings: settings)) {
             buffer.writeString(ping)
         } else if batch.wantsBarrier {
             scheduleBarrier()

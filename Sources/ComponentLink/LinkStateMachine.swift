@@ -172,6 +172,18 @@ struct LinkStateMachine<Waiter, Replier> {
         timers?.readingPaused(at: now)
     }
 
+    /// An iq reply that reached this process over another link: the instance link, where the answers to this
+    /// link's pings and barriers arrive when they go from the instance domain (SPEC §20). A pong or a barrier's
+    /// answer is handled as if read here; nil when it is neither.
+    mutating func relayed(_ stanza: Stanza, at now: Instant) -> StreamAction? {
+        guard isReady, stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id else { return nil }
+        let isPong: Bool
+        if case .awaitingPong(let pingID, _) = timers?.state { isPong = pingID == id } else { isPong = false }
+        guard isPong || barrier?.id == id else { return nil }
+        timers?.read(at: now)
+        return streamAction(.deliver(stanza.element))
+    }
+
     /// A refused iq result or error with `id`: true when it answered our ping (then it is nobody else's).
     mutating func refusedPong(id: String) -> Bool {
         timers?.pong(id: id) ?? false

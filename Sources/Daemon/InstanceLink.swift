@@ -51,14 +51,18 @@ struct InstanceAddressing: Sendable, Equatable {
     }
 }
 
-/// What arrives at the instance domain that is not a reply the link is waiting for: a ping is answered (a monitor
-/// may check each instance), any other request gets cancel/service-unavailable, the rest (late replies) is dropped.
-/// Runs on the link's task: sends without waiting.
+/// What arrives at the instance domain that is not a reply the link is waiting for: the answers to the main link's
+/// pings and barriers go to the main link; a ping is answered (a monitor may check each instance), any other
+/// request gets cancel/service-unavailable, the rest (late replies) is dropped. Runs on the link's task: sends
+/// without waiting.
 struct InstanceInbound: Sendable {
     let connection: ComponentConnection
+    /// The main link, whose pings go from the instance domain.
+    let main: ComponentConnection
     let logger: Logger
 
     func take(_ stanza: Stanza) -> Bool {
+        if main.relayReply(stanza) { return true }
         guard stanza.isRequest else {
             logger.debug("stanza to the instance domain dropped", metadata: [
                 "kind": "\(stanza.kind.rawValue)", "type": "\(stanza.type ?? "")", "stanza.id": "\(stanza.id ?? "")",

@@ -126,14 +126,19 @@ struct Run: AsyncParsableCommand {
             logger.error("--takeover needs [storage]: the process being replaced hands over what it holds through the spool")
             throw ExitCode(ExitStatus.config)
         }
-        let connection = ComponentConnection(settings: settings, logger: logger, spool: spool)
-        // SPEC §20: the same server, secret and timers under this instance's own domain; no spool (it carries only
-        // requests whose waiters are in this process).
-        let instance: InstanceLink? = config.component.instanceJID.map { instanceJID in
-            var instanceSettings = settings
+        // SPEC §20: the instance link has the same server, secret and timers under this instance's own domain, and
+        // no spool (it carries only requests whose waiters are in this process). The main link's own pings go from
+        // the instance domain too, so that their answers come back to this process (over the instance link).
+        var instanceSettings = settings
+        if let instanceJID = config.component.instanceJID {
             instanceSettings.jid = instanceJID
+            instanceSettings.pingIDPrefix = "stanzad-instance-ping-"
+            settings.pingFrom = instanceJID
+        }
+        let connection = ComponentConnection(settings: settings, logger: logger, spool: spool)
+        let instance: InstanceLink? = config.component.instanceJID.map { instanceJID in
             let link = ComponentConnection(settings: instanceSettings, logger: logger)
-            let inbound = InstanceInbound(connection: link, logger: logger)
+            let inbound = InstanceInbound(connection: link, main: connection, logger: logger)
             link.setDirectInbound { inbound.take($0) }
             return InstanceLink(connection: link, addressing: InstanceAddressing(domain: config.component.jid, instance: instanceJID))
         }

@@ -319,6 +319,48 @@ import XMPPCore
         #expect(link.spoolDepth == 0)
     }
 
+    func relayedResult(id: String) -> Stanza? {
+        var element = Element("iq", namespace: Namespace.componentAccept)
+        element[attribute: "type"] = "result"
+        element[attribute: "id"] = id
+        element[attribute: "from"] = "example.org"
+        element[attribute: "to"] = "i1.bot.example.org"
+        return Stanza(element)
+    }
+
+    @Test func pongsAndBarrierAnswersRelayedFromTheInstanceLinkCountAsThisLinks() throws {
+        var link = Machine(jid: "bot.example.org", secret: "s3cret",
+                           limits: SessionTimers.Limits(handshakeTimeout: .seconds(20), keepaliveInterval: .seconds(30),
+                                                        pingInterval: .seconds(60), pingTimeout: .seconds(20),
+                                                        pingIDPrefix: "main-ping-"),
+                           reconnectMax: .seconds(60), sendQueue: 10, sendQueueTTL: .seconds(60))
+        ready(&link, at: t0)
+        guard case .sendPing(let id) = link.due(at: at(60)).session.first else {
+            Issue.record("no ping")
+            return
+        }
+        #expect(id.hasPrefix("main-ping-"))
+        let unknown = try #require(relayedResult(id: "someone-elses"))
+        #expect(link.relayed(unknown, at: at(61)) == nil, "not this link's: the instance link keeps it")
+        let pong = try #require(relayedResult(id: id))
+        guard case .some(.none) = link.relayed(pong, at: at(61)) else {
+            Issue.record("the relayed pong was not taken")
+            return
+        }
+        #expect(link.due(at: at(81)).session.isEmpty, "no timeout after the relayed pong")
+        #expect(link.relayed(pong, at: at(82)) == nil, "answered once")
+
+        try link.reserveSpool()
+        _ = link.spooled(spooled(1))
+        _ = link.takeForWrite()
+        let barrierAsked = link.barrierIfNeeded()
+        let barrier = try #require(barrierAsked)
+        let answer = try #require(relayedResult(id: barrier))
+        let relayed = link.relayed(answer, at: at(83))
+        let action = try #require(relayed)
+        #expect(confirmedSeqs(action) == [1])
+    }
+
     @Test func oneBarrierAtATimeAndItsAnswerAsksForTheNextWhenMoreWereWritten() throws {
         var link = machine()
         ready(&link, at: t0)
