@@ -291,7 +291,8 @@ struct Check: ParsableCommand {
             }
         }
         for warning in config.warnings { print("warning: \(warning)") }
-        print("component \(config.component.jid) via \(config.component.host):\(config.component.port)")
+        print("component \(config.component.jid) via \(config.component.host):\(config.component.port)"
+              + (config.component.instanceJID.map { ", instance \($0)" } ?? ""))
         if let rest = config.rest { print("rest \(rest.listen) path \(rest.path), \(rest.credentials.count) credential(s)") }
         for hook in config.hooks {
             print("hook \(hook.name): POST \(config.rest?.path ?? "/rest")/hooks/\(hook.name) → \(hook.argv.joined(separator: " ")) (auth \(hook.auth.rawValue)\(hook.to.isEmpty ? "" : ", to \(hook.to.joined(separator: ", "))"))")

@@ -9,6 +9,7 @@ Run: cd tests/integration && STANZAD_BIN=../../.build/debug/stanzad /usr/bin/pyt
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import http.client
 import json
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from ejabberd import Ejabberd
+import fcgi_client
 from harness import COMPONENT, DOMAIN, REPO, SECRET, Client, Stanzad, component_config, free_port, wait_for_port
 
 CLUSTER_YML = REPO / "examples" / "ejabberd" / "cluster.yml"
@@ -119,6 +121,8 @@ def instance_config(port: int, index: int, socket_path: Path, extra: str = "", *
 [rest]
 listen = "unix:{socket_path}"
 credentials = ["{TOKEN}"]
+
+[metrics]
 
 [[route]]
 name = "echo"
@@ -286,6 +290,11 @@ def test_three_instances_share_the_load_and_survive_one_killed(tmp_path_factory)
         assert sum(spread) == 3000, spread
         assert all(n >= 600 for n in spread), f"each instance should answer at least 20%: {spread}"
         assert ping_statuses == {200: 300}, ping_statuses
+        samples = [metrics(d) for d in daemons]
+        served = [int(s.get('stanzad_rest_requests_total{status="200"}', 0)) for s in samples]
+        print(f"[scale] REST requests answered 200 per instance (pings and health checks through nginx): {served}")
+        assert all(s.get("stanzad_instance_link_up") == 1.0 and s.get("stanzad_link_up") == 1.0 for s in samples), samples
+        assert all(n > 0 for n in served), served
 
         # Which instance holds which sender (bare_source): from the logs.
         owner = {}
@@ -341,6 +350,18 @@ def test_three_instances_share_the_load_and_survive_one_killed(tmp_path_factory)
         if web:
             web.stop()
         server.stop()
+
+
+def metrics(daemon: Stanzad) -> dict[str, float]:
+    """The instance's Prometheus samples, read from its own FastCGI socket (not through the balancing upstream)."""
+    status, _, body = asyncio.run(fcgi_client.call(str(daemon.workdir / "fastcgi.sock"), "GET", "/metrics"))
+    assert status == 200, body
+    samples = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
 
 def rest_health(port: int) -> dict:
