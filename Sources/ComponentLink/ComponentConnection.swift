@@ -408,7 +408,7 @@ package final class ComponentConnection: Service, Sendable {
             }
             let text = error.description
             var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(end.delay)"]
-            if error.isConfigurationError, let hint = error.hint(jid: settings.jid) {
+            if error.isConfigurationError, let hint = hint(for: error) {
                 metadata["hint"] = "\(hint)"
                 if lastLoggedError != text {
                     logger.error("component link refused by the server (configuration error)", metadata: metadata)
@@ -429,6 +429,14 @@ package final class ComponentConnection: Service, Sendable {
             }
             if Task.isShuttingDownGracefully { return }
         }
+    }
+
+    /// What the operator should change; a refused `from` after the link was up is our pings' instance domain.
+    private func hint(for error: ComponentLinkError) -> String? {
+        if let pingFrom = settings.pingFrom, error.condition == "invalid-from" || error.condition == "improper-addressing" {
+            return "the server refused a ping from \(pingFrom) (instance_jid) on the link of \(settings.jid): declare both in the hosts of one ejabberd_service listener, with global_routes: false (examples/ejabberd/cluster.yml)"
+        }
+        return error.hint(jid: settings.jid)
     }
 
     enum Outcome {
