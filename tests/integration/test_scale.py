@@ -273,6 +273,15 @@ def test_three_instances_share_the_load_and_survive_one_killed(tmp_path_factory)
         health = [rest_health(web.port) for _ in range(6)]
         assert {h["instance_jid"] for h in health} <= {f"i{i}.{COMPONENT}" for i in range(1, 4)}, health
         assert all(h["component"] == "connected" and h["instance"] == "connected" for h in health), health
+        # Each instance domain answers a ping itself (a monitor can check every instance) and nothing else.
+        user = clients[USERS[0]]
+        for index in range(1, INSTANCES + 1):
+            pong = user.iq(f"<iq xmlns='jabber:client' type='get' to='i{index}.{COMPONENT}' id='ip{index}'>"
+                           "<ping xmlns='urn:xmpp:ping'/></iq>")
+            assert pong["type"] == "result" and str(pong["from"]) == f"i{index}.{COMPONENT}", pong
+        other = user.iq(f"<iq xmlns='jabber:client' type='get' to='i1.{COMPONENT}' id='iv1'>"
+                        "<query xmlns='jabber:iq:version'/></iq>")
+        assert other["type"] == "error" and other["error"]["condition"] == "service-unavailable", other
 
         # 1. 3,000 echoes, REST pings beside them: everything answered, spread over the three.
         load = Load(clients, "a", 3000)
