@@ -154,6 +154,23 @@ struct Run: AsyncParsableCommand {
         }
         let builtIns = config.builtInResponder()
         let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
+        if let spool {
+            // The pull routes' updates kept from before: each queue takes its own as it is made.
+            do {
+                let stored = try spool.takeStoredUpdates().mapValues { updates in
+                    updates.map { StoredUpdate(seq: $0.seq, id: $0.id, json: $0.json, arrived: $0.arrived) }
+                }
+                let count = stored.values.reduce(0) { $0 + $1.count }
+                if count > 0 { logger.notice("spool: updates kept from before", metadata: ["count": "\(count)"]) }
+                factory.setUpdateStore(spool, stored: stored)
+            } catch {
+                logger.error("the spool cannot be read", metadata: ["problem": "\(error.description)"])
+                throw ExitCode(ExitStatus.config)
+            }
+            spool.startAdoptingUpdates { route, updates in
+                factory.queue(named: route)?.adopt(updates.map { StoredUpdate(seq: $0.seq, id: $0.id, json: $0.json, arrived: $0.arrived) })
+            }
+        }
         let dispatcher = Dispatcher(
             routes: factory.routes(for: config), builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
         dispatcher.setRateLimit(config.perSender)
@@ -414,3 +431,5 @@ final class Handover: Service {
         await connection.leave()
     }
 }
+
+extension SQLiteSpool: UpdateStore {}
