@@ -171,6 +171,32 @@ struct Run: AsyncParsableCommand {
                 factory.queue(named: route)?.adopt(updates.map { StoredUpdate(seq: $0.seq, id: $0.id, json: $0.json, arrived: $0.arrived) })
             }
         }
+        if let spool {
+            // Webhook retries still waiting at shutdown are kept, and routed again by the next start once the link is up.
+            factory.client.keepWaitingDeliveries { stanza in
+                guard let xml = try? stanza.serialized() else { return false }
+                spool.keepDelivery(xml)
+                return true
+            }
+            let redelivered = Mutex(false)
+            connection.setLinkObserver { event in
+                guard event == .up, !redelivered.withLock({ let was = $0; $0 = true; return was }) else { return }
+                Thread.detachNewThread {
+                    let kept = spool.takeKeptDeliveries()
+                    guard !kept.isEmpty else { return }
+                    logger.notice("spool: routing again webhook deliveries kept at the last stop", metadata: ["count": "\(kept.count)"])
+                    for xml in kept {
+                        guard let element = (try? XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1))?.first,
+                            let stanza = Stanza(element)
+                        else {
+                            logger.error("spool: a kept delivery is not a stanza; dropped", metadata: ["xml": "\(xml.prefix(200))"])
+                            continue
+                        }
+                        connection.redeliver(stanza)
+                    }
+                }
+            }
+        }
         let dispatcher = Dispatcher(
             routes: factory.routes(for: config), builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
         dispatcher.setRateLimit(config.perSender)

@@ -42,9 +42,21 @@ package struct SpooledUpdate: Sendable, Equatable {
 
 /// A change to the stored updates, committed with the next batch.
 enum UpdateOp: Sendable {
+    case keepDelivery(xml: String)
     case save(route: String, id: Int64, json: [UInt8], arrived: Double)
     case deleteBelow(route: String, id: Int64)
     case renumber(seq: Int64, id: Int64)
+}
+
+extension UpdateOp {
+    var name: String {
+        switch self {
+        case .keepDelivery: "webhook delivery"
+        case .save: "update"
+        case .deleteBelow: "update acknowledgement"
+        case .renumber: "update renumbering"
+        }
+    }
 }
 
 /// Why the spool cannot be used.
@@ -145,6 +157,16 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                 CREATE INDEX updates_route_id ON updates (route, id);
                 """)
         }
+        migrator.registerMigration("v3 deliveries") { db in
+            // Inbound stanzas whose webhook delivery was waiting for a retry when a process stopped.
+            try db.execute(sql: """
+                CREATE TABLE deliveries (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    xml TEXT NOT NULL,
+                    created REAL NOT NULL
+                );
+                """)
+        }
         return migrator
     }
 
@@ -220,6 +242,27 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         pending.withLock { $0.adoptedUpdates = adopted }
     }
 
+    // MARK: Webhook deliveries waiting for a retry
+
+    /// Keeps an inbound stanza whose webhook retry was still waiting when this process stopped; committed before
+    /// the spool closes.
+    package func keepDelivery(_ xml: String) {
+        enqueue(.keepDelivery(xml: xml))
+    }
+
+    /// The stanzas kept that way (by any process), removed from the spool: the caller routes them again.
+    /// Blocking: call it off the event loops.
+    package func takeKeptDeliveries() -> [String] {
+        do {
+            return try database.write { db in
+                try String.fetchAll(db, sql: "DELETE FROM deliveries RETURNING xml")
+            }
+        } catch {
+            logger.error("spool read failed", metadata: ["path": "\(settings.path)", "error": "\(error)"])
+            return []
+        }
+    }
+
     package func saveUpdate(route: String, id: Int64, json: [UInt8], arrived: Date) {
         enqueue(.save(route: route, id: id, json: json, arrived: arrived.timeIntervalSince1970))
     }
@@ -238,7 +281,11 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
             state.updateOps.append(op)
             return false
         }
-        if !stopping { signal() }
+        if stopping {
+            logger.warning("spool already closed; not kept", metadata: ["what": "\(op.name)"])
+        } else {
+            signal()
+        }
     }
 
     package func startAdopting(_ adopted: @escaping @Sendable ([SpooledStanza]) -> Void) {
@@ -333,6 +380,8 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                 }
                 for op in work.updateOps {
                     switch op {
+                    case .keepDelivery(let xml):
+                        try db.execute(sql: "INSERT INTO deliveries (xml, created) VALUES (?, ?)", arguments: [xml, now])
                     case .save(let route, let id, let json, let arrived):
                         try db.cachedStatement(sql: "INSERT INTO updates (route, id, json, arrived, owner) VALUES (?, ?, ?, ?, ?)")
                             .execute(arguments: [route, id, Data(json), arrived, owner])

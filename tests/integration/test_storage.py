@@ -302,3 +302,34 @@ def test_pull_route_updates_survive_a_kill_with_their_ids_and_acknowledged_ones_
         assert [u["stanza"]["body"] for u in later] == ["u3"] and later[0]["update_id"] > rest_ids[-1]
     finally:
         daemon.stop()
+
+
+def test_a_webhook_retry_waiting_at_shutdown_is_routed_again_by_the_next_start(prosody, tmp_path):
+    from webhook_server import WebhookServer
+
+    alice = Client(f"alice@{DOMAIN}/kept", "pw", prosody.c2s_port)
+
+    hook = WebhookServer()
+    # The first attempt is told to come back in 30 s; stanzad stops before that.
+    hook.answer("hook", ((503, {"Retry-After": "30"}), "text/plain", "busy"), (200, "text/plain", "answered after the restart"))
+    extra = (f'[storage]\npath = "{tmp_path}/spool.sqlite"\n\n[[route]]\nname = "hook"\nto = ["hook@{COMPONENT}"]\n'
+             f'webhook = "http://127.0.0.1:{hook.port}/hook"\nformat = "text"\nretries = 3\ntimeout = 10\n')
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port, extra=extra)).start()
+    try:
+        daemon.wait_for_log("component connected")
+        alice.loop.call_soon_threadsafe(lambda: alice.xmpp.send_message(mto=f"hook@{COMPONENT}", mbody="ping", mtype="chat"))
+        daemon.wait_for_log("webhook attempt failed; retrying")
+        daemon.stop()
+        assert "webhook retry kept in the spool: the next start routes the stanza again" in daemon.log()
+        with sqlite3.connect(tmp_path / "spool.sqlite") as db:
+            assert db.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+        daemon = Stanzad(tmp_path, component_config(prosody.component_port, extra=extra)).start()
+        daemon.wait_for_log("spool: routing again webhook deliveries kept at the last stop count=1")
+        reply = alice.next_message(15)
+        assert str(reply["body"]) == "answered after the restart", "the sender heard nothing in between, then the answer"
+        assert str(reply["from"]) == f"hook@{COMPONENT}"
+        assert len(hook.requests_for("hook")) == 2
+    finally:
+        daemon.stop()
+        hook.stop()
+        alice.close()
