@@ -114,11 +114,14 @@ struct Run: AsyncParsableCommand {
         var spool: SQLiteSpool?
         if let storage = config.storage {
             do {
-                spool = try SQLiteSpool(
-                    settings: StorageSettings(path: storage.path, sync: StorageSettings.Sync(rawValue: storage.sync) ?? .normal),
-                    logger: logger)
+                // Opening (and migrating) the file blocks: on a thread of its own, not the cooperative pool.
+                spool = try await onOwnThread {
+                    try SQLiteSpool(
+                        settings: StorageSettings(path: storage.path, sync: StorageSettings.Sync(rawValue: storage.sync) ?? .normal),
+                        logger: logger)
+                }
             } catch {
-                logger.error("the spool cannot be opened", metadata: ["problem": "\(error.description)"])
+                logger.error("the spool cannot be opened", metadata: ["problem": "\(error)"])
                 throw ExitCode(ExitStatus.config)
             }
         }
@@ -157,14 +160,14 @@ struct Run: AsyncParsableCommand {
         if let spool {
             // The pull routes' updates kept from before: each queue takes its own as it is made.
             do {
-                let stored = try spool.takeStoredUpdates().mapValues { updates in
+                let stored = try await onOwnThread { try spool.takeStoredUpdates() }.mapValues { updates in
                     updates.map { StoredUpdate(seq: $0.seq, id: $0.id, json: $0.json, arrived: $0.arrived) }
                 }
                 let count = stored.values.reduce(0) { $0 + $1.count }
                 if count > 0 { logger.notice("spool: updates kept from before", metadata: ["count": "\(count)"]) }
                 factory.setUpdateStore(spool, stored: stored)
             } catch {
-                logger.error("the spool cannot be read", metadata: ["problem": "\(error.description)"])
+                logger.error("the spool cannot be read", metadata: ["problem": "\(error)"])
                 throw ExitCode(ExitStatus.config)
             }
             spool.startAdoptingUpdates { route, updates in
@@ -459,3 +462,10 @@ final class Handover: Service {
 }
 
 extension SQLiteSpool: UpdateStore {}
+
+/// Runs blocking `work` (a file's first read or write) on a thread of its own and returns its result.
+func onOwnThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try work() }) }
+    }
+}
