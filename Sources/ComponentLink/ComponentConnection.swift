@@ -802,7 +802,8 @@ private struct SessionLoop {
                 return await closeForShutdown()
             case .barrierDue:
                 barrierScheduled = false
-                if leaving || draining { continue }
+                // While draining too: what was written after the barrier on its way needs the next one.
+                if leaving { continue }
                 if let id = connection.withMachine({ $0.barrierIfNeeded() }) {
                     try await write(connection.pingPolicy.serialize(ComponentConnection.ping(id: id, settings: settings)))
                 }
@@ -876,7 +877,9 @@ private struct SessionLoop {
     /// replies instead of one per stanza. Spooled stanzas among them are followed by a barrier ping.
     mutating func write(_ batch: LinkStateMachine<Waiter, IQReplier>.Batch) async throws {
         let items = batch.items
-        guard !items.isEmpty else { return }
+        // A barrier alone is written too: shutdown's last batch may hold nothing new but a barrier for what was
+        // written before it.
+        guard !items.isEmpty || batch.barrier != nil else { return }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(items.reduce(0) { $0 + $1.xml.utf8.count })
         for item in items { buffer.writeString(item.xml) }

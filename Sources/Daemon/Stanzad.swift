@@ -266,14 +266,15 @@ struct Run: AsyncParsableCommand {
         // Before the router stops taking stanzas: a successor on the spool gets the link first.
         let handoverServices: [ServiceGroupConfiguration.ServiceConfiguration] =
             spool.map { [.init(service: Handover(connection: connection, spool: $0, logger: logger))] } ?? []
-        // Stops after the router and the REST front (requests waiting for replies end first).
+        // Stops after the main link: the answers to the main link's last barrier, which shutdown waits for, come
+        // back over it (and after the REST front and the router, whose requests end first).
         let instanceServices: [ServiceGroupConfiguration.ServiceConfiguration] = instance.map { [.init(service: $0.connection)] } ?? []
         let group: ServiceGroup = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: storageServices + [
                     .init(service: SignalEscalation(logger: logger)),
-                    .init(service: connection),
                 ] + instanceServices + [
+                    .init(service: connection),
                     // Stops after the router has drained: its pending retries end, then its connections close.
                     .init(service: factory.client),
                     .init(service: factory.host),

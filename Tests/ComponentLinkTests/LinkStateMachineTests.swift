@@ -361,6 +361,32 @@ import XMPPCore
         #expect(confirmedSeqs(action) == [1])
     }
 
+    @Test func shutdownWithABarrierOnItsWayAsksForAnotherForWhatWasWrittenAfterIt() throws {
+        var link = machine()
+        ready(&link, at: t0)
+        try link.reserveSpool()
+        _ = link.spooled(spooled(1))
+        _ = link.takeForWrite()
+        let firstAsked = link.barrierIfNeeded()
+        let first = try #require(firstAsked)
+        try link.reserveSpool()
+        _ = link.spooled(spooled(2))
+        let last = link.close()
+        #expect(last.items.map(\.xml) == ["s2"] && last.barrier == nil, "one barrier at a time")
+        let firstAnswer = try #require(relayedResult(id: first))
+        let relayed = link.relayed(firstAnswer, at: at(1))
+        let confirmedFirst = try #require(relayed, "an answer relayed while closing still counts")
+        guard case .confirmed(let seqs, more: true) = confirmedFirst else {
+            Issue.record("expected a confirmation asking for the next barrier, got \(confirmedFirst)")
+            return
+        }
+        #expect(seqs == [1])
+        let nextAsked = link.barrierIfNeeded()
+        let next = try #require(nextAsked, "closing still asks for the barrier that confirms s2")
+        #expect(confirmedSeqs(link.received(iqResult(id: next, from: "example.org"), at: at(2))) == [2])
+        #expect(link.unconfirmed.isEmpty)
+    }
+
     @Test func oneBarrierAtATimeAndItsAnswerAsksForTheNextWhenMoreWereWritten() throws {
         var link = machine()
         ready(&link, at: t0)
