@@ -129,6 +129,13 @@ struct Run: AsyncParsableCommand {
             logger.error("--takeover needs [storage]: the process being replaced hands over what it holds through the spool")
             throw ExitCode(ExitStatus.config)
         }
+        if takeover, let instanceJID = config.component.instanceJID {
+            // ejabberd 23.01 with component_number: a connection made while every slot is taken gets none, and the
+            // slot the old process leaves stays empty (its senders' stanzas are dropped) until a connection is made.
+            logger.warning("--takeover with instance_jid: on ejabberd's domain_balancing this link gets no balancing slot while the old process holds it, and the slot it leaves stays empty; restart instead (stop, then start)", metadata: [
+                "instance_jid": "\(instanceJID)",
+            ])
+        }
         // SPEC §20: the instance link has the same server, secret and timers under this instance's own domain, and
         // no spool (it carries only requests whose waiters are in this process). The main link's own pings go from
         // the instance domain too, so that their answers come back to this process (over the instance link).
