@@ -186,44 +186,40 @@ class Load:
                 time.sleep(delay)
 
     def collect(self, until: float, expected: set[str] | None = None) -> None:
-        """Takes replies until every message (or every one in `expected`) is answered or bounced, or the deadline."""
-        queues = {name: client for name, client in self.users.items()}
-        while time.monotonic() < until:
-            with self.lock:
-                if len(self.replies) + len(self.bounced) >= self.count:
-                    return
-                if expected is not None and expected <= set(self.replies):
-                    return
-            progress = False
-            for client in queues.values():
-                while True:
-                    try:
-                        message = client.run(_take(client), 5)
-                    except Exception:
-                        message = None
-                    if message is None:
-                        break
-                    progress = True
-                    body = str(message["body"])
-                    with self.lock:
-                        if message["type"] == "error":
-                            self.bounced[str(message["id"])] = message["error"]["condition"]
-                        elif body.startswith(self.tag + "-"):
-                            self.replies.setdefault(body, time.monotonic())
-            if not progress:
-                time.sleep(0.02)  # nothing arrived on any user: poll again (a pace, not synchronisation)
+        """Takes replies until every message (or every one in `expected`) is answered or bounced, or the deadline:
+        one reader per user waits for that user's next message, and this waits for the readers' news."""
+        news = threading.Condition(self.lock)
+        stop = threading.Event()
+
+        def done() -> bool:
+            return (len(self.replies) + len(self.bounced) >= self.count
+                    or (expected is not None and expected <= set(self.replies)))
+
+        def read(client: Client) -> None:
+            while not stop.is_set():
+                try:
+                    message = client.next_message(0.5)
+                except Exception:
+                    continue  # nothing within 0.5 s: look at `stop` and wait again
+                with news:
+                    if message["type"] == "error":
+                        self.bounced[str(message["id"])] = message["error"]["condition"]
+                    elif str(message["body"]).startswith(self.tag + "-"):
+                        self.replies.setdefault(str(message["body"]), time.monotonic())
+                    news.notify_all()
+
+        readers = [threading.Thread(target=read, args=(client,), daemon=True) for client in self.users.values()]
+        for reader in readers:
+            reader.start()
+        with news:
+            news.wait_for(done, timeout=max(0.0, until - time.monotonic()))
+        stop.set()
+        for reader in readers:
+            reader.join(5)
 
     @property
     def lost(self) -> list[str]:
         return [sid for sid in self.sent if sid not in self.replies and sid not in self.bounced]
-
-
-async def _take(client: Client):
-    """The next message already received by `client`, or None."""
-    try:
-        return client.messages.get_nowait()
-    except Exception:
-        return None
 
 
 def rest_ping(port: int) -> tuple[int, dict | str]:
