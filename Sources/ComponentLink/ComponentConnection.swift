@@ -273,8 +273,9 @@ package final class ComponentConnection: Service, Sendable {
         try result.get()
     }
 
-    /// `sendAndWait` without a task: `completion` runs once, when the stanza is written or cannot be. The returned
-    /// closure stops the wait (`completion` then gets `expired`); nil when `completion` already ran.
+    /// `sendAndWait` without a task: `completion` runs once, when the stanza is written or cannot be (at once when
+    /// the link is up: queued on a ready link counts as written). The returned closure stops the wait
+    /// (`completion` then gets `expired`); nil when `completion` already ran.
     @discardableResult
     package func sendAndWait(_ stanza: Stanza, wait: Duration? = nil,
                             completion: @escaping @Sendable (Result<Void, SendError>) -> Void) -> (@Sendable () -> Void)? {
@@ -286,9 +287,16 @@ package final class ComponentConnection: Service, Sendable {
             return nil
         }
         let deadline = ContinuousClock.now + min(wait ?? settings.sendQueueTTL, settings.sendQueueTTL)
-        let queued: Result<(id: Int, wake: AsyncStream<Input>.Continuation?), SendError> = shared.withLock { state in
-            let id = state.nextWaiterID()
+        // While the link is up, the stanza is as good as written once it is queued (it would wait in the queue
+        // across a reconnect): the sender hears so at once, without waiting for the link's task and its event loop.
+        let queued: Result<(id: Int?, wake: AsyncStream<Input>.Continuation?), SendError> = shared.withLock { state in
             do throws(SendError) {
+                if state.machine.isReady {
+                    let item = Outgoing(xml: xml, deadline: deadline, waiter: nil, iqID: nil)
+                    let writeNow = try state.machine.enqueue(item)
+                    return .success((nil, self.queued(&state, deadline: deadline, writeNow: writeNow)))
+                }
+                let id = state.nextWaiterID()
                 let item = Outgoing(xml: xml, deadline: deadline, waiter: Waiter(id: id, complete: completion), iqID: nil)
                 let writeNow = try state.machine.enqueue(item)
                 return .success((id, self.queued(&state, deadline: deadline, writeNow: writeNow)))
@@ -300,6 +308,10 @@ package final class ComponentConnection: Service, Sendable {
         case .success(let (id, wake)):
             LinkMetrics.queued(stanza.kind)
             wake?.yield(.flush)
+            guard let id else {
+                completion(.success(()))
+                return nil
+            }
             return { self.cancelWaiter(id) }
         case .failure(let error):
             completion(.failure(error))
