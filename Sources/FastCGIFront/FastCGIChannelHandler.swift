@@ -13,6 +13,8 @@ import XMPPCore
 final class FastCGIExchange: Sendable {
     let request: RestRequest
     private let write: @Sendable (RestResponse) -> Void
+    /// Closes the connection without an answer.
+    private let drop: @Sendable () -> Void
     private let state = Mutex(State.open(nil))
 
     private enum State {
@@ -22,9 +24,22 @@ final class FastCGIExchange: Sendable {
         case answered
     }
 
-    init(request: RestRequest, write: @escaping @Sendable (RestResponse) -> Void) {
+    init(request: RestRequest, drop: @escaping @Sendable () -> Void = {}, write: @escaping @Sendable (RestResponse) -> Void) {
         self.request = request
+        self.drop = drop
         self.write = write
+    }
+
+    /// Shutdown, before the request was read by the API: the connection is closed without an answer, so that
+    /// nginx sends the request again on a fresh connection (to the process that runs next, with socket
+    /// activation or a take-over) instead of passing a refusal to its client.
+    func refuseByClosing() {
+        let open: Bool = state.withLock { state in
+            guard case .open = state else { return false }
+            state = .closed
+            return true
+        }
+        if open { drop() }
     }
 
     /// The way to stop the request's wait; cancelled at once when the connection is already gone.
@@ -161,7 +176,7 @@ final class FastCGIChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
         let id = request.requestID
-        let exchange = FastCGIExchange(request: rest) { response in
+        let exchange = FastCGIExchange(request: rest, drop: { loop.execute { bound.value.context?.close(promise: nil) } }) { response in
             if let stream = response.stream {
                 let head = Self.encodeHead(response, requestID: id)
                 loop.execute { bound.value.startStream(head, stream: stream, requestID: id) }

@@ -94,11 +94,17 @@ package final class FastCGIServer: Service, Sendable {
         }
         logger.notice("REST API listening", metadata: ["listen": "\(listen)", "path": "\(api.settings.path)"])
 
-        // Graceful shutdown: no new connections or requests; requests still waiting (long-polls) answer 503.
+        // Graceful shutdown: no new connections; a request arriving on a kept connection is not read (its
+        // connection is closed, so nginx sends it again on a fresh one). Requests under way get `drainGrace` to
+        // be answered (a message waiting for its spool commit); those still waiting then (long-polls) answer 503.
         try? await gracefulShutdown()
         try? await server.close()
+        outstanding.withLock { $0.shuttingDown = true }
+        let deadline = ContinuousClock.now + Self.drainGrace
+        while ContinuousClock.now < deadline, outstanding.withLock({ !$0.exchanges.isEmpty }) {
+            try? await Task.sleep(for: .milliseconds(10))  // polled: exchanges end on other threads, no event to await
+        }
         let waiting: [FastCGIExchange] = outstanding.withLock { state in
-            state.shuttingDown = true
             defer { state.exchanges.removeAll() }
             return Array(state.exchanges.values)
         }
@@ -109,6 +115,9 @@ package final class FastCGIServer: Service, Sendable {
     }
 
     static let shuttingDown = RestResponse(status: 503, headers: [("Retry-After", "5")])
+    /// How long shutdown waits for requests under way (enough for a spool commit or a ping's round trip; a
+    /// long-poll waits longer and is answered 503).
+    static let drainGrace: Duration = .milliseconds(250)
 
     /// For the systemd watchdog: runs `done` on the front's own event loop (not while it is stuck).
     package func probe(_ done: @escaping @Sendable () -> Void) {
@@ -125,7 +134,7 @@ package final class FastCGIServer: Service, Sendable {
             return false
         }
         guard !refused else {
-            exchange.respond(Self.shuttingDown)
+            exchange.refuseByClosing()
             return
         }
         let cancellation = api.handle(exchange.request) { response in
