@@ -172,7 +172,9 @@ package final class RestAPI: Sendable {
             return nil
         case 1 where segments[0] == "echo":
             try allow(request, ["POST"])
-            let stanza = try stamp(try parse(request, kind: nil, type: nil, to: nil))
+            // Echo shows any stanza mod_rest's mapping can express (iq results and errors too); what may be sent
+            // is checked when sending.
+            let stanza = try stamp(try parse(request, kind: nil, type: nil, to: nil), sending: false)
             respond(encode(stanza, status: 200, output: output))
             return nil
         case 2:
@@ -377,19 +379,22 @@ package final class RestAPI: Sendable {
 
     // MARK: Stamping and validation (SPEC §9)
 
-    func stamp(_ input: Stanza) throws -> Stanza {
+    func stamp(_ input: Stanza, sending: Bool = true) throws -> Stanza {
         var stanza = Stanza(kind: input.kind)
         stanza.element.children = input.element.children
         stanza.type = input.type
         stanza.lang = input.lang
         stanza.id = input.id ?? RandomID.make()
-        guard let toValue = input.to, !toValue.isEmpty else {
+        var to: JID?
+        if let toValue = input.to, !toValue.isEmpty {
+            guard let parsed = JID.parse(toValue) else {
+                throw RestFailure(422, .modify, .jidMalformed, "invalid JID in \"to\": \(JID.quoted(toValue))")
+            }
+            to = parsed
+            stanza.to = parsed.description
+        } else if sending {
             throw RestFailure(422, .modify, .badRequest, "the stanza needs a \"to\"")
         }
-        guard let to = JID.parse(toValue) else {
-            throw RestFailure(422, .modify, .jidMalformed, "invalid JID in \"to\": \(JID.quoted(toValue))")
-        }
-        stanza.to = to.description
         if let fromValue = input.from {
             guard let from = JID.parse(fromValue) else {
                 throw RestFailure(422, .modify, .jidMalformed, "invalid JID in \"from\": \(JID.quoted(fromValue))")
@@ -398,13 +403,13 @@ package final class RestAPI: Sendable {
                 throw RestFailure(403, .auth, .forbidden, "\"from\" must be the component domain \(settings.domain) or an address in it, not \(JID.quoted(fromValue))")
             }
             stanza.from = from.description
-        } else if stanza.kind == .message, stanza.type == "groupchat", let occupant = rooms?.occupantJID(inRoom: to.bare.description) {
+        } else if stanza.kind == .message, stanza.type == "groupchat", let to, let occupant = rooms?.occupantJID(inRoom: to.bare.description) {
             // A message to a room we keep goes from the JID we joined it with (SPEC §14), or the room refuses it.
             stanza.from = occupant
         } else {
             stanza.from = settings.domain
         }
-        if stanza.kind == .iq {
+        if stanza.kind == .iq && sending {
             guard stanza.type == "get" || stanza.type == "set" else {
                 throw RestFailure(422, .modify, .badRequest, "an iq must be type get or set (got \(JID.quoted(stanza.type ?? "")))")
             }
