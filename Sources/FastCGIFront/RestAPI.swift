@@ -354,27 +354,39 @@ package final class RestAPI: Sendable {
         }
     }
 
-    /// `GET {path}/{query}/{to}`: an iq get with the named payload.
+    /// The iq payload keys `GET {path}/{query}/{to}` accepts: mod_rest's (any iq key of the mapping) and `time`.
+    static let queryKeys: Set<String> = [
+        "ping", "version", "disco", "items", "command", "archive", "extdisco", "lastactivity", "oob", "payload", "stats",
+        "upload_request", "register", "gateway", "blocklist",
+    ]
+
+    /// `GET {path}/{query}/{to}`: an iq with the named payload, its fields from the query string (mod_rest's
+    /// shortcut: `?node=…` for disco, `?with=…&max=…` for archive, `?filename=…&size=…` for upload_request).
+    /// `command` and `archive` make a set, the others a get.
     private func queryIQ(_ query: String, to: String, query parameters: String) throws -> Stanza {
-        var iq = Stanza(kind: .iq, type: "get", to: to)
         let values: [String: String]
         switch FormBody.decode(Array(parameters.utf8), charset: .utf8) {
         case .success(let decoded): values = decoded
         case .failure(let failure): throw RestFailure(400, .modify, .badRequest, "malformed query string: \(failure.description)")
         }
-        var payload: Element
-        switch query {
-        case "ping": payload = Element("ping", namespace: "urn:xmpp:ping")
-        case "version": payload = Element("query", namespace: "jabber:iq:version")
-        case "disco": payload = Element("query", namespace: "http://jabber.org/protocol/disco#info")
-        case "items": payload = Element("query", namespace: "http://jabber.org/protocol/disco#items")
-        case "time": payload = Element("time", namespace: "urn:xmpp:time")
-        default:
-            throw RestFailure(404, .cancel, .itemNotFound, "unknown query \(JID.quoted(query)); use ping, version, disco, items or time")
+        if query == "time" {
+            var iq = Stanza(kind: .iq, type: "get", to: to)
+            iq.element.append(Element("time", namespace: "urn:xmpp:time"))
+            return iq
         }
-        if let node = values["node"], query == "disco" || query == "items" { payload[attribute: "node"] = node }
-        iq.element.append(payload)
-        return iq
+        guard Self.queryKeys.contains(query) else {
+            throw RestFailure(404, .cancel, .itemNotFound,
+                              "unknown query \(JID.quoted(query)); use one of \((Self.queryKeys.sorted() + ["time"]).joined(separator: ", "))")
+        }
+        let payload: JSONValue
+        switch query {
+        case "ping": payload = true
+        case "payload": payload = .object(["datatype": values["datatype"].map(JSONValue.string) ?? .null,
+                                           "data": values["data"].map(JSONValue.string) ?? .null])
+        case "command" where values.count == 1 && values["node"] != nil: payload = .string(values["node"] ?? "")
+        default: payload = .object(values.mapValues(JSONValue.string))
+        }
+        return try fromJSON(.object(["kind": "iq", query: payload]), kind: nil, type: nil, to: to)
     }
 
     // MARK: Stamping and validation (SPEC §9)
