@@ -149,7 +149,7 @@ private let minimal = """
         #expect(found.contains("/etc/stanzad/stanzad.toml:5: route \"none\" needs exactly one of exec, worker, webhook or pull = true"))
         #expect(found.contains("/etc/stanzad/stanzad.toml:8: route \"both\" needs exactly one of exec, worker, webhook or pull = true (found exec, webhook)"))
         #expect(found.contains { $0.hasPrefix("/etc/stanzad/stanzad.toml:16: body regex \"([\" does not compile") })
-        #expect(found.contains("/etc/stanzad/stanzad.toml:17: unknown format \"yaml\" (use text, json or xml)"))
+        #expect(found.contains("/etc/stanzad/stanzad.toml:17: unknown format \"yaml\" (use text, json or xml; auto for a webhook)"))
         #expect(found.contains("/etc/stanzad/stanzad.toml:18: unknown kind \"mesage\" (use message, presence or iq)"))
     }
 
