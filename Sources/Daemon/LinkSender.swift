@@ -22,6 +22,16 @@ struct LinkSender: StanzaSender {
             .map(RestCancellation.init)
     }
 
+    func ask(_ iq: Stanza, collecting: @escaping @Sendable (Stanza) -> Bool, timeout: Duration, maxPending: Int,
+             completion: @escaping @Sendable (Result<[Stanza], SendFailure>) -> Void) -> RestCancellation? {
+        let collectors = connection.collectors
+        let token = collectors.start(collecting)
+        return connection.request(iq, timeout: timeout, maxPending: maxPending) { result in
+            let taken = collectors.finish(token)
+            completion(result.map { taken + [$0] }.mapError(Self.failure))
+        }.map(RestCancellation.init)
+    }
+
     /// The link's error as the REST API's.
     static func failure(_ error: SendError) -> SendFailure {
         switch error.code {

@@ -454,11 +454,35 @@ package final class RestAPI: Sendable {
             timeout = .seconds(seconds)
         }
         timeout = min(timeout, settings.maxIQTimeout)
+        if let matches = Self.archiveResults(of: stanza) {
+            // mod_rest's answer to an archive query: its result messages, then the iq's reply, all in one body.
+            return sender.ask(stanza, collecting: matches, timeout: timeout, maxPending: settings.maxPending) { [self] result in
+                switch result {
+                case .success(let stanzas): respond(encode(stanzas, status: 200, output: output))
+                case .failure(let error): respond(errorResponse(failure(for: error, iq: true), output: output))
+                }
+            }
+        }
         return sender.ask(stanza, timeout: timeout, maxPending: settings.maxPending) { [self] result in
             switch result {
             case .success(let reply): respond(encode(reply, status: 200, output: output))
             case .failure(let error): respond(errorResponse(failure(for: error, iq: true), output: output))
             }
+        }
+    }
+
+    static let mam = "urn:xmpp:mam:2"
+
+    /// For a XEP-0313 query, what its results look like: messages to the querying JID with a `<result/>` of the
+    /// same queryid.
+    static func archiveResults(of iq: Stanza) -> (@Sendable (Stanza) -> Bool)? {
+        guard iq.kind == .iq, iq.type == "set", let query = iq.element.child("query", namespace: mam) else { return nil }
+        let queryID = query[attribute: "queryid"]
+        let querier = iq.from
+        return { stanza in
+            guard stanza.kind == .message, stanza.to == querier,
+                  let result = stanza.element.child("result", namespace: mam) else { return false }
+            return result[attribute: "queryid"] == queryID
         }
     }
 
@@ -493,6 +517,21 @@ package final class RestAPI: Sendable {
                                 body: StanzaJSON.encode(stanza).serializedBytes())
         }
         let xml = (try? stanza.serialized()) ?? ""
+        return RestResponse(status: status, headers: [("Content-Type", Self.xmppXML)], body: Array(xml.utf8))
+    }
+
+    /// Several stanzas: one alone as itself, more wrapped as mod_rest does, `{"xmpp": […]}` or `<xmpp>…</xmpp>`.
+    private func encode(_ stanzas: [Stanza], status: Int, output: String) -> RestResponse {
+        guard stanzas.count > 1 else {
+            return stanzas.first.map { encode($0, status: status, output: output) } ?? RestResponse(status: 204)
+        }
+        if output == Self.json {
+            return RestResponse(status: status, headers: [("Content-Type", Self.json)],
+                                body: StanzaJSON.encode(stanzas).serializedBytes())
+        }
+        var wrapper = Element("xmpp", namespace: Namespace.client)
+        for stanza in stanzas { wrapper.append(stanza.element) }
+        let xml = (try? wrapper.serialized()) ?? ""
         return RestResponse(status: status, headers: [("Content-Type", Self.xmppXML)], body: Array(xml.utf8))
     }
 

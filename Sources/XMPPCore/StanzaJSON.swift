@@ -160,6 +160,12 @@ package enum StanzaJSON {
         return .object(json)
     }
 
+    /// Several stanzas in one body, as mod_rest returns them (an archive query's results and its reply):
+    /// `{"xmpp": [stanza, …]}`.
+    package static func encode(_ stanzas: [Stanza]) -> JSONValue {
+        .object(["xmpp": .array(stanzas.map { encode($0) })])
+    }
+
     private static func encodeError(_ element: Element) -> JSONValue {
         guard let error = element.child("error", namespace: element.namespace) else {
             return .object(["condition": "undefined-condition"])

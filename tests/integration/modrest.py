@@ -16,6 +16,7 @@ ANCHORS = Path(os.environ.get("STANZAD_ANCHORS", REPO.parent / "shared" / "ancho
 if not ANCHORS.exists():
     ANCHORS = Path("/work/shared/anchors")
 REST_HOST = "rest.example.test"
+MUC_HOST = "muc.example.test"
 TOKEN = "Bearer " + base64.b64encode(f"1;api@{REST_HOST};fixedtoken".encode()).decode()
 
 
@@ -36,6 +37,9 @@ class ModRestProsody(Prosody):
                             f'"{ANCHORS}/prosody-plugins" }}')
         callback = f'    rest_callback_url = "{self.callback_url}"\n' if self.callback_url else ""
         text += f'Component "{REST_HOST}" "rest"\n    modules_enabled = {{ "fixed_token" }}\n{callback}'
+        # A room service with archives, for archive queries through both REST APIs.
+        text += (f'Component "{MUC_HOST}" "muc"\n    modules_enabled = {{ "muc_mam" }}\n    muc_room_locking = false\n'
+                 '    muc_log_by_default = true\n    muc_log_all_rooms = true\n')
         self.config.write_text(text)
 
     def start(self) -> None:

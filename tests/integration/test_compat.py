@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -273,3 +274,28 @@ def test_get_shortcut_asks_what_mod_rest_asks(prosody, nginx, query):
     assert reference[0] == ours[0] == 200, (reference, ours)
     strip = lambda answer: {k: v for k, v in answer.items() if k not in ("from", "to", "id")}  # noqa: E731
     assert strip(ours[1]) == strip(reference[1])
+
+
+def test_archive_query_answers_its_results_and_the_reply_in_one_body(prosody, nginx, alice):
+    """mod_rest collects the result messages of an archive query and answers {"xmpp": [results…, iq]}."""
+    from modrest import MUC_HOST
+
+    room = f"archive@{MUC_HOST}"
+    alice.send_raw(f"<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    time.sleep(0.5)
+    for n in (1, 2):
+        alice.send_raw(f"<message to='{room}' type='groupchat' id='g{n}'><body>archived {n}</body></message>")
+    time.sleep(0.5)
+    path = f"/rest/archive/{room}?max=10"
+    reference = get(prosody.base, path, MODREST_TOKEN)
+    ours = get(nginx.base, path, TOKEN)
+    assert reference[0] == ours[0] == 200, (reference, ours)
+
+    def strip(answer):
+        return [{k: v for k, v in stanza.items() if k not in ("from", "to", "id")} for stanza in answer["xmpp"]]
+
+    assert len(ours[1]["xmpp"]) == 3, ours
+    assert [s["kind"] for s in ours[1]["xmpp"]] == ["message", "message", "iq"]
+    assert ours[1]["xmpp"][0]["archive"]["forward"]["message"]["body"] == "archived 1"
+    assert strip(ours[1]) == strip(reference[1])
+    # The results went to the REST answer, not to the routes (nothing reached the built-in responders).
