@@ -140,7 +140,9 @@ package final class RestAPI: Sendable {
             throw RestFailure(404, .cancel, .itemNotFound, "no such resource; the REST API is at \(settings.path)")
         }
         let rest = request.path.dropFirst(settings.path.count)
-        var segments = rest.split(separator: "/", omittingEmptySubsequences: false).map { Self.percentDecode(String($0)) }
+        // Split on the byte: a "/" followed by a combining mark (or an emoji modifier) is one Character.
+        var segments = rest.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            .map { Self.percentDecode(String(decoding: $0, as: UTF8.self)) }
         if segments.first == "" { segments.removeFirst() }
         if segments.last == "" && segments.count == 1 { segments.removeLast() }
 

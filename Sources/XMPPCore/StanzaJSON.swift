@@ -287,6 +287,11 @@ package enum StanzaJSON {
         var type = try fields.string("type")
         if type == nil && fields.has("error") { type = "error" }
         let kind = try inferKind(fields, type: type, defaults: defaults)
+        // An `error` makes an error stanza whatever `type` says, as in mod_rest (an answer to that type).
+        if fields.has("error"), let given = type, given != "error" {
+            try checkType(given, for: kind)
+            type = "error"
+        }
         // `command` and `archive` imply an iq set (an archived message's `archive` implies nothing).
         if type == nil && kind == .iq && (fields.has("command") || fields.has("archive")) { type = "set" }
         if let type {
@@ -309,12 +314,6 @@ package enum StanzaJSON {
 
         if fields.has("error") {
             // An error stanza carries only its error, as mod_rest builds it.
-            guard type == "error" else {
-                throw JSONMappingError(
-                    .invalidField,
-                    "\"error\" is only allowed on a stanza of type \"error\"; remove \"type\" or set it to \"error\"",
-                    field: "error")
-            }
             element.append(try decodeError(fields).element(namespace: Namespace.client))
             return Stanza(uncheckedElement: element)
         } else if type == "error" {

@@ -16,7 +16,7 @@ import pytest
 
 from compat_corpus import JSON_CASES, XML_CASES
 from harness import REPO, rest_stanzad
-from modrest import REST_HOST, TOKEN as MODREST_TOKEN, ModRestProsody, echo
+from modrest import ANCHORS, REST_HOST, TOKEN as MODREST_TOKEN, ModRestProsody, echo
 
 TOKEN = "Bearer Y29tcGF0LXRva2Vu"
 HERE = Path(__file__).parent
@@ -191,6 +191,8 @@ def test_every_difference_from_mod_rest_is_listed_with_its_reason(prosody, nginx
             problems.append(f"CHANGED {key}: listed\n    " + "\n    ".join(entry["diff"]) + "\n  found\n    "
                             + "\n    ".join(lines))
     for key, entry in sorted(allowed.items()):
+        if key == "openapi":
+            continue
         if key not in found:
             problems.append(f"STALE {key}: listed but no longer differs")
         elif f"**{entry['reason']}**" not in doc:
@@ -299,3 +301,69 @@ def test_archive_query_answers_its_results_and_the_reply_in_one_body(prosody, ng
     assert ours[1]["xmpp"][0]["archive"]["forward"]["message"]["body"] == "archived 1"
     assert strip(ours[1]) == strip(reference[1])
     # The results went to the REST answer, not to the routes (nothing reached the built-in responders).
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mod_rest's own OpenAPI document (res/openapi.yaml) against stanzad's /rest, with schemathesis.
+
+MODREST_OPENAPI = ANCHORS / "prosody-modules" / "mod_rest" / "res" / "openapi.yaml"
+
+
+def schemathesis(base: str, headers: list[str], report: Path) -> tuple[list[str], str]:
+    import subprocess
+
+    binary = os.environ.get("SCHEMATHESIS_BIN", str(REPO / ".build-venv" / "bin" / "schemathesis"))
+    assert os.path.exists(binary), f"{binary} missing: scripts/test installs schemathesis into .build-venv"
+    arguments = [binary, "run", str(MODREST_OPENAPI), "--url", base]
+    for header in headers:
+        arguments += ["-H", header]
+    result = subprocess.run(
+        arguments + ["--checks", "status_code_conformance,content_type_conformance,response_schema_conformance",
+                     "--max-examples", os.environ.get("SCHEMATHESIS_EXAMPLES", "15"), "--request-timeout", "20",
+                     "--generation-deterministic", "--report-dir", str(report)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, SCHEMATHESIS_HOOKS=""))
+    return schemathesis_failures(result.stdout), result.stdout
+
+
+def test_mod_rest_openapi_document_against_stanzad(prosody, nginx, tmp_path):
+    """The same generated requests against mod_rest itself and against stanzad: what the document does not
+    describe in stanzad's answers is listed in compat_allowed.json ("openapi"), with whether mod_rest does the same."""
+    reference, _ = schemathesis(prosody.base, [f"Authorization: {MODREST_TOKEN}", f"Host: {REST_HOST}"], tmp_path / "ref")
+    failures, output = schemathesis(nginx.base, [f"Authorization: {TOKEN}"], tmp_path / "ours")
+    print(output[-20000:])
+    if os.environ.get("COMPAT_WRITE_FOUND"):
+        Path(os.environ["COMPAT_WRITE_FOUND"] + ".openapi").write_text(json.dumps({"stanzad": failures, "mod_rest": reference}, indent=1))
+    result = output
+    allowed = json.loads(ALLOWED_FILE.read_text()).get("openapi", {})
+    unexplained = sorted(set(failures) - set(allowed))
+    stale = sorted(set(allowed) - set(failures))
+    assert not unexplained and not stale, (unexplained, stale, result[-6000:])
+    doc = COMPAT_DOC.read_text()
+    assert all(f"**{reason}**" in doc for reason in allowed.values())
+    print("mod_rest itself, same requests:", *reference, sep="\n  ")
+
+
+def schemathesis_failures(output: str) -> list[str]:
+    """`METHOD /path: check (received status)` for each failure schemathesis reports."""
+    import re
+
+    found = []
+    operation = None
+    check = None
+    for line in output.splitlines():
+        stripped = line.strip()
+        header = re.match(r"^_+ (.+?) _+$", stripped)
+        if header:
+            operation = header.group(1)
+            continue
+        if stripped.startswith("=") :
+            operation = None
+        failed = re.match(r"^- (\w+ .+)$", stripped)
+        if operation and failed:
+            check = failed.group(1)
+            found.append(f"{operation}: {check}")
+            continue
+        received = re.match(r"^Received: (.+)$", stripped)
+        if operation and received and found and found[-1] == f"{operation}: {check}":
+            found[-1] += f" (received {received.group(1)})"
+    return sorted(set(found))
