@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // The system library of the design (Debian: libxml2-dev).
@@ -63,6 +64,17 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+
+        // The spool (SPEC §18): one SQLite file through GRDB, written by one thread in group commits.
+        .target(
+            name: "Storage",
+            dependencies: [
+                "ComponentLink",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
@@ -127,7 +139,7 @@ let package = Package(
         .executableTarget(
             name: "Daemon",
             dependencies: [
-                "XMPPCore", "ComponentLink", "Routing", "Rooms", "Executor", "Webhooks", "FastCGIFront",
+                "XMPPCore", "ComponentLink", "Routing", "Rooms", "Executor", "Webhooks", "FastCGIFront", "Storage",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -164,6 +176,7 @@ let package = Package(
             name: "FastCGIFrontTests",
             dependencies: ["FastCGIFront", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio")],
             swiftSettings: strict),
+        .testTarget(name: "StorageTests", dependencies: ["Storage"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

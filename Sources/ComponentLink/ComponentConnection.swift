@@ -52,6 +52,10 @@ package enum LinkEvent: Sendable, Equatable {
     case up
     /// The link was lost after it had been up; stanzas sent now wait in the queue.
     case down
+    /// The server closed the link with `conflict` after it had been up: another process connected as this
+    /// component (Prosody's `component_conflict_resolve = "kick_old"`, a take-over restart). The link does not
+    /// reconnect (it would throw the other out in turn); it waits for shutdown.
+    case replaced
 }
 
 /// The link's health, as `/rest/health` reports it.
@@ -77,14 +81,21 @@ package final class ComponentConnection: Service, Sendable {
     package let collectors = StanzaCollectors()
     /// Told when the link comes up and goes down (see `setLinkObserver`).
     private let linkObservers = Mutex<[@Sendable (LinkEvent) -> Void]>([])
+    /// Where durable stanzas wait for the server's confirmation (SPEC §18); nil: memory only.
+    package let spool: (any OutboundSpool)?
+    /// The ping target can be pinged, so spooled stanzas are confirmed by barriers.
+    let canPing: Bool
 
-    package init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+    package init(settings: ComponentSettings, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                 spool: (any OutboundSpool)? = nil) {
         self.settings = settings
+        self.spool = spool
         self.policy = OutboundPolicy(domain: settings.jid, maxStanzaBytes: settings.maxStanza)
         self.logger = logger
         self.group = group
         // A ping target the policy refuses (a bad `ping_target`) leaves the keepalive alone to hold the link.
         let canPing = (try? policy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
+        self.canPing = canPing
         let limits = SessionTimers.Limits(
             handshakeTimeout: settings.handshakeTimeout, keepaliveInterval: settings.keepaliveInterval,
             pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout)
@@ -127,8 +138,14 @@ package final class ComponentConnection: Service, Sendable {
         shared.withLock { ($0.machine.queue.items.count, $0.machine.queue.pending.count) }
     }
 
-    /// Stanzas waiting for the link (the send queue) and iqs waiting for replies (for metrics).
-    package var depth: (queued: Int, pendingIQs: Int) { backlog }
+    /// Stanzas waiting for the link (the send queue, and with a spool the stanzas it holds unconfirmed) and iqs
+    /// waiting for replies (for metrics).
+    package var depth: (queued: Int, pendingIQs: Int) {
+        shared.withLock { state in
+            let spooledInQueue = state.machine.spooledQueued
+            return (state.machine.queue.items.count - spooledInQueue + state.machine.spoolDepth, state.machine.queue.pending.count)
+        }
+    }
 
     /// The link's phase (for tests).
     var phase: LinkStateMachine<Waiter, IQReplier>.Phase { shared.withLock { $0.machine.phase } }
@@ -142,6 +159,94 @@ package final class ComponentConnection: Service, Sendable {
             return queued(&state, deadline: deadline, writeNow: writeNow)
         }
         LinkMetrics.queued(stanza.kind)
+        wake?.yield(.flush)
+    }
+
+    /// Hands the link to another process that runs on the same spool (a take-over restart, SPEC §18): what is
+    /// queued is written, the stream is closed, and what the server still sends before it closes its side is read
+    /// and delivered as usual; then the link stays down. Returns when the stream is closed (at most `timeout`).
+    /// Stanzas sent afterwards stay in the spool for the other process.
+    package func leave(timeout: Duration = .seconds(3)) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let session: AsyncStream<Input>.Continuation? = shared.withLock { state in
+                state.leaving = true
+                guard let session = state.session else { return nil }
+                state.leaveWaiters.append(continuation)
+                return session
+            }
+            if let session {
+                session.yield(.leave)
+                group.any().scheduleTask(in: TimeAmount(timeout)) { session.yield(.drainTimeout) }
+            } else {
+                continuation.resume()
+            }
+        }
+    }
+
+    /// A stanza stanzad answers for (a handler's reply, a hook's or a REST client's stanza): with a spool, it is
+    /// stored first and `completion` hears success once it is committed; it is then sent until the server confirms
+    /// it, across link losses and restarts. Without a spool, this is `sendAndWait`.
+    @discardableResult
+    package func sendDurably(_ stanza: Stanza, wait: Duration? = nil,
+                             completion: @escaping @Sendable (Result<Void, SendError>) -> Void) -> (@Sendable () -> Void)? {
+        guard let spool else { return sendAndWait(stanza, wait: wait, completion: completion) }
+        do {
+            try store(stanza, in: spool, completion: completion)
+        } catch {
+            completion(.failure(error))
+        }
+        return nil
+    }
+
+    /// `sendDurably` for a sender that does not wait: a bad stanza or a full spool throws; a failed commit is
+    /// logged.
+    package func sendReply(_ stanza: Stanza) throws(SendError) {
+        guard let spool else { return try send(stanza) }
+        let id = stanza.id
+        try store(stanza, in: spool) { [logger] result in
+            if case .failure(let error) = result {
+                logger.warning("reply not stored in the spool", metadata: ["stanza.id": "\(id ?? "")", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Validates `stanza`, reserves its place and hands it to the spool; once committed it is queued.
+    private func store(_ stanza: Stanza, in spool: any OutboundSpool,
+                       completion: @escaping @Sendable (Result<Void, SendError>) -> Void) throws(SendError) {
+        let xml = try policy.serialize(stanza)
+        try shared.withLock { (state) throws(SendError) in try state.machine.reserveSpool() }
+        let kind = stanza.kind
+        spool.append(xml) { [self] result in
+            switch result {
+            case .success(let seq):
+                let item = Outgoing(xml: xml, deadline: .now + Self.forever, waiter: nil, iqID: nil, seq: seq)
+                let wake: AsyncStream<Input>.Continuation? = shared.withLock { state in
+                    let writeNow = state.machine.spooled(item)
+                    guard writeNow, !state.flushSignalled, let session = state.session else { return nil }
+                    state.flushSignalled = true
+                    return session
+                }
+                LinkMetrics.queued(kind)
+                wake?.yield(.flush)
+                completion(.success(()))
+            case .failure(let error):
+                shared.withLock { $0.machine.spoolFailed() }
+                completion(.failure(error))
+            }
+        }
+    }
+
+    /// The deadline of a spooled stanza: it waits as long as it takes.
+    static let forever: Duration = .seconds(100 * 365 * 86_400)
+
+    /// Spool entries this process took over: queued behind whatever is queued.
+    private func adopt(_ entries: [SpooledStanza]) {
+        let items = entries.map { Outgoing(xml: $0.xml, deadline: .now + Self.forever, waiter: nil, iqID: nil, seq: $0.seq) }
+        let wake: AsyncStream<Input>.Continuation? = shared.withLock { state in
+            guard state.machine.adopted(items), !state.flushSignalled, let session = state.session else { return nil }
+            state.flushSignalled = true
+            return session
+        }
         wake?.yield(.flush)
     }
 
@@ -264,13 +369,34 @@ package final class ComponentConnection: Service, Sendable {
         }
         var logger = self.logger
         logger[metadataKey: "component"] = "\(settings.jid)"
+        spool?.startAdopting { [weak self] entries in self?.adopt(entries) }
+        if spool != nil && !canPing {
+            logger.warning("spooled stanzas are confirmed when written, not by the server: ping_target is not a JID the link can ping")
+        }
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            if shared.withLock({ $0.leaving }) {
+                // Another process has the link now (see `leave`): this one waits for its own shutdown.
+                try? await gracefulShutdown()
+                return
+            }
             shared.withLock { $0.machine.connecting() }
-            guard case .failed(let error) = await connectOnce(logger: logger) else { return }
+            let outcome = await connectOnce(logger: logger)
+            if case .left = outcome { continue }
+            guard case .failed(let error) = outcome else { return }
             let end = shared.withLock { $0.machine.sessionEnded(error, at: .now, jitter: Double.random(in: 0.8...1.2)) }
             let lost = SendError(.linkLost, "the component link was lost: \(error)")
             for iq in end.lostIQs { iq.replier(.failure(lost)) }
             if end.wasReady { notify(.down) }
+            if end.wasReady, error.condition == "conflict" {
+                logger.notice("another process took over the component link (conflict); not reconnecting",
+                              metadata: ["error": "\(error.description)"])
+                notify(.replaced)
+                try? await gracefulShutdown()
+                return
+            }
+            if end.resent > 0 {
+                logger.notice("spooled stanzas not confirmed by the server will be sent again", metadata: ["count": "\(end.resent)"])
+            }
             let text = error.description
             var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(end.delay)"]
             if error.isConfigurationError, let hint = error.hint(jid: settings.jid) {
@@ -298,6 +424,8 @@ package final class ComponentConnection: Service, Sendable {
 
     enum Outcome {
         case shutdown
+        /// The link was handed to another process (`leave`).
+        case left
         case failed(ComponentLinkError)
     }
 
@@ -309,6 +437,12 @@ package final class ComponentConnection: Service, Sendable {
         /// What the session's clock has due (from the deadline timer).
         case timers([SessionTimers.Action])
         case shutdown
+        /// Shutdown stops waiting for the last barrier's answer.
+        case drainTimeout
+        /// Hand the link over (see `leave`).
+        case leave
+        /// Time to write a barrier for the spooled stanzas written since the last one.
+        case barrierDue
     }
 
     static func ping(id: String, settings: ComponentSettings) -> Stanza {
@@ -374,11 +508,16 @@ package final class ComponentConnection: Service, Sendable {
                     }
                 }
                 let opening = sessionStarted(input)
-                var loop = SessionLoop(connection: self, outbound: outbound, pipe: pipe, logger: logger)
+                var loop = SessionLoop(connection: self, outbound: outbound, pipe: pipe, logger: logger, input: input)
                 defer {
                     group.cancelAll()
-                    shared.withLock { $0.session = nil }
+                    let waiters = shared.withLock { state in
+                        state.session = nil
+                        defer { state.leaveWaiters = [] }
+                        return state.leaveWaiters
+                    }
                     input.finish()
+                    for waiter in waiters { waiter.resume() }
                 }
                 return try await loop.run(inputs, opening: opening)
             }
@@ -477,7 +616,7 @@ package final class ComponentConnection: Service, Sendable {
     }
 
     /// What the session loop writes when it handles a flush signal (nothing unless the link is up).
-    fileprivate func takeForWrite() -> [Outgoing] {
+    fileprivate func takeForWrite() -> LinkStateMachine<Waiter, IQReplier>.Batch {
         shared.withLock { state in
             state.flushSignalled = false
             return state.machine.takeForWrite()
@@ -560,6 +699,25 @@ private struct SessionLoop {
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     let pipe: EventPipe
     let logger: Logger
+    /// The session's own input (for the drain timer).
+    let input: AsyncStream<ComponentConnection.Input>.Continuation
+    /// Shutdown has written the last stanzas and waits for their barrier's answer.
+    var draining = false
+    /// The stream was closed by `leave`: reading on until the server closes its side.
+    var leaving = false
+    /// A `.barrierDue` is on its way.
+    var barrierScheduled = false
+
+    /// How long spooled stanzas wait for their barrier: long enough that a burst shares one, short enough that
+    /// the spool forgets them about as fast as the server confirms.
+    static let barrierDelay: TimeAmount = .milliseconds(10)
+
+    mutating func scheduleBarrier() {
+        guard !barrierScheduled else { return }
+        barrierScheduled = true
+        let input = self.input
+        connection.group.any().scheduleTask(in: Self.barrierDelay) { input.yield(.barrierDue) }
+    }
 
     var settings: ComponentSettings { connection.settings }
 
@@ -581,19 +739,52 @@ private struct SessionLoop {
             case .parseError(let error):
                 if let outcome = try await perform(connection.withMachine({ $0.parseFailed(error) })) { return outcome }
             case .eof:
+                if draining { return .shutdown }
+                if leaving { return .left }
                 return .failed(connection.withMachine { $0.disconnected() })
             case .flush:
+                if leaving { continue }  // after our </stream:stream>: nothing more is written
                 try await write(connection.takeForWrite())
             case .timers(let actions):
+                if leaving { continue }
                 if let outcome = try await perform(actions) { return outcome }
             case .shutdown:
+                if leaving { return .left }
                 let last = connection.withMachine { $0.close() }
                 try await write(last)
+                // Spooled stanzas just written: their barrier's answer lets the spool forget them, so that the next
+                // start does not send them again. It is awaited for a moment, no longer.
+                if connection.canPing, connection.withMachine({ !$0.unconfirmed.isEmpty }) {
+                    draining = true
+                    let input = self.input
+                    connection.group.any().scheduleTask(in: .seconds(2)) { input.yield(.drainTimeout) }
+                    continue
+                }
+                return await closeForShutdown()
+            case .drainTimeout:
+                if leaving { return .left }
+                return await closeForShutdown()
+            case .barrierDue:
+                barrierScheduled = false
+                if leaving || draining { continue }
+                if let id = connection.withMachine({ $0.barrierIfNeeded() }) {
+                    try await write(connection.policy.serialize(ComponentConnection.ping(id: id, settings: settings)))
+                }
+            case .leave:
+                guard !leaving else { continue }
+                leaving = true
+                try await write(connection.takeForWrite())
                 try? await write("</stream:stream>")
-                logger.notice("component stream closed for shutdown")
-                return .shutdown
+                logger.notice("component stream closed: handing the link to the other stanzad on this spool")
             }
+            if draining, connection.withMachine({ $0.unconfirmed.isEmpty }) { return await closeForShutdown() }
         }
+        return .shutdown
+    }
+
+    mutating func closeForShutdown() async -> ComponentConnection.Outcome {
+        try? await write("</stream:stream>")
+        logger.notice("component stream closed for shutdown")
         return .shutdown
     }
 
@@ -643,12 +834,22 @@ private struct SessionLoop {
     }
 
     /// Writes everything queued as one buffer: one hop to the event loop and one system call for a burst of
-    /// replies instead of one per stanza.
-    mutating func write(_ items: [Outgoing]) async throws {
+    /// replies instead of one per stanza. Spooled stanzas among them are followed by a barrier ping.
+    mutating func write(_ batch: LinkStateMachine<Waiter, IQReplier>.Batch) async throws {
+        let items = batch.items
         guard !items.isEmpty else { return }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(items.reduce(0) { $0 + $1.xml.utf8.count })
         for item in items { buffer.writeString(item.xml) }
+        if !connection.canPing {
+            if batch.barrier != nil || batch.wantsBarrier {
+                connection.spool?.confirm(connection.withMachine { $0.confirmWithoutBarrier() })
+            }
+        } else if let barrier = batch.barrier, let ping = try? connection.policy.serialize(ComponentConnection.ping(id: barrier, settings: settings)) {
+            buffer.writeString(ping)
+        } else if batch.wantsBarrier {
+            scheduleBarrier()
+        }
         do {
             try await outbound.write(buffer)
             connection.withMachine { $0.wrote(at: .now) }
@@ -686,6 +887,10 @@ private struct SessionLoop {
         case .reply(let pending, let stanza):
             LinkMetrics.received(.iq)
             pending.replier(.success(stanza))
+            return nil
+        case .confirmed(let seqs, let more):
+            connection.spool?.confirm(seqs)
+            if more { scheduleBarrier() }
             return nil
         case .ignore(let element):
             logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
@@ -763,6 +968,10 @@ private struct SharedState: Sendable {
     /// A `.flush` is on its way to the session loop and has not been handled yet.
     var flushSignalled = false
     var waiterCounter = 0
+    /// The link is being handed to another process: it does not connect again.
+    var leaving = false
+    /// Waiting for the session to end after `leave`.
+    var leaveWaiters: [CheckedContinuation<Void, Never>] = []
 
     init(machine: LinkStateMachine<Waiter, IQReplier>) {
         self.machine = machine

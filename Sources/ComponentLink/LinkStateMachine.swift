@@ -4,6 +4,7 @@
 // gets back, and sets one timer for `nextDeadline`. Every deadline is answered by `due(at:)` in every phase, the
 // backoff sleep included: nothing here waits for a socket.
 
+import DequeModule
 import XMPPCore
 
 struct LinkStateMachine<Waiter, Replier> {
@@ -35,6 +36,9 @@ struct LinkStateMachine<Waiter, Replier> {
         case deliver(Stanza)
         /// The server's answer to our ping, or an iq reply for its requester (give it to `replier`).
         case reply(Queue.PendingIQ, Stanza)
+        /// The server answered a barrier: these spool entries were handled and may be deleted. `more`: spooled
+        /// stanzas were written after that barrier (the shell asks for the next one, `barrierIfNeeded`, soon).
+        case confirmed([Int64], more: Bool)
         /// An element that is not a stanza: nothing to do.
         case ignore(Element)
         /// A stanza the parser skipped for breaking a per-stanza limit.
@@ -60,6 +64,20 @@ struct LinkStateMachine<Waiter, Replier> {
         var lostIQs: [Queue.PendingIQ]
         /// The session had reached `ready` (observers are told the link went down).
         var wasReady: Bool
+        /// Spooled stanzas written on the lost stream and not confirmed: queued again, first.
+        var resent = 0
+    }
+
+    /// What the shell writes when it flushes: the queued items, then (at shutdown, when spooled ones are among
+    /// them) a barrier ping with this id, whose answer confirms them. `wantsBarrier`: spooled stanzas were written
+    /// and no barrier is on its way; the shell asks `barrierIfNeeded` a moment later, so that one barrier covers a
+    /// burst (the server sees a ping per burst, not per write).
+    struct Batch {
+        var items: [Queue.Item] = []
+        var barrier: String?
+        var wantsBarrier = false
+
+        var isEmpty: Bool { items.isEmpty }
     }
 
     let jid: String
@@ -77,6 +95,23 @@ struct LinkStateMachine<Waiter, Replier> {
     private var schedule: ReconnectSchedule
     private var wasReady = false
 
+    // The spool's part (SPEC §18). Spooled stanzas written on this stream and not yet confirmed, in write order,
+    // each with its number among the spooled stanzas written on the stream.
+    private(set) var unconfirmed = Deque<(item: Queue.Item, number: Int)>()
+    /// Spooled stanzas written on this stream so far.
+    private var spooledWritten = 0
+    /// The barrier written and not answered yet (one at a time, so that the server sees one ping per round
+    /// trip, not one per write): its id and how many spooled stanzas had been written before it.
+    private var barrier: (id: String, mark: Int)?
+    private var barrierCounter = 0
+    /// Barrier ids carry a token per process, so that no other iq result can pass for one.
+    private let barrierToken = RandomID.make()
+    /// Spooled stanzas in the queue, and stanzas on their way into the spool (accepted, not yet committed).
+    private(set) var spooledQueued = 0
+    private(set) var spooling = 0
+    /// How many spooled stanzas this process may hold at once (`send_queue`).
+    let spoolCapacity: Int
+
     init(jid: String, secret: String, limits: SessionTimers.Limits, reconnectMax: Duration, sendQueue: Int,
          sendQueueTTL: Duration) {
         self.jid = jid
@@ -84,6 +119,7 @@ struct LinkStateMachine<Waiter, Replier> {
         self.limits = limits
         self.sendQueueTTL = sendQueueTTL
         self.queue = Queue(capacity: sendQueue)
+        self.spoolCapacity = sendQueue
         self.stream = HandshakeStateMachine(jid: jid, secret: secret)
         self.schedule = ReconnectSchedule(cap: reconnectMax)
     }
@@ -155,25 +191,39 @@ struct LinkStateMachine<Waiter, Replier> {
             health = .connecting
         }
         let lost = queue.removeSent()
+        // Spooled stanzas the server may not have handled go again, before anything newer, on the next stream.
+        let resent = unconfirmed.count
+        if resent > 0 {
+            queue.appendSpooled(unconfirmed.map(\.item), atFront: true)
+            spooledQueued += resent
+        }
+        unconfirmed.removeAll()
+        barrier = nil
+        spooledWritten = 0
         let delay = schedule.delay(after: error, at: now, jitter: jitter)
         if isOpen { phase = .backingOff(until: now + delay) }
-        return SessionEnd(delay: delay, lostIQs: lost, wasReady: hadBeenReady)
+        return SessionEnd(delay: delay, lostIQs: lost, wasReady: hadBeenReady, resent: resent)
     }
 
     /// Shutdown begins: nothing new is accepted and the session's timers stop. Returns what a ready link writes
     /// before it closes its stream (everything queued); empty when the link is not up.
-    mutating func close() -> [Queue.Item] {
+    mutating func close() -> Batch {
         let wasUp = isReady
         phase = .closing
         timers?.close()
         _ = stream.close()
-        return wasUp ? queue.takeAll() : []
+        guard wasUp else { return Batch() }
+        var last = batch(queue.takeAll())
+        if barrier == nil && !unconfirmed.isEmpty { last.barrier = newBarrier() }
+        return last
     }
 
     /// Shut down: everything still held, for its waiters to be told.
     mutating func closed() -> (items: [Queue.Item], iqs: [Queue.PendingIQ]) {
         phase = .closed
         timers = nil
+        unconfirmed.removeAll()
+        spooledQueued = 0
         return queue.removeAll()
     }
 
@@ -194,9 +244,81 @@ struct LinkStateMachine<Waiter, Replier> {
     }
 
     /// What is queued, to be written now; empty unless the link is ready.
-    mutating func takeForWrite() -> [Queue.Item] {
-        guard isReady else { return [] }
-        return queue.takeAll()
+    mutating func takeForWrite() -> Batch {
+        guard isReady else { return Batch() }
+        return batch(queue.takeAll())
+    }
+
+    /// Notes the spooled stanzas among `items` as written and, when there are any, a barrier after them.
+    private mutating func batch(_ items: [Queue.Item]) -> Batch {
+        var batch = Batch(items: items)
+        var spooledInBatch = false
+        for item in items where item.seq != nil {
+            spooledWritten += 1
+            unconfirmed.append((item, spooledWritten))
+            spooledQueued -= 1
+            spooledInBatch = true
+        }
+        // Written after an unanswered barrier: the next one, asked for when that is answered, covers them.
+        batch.wantsBarrier = spooledInBatch && barrier == nil
+        return batch
+    }
+
+    /// A barrier to write now, when spooled stanzas wait for one and none is on its way.
+    mutating func barrierIfNeeded() -> String? {
+        guard isReady, barrier == nil, !unconfirmed.isEmpty else { return nil }
+        return newBarrier()
+    }
+
+    private mutating func newBarrier() -> String {
+        barrierCounter += 1
+        let id = "stanzad-barrier-\(barrierToken)-\(barrierCounter)"
+        barrier = (id, spooledWritten)
+        return id
+    }
+
+    // MARK: The spool
+
+    /// Spooled stanzas this process holds: queued, on their way into the spool, or written and not confirmed.
+    var spoolDepth: Int { spooledQueued + spooling + unconfirmed.count }
+
+    /// A stanza is about to go into the spool: refused when the spool holds `send_queue` stanzas already.
+    mutating func reserveSpool() throws(SendError) {
+        try checkOpen()
+        guard spoolDepth < spoolCapacity else {
+            throw SendError(.queueFull, "the spool is full (\(spoolCapacity) stanzas not yet confirmed by the server)")
+        }
+        spooling += 1
+    }
+
+    /// The reserved stanza is in the spool now: it is queued. True when the shell should write now.
+    mutating func spooled(_ item: Queue.Item) -> Bool {
+        spooling -= 1
+        guard isOpen else { return false }  // it stays in the spool for the next start
+        queue.appendSpooled([item])
+        spooledQueued += 1
+        return isReady
+    }
+
+    /// The reserved stanza could not be stored.
+    mutating func spoolFailed() {
+        spooling -= 1
+    }
+
+    /// Spool entries this process took over (left by another): queued. True when the shell should write now.
+    mutating func adopted(_ items: [Queue.Item]) -> Bool {
+        guard isOpen, !items.isEmpty else { return false }
+        queue.appendSpooled(items)
+        spooledQueued += items.count
+        return isReady
+    }
+
+    /// The shell could not ping: spooled stanzas count as confirmed once written.
+    mutating func confirmWithoutBarrier() -> [Int64] {
+        let seqs = unconfirmed.compactMap(\.item.seq)
+        unconfirmed.removeAll()
+        barrier = nil
+        return seqs
     }
 
     /// A requester stopped waiting: its iq, if it still waited (its request is not sent any more).
@@ -261,6 +383,16 @@ struct LinkStateMachine<Waiter, Replier> {
             guard let stanza = Stanza(element) else { return .ignore(element) }
             if stanza.kind == .iq, stanza.type == "result" || stanza.type == "error", let id = stanza.id {
                 if timers?.pong(id: id) == true { return .none }
+                if let current = barrier, current.id == id {
+                    // In order: everything written before the barrier was handled.
+                    barrier = nil
+                    var seqs: [Int64] = []
+                    while let first = unconfirmed.first, first.number <= current.mark {
+                        if let seq = first.item.seq { seqs.append(seq) }
+                        unconfirmed.removeFirst()
+                    }
+                    return .confirmed(seqs, more: !unconfirmed.isEmpty)
+                }
                 if let pending = queue.resolve(id: id, from: stanza.from) { return .reply(pending, stanza) }
             }
             return .deliver(stanza)

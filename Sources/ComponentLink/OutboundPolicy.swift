@@ -30,6 +30,8 @@ package struct SendError: Error, Hashable, Sendable, CustomStringConvertible {
         package static let shuttingDown = Code(value: "shutting-down")
         /// An iq with this id is already waiting.
         package static let duplicateID = Code(value: "duplicate-id")
+        /// The spool (SPEC §18) could not write the stanza.
+        package static let storageFailed = Code(value: "storage-failed")
     }
 
     package var code: Code

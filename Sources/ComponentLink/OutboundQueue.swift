@@ -17,6 +17,8 @@ struct OutboundQueue<Waiter, Replier> {
         var waiter: Waiter?
         /// The iq whose request this is, if it is one.
         var iqID: String?
+        /// Its entry in the spool (SPEC §18): it never expires and stays until the server confirms it.
+        var seq: Int64? = nil
     }
 
     struct PendingIQ {
@@ -58,6 +60,16 @@ struct OutboundQueue<Waiter, Replier> {
         items.append(item)
     }
 
+    /// Queues spooled stanzas beyond the capacity (the spool's own bound was checked when they were accepted):
+    /// at the end, or at the front when they were written on a lost stream and go again first.
+    mutating func appendSpooled(_ spooled: [Item], atFront: Bool = false) {
+        if atFront {
+            items.insert(contentsOf: spooled, at: 0)
+        } else {
+            items.append(contentsOf: spooled)
+        }
+    }
+
     /// Registers an iq waiting for its reply and queues its request, both or neither.
     mutating func request(_ item: Item, id: String, iq: PendingIQ, maxPending: Int) throws(SendError) {
         if pending[id] != nil { throw SendError(.duplicateID, "an iq with id \(id) is already waiting") }
@@ -78,7 +90,7 @@ struct OutboundQueue<Waiter, Replier> {
     /// The earliest deadline of anything held, nil when nothing is.
     var nextDeadline: Instant? {
         var earliest: Instant?
-        for item in items where earliest.map({ item.deadline < $0 }) ?? true { earliest = item.deadline }
+        for item in items where item.seq == nil && earliest.map({ item.deadline < $0 }) ?? true { earliest = item.deadline }
         for iq in pending.values where earliest.map({ iq.deadline < $0 }) ?? true { earliest = iq.deadline }
         return earliest
     }
@@ -93,11 +105,16 @@ struct OutboundQueue<Waiter, Replier> {
             }
         }
         // An item goes at its own deadline, or when nobody waits for its iq any more.
-        guard items.contains(where: { $0.deadline <= now || $0.iqID.map { pending[$0] == nil } ?? false }) else {
+        guard items.contains(where: { $0.seq == nil && ($0.deadline <= now || $0.iqID.map { pending[$0] == nil } ?? false) })
+        else {
             return expired
         }
         var kept = Deque<Item>()
         for item in items {
+            if item.seq != nil {
+                kept.append(item)  // accepted for good: it waits for the link however long that takes
+                continue
+            }
             if let id = item.iqID, pending[id] == nil {
                 continue  // its requester is gone (timed out just now, or cancelled): not worth sending
             }

@@ -15,6 +15,8 @@ struct StanzadConfig: Sendable {
         var pingTimeout = 20
         var pingTo: String?
         var sendQueue = 1000
+        /// `send_queue` was given (else, with `[storage]`, the spool holds up to 10,000).
+        var sendQueueGiven = false
         var sendQueueTTL = 60
         var maxStanza = 524_288
     }
@@ -112,20 +114,54 @@ struct StanzadConfig: Sendable {
         var maxOutput = 262_144
     }
 
+    /// A `[[command]]` (SPEC §15): an ad-hoc command run by an exec or worker handler.
+    struct Command: Sendable {
+        var node: String
+        var line: Int
+        var name: String
+        /// The offering bare JID (the component domain or an address in it).
+        var to: String
+        var target: Target
+        var format = "text"
+        var from: [JIDPattern]?
+        var timeout = 10
+        var sessionTimeout = 600
+        var maxSessions = 1000
+        var concurrency = 4
+        var queue = 100
+        var env: [String: String] = [:]
+        var passEnv: [String] = []
+        var workdir: String
+        var maxOutput = 262_144
+        var workers = 1
+        var maxRequests = 0
+        var inFlight = 1
+        /// Its route's name in logs and metrics: `command:<node>` (`command:<jid>/<node>` at an address other than the domain).
+        var routeName = ""
+    }
+
     /// `[metrics]` (SPEC §19): the Prometheus text on the FastCGI front.
     struct Metrics: Sendable, Equatable {
         var path = "/metrics"
         var credentials: [String] = []
     }
 
+    /// `[storage]` (SPEC §18): the spool file; nil keeps everything in memory.
+    struct Storage: Sendable, Equatable {
+        var path: String
+        var sync = "normal"
+    }
+
     var file: String
     var component: Component
     var rest: Rest?
     var metrics: Metrics?
+    var storage: Storage?
     var hooks: [Hook] = []
     var presenceAuto = true
     var discoName = "stanzad"
     var routes: [Route] = []
+    var commands: [Command] = []
     var rooms: [Room] = []
     var roomDefaults = Rooms()
     var maxProcesses = 64
@@ -175,7 +211,7 @@ struct ConfigLoader {
     // MARK: Building
 
     private mutating func build(_ root: ConfigTable) -> StanzadConfig? {
-        allow(root, ["component", "rest", "presence", "disco", "route", "limits", "hook", "metrics", "room", "rooms"], section: nil)
+        allow(root, ["component", "rest", "presence", "disco", "route", "command", "limits", "hook", "metrics", "room", "rooms", "storage"], section: nil)
         guard case .table(let componentTable)? = root["component"] else {
             error(root.line(of: "component"), root["component"] == nil
                 ? "missing [component] section (jid, server and secret are required)"
@@ -206,6 +242,24 @@ struct ConfigLoader {
                 }
                 config.metrics = metrics
             } else { error(root.line(of: "metrics"), "metrics must be a table ([metrics])") }
+        }
+        if let value = root["storage"] {
+            if case .table(let t) = value {
+                allow(t, ["path", "sync"], section: "storage")
+                if let path = string(t, "path", required: true, section: "storage") {
+                    if path.isEmpty {
+                        error(t.line(of: "path"), "storage path is empty: give the spool file, e.g. \"/var/lib/stanzad/stanzad.sqlite\"")
+                    } else {
+                        var storage = StanzadConfig.Storage(path: path.hasPrefix("/") ? path : directory + "/" + path)
+                        if let sync = string(t, "sync") {
+                            if ["normal", "full"].contains(sync) { storage.sync = sync } else {
+                                error(t.line(of: "sync"), "storage sync \"\(sync)\" must be \"normal\" (survives a crash of stanzad) or \"full\" (also a power loss)")
+                            }
+                        }
+                        config.storage = storage
+                    }
+                }
+            } else { error(root.line(of: "storage"), "storage must be a table ([storage])") }
         }
         if let value = root["presence"] {
             if case .table(let t) = value {
@@ -252,6 +306,27 @@ struct ConfigLoader {
                 }
             } else {
                 error(root.line(of: "route"), "route must be an array of tables ([[route]])")
+            }
+        }
+        if let value = root["command"] {
+            if case .array(let items) = value {
+                var seen = Set<String>()
+                for item in items {
+                    guard case .table(let t) = item else {
+                        error(root.line(of: "command"), "command must be an array of tables ([[command]])")
+                        continue
+                    }
+                    guard let command = buildCommand(t, componentDomain: component?.jid) else { continue }
+                    if !seen.insert(command.routeName).inserted {
+                        error(t.line(of: "node"), "command node \"\(command.node)\" is offered twice at \(command.to); each [[command]] at one JID needs its own node")
+                    }
+                    if config.routes.contains(where: { $0.name == command.routeName }) {
+                        error(t.line(of: "node"), "command \"\(command.node)\" would be named \(command.routeName), which a [[route]] already uses; rename that route")
+                    }
+                    config.commands.append(command)
+                }
+            } else {
+                error(root.line(of: "command"), "command must be an array of tables ([[command]])")
             }
         }
         if let value = root["room"] {
@@ -309,6 +384,80 @@ struct ConfigLoader {
             }
         }
         return component == nil ? nil : config
+    }
+
+    private mutating func buildCommand(_ t: ConfigTable, componentDomain: String?) -> StanzadConfig.Command? {
+        allow(t, ["node", "name", "to", "exec", "worker", "format", "from", "timeout", "session_timeout", "max_sessions",
+                  "concurrency", "queue", "env", "pass_env", "workdir", "max_output", "workers", "max_requests", "in_flight"],
+              section: "[command]")
+        let node = string(t, "node", required: true, section: "[[command]]")
+        if let node, node.isEmpty || node.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+            error(t.line(of: "node"), "command node \"\(node)\" must be a non-empty name without control characters, e.g. \"deploy\"")
+        }
+        if node == AdHocCommand.namespace {
+            error(t.line(of: "node"), "command node must not be \(AdHocCommand.namespace): that node lists the commands")
+        }
+        if t["webhook"] != nil || t["pull"] != nil {
+            error(t.line, "a command runs an exec or worker handler (webhook and pull are for routes)")
+        }
+        let targets = ["exec", "worker"].filter { t[$0] != nil }
+        var target: StanzadConfig.Target?
+        if targets.count != 1 {
+            error(t.line, "command \(node.map { "\"\($0)\" " } ?? "")needs exactly one of exec or worker" + (targets.isEmpty ? "" : " (found both)"))
+        } else if let argv = stringArray(t, "exec") {
+            if argv.isEmpty { error(t.line(of: "exec"), "exec must name a program: exec = [\"handlers/remind.py\"]") } else {
+                target = .exec([resolveProgram(argv[0])] + argv.dropFirst())
+            }
+        } else if let argv = stringArray(t, "worker") {
+            if argv.isEmpty { error(t.line(of: "worker"), "worker must name a program: worker = [\"handlers/commands.py\"]") } else {
+                target = .worker([resolveProgram(argv[0])] + argv.dropFirst())
+            }
+        }
+        var to = componentDomain ?? ""
+        if let text = string(t, "to") {
+            if let jid = JID.parse(text), jid.resource == nil, jid.domain == componentDomain {
+                to = jid.description.lowercased()
+            } else {
+                error(t.line(of: "to"), "command to \"\(text)\" must be the component domain \(componentDomain ?? "") or a bare address in it, e.g. bot@\(componentDomain ?? "bot.example.org")")
+            }
+        }
+        var command = StanzadConfig.Command(node: node ?? "", line: t.line, name: node ?? "", to: to, target: target ?? .exec([]), workdir: directory)
+        if let name = string(t, "name") {
+            if name.isEmpty || !name.unicodeScalars.allSatisfy(HandlerOutput.isXMLCharacter) {
+                error(t.line(of: "name"), "command name must be non-empty text (it is shown in the client's list)")
+            }
+            command.name = name
+        }
+        if let format = string(t, "format") {
+            if ["text", "json"].contains(format) { command.format = format } else {
+                error(t.line(of: "format"), "unknown command format \"\(format)\" (use text or json; a command has no xml contract)")
+            }
+        }
+        if case .worker? = target, command.format != "json" {
+            error(t.line(of: "worker"), "a worker command speaks JSON lines: set format = \"json\"")
+        }
+        if let from = stringArray(t, "from") {
+            if from.isEmpty { error(t.line(of: "from"), "from must not be empty (leave it out to let anyone run the command)") }
+            command.from = from.map(JIDPattern.init)
+        }
+        command.timeout = int(t, "timeout", min: 1) ?? 10
+        command.sessionTimeout = int(t, "session_timeout", min: 1) ?? 600
+        command.maxSessions = int(t, "max_sessions", min: 1) ?? 1000
+        command.concurrency = int(t, "concurrency", min: 1) ?? 4
+        command.queue = int(t, "queue", min: 0) ?? 100
+        command.env = stringTable(t, "env") ?? [:]
+        for key in command.env.keys where !Self.isEnvName(key) {
+            error(t.line(of: "env"), "env name \"\(key)\" is not a valid environment variable name")
+        }
+        command.passEnv = stringArray(t, "pass_env") ?? []
+        if let workdir = string(t, "workdir") { command.workdir = resolve(workdir) }
+        command.maxOutput = int(t, "max_output", min: 1) ?? 262_144
+        command.workers = int(t, "workers", min: 1) ?? 1
+        command.maxRequests = int(t, "max_requests", min: 0) ?? 0
+        command.inFlight = int(t, "in_flight", min: 1) ?? 1
+        command.routeName = "command:" + (to == componentDomain ? "" : to + "/") + command.node
+        guard node != nil, target != nil, !to.isEmpty else { return nil }
+        return command
     }
 
     private mutating func buildRoom(_ t: ConfigTable, componentDomain: String?) -> StanzadConfig.Room? {
@@ -418,6 +567,7 @@ struct ConfigLoader {
         component.pingInterval = int(t, "ping_interval", min: 1) ?? 60
         component.pingTimeout = int(t, "ping_timeout", min: 1) ?? 20
         component.sendQueue = int(t, "send_queue", min: 0) ?? 1000
+        component.sendQueueGiven = t["send_queue"] != nil
         component.sendQueueTTL = int(t, "send_queue_ttl", min: 1) ?? 60
         component.maxStanza = int(t, "max_stanza", min: 10_000) ?? 524_288
         if let pingTo = string(t, "ping_to") {

@@ -45,7 +45,7 @@ final class DaemonMetrics: Sendable {
 
     /// The text Prometheus scrapes, with the gauges read now.
     func render(connection: ComponentConnection, dispatcher: Dispatcher, queues: [UpdateQueue],
-                rooms: [String: Int] = [:]) -> [UInt8] {
+                rooms: [String: Int] = [:], commandSessions: [String: Int] = [:]) -> [UInt8] {
         gauge("stanzad_link_up", "1 while the component link is connected").set(connection.isConnected ? 1.0 : 0.0)
         let depth = connection.depth
         gauge("stanzad_rest_pending_iq", "iqs waiting for their replies").set(Double(depth.pendingIQs))
@@ -88,6 +88,11 @@ final class DaemonMetrics: Sendable {
             return gone.compactMap { gauges.removeValue(forKey: $0) }
         }
         for gauge in removedQueues { registry.unregisterGauge(gauge) }
+        // Every command of the configuration, 0 when it has no session open (its route is named command:<node>).
+        for route in dispatcher.routes where route.name.hasPrefix("command:") {
+            gauge("stanzad_command_sessions", "open ad-hoc command sessions", labels: [("command", route.name)])
+                .set(Double(commandSessions[route.name] ?? 0))
+        }
         for state in ["joining", "joined", "rejoining", "banned", "failed"] {
             gauge("stanzad_rooms", "rooms by state", labels: [("state", state)]).set(Double(rooms[state] ?? 0))
         }

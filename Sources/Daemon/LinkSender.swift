@@ -13,7 +13,7 @@ struct LinkSender: StanzaSender {
 
     func deliver(_ stanza: Stanza, wait: Duration,
                  completion: @escaping @Sendable (Result<Void, SendFailure>) -> Void) -> RestCancellation? {
-        connection.sendAndWait(stanza, wait: wait) { completion($0.mapError(Self.failure)) }.map(RestCancellation.init)
+        connection.sendDurably(stanza, wait: wait) { completion($0.mapError(Self.failure)) }.map(RestCancellation.init)
     }
 
     func ask(_ iq: Stanza, timeout: Duration, maxPending: Int,

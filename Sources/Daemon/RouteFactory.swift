@@ -18,6 +18,8 @@ final class RouteFactory: Sendable {
     let host: WorkerHost
     let environment: [String: String]
     let logger: Logger
+    /// The ad-hoc command sessions (SPEC §15), kept across reloads.
+    let sessions: CommandSessions
     private let pools = Mutex<[String: WorkerPool]>([:])
     /// The pull routes' queues by route name, kept across reloads (their updates with them).
     private let updateQueues = Mutex<[String: UpdateQueue]>([:])
@@ -42,6 +44,7 @@ final class RouteFactory: Sendable {
         self.processes = AdmissionGate(concurrency: maxProcesses, queue: nil)
         self.client = WebhookClient()
         self.host = WorkerHost()
+        self.sessions = CommandSessions(logger: logger)
         self.environment = environment
         self.logger = logger
     }
@@ -50,6 +53,57 @@ final class RouteFactory: Sendable {
     /// workers). Worker routes reuse the pool of the same name (reloaded with the new settings); new ones start on
     /// the WorkerHost.
     func routes(for config: StanzadConfig, only: Set<String>? = nil) -> [Route] {
+        // Commands first: their rules are narrow (an iq set naming their node), so a broad iq route cannot hide them.
+        commandRoutes(for: config, only: only) + stanzaRoutes(for: config, only: only)
+    }
+
+    /// The `[[command]]`s as routes: a rule matching their node at their JID, a CommandHandler on the same spawner or a
+    /// worker pool of its own.
+    private func commandRoutes(for config: StanzadConfig, only: Set<String>?) -> [Route] {
+        config.commands.filter { only?.contains($0.routeName) ?? true }.map { command in
+            let format = HandlerFormat(rawValue: command.format) ?? .text
+            let rule = RouteRule(kinds: [.iq], types: ["set"], to: [JIDPattern(command.to)], commandNode: command.node)
+            let runner: CommandHandler.Runner
+            if case .worker(let argv) = command.target {
+                runner = .worker(pool(named: command.routeName, settings: WorkerPool.Settings(
+                    route: command.routeName, argv: argv,
+                    environment: HandlerInput.baseEnvironment(
+                        route: command.routeName, component: config.component.jid, env: command.env, passEnv: command.passEnv,
+                        parent: environment),
+                    workdir: command.workdir, workers: command.workers, inFlight: command.inFlight,
+                    maxRequests: command.maxRequests, timeout: .seconds(command.timeout),
+                    killGrace: .seconds(config.killGrace), maxLine: command.maxOutput)))
+            } else {
+                let argv: [String]
+                if case .exec(let configured) = command.target { argv = configured } else { argv = [] }
+                runner = .process(ProcessHandler(
+                    settings: .init(
+                        argv: argv, format: format, timeout: .seconds(command.timeout), killGrace: .seconds(config.killGrace),
+                        env: command.env, passEnv: command.passEnv, parentEnvironment: environment, workdir: command.workdir,
+                        maxOutput: command.maxOutput, maxStanza: config.component.maxStanza),
+                    processes: processes))
+            }
+            let handler = CommandHandler(
+                settings: .init(name: command.routeName, node: command.node, jid: command.to, from: command.from, format: format,
+                                sessionTimeout: .seconds(command.sessionTimeout), maxSessions: command.maxSessions),
+                runner: runner, sessions: sessions)
+            return Route(name: command.routeName, rule: rule, handler: handler, concurrency: command.concurrency, queue: command.queue)
+        }
+    }
+
+    /// The worker pool named `name`: the existing one reloaded with `settings`, or a new one started on the host.
+    private func pool(named name: String, settings: WorkerPool.Settings) -> WorkerPool {
+        let (pool, isNew) = pools.withLock { pools -> (WorkerPool, Bool) in
+            if let existing = pools[name] { return (existing, false) }
+            let pool = WorkerPool(settings: settings, logger: logger)
+            pools[name] = pool
+            return (pool, true)
+        }
+        if isNew { host.start(pool) } else { pool.reload(settings) }
+        return pool
+    }
+
+    private func stanzaRoutes(for config: StanzadConfig, only: Set<String>?) -> [Route] {
         config.routes.filter { only?.contains($0.name) ?? true }.map { route in
             // "auto" (webhooks only) negotiates; until it has, mod_rest's default body, XML.
             let format = HandlerFormat(rawValue: route.format) ?? (route.format == "auto" ? .xml : .text)
@@ -75,14 +129,7 @@ final class RouteFactory: Sendable {
                     workdir: route.workdir, workers: route.workers, inFlight: route.inFlight,
                     maxRequests: route.maxRequests, timeout: .seconds(route.timeout),
                     killGrace: .seconds(config.killGrace), maxLine: route.maxOutput)
-                let (pool, isNew) = pools.withLock { pools -> (WorkerPool, Bool) in
-                    if let existing = pools[route.name] { return (existing, false) }
-                    let pool = WorkerPool(settings: settings, logger: logger)
-                    pools[route.name] = pool
-                    return (pool, true)
-                }
-                if isNew { host.start(pool) } else { pool.reload(settings) }
-                handler = WorkerHandler(pool: pool)
+                handler = WorkerHandler(pool: pool(named: route.name, settings: settings))
             case .webhook(let url):
                 handler = WebhookHandler(
                     settings: WebhookSettings(
@@ -123,6 +170,9 @@ final class RouteFactory: Sendable {
         var kept = Set<String>()
         for route in config.routes {
             if case .worker = route.target { kept.insert(route.name) }
+        }
+        for command in config.commands {
+            if case .worker = command.target { kept.insert(command.routeName) }
         }
         let removed = pools.withLock { pools -> [(String, WorkerPool)] in
             let names = pools.keys.filter { !kept.contains($0) }
@@ -177,9 +227,11 @@ extension StanzadConfig {
 
     /// The built-in responders of SPEC §10 for this configuration.
     func builtInResponder() -> BuiltInResponder {
-        BuiltInResponder(
+        let routeItems = routes.flatMap { $0.to ?? [] }.map(\.pattern).filter { !$0.contains("*") && $0.contains("@") }
+        return BuiltInResponder(
             domain: component.jid, discoName: discoName, presenceAuto: presenceAuto,
-            items: routes.flatMap { $0.to ?? [] }.map(\.pattern).filter { !$0.contains("*") && $0.contains("@") },
-            softwareVersion: StanzadVersion.string)
+            items: routeItems + commands.map(\.to).filter { $0.contains("@") && !routeItems.contains($0) },
+            softwareVersion: StanzadVersion.string,
+            commands: commands.map { CommandListing(jid: $0.to, node: $0.node, name: $0.name, from: $0.from) })
     }
 }

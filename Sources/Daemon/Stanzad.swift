@@ -9,6 +9,8 @@ import Logging
 import Rooms
 import Routing
 import ServiceLifecycle
+import Storage
+import Synchronization
 import XMPPCore
 
 @main
@@ -79,6 +81,9 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
+    @Flag(name: .long, help: "Take over from a running stanzad of the same spool: connect while it runs, then stop it (SIGTERM) once this link is up; it hands what it still holds over through the spool. Needs [storage].")
+    var takeover = false
+
     func run() async throws {
         // Writing to a handler that exited must be an error, not the end of stanzad.
         signal(SIGPIPE, SIG_IGN)
@@ -100,15 +105,51 @@ struct Run: AsyncParsableCommand {
         settings.reconnectMax = .seconds(config.component.reconnectMax)
         settings.pingInterval = .seconds(config.component.pingInterval)
         settings.pingTimeout = .seconds(config.component.pingTimeout)
-        settings.sendQueue = config.component.sendQueue
+        // The spool is on disk: by default it holds ten times what memory does.
+        settings.sendQueue = config.storage != nil && !config.component.sendQueueGiven ? 10_000 : config.component.sendQueue
         settings.sendQueueTTL = .seconds(config.component.sendQueueTTL)
         settings.maxStanza = config.component.maxStanza
         // Before any route or counter exists: they bind to the backend bootstrapped here.
         let metrics = config.metrics.map { _ in DaemonMetrics() }
-        let connection = ComponentConnection(settings: settings, logger: logger)
+        var spool: SQLiteSpool?
+        if let storage = config.storage {
+            do {
+                spool = try SQLiteSpool(
+                    settings: StorageSettings(path: storage.path, sync: StorageSettings.Sync(rawValue: storage.sync) ?? .normal),
+                    logger: logger)
+            } catch {
+                logger.error("the spool cannot be opened", metadata: ["problem": "\(error.description)"])
+                throw ExitCode(ExitStatus.config)
+            }
+        }
+        if takeover && spool == nil {
+            logger.error("--takeover needs [storage]: the process being replaced hands over what it holds through the spool")
+            throw ExitCode(ExitStatus.config)
+        }
+        let connection = ComponentConnection(settings: settings, logger: logger, spool: spool)
         if let metrics {
             connection.setLinkObserver { event in
                 if event == .down { metrics.linkLost() }
+            }
+        }
+        // Another process took the link over: this one drains and stops.
+        let shutdown = ShutdownTrigger()
+        connection.setLinkObserver { event in
+            if event == .replaced { shutdown.trigger() }
+        }
+        if takeover, let spool {
+            let done = Mutex(false)
+            connection.setLinkObserver { event in
+                guard event == .up, !done.withLock({ let was = $0; $0 = true; return was }) else { return }
+                // A read of the spool file: on a thread of its own, not the link's task.
+                Thread.detachNewThread {
+                    let others = spool.otherProcesses()
+                    if others.isEmpty { logger.notice("taking over: no other stanzad runs on this spool") }
+                    for pid in others {
+                        logger.notice("taking over: asking the running stanzad to stop", metadata: ["pid": "\(pid)"])
+                        kill(pid, SIGTERM)
+                    }
+                }
             }
         }
         let builtIns = config.builtInResponder()
@@ -134,7 +175,8 @@ struct Run: AsyncParsableCommand {
             rest.setUpdateQueues(factory.queues(for: config))
             if let metrics, let endpoint = config.metrics {
                 rest.setMetrics(.init(path: endpoint.path, credentials: endpoint.credentials) {
-                    metrics.render(connection: connection, dispatcher: dispatcher, queues: factory.allQueues, rooms: rooms.countsByState)
+                    metrics.render(connection: connection, dispatcher: dispatcher, queues: factory.allQueues, rooms: rooms.countsByState,
+                                   commandSessions: factory.sessions.countsByCommand)
                 })
             }
             api = rest
@@ -157,14 +199,20 @@ struct Run: AsyncParsableCommand {
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
         ])
-        let group = ServiceGroup(
+        // The spool, first, stops last: what the link and the router leave is committed before it closes.
+        let storageServices: [ServiceGroupConfiguration.ServiceConfiguration] = spool.map { [.init(service: $0)] } ?? []
+        // Before the router stops taking stanzas: a successor on the spool gets the link first.
+        let handoverServices: [ServiceGroupConfiguration.ServiceConfiguration] =
+            spool.map { [.init(service: Handover(connection: connection, spool: $0, logger: logger))] } ?? []
+        let group: ServiceGroup = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [
+                services: storageServices + [
                     .init(service: SignalEscalation(logger: logger)),
                     .init(service: connection),
                     // Stops after the router has drained: its pending retries end, then its connections close.
                     .init(service: factory.client),
                     .init(service: factory.host),
+                    .init(service: factory.sessions),
                     .init(service: reloader),
                     // Stops before the link: the rooms are left while it still sends.
                     .init(service: rooms),
@@ -172,12 +220,13 @@ struct Run: AsyncParsableCommand {
                     // Services stop in reverse order: the REST front first (waiting requests get 503), then the
                     // router (no new stanzas; running handlers finish while workers and the link are still up).
                     .init(service: router),
-                ] + (front.map { [.init(service: $0)] } ?? []) + [
+                ] + handoverServices + (front.map { [.init(service: $0)] } ?? []) + [
                     // Last: READY=1 once everything runs; the first to hear of a shutdown (STOPPING=1).
                     .init(service: SystemdService(logger: logger, probes: front.map { front in [{ front.probe($0) }] } ?? [])),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
+        shutdown.set(group)
         do {
             try await group.run()
         } catch {
@@ -212,6 +261,16 @@ struct Check: ParsableCommand {
                 problems.append("\(config.file):\(hook.line): hook \"\(hook.name)\": \(problem)")
             }
         }
+        for command in config.commands {
+            switch command.target {
+            case .exec(let argv), .worker(let argv):
+                if let program = argv.first, let problem = HandlerCheck.problem(program: program) {
+                    problems.append("\(config.file):\(command.line): command \"\(command.node)\": \(problem)")
+                }
+            case .webhook, .pull:
+                break
+            }
+        }
         for warning in config.warnings { print("warning: \(warning)") }
         print("component \(config.component.jid) via \(config.component.host):\(config.component.port)")
         if let rest = config.rest { print("rest \(rest.listen) path \(rest.path), \(rest.credentials.count) credential(s)") }
@@ -219,6 +278,17 @@ struct Check: ParsableCommand {
             print("hook \(hook.name): POST \(config.rest?.path ?? "/rest")/hooks/\(hook.name) → \(hook.argv.joined(separator: " ")) (auth \(hook.auth.rawValue)\(hook.to.isEmpty ? "" : ", to \(hook.to.joined(separator: ", "))"))")
         }
         print(RouteTable.render(config.routes))
+        for command in config.commands {
+            let target: String
+            switch command.target {
+            case .exec(let argv): target = "exec " + argv.joined(separator: " ")
+            case .worker(let argv): target = "worker " + argv.joined(separator: " ")
+            case .webhook, .pull: target = "?"
+            }
+            print("command \(command.node) (\"\(command.name)\") at \(command.to) → \(target), format \(command.format), from "
+                  + (command.from?.map(\.pattern).joined(separator: ",") ?? "anyone")
+                  + ", timeout \(command.timeout) s, sessions \(command.maxSessions) for \(command.sessionTimeout) s")
+        }
         for room in config.roomSettings() {
             print("room \(room.jid) as \(room.nick) from \(room.from)" + (room.password == nil ? "" : ", with a password") + ", history \(room.history)")
         }
@@ -290,5 +360,57 @@ enum RouteTable {
         return rows.map { row in
             zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
         }.joined(separator: "\n")
+    }
+}
+
+/// Starts a graceful shutdown of the service group from a callback (the link was taken over).
+final class ShutdownTrigger: Sendable {
+    private let state = Mutex<(group: ServiceGroup?, pending: Bool)>((nil, false))
+
+    func set(_ group: ServiceGroup) {
+        let pending = state.withLock { state in
+            state.group = group
+            return state.pending
+        }
+        if pending { start(group) }
+    }
+
+    func trigger() {
+        let group: ServiceGroup? = state.withLock { state in
+            state.pending = true
+            return state.group
+        }
+        if let group { start(group) }
+    }
+
+    private func start(_ group: ServiceGroup) {
+        Task { await group.triggerGracefulShutdown() }
+    }
+}
+
+/// At shutdown, when another stanzad runs on the same spool (it was started with --takeover), hands it the link
+/// before the router stops taking stanzas: the server (ejabberd, which admits both) then routes only to the other
+/// process, and nothing arrives here that no one would take. Replies of running handlers go into the spool.
+final class Handover: Service {
+    let connection: ComponentConnection
+    let spool: SQLiteSpool
+    let logger: Logger
+
+    init(connection: ComponentConnection, spool: SQLiteSpool, logger: Logger) {
+        self.connection = connection
+        self.spool = spool
+        self.logger = logger
+    }
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        let spool = self.spool
+        // A read of the spool file, on a thread of its own.
+        let others: [Int32] = await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: spool.otherProcesses()) }
+        }
+        guard !others.isEmpty else { return }
+        logger.notice("another stanzad runs on this spool: handing it the component link", metadata: ["pids": "\(others)"])
+        await connection.leave()
     }
 }

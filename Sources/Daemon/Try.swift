@@ -31,9 +31,23 @@ struct Try: AsyncParsableCommand {
     @Option(name: .long, help: "With --hook: the request's Content-Type (default: application/json).")
     var contentType: String?
 
+    @Option(name: .long, help: "The ad-hoc command to run one step of (its node); stdin: the submitted form as JSON {var: value}, or nothing.")
+    var command: String?
+
+    @Option(name: .long, help: "With --command: the action (execute, next, prev, complete; default execute).")
+    var action: String?
+
+    @Option(name: .long, help: "With --command: the JSON `session` of the previous step (a later step); without it, the first step.")
+    var session: String?
+
     func validate() throws {
-        if (route == nil) == (hook == nil) { throw ValidationError("give either --route NAME or --hook NAME") }
-        if hook != nil, body != nil { throw ValidationError("--body is for routes; a hook reads its request body from stdin") }
+        if [route, hook, command].compactMap({ $0 }).count != 1 {
+            throw ValidationError("give one of --route NAME, --hook NAME or --command NODE")
+        }
+        if hook != nil || command != nil, body != nil {
+            throw ValidationError("--body is for routes; a hook or a command reads stdin")
+        }
+        if command == nil, action != nil || session != nil { throw ValidationError("--action and --session go with --command") }
     }
 
     @Option(name: .long, help: "Sender JID (default: user@example.org/try).")
@@ -61,6 +75,10 @@ struct Try: AsyncParsableCommand {
         let config = try options.loadConfig()
         if let hook {
             try await runHook(hook, config: config, logger: logger)
+            return
+        }
+        if let command {
+            try await runCommand(command, config: config, logger: logger)
             return
         }
         guard let route else { return }
@@ -149,6 +167,106 @@ struct Try: AsyncParsableCommand {
         throw ExitCode(1)
     }
 
+    /// `--command`: one step of an ad-hoc command as a requester's iq would run it (from stdin: the submitted form as
+    /// JSON formdata, an `<iq>` with a `<command/>`, or nothing); prints the reply iq, and the step's status and
+    /// `session` on stderr.
+    private func runCommand(_ node: String, config: StanzadConfig, logger: Logger) async throws {
+        let candidates = config.commands.filter { $0.node == node && (to == nil || $0.to == JID.parse(to)?.bare.description.lowercased()) }
+        guard let configured = candidates.first else {
+            let nodes = config.commands.map { "\($0.node) at \($0.to)" }
+            throw ValidationError(
+                "no command \"\(node)\"\(to.map { " at \($0)" } ?? "") in \(config.file)" + (nodes.isEmpty ? " (it has no [[command]])" : "; commands: \(nodes.joined(separator: ", "))"))
+        }
+        let actionValue = action ?? "execute"
+        guard let parsedAction = AdHocCommand.Action(rawValue: actionValue), parsedAction != .cancel else {
+            throw ValidationError("--action must be execute, next, prev or complete (cancel is answered by stanzad without a step)")
+        }
+        var sessionValue: JSONValue?
+        if let session {
+            do { sessionValue = try JSONValue.parse(session) } catch {
+                throw ValidationError("--session is not JSON: \(error.message)")
+            }
+        }
+        let input = FileHandle.standardInput.readDataToEndOfFile()
+        let text = String(decoding: input, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        var stanza: Stanza
+        if text.hasPrefix("<") {
+            guard let element = try? XMLStreamParser.parseFragment(input, maxElements: 1).first, let parsed = Stanza(element) else {
+                throw ValidationError("stdin is not one <iq> stanza")
+            }
+            stanza = parsed
+        } else {
+            stanza = Stanza(kind: .iq, type: "set", id: RandomID.make())
+            var element = Element("command", namespace: AdHocCommand.namespace)
+            element[attribute: "node"] = node
+            element[attribute: "action"] = parsedAction.rawValue
+            if !text.isEmpty {
+                do {
+                    element.append(try DataForm(formData: try JSONValue.parse(input)).element)
+                } catch let error as DataForm.Problem {
+                    throw ValidationError("stdin: \(error.description)")
+                } catch {
+                    throw ValidationError("stdin is neither an <iq> nor JSON form data {\"var\": \"value\"}: \(error)")
+                }
+            }
+            stanza.element.append(element)
+        }
+        if stanza.id == nil { stanza.id = RandomID.make() }
+        stanza.from = from ?? stanza.from ?? "user@example.org/try"
+        stanza.to = to ?? stanza.to ?? configured.to
+        let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let routes = factory.routes(for: config, only: [configured.routeName])
+        guard let selected = routes.first else {
+            await factory.client.shutdown()
+            throw ExitCode(ExitStatus.internalError)
+        }
+        if let sessionValue {
+            // A later step: a session as the previous step left it, offering every action.
+            guard case .success(let id) = factory.sessions.open(
+                command: configured.routeName, node: configured.node, jid: configured.to, owner: stanza.from ?? "", limit: .max)
+            else {
+                await factory.client.shutdown()
+                throw ExitCode(ExitStatus.internalError)
+            }
+            factory.sessions.park(id: id, value: sessionValue, form: nil, allowed: Set(AdHocCommand.Action.allCases), timeout: .seconds(configured.sessionTimeout))
+            var children = stanza.element.children
+            for (index, child) in children.enumerated() {
+                if case .element(var element) = child, element.name == "command" {
+                    element[attribute: "sessionid"] = id
+                    children[index] = .element(element)
+                }
+            }
+            stanza.element.children = children
+        }
+        if !selected.rule.matches(stanza) {
+            FileHandle.standardError.write(Data("note: in production command \"\(node)\" would not take this stanza (it needs an iq set with <command node='\(node)'/> to \(configured.to))\n".utf8))
+        }
+        let dispatcher = Dispatcher(routes: routes, builtIns: config.builtInResponder(), maxStanzaBytes: config.component.maxStanza, logger: logger)
+        let once = TryOnce(dispatcher: dispatcher, route: selected, stanza: stanza, room: nil) { replies in
+            for reply in replies {
+                guard let command = reply.element.elements.first(where: { $0.name == "command" }) else { continue }
+                let status = command[attribute: "status"] ?? "?"
+                var line = "command status \(status)"
+                if status == "executing", let id = command[attribute: "sessionid"],
+                   let open = factory.sessions.session(id: id) {
+                    line += "; session: \(open.value.map { $0.serialized() } ?? "null")"
+                }
+                FileHandle.standardError.write(Data((line + "\n").utf8))
+            }
+        }
+        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: factory.client),
+            .init(service: factory.host),
+            .init(service: once, successTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        do {
+            try await ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger)).run()
+        } catch {
+            await factory.client.shutdown()
+            throw error
+        }
+    }
+
     private func makeStanza(defaultTo: String) throws -> Stanza {
         var stanza: Stanza
         if let body {
@@ -187,10 +305,13 @@ struct TryOnce: Service {
     let route: Route
     let stanza: Stanza
     let room: RoomOrigin?
+    /// Told the replies before they are printed (`try --command` reports the step's status and session).
+    var inspect: @Sendable ([Stanza]) -> Void = { _ in }
 
     func run() async throws {
         _ = route.gate.admit()
         let replies = await dispatcher.run(stanza, on: route, room: room)
+        inspect(replies)
         for reply in replies {
             do {
                 print(try reply.serialized())

@@ -50,28 +50,34 @@ package struct ProcessHandler: StanzaHandler {
         } catch {
             return .failed(.modify, .badRequest, metadata: ["problem": "\(error)"])
         }
+        let environment = HandlerInput.environment(
+            for: stanza, route: context.route, component: context.component, env: settings.env,
+            passEnv: settings.passEnv, parent: settings.parentEnvironment, room: context.room)
+        guard let result = await run(stdin: input, environment: environment, logger: context.logger) else {
+            return HandlerOutcome(failure: Dispatcher.shuttingDown, metadata: ["queue": "left at shutdown"])
+        }
+        return outcome(of: result, for: stanza, logger: context.logger)
+    }
+
+    /// Runs the program once with `stdin` and `environment` within `[limits] max_processes`, its stderr logged.
+    /// nil: it never started (the task was cancelled or stanzad shuts down while waiting for the process limit).
+    package func run(stdin input: [UInt8], environment: [String: String], logger: Logger) async -> ProcessResult? {
         let spec = ProcessSpec(
-            argv: settings.argv,
-            environment: HandlerInput.environment(
-                for: stanza, route: context.route, component: context.component, env: settings.env,
-                passEnv: settings.passEnv, parent: settings.parentEnvironment, room: context.room),
+            argv: settings.argv, environment: environment,
             workdir: settings.workdir, stdin: input, timeout: settings.timeout, killGrace: settings.killGrace,
             maxOutput: settings.maxOutput)
 
         // Waiting for the process limit ends without a process when the task is cancelled or stanzad shuts down.
-        guard await processes.acquire() else {
-            return HandlerOutcome(failure: Dispatcher.shuttingDown, metadata: ["queue": "left at shutdown"])
-        }
+        guard await processes.acquire() else { return nil }
         if Task.isCancelled {
             processes.release()
-            return HandlerOutcome(failure: Dispatcher.shuttingDown, metadata: ["queue": "left at shutdown"])
+            return nil
         }
-        let logger = context.logger
         let result = await ProcessRunner.run(spec) { line, pid in
             logger.warning("handler stderr", metadata: ["pid": "\(pid)", "line": "\(line)"])
         }
         processes.release()
-        return outcome(of: result, for: stanza, logger: logger)
+        return result
     }
 
     /// Shutdown: stanzas waiting for `[limits] max_processes` never start a process.

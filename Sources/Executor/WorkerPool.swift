@@ -153,6 +153,20 @@ package final class WorkerPool: Service, Sendable {
         enqueue(Request(ref: ref, line: line, deadline: deadline, complete: completion))
     }
 
+    /// Sends a request object of its own (an ad-hoc command step, SPEC §15) and waits for the answer; `ref` is added.
+    package func submit(object: [String: JSONValue]) async -> Reply {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Reply, Never>) in
+            let ref = state.withLock { state -> String in
+                state.nextRef += 1
+                return "r\(state.nextRef)"
+            }
+            var object = object
+            object["ref"] = .string(ref)
+            let line = JSONValue.object(object).serializedBytes() + [0x0A]
+            enqueue(Request(ref: ref, line: line, deadline: ContinuousClock.now + settings.timeout) { continuation.resume(returning: $0) })
+        }
+    }
+
     private func enqueue(_ request: Request) {
         let (placement, send) = state.withLock { state -> (WorkerPoolStateMachine<Request>.Placement, Send?) in
             let placement = state.machine.submit(request)

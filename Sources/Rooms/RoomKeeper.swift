@@ -161,6 +161,8 @@ package final class RoomKeeper: Service, RoomFilter, Sendable {
                     room.occupants = []
                     return room.machine.linkUp(at: now)
                 }
+            case .replaced:
+                return []  // `.down` came first; the process is stopping
             case .down:
                 state.linkUp = false
                 return Self.each(&state) { room in

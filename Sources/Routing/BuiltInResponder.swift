@@ -12,6 +12,29 @@ package enum DiscoNamespace {
     package static let time = "urn:xmpp:time"
 }
 
+/// A `[[command]]` as disco lists it (SPEC §15).
+package struct CommandListing: Hashable, Sendable {
+    /// The offering bare JID, lower-cased.
+    package var jid: String
+    package var node: String
+    package var name: String
+    /// Who may see and run it; nil: anyone.
+    package var from: [JIDPattern]?
+
+    package init(jid: String, node: String, name: String, from: [JIDPattern]?) {
+        self.jid = jid.lowercased()
+        self.node = node
+        self.name = name
+        self.from = from
+    }
+
+    package func allows(_ requester: String?) -> Bool {
+        guard let from else { return true }
+        guard let jid = JID.parse(requester) else { return false }
+        return from.contains { $0.matches(jid) }
+    }
+}
+
 package struct BuiltInResponder: Sendable {
     package var domain: String
     package var discoName: String
@@ -22,11 +45,14 @@ package struct BuiltInResponder: Sendable {
     package var items: [String]
     package var softwareName: String
     package var softwareVersion: String
+    /// The ad-hoc commands (SPEC §15), listed on the commands node of their JID.
+    package var commands: [CommandListing]
 
     package init(
         domain: String, discoName: String = "stanzad", presenceAuto: Bool = true, routedFeatures: [String] = [],
-        items: [String] = [], softwareName: String = "stanzad", softwareVersion: String
+        items: [String] = [], softwareName: String = "stanzad", softwareVersion: String, commands: [CommandListing] = []
     ) {
+        self.commands = commands
         self.domain = domain.lowercased()
         self.discoName = discoName
         self.presenceAuto = presenceAuto
@@ -74,7 +100,11 @@ package struct BuiltInResponder: Sendable {
         switch (stanza.type, payload.name, payload.namespace) {
         case ("get", "query", DiscoNamespace.info):
             if let node = payload[attribute: "node"], !node.isEmpty {
-                return [stanza.errorReply(StanzaError(.cancel, .itemNotFound, text: "no such node: \(node)", by: domain))]
+                guard let query = commandNodeInfo(node, at: to, for: stanza.from) else {
+                    return [stanza.errorReply(StanzaError(.cancel, .itemNotFound, text: "no such node: \(node)", by: domain))]
+                }
+                reply.element.append(query)
+                return [reply]
             }
             var query = Element("query", namespace: DiscoNamespace.info)
             var identity = Element("identity", namespace: DiscoNamespace.info)
@@ -88,7 +118,9 @@ package struct BuiltInResponder: Sendable {
             identity[attribute: "name"] = discoName
             query.append(identity)
             var seen = Set<String>()
-            for feature in [DiscoNamespace.info, DiscoNamespace.items, DiscoNamespace.ping, DiscoNamespace.version, DiscoNamespace.time] + routedFeatures
+            let commandFeature = visibleCommands(at: to, for: stanza.from).isEmpty ? [] : [AdHocCommand.namespace]
+            for feature in [DiscoNamespace.info, DiscoNamespace.items, DiscoNamespace.ping, DiscoNamespace.version, DiscoNamespace.time]
+                + routedFeatures + commandFeature
             where seen.insert(feature).inserted {
                 var element = Element("feature", namespace: DiscoNamespace.info)
                 element[attribute: "var"] = feature
@@ -98,7 +130,20 @@ package struct BuiltInResponder: Sendable {
         case ("get", "query", DiscoNamespace.items):
             var query = Element("query", namespace: DiscoNamespace.items)
             if let node = payload[attribute: "node"], !node.isEmpty {
-                return [stanza.errorReply(StanzaError(.cancel, .itemNotFound, text: "no such node: \(node)", by: domain))]
+                guard node == AdHocCommand.namespace else {
+                    return [stanza.errorReply(StanzaError(.cancel, .itemNotFound, text: "no such node: \(node)", by: domain))]
+                }
+                // XEP-0050 §2.2: the commands this requester may run here.
+                query[attribute: "node"] = node
+                for command in visibleCommands(at: to, for: stanza.from) {
+                    var item = Element("item", namespace: DiscoNamespace.items)
+                    item[attribute: "jid"] = to.bare.description
+                    item[attribute: "node"] = command.node
+                    item[attribute: "name"] = command.name
+                    query.append(item)
+                }
+                reply.element.append(query)
+                return [reply]
             }
             if to.localpart == nil {
                 for jid in items {
@@ -120,10 +165,48 @@ package struct BuiltInResponder: Sendable {
             time.append(Element("tzo", namespace: DiscoNamespace.time, text: "+00:00"))
             time.append(Element("utc", namespace: DiscoNamespace.time, text: Self.utc(now)))
             reply.element.append(time)
+        case ("set", "command", AdHocCommand.namespace):
+            // A command no `[[command]]` offers at this JID (those that do are routes and never get here).
+            let node = payload[attribute: "node"] ?? ""
+            return [stanza.errorReply(StanzaError(.cancel, .itemNotFound, text: "no command \"\(node)\" at \(to.bare)", by: domain))]
         default:
             return [stanza.errorReply(StanzaError(.cancel, .serviceUnavailable, by: domain))]
         }
         return [reply]
+    }
+
+    /// The commands offered at `to` that `requester` may see, in configuration order.
+    private func visibleCommands(at to: JID, for requester: String?) -> [CommandListing] {
+        let jid = to.bare.description.lowercased()
+        return commands.filter { $0.jid == jid && $0.allows(requester) }
+    }
+
+    /// disco#info of the commands node (identity automation/command-list) or of a command's node (XEP-0050 §2.3:
+    /// automation/command-node); nil: no such node here for this requester.
+    private func commandNodeInfo(_ node: String, at to: JID, for requester: String?) -> Element? {
+        let visible = visibleCommands(at: to, for: requester)
+        var query = Element("query", namespace: DiscoNamespace.info)
+        query[attribute: "node"] = node
+        var identity = Element("identity", namespace: DiscoNamespace.info)
+        identity[attribute: "category"] = "automation"
+        let features: [String]
+        if node == AdHocCommand.namespace {
+            guard !visible.isEmpty else { return nil }
+            identity[attribute: "type"] = "command-list"
+            features = [DiscoNamespace.info, DiscoNamespace.items]
+        } else {
+            guard let command = visible.first(where: { $0.node == node }) else { return nil }
+            identity[attribute: "type"] = "command-node"
+            identity[attribute: "name"] = command.name
+            features = [AdHocCommand.namespace, DataForm.namespace]
+        }
+        query.append(identity)
+        for feature in features {
+            var element = Element("feature", namespace: DiscoNamespace.info)
+            element[attribute: "var"] = feature
+            query.append(element)
+        }
+        return query
     }
 
     /// XEP-0082 date-time in UTC, e.g. 2026-11-22T03:08:28Z.

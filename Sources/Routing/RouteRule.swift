@@ -20,10 +20,14 @@ package struct RouteRule: Sendable {
     package var rooms: [JIDPattern]?
     /// Only group chat messages that mention our nick.
     package var mentions: Bool
+    /// A `[[command]]` (SPEC §15): only iq sets whose `<command/>` names this node.
+    package var commandNode: String?
 
     package init(kinds: Set<StanzaKind> = [.message], types: Set<String>? = nil, to: [JIDPattern]? = nil,
                 from: [JIDPattern]? = nil, body: BodyPattern? = nil, requiresBody: Bool = false,
-                refusesFromDomain: String? = nil, rooms: [JIDPattern]? = nil, mentions: Bool = false) {
+                refusesFromDomain: String? = nil, rooms: [JIDPattern]? = nil, mentions: Bool = false,
+                commandNode: String? = nil) {
+        self.commandNode = commandNode
         self.rooms = rooms
         self.mentions = mentions
         self.kinds = kinds
@@ -52,6 +56,12 @@ package struct RouteRule: Sendable {
     }
 
     private func matchesStanza(_ stanza: Stanza) -> Bool {
+        if let commandNode {
+            guard stanza.kind == .iq, stanza.type == "set",
+                  let command = stanza.element.elements.first(where: { $0.name == "command" && $0.namespace == AdHocCommand.namespace }),
+                  command[attribute: "node"] == commandNode
+            else { return false }
+        }
         if let domain = refusesFromDomain, stanza.kind != .iq, isFromSelf(stanza, domain: domain) { return false }
         if let types {
             let type = stanza.type ?? Self.implicitType(of: stanza.kind)

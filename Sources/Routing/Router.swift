@@ -127,7 +127,7 @@ package final class Router: Service, Sendable {
     private func send(_ replies: [Stanza], for stanza: Stanza) {
         for reply in replies {
             do {
-                try connection.send(reply)
+                try connection.sendReply(reply)
             } catch {
                 logger.warning("reply not sent", metadata: ["stanza.id": "\(stanza.id ?? "")", "error": "\(error)"])
             }

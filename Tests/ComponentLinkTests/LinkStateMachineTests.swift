@@ -88,7 +88,7 @@ import XMPPCore
         }
         #expect(streamID == "abc123")
         #expect(link.phase == .ready && link.health == .connected)
-        #expect(link.takeForWrite().map(\.xml) == ["<message/>"], "what waited is written after the handshake")
+        #expect(link.takeForWrite().items.map(\.xml) == ["<message/>"], "what waited is written after the handshake")
         #expect(try link.enqueue(item("<presence/>", deadline: at(60))) == true, "written at once while up")
     }
 
@@ -251,7 +251,7 @@ import XMPPCore
         _ = try link.enqueue(item("2", deadline: at(60)))
         #expect(throws: SendError.self) { try link.enqueue(item("3", deadline: at(60))) }
         ready(&link, at: at(1))
-        #expect(link.takeForWrite().map(\.xml) == ["1", "2"])
+        #expect(link.takeForWrite().items.map(\.xml) == ["1", "2"])
     }
 
     @Test func iqsWrittenOnALostStreamFailAndUnwrittenOnesWait() throws {
@@ -265,7 +265,7 @@ import XMPPCore
         _ = try link.request(item("<iq id='later'/>", deadline: at(30), iq: "later"), id: "later",
                              iq: .init(deadline: at(30), to: "example.org", replier: "later"), maxPending: 10)
         ready(&link, at: at(2))
-        #expect(link.takeForWrite().map(\.iqID) == ["later"])
+        #expect(link.takeForWrite().items.map(\.iqID) == ["later"])
     }
 
     @Test func aReplyCountsOnlyFromWhereTheRequestWent() throws {
@@ -286,6 +286,104 @@ import XMPPCore
         #expect(link.queue.pending.isEmpty)
     }
 
+    // MARK: The spool (SPEC §18)
+
+    func spooled(_ seq: Int64) -> Machine.Queue.Item {
+        .init(xml: "s\(seq)", deadline: at(1_000_000), waiter: nil, iqID: nil, seq: seq)
+    }
+
+    func confirmedSeqs(_ action: Machine.StreamAction) -> [Int64]? {
+        if case .confirmed(let seqs, more: _) = action { return seqs }
+        return nil
+    }
+
+    @Test func spooledStanzasAreFollowedByABarrierWhoseAnswerConfirmsThem() throws {
+        var link = machine()
+        ready(&link, at: t0)
+        try link.reserveSpool()
+        try link.reserveSpool()
+        let writeFirst = link.spooled(spooled(1))
+        let writeSecond = link.spooled(spooled(2))
+        #expect(writeFirst && writeSecond)
+        let batch = link.takeForWrite()
+        #expect(batch.items.map(\.xml) == ["s1", "s2"])
+        #expect(batch.wantsBarrier && batch.barrier == nil, "the barrier follows a moment later, for the whole burst")
+        let barrierAsked = link.barrierIfNeeded()
+        let barrier = try #require(barrierAsked)
+        #expect(link.spoolDepth == 2, "written is not confirmed")
+        _ = try link.enqueue(item("plain", deadline: at(60)))
+        let plain = link.takeForWrite()
+        #expect(!plain.wantsBarrier, "no barrier for stanzas that are not spooled")
+        let answer = link.received(iqResult(id: barrier, from: "example.org"), at: at(1))
+        #expect(confirmedSeqs(answer) == [1, 2])
+        #expect(link.spoolDepth == 0)
+    }
+
+    @Test func oneBarrierAtATimeAndItsAnswerAsksForTheNextWhenMoreWereWritten() throws {
+        var link = machine()
+        ready(&link, at: t0)
+        for seq in Int64(1)...3 {
+            try link.reserveSpool()
+            _ = link.spooled(spooled(seq))
+        }
+        _ = link.takeForWrite()
+        let firstAsked = link.barrierIfNeeded()
+        let first = try #require(firstAsked)
+        try link.reserveSpool()
+        _ = link.spooled(spooled(4))
+        let meanwhile = link.takeForWrite()
+        #expect(meanwhile.items.map(\.xml) == ["s4"])
+        let another = link.barrierIfNeeded()
+        #expect(!meanwhile.wantsBarrier && another == nil, "the barrier in flight is answered first")
+        let firstAnswer = link.received(iqResult(id: first, from: "example.org"), at: at(1))
+        guard case .confirmed(let seqs, more: true) = firstAnswer else {
+            Issue.record("expected a confirmation asking for the next barrier, got \(firstAnswer)")
+            return
+        }
+        #expect(seqs == [1, 2, 3])
+        let nextAsked = link.barrierIfNeeded()
+        let next = try #require(nextAsked)
+        let secondAnswer = link.received(iqResult(id: next, from: "example.org"), at: at(1))
+        guard case .confirmed(let rest, more: false) = secondAnswer else {
+            Issue.record("expected the last confirmation, got \(secondAnswer)")
+            return
+        }
+        #expect(rest == [4])
+        let stale = link.received(iqResult(id: first, from: "example.org"), at: at(1))
+        #expect(confirmedSeqs(stale) == nil, "a barrier answered twice is just an iq result")
+    }
+
+    @Test func spooledStanzasNotConfirmedOnALostStreamGoFirstOnTheNext() throws {
+        var link = machine()
+        ready(&link, at: t0)
+        try link.reserveSpool()
+        _ = link.spooled(spooled(1))
+        _ = link.takeForWrite()
+        _ = try link.enqueue(item("new", deadline: at(60)))
+        let end = link.sessionEnded(ComponentLinkError(.closedByPeer, "gone"), at: at(1), jitter: 1)
+        #expect(end.resent == 1)
+        ready(&link, at: at(3))
+        let batch = link.takeForWrite()
+        #expect(batch.items.map(\.xml) == ["s1", "new"])
+        #expect(batch.wantsBarrier)
+    }
+
+    @Test func spooledStanzasNeverExpireAndTheSpoolIsBoundedBySendQueue() throws {
+        var link = machine(queue: 2, ttl: .seconds(1))
+        try link.reserveSpool()
+        _ = link.spooled(spooled(1))
+        try link.reserveSpool()
+        #expect(throws: SendError(.queueFull, "the spool is full (2 stanzas not yet confirmed by the server)")) {
+            try link.reserveSpool()
+        }
+        link.spoolFailed()
+        let due = link.due(at: at(3600))
+        #expect(due.expired.isEmpty, "accepted for good: no send_queue_ttl")
+        let writeNow = link.adopted([spooled(7), spooled(8)])
+        #expect(!writeNow, "adopted while down: queued, nothing to write yet")
+        #expect(link.spoolDepth == 3, "adopted entries are held beyond the bound; they were accepted before")
+    }
+
     // MARK: Shutdown
 
     @Test func shutdownWritesWhatIsQueuedAndThenRefusesNewStanzas() throws {
@@ -293,9 +391,9 @@ import XMPPCore
         _ = try link.enqueue(item("1", deadline: at(60)))
         ready(&link, at: t0)
         _ = try link.enqueue(item("2", deadline: at(60)))
-        #expect(link.takeForWrite().map(\.xml) == ["1", "2"])
+        #expect(link.takeForWrite().items.map(\.xml) == ["1", "2"])
         _ = try link.enqueue(item("3", deadline: at(60)))
-        #expect(link.close().map(\.xml) == ["3"], "flushed before the stream closes")
+        #expect(link.close().items.map(\.xml) == ["3"], "flushed before the stream closes")
         #expect(link.phase == .closing)
         #expect(link.nextSessionDeadline == nil, "no keepalive or ping while closing")
         #expect(throws: SendError.self) { try link.enqueue(item("4", deadline: at(60))) }

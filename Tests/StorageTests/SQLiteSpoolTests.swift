@@ -1,0 +1,93 @@
+import ComponentLink
+import Foundation
+import Logging
+import Synchronization
+import Testing
+
+@testable import Storage
+
+/// The spool file itself: commits, confirmations, what a stopped or dead process leaves, and what a bad path says.
+@Suite struct SQLiteSpoolTests {
+    let directory: URL = FileManager.default.temporaryDirectory.appendingPathComponent("spool-\(UUID().uuidString)")
+    let logger = Logger(label: "test")
+
+    init() throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    var path: String { directory.appendingPathComponent("spool.sqlite").path }
+
+    func open() throws -> SQLiteSpool {
+        var settings = StorageSettings(path: path)
+        settings.adoptInterval = .milliseconds(50)
+        return try SQLiteSpool(settings: settings, logger: logger)
+    }
+
+    func append(_ spool: SQLiteSpool, _ xml: String) async -> Result<Int64, SendError> {
+        await withCheckedContinuation { continuation in spool.append(xml) { continuation.resume(returning: $0) } }
+    }
+
+    func adopted(_ spool: SQLiteSpool) async -> [SpooledStanza] {
+        await withCheckedContinuation { (continuation: CheckedContinuation<[SpooledStanza], Never>) in
+            let once = Mutex(false)
+            spool.startAdopting { entries in
+                if once.withLock({ let first = !$0; $0 = true; return first }) { continuation.resume(returning: entries) }
+            }
+        }
+    }
+
+    func stop(_ spool: SQLiteSpool) async throws {
+        // A spool's service ends at graceful shutdown; here it is run in a group that is shut down at once.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await spool.stopForTests() }
+            try await group.waitForAll()
+        }
+    }
+
+    @Test func appendsGetIncreasingSequenceNumbersAndConfirmedOnesAreDeleted() async throws {
+        let spool = try open()
+        let first = try await append(spool, "<message id='1'/>").get()
+        let second = try await append(spool, "<message id='2'/>").get()
+        #expect(second > first)
+        #expect(spool.depth == 2)
+        spool.confirm([first])
+        _ = try await append(spool, "<message id='3'/>").get()  // commits with the confirmation before it
+        #expect(spool.depth == 2)
+        try await stop(spool)
+        let next = try open()
+        let left = await adopted(next)
+        #expect(left.map(\.xml) == ["<message id='2'/>", "<message id='3'/>"], "released at stop, in order")
+        try await stop(next)
+    }
+
+    @Test func entriesOfALiveProcessAreNotTakenButThoseOfADeadOneAre() async throws {
+        let spool = try open()
+        _ = try await append(spool, "<message id='mine'/>").get()
+        // Another (live) owner: this process itself under a second registration keeps its entries.
+        try spool.registerForTests(owner: "other-live", pid: getpid(), startTime: ProcessIdentity.current.startTime)
+        try spool.insertForTests(xml: "<message id='live'/>", owner: "other-live")
+        try spool.registerForTests(owner: "other-dead", pid: 999_999, startTime: 1)
+        try spool.insertForTests(xml: "<message id='dead'/>", owner: "other-dead")
+        let taken = await adopted(spool)
+        #expect(taken.map(\.xml) == ["<message id='dead'/>"])
+        try await stop(spool)
+    }
+
+    @Test func aSpoolInAMissingDirectorySaysWhatToDo() {
+        let settings = StorageSettings(path: directory.appendingPathComponent("missing/spool.sqlite").path)
+        #expect {
+            _ = try SQLiteSpool(settings: settings, logger: logger)
+        } throws: { error in
+            "\(error)".contains("does not exist (create it, writable by stanzad)")
+        }
+    }
+
+    @Test func aFileThatIsNotADatabaseIsAClearError() throws {
+        try Data("not sqlite at all, just text".utf8).write(to: URL(fileURLWithPath: path))
+        #expect {
+            _ = try SQLiteSpool(settings: StorageSettings(path: path), logger: logger)
+        } throws: { error in
+            "\(error)".contains("cannot open the spool \(path)")
+        }
+    }
+}

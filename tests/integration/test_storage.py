@@ -1,0 +1,208 @@
+"""SPEC §18 with real Prosody, nginx and slixmpp: what a REST client was told is accepted (202) reaches the user
+across kill -9 of stanzad and of Prosody, with the spool; what is lost without it; the spool's errors and limits."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import COMPONENT, DOMAIN, Client, Prosody, Stanzad, component_config
+from nginx import Nginx
+
+TOKEN = "Bearer dGVzdC10b2tlbg=="
+
+
+def rest_extra(socket_path: Path, spool: Path | None, **rest) -> str:
+    text = f'[rest]\nlisten = "unix:{socket_path}"\ncredentials = ["{TOKEN}"]\nsend_wait = 1\n'
+    text += "".join(f"{key} = {value}\n" for key, value in rest.items())
+    if spool:
+        text += f'\n[storage]\npath = "{spool}"\n'
+    return text
+
+
+class OffliningProsody(Prosody):
+    """Prosody with offline storage: a message routed while alice is away waits for her (the server's part of
+    "delivered", so that the test measures stanzad's)."""
+
+    def write_config(self) -> None:
+        super().write_config()
+        text = self.config.read_text().replace('"time" }', '"time"; "offline" }')
+        assert '"offline"' in text
+        self.config.write_text(text)
+
+
+class Load:
+    """`total` REST messages to alice from `workers` threads with keep-alive connections through nginx. A message
+    is retried until it is answered 202 (connection errors, 502 while stanzad is down, 503 while the spool is
+    full), so that every index is accepted once the load is done."""
+
+    def __init__(self, nginx: Nginx, total: int, workers: int = 8, tag: str = "m"):
+        self.nginx = nginx
+        self.total = total
+        self.tag = tag
+        self.accepted: set[int] = set()
+        self.refusals = collections.Counter()
+        self.lock = threading.Condition()
+        self.threads = [threading.Thread(target=self.work, args=(w, workers), daemon=True) for w in range(workers)]
+
+    def start(self) -> "Load":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def work(self, first: int, step: int) -> None:
+        connection = None
+        for index in range(first, self.total, step):
+            body = json.dumps({"to": f"alice@{DOMAIN}", "type": "chat", "id": f"{self.tag}-{index}",
+                               "body": f"{self.tag}-{index}"})
+            while True:
+                try:
+                    if connection is None:
+                        connection = http.client.HTTPConnection("127.0.0.1", self.nginx.port, timeout=30)
+                    connection.request("POST", "/rest", body=body,
+                                       headers={"Authorization": TOKEN, "Content-Type": "application/json"})
+                    response = connection.getresponse()
+                    response.read()
+                    status = response.status
+                except (OSError, http.client.HTTPException) as error:
+                    connection = None
+                    status = type(error).__name__
+                if status == 202:
+                    with self.lock:
+                        self.accepted.add(index)
+                        self.lock.notify_all()
+                    break
+                with self.lock:
+                    self.refusals[status] += 1
+                time.sleep(0.02)
+
+    def wait_accepted(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while len(self.accepted) < count:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"only {len(self.accepted)} of {count} accepted; refusals {dict(self.refusals)}"
+                self.lock.wait(remaining)
+
+    def join(self, timeout: float = 120) -> None:
+        for thread in self.threads:
+            thread.join(timeout)
+        assert len(self.accepted) == self.total, f"{len(self.accepted)} accepted; refusals {dict(self.refusals)}"
+
+
+def collect(clients: list[Client], tag: str, wanted: set[int], timeout: float) -> collections.Counter:
+    """Bodies `tag-N` that reached alice (over all her sessions), counted; waits until `wanted` are all in or
+    nothing has come for `timeout` seconds."""
+    counts: collections.Counter = collections.Counter()
+    for client in clients:
+        while True:
+            try:
+                message = client.next_message(timeout if client is clients[-1] and not wanted <= set(counts) else 0.5)
+            except Exception:
+                break
+            body = str(message["body"])
+            if body.startswith(tag + "-"):
+                counts[int(body.split("-", 1)[1])] += 1
+            if client is clients[-1] and wanted <= set(counts):
+                # Everything is in; duplicates still on their way are picked up briefly.
+                timeout = 1.0
+    return counts
+
+
+def report(name: str, load: Load, counts: collections.Counter) -> tuple[int, int]:
+    lost = sorted(load.accepted - set(counts))
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    print(f"\n[{name}] accepted {len(load.accepted)}, arrived {len(counts)}, lost {len(lost)}, "
+          f"duplicates {duplicates}, refusals {dict(load.refusals)}")
+    return len(lost), duplicates
+
+
+@pytest.fixture
+def parts(tmp_path_factory):
+    """A Prosody with offline storage, nginx in front of a socket path, alice logged in."""
+    server = OffliningProsody(tmp_path_factory.mktemp("prosody"))
+    server.start()
+    socket_path = tmp_path_factory.mktemp("run") / "fastcgi.sock"
+    web = Nginx(tmp_path_factory.mktemp("nginx"), socket_path).start()
+    clients = [Client(f"alice@{DOMAIN}/crash", "pw", server.c2s_port)]
+    yield server, web, socket_path, clients
+    for client in clients:
+        client.close()
+    web.stop()
+    server.stop()
+
+
+def start_stanzad(workdir: Path, prosody: Prosody, extra: str) -> Stanzad:
+    daemon = Stanzad(workdir, component_config(prosody.component_port, reconnect_max=1, extra=extra))
+    daemon.start()
+    daemon.wait_for_log("REST API listening")
+    return daemon
+
+
+def test_stanzad_killed_twice_under_load_loses_nothing_it_accepted(parts, tmp_path):
+    prosody, web, socket_path, clients = parts
+    extra = rest_extra(socket_path, tmp_path / "spool.sqlite")
+    daemons = [start_stanzad(tmp_path, prosody, extra)]
+    daemons[0].wait_for_log("component connected")
+    load = Load(web, 5000, tag="k").start()
+    try:
+        for mark in (1500, 3000):
+            load.wait_accepted(mark)
+            daemons[-1].signal(signal.SIGKILL)
+            daemons[-1].wait(10)
+            daemons.append(start_stanzad(tmp_path, prosody, extra))
+        load.join()
+        counts = collect(clients, "k", load.accepted, 30)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    lost, duplicates = report("stanzad kill -9 ×2, with storage", load, counts)
+    assert lost == 0, f"lost {sorted(load.accepted - set(counts))[:20]}"
+    # The second and third process sent what the one before left, with the original ids.
+    assert any("another process left" in line for daemon in daemons[1:] for line in daemon.lines) or duplicates == 0
+    with sqlite3.connect(tmp_path / "spool.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+
+
+def kill_prosody_twice(parts, tmp_path, spool: Path | None, tag: str):
+    """5,000 REST messages while Prosody is kill -9'd and restarted twice; alice logs in again each time."""
+    prosody, web, socket_path, clients = parts
+    daemon = start_stanzad(tmp_path, prosody, rest_extra(socket_path, spool))
+    try:
+        daemon.wait_for_log("component connected")
+        load = Load(web, 5000, tag=tag).start()
+        for number, mark in enumerate((1500, 3000), start=2):
+            load.wait_accepted(mark)
+            prosody.process.send_signal(signal.SIGKILL)
+            prosody.process.wait(10)
+            prosody.start()
+            daemon.wait_for_log("component connected", count=number)
+            clients.append(Client(f"alice@{DOMAIN}/crash{number}", "pw", prosody.c2s_port))
+        load.join()
+        counts = collect(clients, tag, load.accepted, 30 if spool else 5)
+    finally:
+        daemon.stop()
+    return load, counts, daemon
+
+
+def test_prosody_killed_twice_under_load_loses_nothing_stanzad_accepted(parts, tmp_path):
+    load, counts, daemon = kill_prosody_twice(parts, tmp_path, tmp_path / "spool.sqlite", "p")
+    lost, duplicates = report("Prosody kill -9 ×2, with storage", load, counts)
+    assert lost == 0, f"lost {sorted(load.accepted - set(counts))[:20]}"
+    assert "will be sent again" in daemon.log() or duplicates == 0
+
+
+def test_without_storage_a_server_crash_loses_what_was_written_to_it(parts, tmp_path):
+    """The documented contrast: without [storage], 202 means "written to the component stream"; what the dying
+    server had read and not yet routed is gone. The test reports how much; it asserts the accounting adds up."""
+    load, counts, _ = kill_prosody_twice(parts, tmp_path, None, "n")
+    lost, _ = report("Prosody kill -9 ×2, without storage", load, counts)
+    assert len(set(counts) & load.accepted) + lost == 5000
