@@ -24,6 +24,8 @@ class ModRestProsody(Prosody):
     """Prosody with `Component "rest.example.test" "rest"` (mod_rest + mod_fixed_token) and an HTTP port."""
 
     def __init__(self, workdir: Path, callback_url: str | None = None, **kwargs):
+        if not (ANCHORS / "prosody-modules" / "mod_rest" / "mod_rest.lua").exists():
+            raise FileNotFoundError(f"mod_rest not found under {ANCHORS}: set STANZAD_ANCHORS to the anchors directory")
         super().__init__(workdir, **kwargs)
         self.http_port = free_port()
         self.callback_url = callback_url
