@@ -123,7 +123,7 @@ package enum StanzaJSON {
     /// `includeStanza`, `stanza` holds the whole stanza as XML (nothing is lost).
     package static func encode(_ stanza: Stanza, includeStanza: Bool = false) -> JSONValue {
         let element = stanza.element
-        var json = StanzaSchema.parse(StanzaSchema.properties(of: stanza.kind), element)
+        var json = StanzaSchema.parseStanza(stanza.kind, element)
         json["kind"] = .string(stanza.kind.rawValue)
         if stanza.type == nil && stanza.kind == .presence { json["type"] = "available" }
 
@@ -140,7 +140,7 @@ package enum StanzaJSON {
                     json["payload"] = nil
                 }
             }
-            for child in element.elements {
+            for case .element(let child) in element.children {
                 switch (child.namespace, child.name) {
                 case (NS.xhtmlIM?, "html"):
                     if let html = encodeHTML(child) { json["html"] = .string(html) }
@@ -329,8 +329,11 @@ package enum StanzaJSON {
         case .presence: try decodePresence(fields, into: &element)
         case .iq: try decodeIQ(fields, type: type, into: &element)
         }
-        try StanzaSchema.unparse(StanzaSchema.properties(of: kind), fields, into: &element, skip: handledKeys(kind))
-        try decodeForms(fields, kind: kind, into: &element)
+        // Most JSON holds only the basic keys: then neither the schema nor the forms have anything to map.
+        if fields.object.keys.contains(where: { !isBasicKey($0) }) {
+            try StanzaSchema.unparseStanza(kind, fields, into: &element)
+            try decodeForms(fields, kind: kind, into: &element)
+        }
 
         if let stamp = try fields.string("delay") {
             element.append(Element("delay", namespace: NS.delay, attributes: [Attribute(name: "stamp", value: stamp)]))
@@ -360,9 +363,25 @@ package enum StanzaJSON {
         }
     }
 
+    /// Keys mapped by hand and keys that map to nothing (a string switch: cheaper than hashing each key).
+    static func isBasicKey(_ key: String) -> Bool {
+        switch key {
+        case "kind", "type", "id", "to", "from", "lang", "body", "subject", "thread", "html", "state", "replace",
+             "show", "status", "priority", "ping", "version", "disco", "items", "delay", "nick", "payload", "error",
+             "stanza", "room", "room_nick":
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// Keys only `decodeForms` maps: whether it has anything to do.
+    static let formKeys: Set<String> = ["command", "dataform", "formdata", "oob_url", "join", "archive"]
+
     /// The keys no schema describes: command (XEP-0050), dataform and formdata (XEP-0004), oob_url (XEP-0066),
     /// join (XEP-0045), and the iq archive query (XEP-0313) with mod_rest's shortcuts.
     private static func decodeForms(_ fields: Fields, kind: StanzaKind, into element: inout Element) throws(JSONMappingError) {
+        guard fields.object.keys.contains(where: { formKeys.contains($0) }) else { return }
         if let value = fields.value("command") {
             var command = Element("command", namespace: NS.commands)
             switch value {

@@ -193,12 +193,106 @@ enum StanzaSchema {
         }
     }
 
+    /// A kind's top-level properties indexed for one pass over a stanza's children (the codec is on every
+    /// stanza's path: a lookup per child instead of a search per property).
+    struct Index: Sendable {
+        let attributes: [P]
+        /// By element name (a short string to hash); the namespace is compared after (nil: the stanza's own).
+        let children: [String: [(namespace: String?, property: P)]]
+        /// The properties JSON → XML maps through the schema (those StanzaJSON does not map by hand), in schema
+        /// order, and their keys.
+        let unparsed: [P]
+        let unparsedKeys: Set<String>
+
+        init(_ properties: [P], handled: Set<String>) {
+            var attributes: [P] = []
+            var children: [String: [(namespace: String?, property: P)]] = [:]
+            for property in properties {
+                switch (property.shape, property.placement) {
+                case (_, .attribute): attributes.append(property)
+                case (.array(let item), .children):
+                    children[item.name, default: []].append((item.namespace, property))
+                case (.string, .tagName):
+                    for name in property.enums ?? [] { children[name, default: []].append((property.namespace, property)) }
+                default:
+                    children[property.name, default: []].append((property.namespace, property))
+                }
+            }
+            self.attributes = attributes
+            self.children = children
+            unparsed = properties.filter { !handled.contains($0.key) }
+            unparsedKeys = Set(unparsed.map(\.key))
+        }
+    }
+
+    static let messageIndex = Index(message, handled: StanzaJSON.handledKeys(.message))
+    static let presenceIndex = Index(presence, handled: StanzaJSON.handledKeys(.presence))
+    static let iqIndex = Index(iq, handled: StanzaJSON.handledKeys(.iq))
+
+    static func index(of kind: StanzaKind) -> Index {
+        switch kind {
+        case .message: messageIndex
+        case .presence: presenceIndex
+        case .iq: iqIndex
+        }
+    }
+
+    /// `parse` of a whole stanza through its kind's index: the same result in one pass over the children (the
+    /// first child wins where a key is found twice).
+    static func parseStanza(_ kind: StanzaKind, _ element: Element) -> [String: JSONValue] {
+        let index = index(of: kind)
+        var out = [String: JSONValue](minimumCapacity: 16)
+        for property in index.attributes {
+            if let raw = element[attribute: property.name], let value = typed(property.shape, raw) { out[property.key] = value }
+        }
+        for case .element(let child) in element.children {
+            guard let candidates = index.children[child.name] else { continue }
+            let namespace = child.namespace == element.namespace ? nil : child.namespace
+            for (expected, property) in candidates where expected == namespace {
+                switch (property.shape, property.placement) {
+                case (.array(let item), .children):
+                    let value: JSONValue?
+                    switch item.shape {
+                    case .object(let nested): value = .object(parse(nested, child))
+                    default: value = typed(item.shape, child.text)
+                    }
+                    guard let value else { continue }
+                    if case .array(var list)? = out[property.key] {
+                        list.append(value)
+                        out[property.key] = .array(list)
+                    } else {
+                        out[property.key] = .array([value])
+                    }
+                case (.array(let item), .wrapper):
+                    guard out[property.key] == nil else { continue }
+                    let items = parseArray(item, child)
+                    out[property.key] = items.isEmpty ? .object([:]) : .array(items)
+                case (.object(let nested), _):
+                    if out[property.key] == nil { out[property.key] = .object(parse(nested, child)) }
+                case (.boolean, .tagName):
+                    out[property.key] = true
+                case (.string, .tagName):
+                    if out[property.key] == nil { out[property.key] = .string(child.name) }
+                case (_, .singleAttribute(let attribute)):
+                    if out[property.key] == nil, let raw = child[attribute: attribute], let value = typed(property.shape, raw) {
+                        out[property.key] = value
+                    }
+                case (_, .textTag):
+                    if out[property.key] == nil, let value = typed(property.shape, child.text) { out[property.key] = value }
+                default:
+                    break
+                }
+            }
+        }
+        return out
+    }
+
     // MARK: XML → JSON
 
     /// The properties of `element` as mod_rest's schema reads them. Values that do not parse (a non-number for
     /// an integer) are left out.
     static func parse(_ properties: [P], _ element: Element) -> [String: JSONValue] {
-        var out: [String: JSONValue] = [:]
+        var out = [String: JSONValue](minimumCapacity: properties.count)
         for property in properties {
             let ns = property.namespace ?? element.namespace
             switch (property.shape, property.placement) {
@@ -281,12 +375,19 @@ enum StanzaSchema {
 
     /// Appends to `element` what the properties of `fields` say, skipping `skip`. Wrong types and values outside
     /// the schema's enums and ranges throw, naming the key.
-    static func unparse(_ properties: [P], _ fields: StanzaJSON.Fields, into element: inout Element,
-                        skip: Set<String> = []) throws(JSONMappingError) {
-        for property in properties where !skip.contains(property.key) {
+    static func unparse(_ properties: [P], _ fields: StanzaJSON.Fields, into element: inout Element) throws(JSONMappingError) {
+        for property in properties {
             guard let value = fields.value(property.key) else { continue }
             try unparseProperty(property, value, fields, into: &element)
         }
+    }
+
+    /// `unparse` of a whole stanza's schema keys (those not mapped by hand), in schema order; nothing to do, and
+    /// no search, when the JSON has none of them (the usual body-and-addresses case).
+    static func unparseStanza(_ kind: StanzaKind, _ fields: StanzaJSON.Fields, into element: inout Element) throws(JSONMappingError) {
+        let index = index(of: kind)
+        guard fields.object.keys.contains(where: { index.unparsedKeys.contains($0) }) else { return }
+        try unparse(index.unparsed, fields, into: &element)
     }
 
     private static func unparseProperty(_ property: P, _ value: JSONValue, _ fields: StanzaJSON.Fields,
