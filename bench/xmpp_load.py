@@ -397,6 +397,67 @@ class HttpEcho(asyncio.Protocol):
             self.transport.close()
 
 
+class HttpCallback(asyncio.Protocol):
+    """A webhook app as users write one against mod_rest or mod_component_http: a stanza in XML is answered with
+    a chat message in XML (application/xmpp+xml), a JSON object with {"body": ...} (application/json), echoing
+    the body. OPTIONS (mod_rest's probe at load) gets 200 with nothing to negotiate."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data):
+        import json as _json
+        buffer = self.buffer + data
+        out = []
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buffer[:end].lower()
+            length = 0
+            at = head.find(b"content-length:")
+            if at >= 0:
+                stop = head.find(b"\r\n", at)
+                length = int(head[at + 15:stop if stop >= 0 else None].strip())
+            if len(buffer) < end + 4 + length:
+                break
+            body = buffer[end + 4:end + 4 + length]
+            buffer = buffer[end + 4 + length:]
+            if head.startswith(b"options"):
+                out.append(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                continue
+            if body[:1] == b"<":
+                start, stop = body.find(b"<body>"), body.find(b"</body>")
+                text = body[start + 6:stop] if start >= 0 and stop > start else b""
+                payload = b"<message type='chat'><body>" + text + b"</body></message>"
+                kind = b"application/xmpp+xml"
+            else:
+                try:
+                    text = _json.loads(body or b"{}").get("body", "")
+                except ValueError:
+                    text = ""
+                payload = _json.dumps({"body": text}).encode()
+                kind = b"application/json"
+            out.append(b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+        self.buffer = buffer
+        if out:
+            self.transport.write(b"".join(out))
+
+
+async def run_http_callback(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(HttpCallback, "127.0.0.1", port, backlog=1024)
+    await server.serve_forever()
+
+
+def start_http_callback() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen([PY, __file__, "http-callback", str(port)])
+    wait_for_port(port)
+    return process, port
+
+
 async def run_http_echo(port: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(HttpEcho, "127.0.0.1", port, backlog=1024)
@@ -425,5 +486,7 @@ if __name__ == "__main__":
         asyncio.run(run_bare(int(sys.argv[2]), sys.argv[3]))
     elif sys.argv[1] == "http-echo":
         asyncio.run(run_http_echo(int(sys.argv[2])))
+    elif sys.argv[1] == "http-callback":
+        asyncio.run(run_http_callback(int(sys.argv[2])))
     else:
         raise SystemExit("usage: xmpp_load.py bare PORT JID | http-echo PORT")

@@ -646,6 +646,13 @@ package final class ComponentConnection: Service, Sendable {
         item?.waiter?.complete(.failure(SendError(.expired, "cancelled while waiting for the link")))
     }
 
+    /// Hands `stanza` to the router as if the server had just sent it (a webhook delivery kept in the spool by a
+    /// process that stopped, routed again).
+    package func redeliver(_ stanza: Stanza) {
+        inboundBudget.takeNow()
+        deliver(stanza)
+    }
+
     /// Hands a stanza to the router; its budget unit comes back when the router takes it from `inbound`, or now
     /// when the direct handler took it.
     fileprivate func deliver(_ stanza: Stanza) {

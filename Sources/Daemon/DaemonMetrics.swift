@@ -49,7 +49,7 @@ final class DaemonMetrics: Sendable {
         gauge("stanzad_link_up", "1 while the component link is connected").set(connection.isConnected ? 1.0 : 0.0)
         let depth = connection.depth
         gauge("stanzad_rest_pending_iq", "iqs waiting for their replies").set(Double(depth.pendingIQs))
-        gauge("stanzad_spool_depth", "stanzas waiting to be written to the component link")
+        gauge("stanzad_spool_depth", "stanzas waiting to be written to the component link; with [storage], also those stored and not yet confirmed by the server")
             .set(Double(depth.queued))
         var seen = Set<String>()
         for route in dispatcher.routes {

@@ -26,6 +26,19 @@ final class RouteFactory: Sendable {
 
     /// Every pull route's queue now (for metrics).
     var allQueues: [UpdateQueue] { updateQueues.withLock { Array($0.values) } }
+    /// With `[storage]`: where the queues keep their updates, and what it kept from before (taken by the queues as
+    /// they are made).
+    private let updateStore = Mutex<(store: (any UpdateStore)?, stored: [String: [StoredUpdate]])>((nil, [:]))
+
+    /// Keeps the pull routes' updates in `store`; `stored` is what it kept from before, by route.
+    func setUpdateStore(_ store: any UpdateStore, stored: [String: [StoredUpdate]]) {
+        updateStore.withLock { $0 = (store, stored) }
+    }
+
+    /// The queue of the pull route `name`, if there is one.
+    func queue(named name: String) -> UpdateQueue? {
+        updateQueues.withLock { $0[name] }
+    }
 
     /// The queues of the pull routes `config` has (removed routes' queues are dropped).
     func queues(for config: StanzadConfig) -> [UpdateQueue] {
@@ -146,8 +159,11 @@ final class RouteFactory: Sendable {
                     let name = route.name
                     let logger = self.logger
                     let capacity = route.queue
+                    let (store, stored) = updateStore.withLock { state in
+                        (state.store, state.stored.removeValue(forKey: name) ?? [])
+                    }
                     let queue = UpdateQueue(
-                        route: name, capacity: capacity, retention: .seconds(route.retention),
+                        route: name, capacity: capacity, retention: .seconds(route.retention), store: store, stored: stored,
                         onDrop: { _, total in
                             logger.warning("update queue full; the oldest update was dropped", metadata: [
                                 "route": "\(name)", "queue": "\(capacity)", "dropped_total": "\(total)",

@@ -114,11 +114,14 @@ struct Run: AsyncParsableCommand {
         var spool: SQLiteSpool?
         if let storage = config.storage {
             do {
-                spool = try SQLiteSpool(
-                    settings: StorageSettings(path: storage.path, sync: StorageSettings.Sync(rawValue: storage.sync) ?? .normal),
-                    logger: logger)
+                // Opening (and migrating) the file blocks: on a thread of its own, not the cooperative pool.
+                spool = try await onOwnThread {
+                    try SQLiteSpool(
+                        settings: StorageSettings(path: storage.path, sync: StorageSettings.Sync(rawValue: storage.sync) ?? .normal),
+                        logger: logger)
+                }
             } catch {
-                logger.error("the spool cannot be opened", metadata: ["problem": "\(error.description)"])
+                logger.error("the spool cannot be opened", metadata: ["problem": "\(error)"])
                 throw ExitCode(ExitStatus.config)
             }
         }
@@ -154,6 +157,49 @@ struct Run: AsyncParsableCommand {
         }
         let builtIns = config.builtInResponder()
         let factory = RouteFactory(maxProcesses: config.maxProcesses, environment: ProcessInfo.processInfo.environment, logger: logger)
+        if let spool {
+            // The pull routes' updates kept from before: each queue takes its own as it is made.
+            do {
+                let stored = try await onOwnThread { try spool.takeStoredUpdates() }.mapValues { updates in
+                    updates.map { StoredUpdate(seq: $0.seq, id: $0.id, json: $0.json, arrived: $0.arrived) }
+                }
+                let count = stored.values.reduce(0) { $0 + $1.count }
+                if count > 0 { logger.notice("spool: updates kept from before", metadata: ["count": "\(count)"]) }
+                factory.setUpdateStore(spool, stored: stored)
+            } catch {
+                logger.error("the spool cannot be read", metadata: ["problem": "\(error)"])
+                throw ExitCode(ExitStatus.config)
+            }
+            spool.startAdoptingUpdates { route, updates in
+                factory.queue(named: route)?.adopt(updates.map { StoredUpdate(seq: $0.seq, id: $0.id, json: $0.json, arrived: $0.arrived) })
+            }
+        }
+        if let spool {
+            // Webhook retries still waiting at shutdown are kept, and routed again by the next start once the link is up.
+            factory.client.keepWaitingDeliveries { stanza in
+                guard let xml = try? stanza.serialized() else { return false }
+                spool.keepDelivery(xml)
+                return true
+            }
+            let redelivered = Mutex(false)
+            connection.setLinkObserver { event in
+                guard event == .up, !redelivered.withLock({ let was = $0; $0 = true; return was }) else { return }
+                Thread.detachNewThread {
+                    let kept = spool.takeKeptDeliveries()
+                    guard !kept.isEmpty else { return }
+                    logger.notice("spool: routing again webhook deliveries kept at the last stop", metadata: ["count": "\(kept.count)"])
+                    for xml in kept {
+                        guard let element = (try? XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1))?.first,
+                            let stanza = Stanza(element)
+                        else {
+                            logger.error("spool: a kept delivery is not a stanza; dropped", metadata: ["xml": "\(xml.prefix(200))"])
+                            continue
+                        }
+                        connection.redeliver(stanza)
+                    }
+                }
+            }
+        }
         let dispatcher = Dispatcher(
             routes: factory.routes(for: config), builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
         dispatcher.setRateLimit(config.perSender)
@@ -412,5 +458,14 @@ final class Handover: Service {
         guard !others.isEmpty else { return }
         logger.notice("another stanzad runs on this spool: handing it the component link", metadata: ["pids": "\(others)"])
         await connection.leave()
+    }
+}
+
+extension SQLiteSpool: UpdateStore {}
+
+/// Runs blocking `work` (a file's first read or write) on a thread of its own and returns its result.
+func onOwnThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try work() }) }
     }
 }

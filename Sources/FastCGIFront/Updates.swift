@@ -10,7 +10,33 @@ import NIOPosix
 import Synchronization
 import XMPPCore
 
-/// One pull route's updates, in memory (SPEC §18's storage will keep them across restarts).
+/// Where a pull route's updates are kept across restarts (SPEC §18: the spool). Every call returns at once.
+package protocol UpdateStore: Sendable {
+    /// An update was queued.
+    func saveUpdate(route: String, id: Int64, json: [UInt8], arrived: Date)
+    /// Updates below `id` were acknowledged, expired or dropped.
+    func deleteUpdates(route: String, below id: Int64)
+    /// A stored update (another process's, taken over) is queued here under a new id.
+    func renumberUpdate(seq: Int64, id: Int64)
+}
+
+/// An update as the store keeps it.
+package struct StoredUpdate: Sendable, Equatable {
+    /// Its row in the store.
+    package var seq: Int64
+    package var id: Int64
+    package var json: [UInt8]
+    package var arrived: Date
+
+    package init(seq: Int64, id: Int64, json: [UInt8], arrived: Date) {
+        self.seq = seq
+        self.id = id
+        self.json = json
+        self.arrived = arrived
+    }
+}
+
+/// One pull route's updates, in memory, and with a store (SPEC §18) also on disk.
 package final class UpdateQueue: Sendable {
     package struct Update: Sendable {
         package var id: Int64
@@ -45,18 +71,50 @@ package final class UpdateQueue: Sendable {
     private let onDrop: @Sendable (_ dropped: Int, _ total: Int) -> Void
     /// The clock retention is measured on (tests give their own).
     private let now: @Sendable () -> ContinuousClock.Instant
+    /// Keeps the updates across restarts; nil: memory only.
+    private let store: (any UpdateStore)?
 
     /// Update ids start at the clock's milliseconds × 1000, so they keep growing across restarts (a restart
     /// would have to follow more than a thousand updates per millisecond since the last start to reuse one).
     package init(route: String, capacity: Int, retention: Duration, loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.any(),
                  firstID: Int64 = Int64(Date().timeIntervalSince1970 * 1000) * 1000,
                  now: @escaping @Sendable () -> ContinuousClock.Instant = { .now },
+                 store: (any UpdateStore)? = nil, stored: [StoredUpdate] = [],
                  onDrop: @escaping @Sendable (Int, Int) -> Void = { _, _ in }) {
         self.route = route
         self.loop = loop
         self.onDrop = onDrop
         self.now = now
-        self.state = Mutex(State(nextID: firstID, capacity: max(1, capacity), retention: retention))
+        self.store = store
+        var state = State(nextID: firstID, capacity: max(1, capacity), retention: retention)
+        // What the store kept from before, with its ids (a client's offset stays valid across the restart).
+        let clock = now()
+        for update in stored.sorted(by: { $0.id < $1.id }) {
+            let age = max(0, Date().timeIntervalSince(update.arrived))
+            state.updates.append(Update(id: update.id, json: update.json, arrived: clock - .milliseconds(Int64(age * 1000))))
+            state.nextID = max(state.nextID, update.id + 1)
+        }
+        self.state = Mutex(state)
+    }
+
+    /// Updates another process stored and left (a take-over): queued here under new ids, after the others.
+    package func adopt(_ stored: [StoredUpdate]) {
+        let clock = now()
+        for update in stored.sorted(by: { $0.seq < $1.seq }) {
+            let age = max(0, Date().timeIntervalSince(update.arrived))
+            let id: Int64 = state.withLock { state in
+                let id = state.nextID
+                state.nextID += 1
+                state.updates.append(Update(id: id, json: update.json, arrived: clock - .milliseconds(Int64(age * 1000))))
+                return id
+            }
+            store?.renumberUpdate(seq: update.seq, id: id)
+        }
+    }
+
+    /// Tells the store what is gone: everything below the first update still queued (or below the next id).
+    private func forget(_ state: State) {
+        store?.deleteUpdates(route: route, below: state.updates.first?.id ?? state.nextID)
     }
 
     /// SIGHUP: new limits (the oldest updates go if the queue is now over its capacity).
@@ -65,6 +123,7 @@ package final class UpdateQueue: Sendable {
             state.capacity = max(1, capacity)
             state.retention = retention
             while state.updates.count > state.capacity { state.updates.removeFirst() }
+            forget(state)
         }
     }
 
@@ -80,10 +139,12 @@ package final class UpdateQueue: Sendable {
             state.nextID += 1
             if state.streams.isEmpty {
                 state.updates.append(update)
+                store?.saveUpdate(route: route, id: update.id, json: json, arrived: Date())
                 if state.updates.count > state.capacity {
                     state.updates.removeFirst()
                     state.dropped += 1
                     dropped = (1, state.dropped)
+                    forget(state)
                 }
             } else {
                 for stream in state.streams.values { stream.send(update) }
@@ -114,8 +175,9 @@ package final class UpdateQueue: Sendable {
         enum Found { case updates([Update]), waiting(Int) }
         let result: Found = state.withLock { state in
             expire(&state, now: now)
-            if let offset {
+            if let offset, let first = state.updates.first, first.id < offset {
                 while let first = state.updates.first, first.id < offset { state.updates.removeFirst() }
+                forget(state)
             }
             let from = offset ?? 0
             let available = state.updates.lazy.filter { $0.id >= from }.prefix(limit)
@@ -161,7 +223,10 @@ package final class UpdateQueue: Sendable {
             expire(&state, now: now)
             for update in state.updates where update.id > (lastID ?? Int64.min) { send(update) }
             // Acknowledged: the backlog as it was sent, and what is older than the client's last event.
-            state.updates.removeAll()
+            if !state.updates.isEmpty {
+                state.updates.removeAll()
+                forget(state)
+            }
             state.nextToken += 1
             state.streams[state.nextToken] = (send, end)
             return state.nextToken
@@ -193,7 +258,9 @@ package final class UpdateQueue: Sendable {
     package var listeners: (fetches: Int, streams: Int) { state.withLock { ($0.waiters.count, $0.streams.count) } }
 
     private func expire(_ state: inout State, now: ContinuousClock.Instant) {
+        guard let first = state.updates.first, now - first.arrived > state.retention else { return }
         while let first = state.updates.first, now - first.arrived > state.retention { state.updates.removeFirst() }
+        forget(state)
     }
 }
 

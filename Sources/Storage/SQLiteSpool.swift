@@ -32,6 +32,33 @@ package struct StorageSettings: Sendable, Equatable {
     }
 }
 
+/// A pull route's update as the spool keeps it (SPEC §17, §18).
+package struct SpooledUpdate: Sendable, Equatable {
+    package var seq: Int64
+    package var id: Int64
+    package var json: [UInt8]
+    package var arrived: Date
+}
+
+/// A change to the stored updates, committed with the next batch.
+enum UpdateOp: Sendable {
+    case keepDelivery(xml: String)
+    case save(route: String, id: Int64, json: [UInt8], arrived: Double)
+    case deleteBelow(route: String, id: Int64)
+    case renumber(seq: Int64, id: Int64)
+}
+
+extension UpdateOp {
+    var name: String {
+        switch self {
+        case .keepDelivery: "webhook delivery"
+        case .save: "update"
+        case .deleteBelow: "update acknowledgement"
+        case .renumber: "update renumbering"
+        }
+    }
+}
+
 /// Why the spool cannot be used.
 package struct StorageError: Error, CustomStringConvertible, Sendable {
     package var description: String
@@ -41,7 +68,9 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
     struct Pending: Sendable {
         var appends: [(xml: String, completion: @Sendable (Result<Int64, SendError>) -> Void)] = []
         var confirms: [Int64] = []
+        var updateOps: [UpdateOp] = []
         var adopted: (@Sendable ([SpooledStanza]) -> Void)?
+        var adoptedUpdates: (@Sendable (String, [SpooledUpdate]) -> Void)?
         var adoptNow = false
         var stopping = false
         /// The writer thread has been signalled and has not taken the work yet.
@@ -115,6 +144,29 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v2 updates") { db in
+            try db.execute(sql: """
+                CREATE TABLE updates (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    route TEXT NOT NULL,
+                    id INTEGER NOT NULL,
+                    json BLOB NOT NULL,
+                    arrived REAL NOT NULL,
+                    owner TEXT
+                );
+                CREATE INDEX updates_route_id ON updates (route, id);
+                """)
+        }
+        migrator.registerMigration("v3 deliveries") { db in
+            // Inbound stanzas whose webhook delivery was waiting for a retry when a process stopped.
+            try db.execute(sql: """
+                CREATE TABLE deliveries (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    xml TEXT NOT NULL,
+                    created REAL NOT NULL
+                );
+                """)
+        }
         return migrator
     }
 
@@ -154,6 +206,86 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
     package func confirm(_ seqs: [Int64]) {
         guard !seqs.isEmpty else { return }
         pending.withLock { $0.confirms.append(contentsOf: seqs) }
+    }
+
+    // MARK: Updates (pull routes)
+
+    /// The updates kept from before, by route, now owned by this process (those of a process still running
+    /// stay its own). Blocking: call it at start-up, before the writer has work.
+    package func takeStoredUpdates() throws(StorageError) -> [String: [SpooledUpdate]] {
+        do {
+            let rows: [Row] = try database.write { db in
+                try markDeadInstances(db)
+                return try Row.fetchAll(db, sql: """
+                    UPDATE updates SET owner = ?
+                    WHERE owner IS NULL OR owner = ? OR owner NOT IN (SELECT owner FROM instance)
+                    RETURNING seq, route, id, json, arrived
+                    """, arguments: [owner, owner])
+            }
+            var byRoute: [String: [SpooledUpdate]] = [:]
+            for row in rows {
+                let route: String = row["route"]
+                let json: Data = row["json"]
+                let arrived: Double = row["arrived"]
+                byRoute[route, default: []].append(
+                    SpooledUpdate(seq: row["seq"], id: row["id"], json: Array(json), arrived: Date(timeIntervalSince1970: arrived)))
+            }
+            return byRoute
+        } catch {
+            throw StorageError(description: "cannot read the stored updates from \(settings.path): \(error)")
+        }
+    }
+
+    /// Updates another process stores from now on and leaves (a take-over) go to `adopted`, route by route, on
+    /// the spool's thread.
+    package func startAdoptingUpdates(_ adopted: @escaping @Sendable (String, [SpooledUpdate]) -> Void) {
+        pending.withLock { $0.adoptedUpdates = adopted }
+    }
+
+    // MARK: Webhook deliveries waiting for a retry
+
+    /// Keeps an inbound stanza whose webhook retry was still waiting when this process stopped; committed before
+    /// the spool closes.
+    package func keepDelivery(_ xml: String) {
+        enqueue(.keepDelivery(xml: xml))
+    }
+
+    /// The stanzas kept that way (by any process), removed from the spool: the caller routes them again.
+    /// Blocking: call it off the event loops.
+    package func takeKeptDeliveries() -> [String] {
+        do {
+            return try database.write { db in
+                try String.fetchAll(db, sql: "DELETE FROM deliveries RETURNING xml")
+            }
+        } catch {
+            logger.error("spool read failed", metadata: ["path": "\(settings.path)", "error": "\(error)"])
+            return []
+        }
+    }
+
+    package func saveUpdate(route: String, id: Int64, json: [UInt8], arrived: Date) {
+        enqueue(.save(route: route, id: id, json: json, arrived: arrived.timeIntervalSince1970))
+    }
+
+    package func deleteUpdates(route: String, below id: Int64) {
+        enqueue(.deleteBelow(route: route, id: id))
+    }
+
+    package func renumberUpdate(seq: Int64, id: Int64) {
+        enqueue(.renumber(seq: seq, id: id))
+    }
+
+    private func enqueue(_ op: UpdateOp) {
+        let stopping: Bool = pending.withLock { state in
+            guard !state.stopping else { return true }
+            state.updateOps.append(op)
+            return false
+        }
+        if stopping {
+            logger.warning("spool already closed; not kept", metadata: ["what": "\(op.name)"])
+        } else {
+            signal()
+        }
     }
 
     package func startAdopting(_ adopted: @escaping @Sendable ([SpooledStanza]) -> Void) {
@@ -208,20 +340,22 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                 let taken = state
                 state.appends.removeAll(keepingCapacity: true)
                 state.confirms.removeAll(keepingCapacity: true)
+                state.updateOps.removeAll(keepingCapacity: true)
                 state.adoptNow = false
                 state.signalled = false
                 return taken
             }
-            if !work.appends.isEmpty || !work.confirms.isEmpty { commit(work) }
+            if !work.appends.isEmpty || !work.confirms.isEmpty || !work.updateOps.isEmpty { commit(work) }
             if let adopted = work.adopted, !work.stopping,
                 work.adoptNow || ContinuousClock.now - lastAdopt >= settings.adoptInterval
             {
                 lastAdopt = .now
                 adopt(adopted)
+                if let adoptedUpdates = work.adoptedUpdates { adoptUpdates(adoptedUpdates) }
                 checkpoint()
             }
             if work.stopping {
-                let more = pending.withLock { !$0.appends.isEmpty || !$0.confirms.isEmpty }
+                let more = pending.withLock { !$0.appends.isEmpty || !$0.confirms.isEmpty || !$0.updateOps.isEmpty }
                 if more { continue }
                 release()
                 break
@@ -243,6 +377,21 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                 if !work.confirms.isEmpty {
                     let delete = try db.cachedStatement(sql: "DELETE FROM outbox WHERE seq = ?")
                     for seq in work.confirms { try delete.execute(arguments: [seq]) }
+                }
+                for op in work.updateOps {
+                    switch op {
+                    case .keepDelivery(let xml):
+                        try db.execute(sql: "INSERT INTO deliveries (xml, created) VALUES (?, ?)", arguments: [xml, now])
+                    case .save(let route, let id, let json, let arrived):
+                        try db.cachedStatement(sql: "INSERT INTO updates (route, id, json, arrived, owner) VALUES (?, ?, ?, ?, ?)")
+                            .execute(arguments: [route, id, Data(json), arrived, owner])
+                    case .deleteBelow(let route, let id):
+                        try db.cachedStatement(sql: "DELETE FROM updates WHERE route = ? AND id < ? AND owner = ?")
+                            .execute(arguments: [route, id, owner])
+                    case .renumber(let seq, let id):
+                        try db.cachedStatement(sql: "UPDATE updates SET id = ?, owner = ? WHERE seq = ?")
+                            .execute(arguments: [id, owner, seq])
+                    }
                 }
                 var seqs: [Int64] = []
                 seqs.reserveCapacity(work.appends.count)
@@ -269,16 +418,7 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
     private func adopt(_ adopted: @Sendable ([SpooledStanza]) -> Void) {
         do {
             let entries: [SpooledStanza] = try database.write { db in
-                let others = try Row.fetchAll(db, sql: "SELECT owner, pid, start_time FROM instance WHERE owner != ?",
-                                              arguments: [owner])
-                for row in others {
-                    let pid: Int32 = row["pid"]
-                    let startTime: Int64 = row["start_time"]
-                    if !ProcessIdentity.isRunning(pid: pid, startTime: startTime) {
-                        let dead: String = row["owner"]
-                        try db.execute(sql: "DELETE FROM instance WHERE owner = ?", arguments: [dead])
-                    }
-                }
+                try markDeadInstances(db)
                 let rows = try Row.fetchAll(db, sql: """
                     UPDATE outbox SET owner = ?
                     WHERE owner IS NULL OR owner NOT IN (SELECT owner FROM instance)
@@ -305,12 +445,52 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         }
     }
 
+    /// Forgets the processes that no longer run (their entries then belong to nobody).
+    private func markDeadInstances(_ db: Database) throws {
+        let others = try Row.fetchAll(db, sql: "SELECT owner, pid, start_time FROM instance WHERE owner != ?", arguments: [owner])
+        for row in others {
+            let pid: Int32 = row["pid"]
+            let startTime: Int64 = row["start_time"]
+            if !ProcessIdentity.isRunning(pid: pid, startTime: startTime) {
+                let dead: String = row["owner"]
+                try db.execute(sql: "DELETE FROM instance WHERE owner = ?", arguments: [dead])
+            }
+        }
+    }
+
+    /// Updates a stopped or dead process left: taken over and handed to the queues (which renumber them).
+    private func adoptUpdates(_ adopted: @Sendable (String, [SpooledUpdate]) -> Void) {
+        do {
+            let rows: [Row] = try database.write { db in
+                try Row.fetchAll(db, sql: """
+                    UPDATE updates SET owner = ?
+                    WHERE owner IS NULL OR owner NOT IN (SELECT owner FROM instance)
+                    RETURNING seq, route, id, json, arrived
+                    """, arguments: [owner])
+            }
+            guard !rows.isEmpty else { return }
+            var byRoute: [String: [SpooledUpdate]] = [:]
+            for row in rows {
+                let route: String = row["route"]
+                let json: Data = row["json"]
+                let arrived: Double = row["arrived"]
+                byRoute[route, default: []].append(
+                    SpooledUpdate(seq: row["seq"], id: row["id"], json: Array(json), arrived: Date(timeIntervalSince1970: arrived)))
+            }
+            logger.notice("spool: taking over updates another process left", metadata: ["count": "\(rows.count)"])
+            for (route, updates) in byRoute { adopted(route, updates) }
+        } catch {
+            logger.error("spool read failed", metadata: ["path": "\(settings.path)", "error": "\(error)"])
+        }
+    }
+
     /// A clean stop: this process's entries go back to the spool for whoever runs next.
     private func release() {
         do {
             let left: Int = try database.write { db in
                 try db.execute(sql: "UPDATE outbox SET owner = NULL WHERE owner = ?", arguments: [owner])
                 let left = db.changesCount
+                try db.execute(sql: "UPDATE updates SET owner = NULL WHERE owner = ?", arguments: [owner])
                 try db.execute(sql: "DELETE FROM instance WHERE owner = ?", arguments: [owner])
                 return left
             }

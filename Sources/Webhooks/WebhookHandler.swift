@@ -29,6 +29,19 @@ package final class WebhookClient: Service, Sendable {
     /// Retries waiting for their turn; ended at once when stanzad shuts down.
     let retries = PendingRetries()
     private let stopped = Mutex(false)
+    /// With a spool (SPEC §18): takes a stanza whose retry is still waiting at shutdown, for the next start to
+    /// route again; true when it was kept (its sender then hears nothing from this process).
+    private let keeper = Mutex<(@Sendable (Stanza) -> Bool)?>(nil)
+
+    /// Sets what keeps waiting deliveries at shutdown (see `keeper`).
+    package func keepWaitingDeliveries(_ keep: @escaping @Sendable (Stanza) -> Bool) {
+        keeper.withLock { $0 = keep }
+    }
+
+    /// Hands `stanza` to the keeper; false without one.
+    func keep(_ stanza: Stanza) -> Bool {
+        keeper.withLock { $0 }?(stanza) ?? false
+    }
 
     package convenience init() {
         self.init(plainHTTP: true)
@@ -232,6 +245,12 @@ package struct WebhookHandler: StanzaHandler {
                     let scheduled = handler.client.retries.schedule(
                         on: handler.client.http.eventLoopGroup.any(), in: backoff, retry: { self.attempt(number + 1) },
                         giveUp: {
+                            if self.handler.client.keep(self.stanza) {
+                                self.logger.notice("webhook retry kept in the spool: the next start routes the stanza again",
+                                                   metadata: metadata)
+                                self.completion(HandlerOutcome(metadata: metadata.merging(["kept": "spool"]) { $1 }))
+                                return
+                            }
                             self.logger.notice("webhook retry dropped: stanzad is shutting down", metadata: metadata)
                             self.completion(self.outcome(result, metadata: metadata))
                         })

@@ -206,3 +206,130 @@ def test_without_storage_a_server_crash_loses_what_was_written_to_it(parts, tmp_
     load, counts, _ = kill_prosody_twice(parts, tmp_path, None, "n")
     lost, _ = report("Prosody kill -9 ×2, without storage", load, counts)
     assert len(set(counts) & load.accepted) + lost == 5000
+
+
+def test_a_spool_that_cannot_be_opened_stops_stanzad_with_what_to_do(prosody, tmp_path):
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port,
+                                                extra=f'[storage]\npath = "{tmp_path}/missing/spool.sqlite"\n')).start()
+    assert daemon.wait(20) == 78
+    assert (f"the spool cannot be opened problem=\"cannot open the spool {tmp_path}/missing/spool.sqlite: the directory "
+            f"{tmp_path}/missing does not exist (create it, writable by stanzad)\"") in daemon.log()
+
+
+def test_takeover_without_storage_is_refused(prosody, tmp_path):
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port), extra_args=["--takeover"]).start()
+    assert daemon.wait(20) == 78
+    assert "--takeover needs [storage]: the process being replaced hands over what it holds through the spool" in daemon.log()
+
+
+def test_the_spool_holds_nothing_once_the_server_confirmed_and_metrics_show_its_depth(prosody, tmp_path):
+    """A quiet link: the barrier after a burst empties the spool; stanzad_spool_depth says so."""
+    socket_path = tmp_path / "fastcgi.sock"
+    web = Nginx(tmp_path / "nginx", socket_path)
+    (tmp_path / "nginx").mkdir()
+    daemon = start_stanzad(tmp_path, prosody, rest_extra(socket_path, tmp_path / "spool.sqlite")
+                           + '\n[metrics]\npath = "/metrics"\n')
+    web.start()
+    alice = Client(f"alice@{DOMAIN}/quiet", "pw", prosody.c2s_port)
+    try:
+        daemon.wait_for_log("component connected")
+        for i in range(20):
+            connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+            connection.request("POST", f"/rest/message/chat/alice@{DOMAIN}", body=f"q-{i}",
+                               headers={"Authorization": TOKEN, "Content-Type": "text/plain"})
+            assert connection.getresponse().status == 202
+        bodies = {str(alice.next_message(10)["body"]) for _ in range(20)}
+        assert bodies == {f"q-{i}" for i in range(20)}
+        deadline = time.monotonic() + 10
+        while True:
+            with sqlite3.connect(tmp_path / "spool.sqlite") as db:
+                left = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+            connection.request("GET", "/metrics", headers={"Authorization": TOKEN})
+            metrics = connection.getresponse().read().decode()
+            if left == 0 and "stanzad_spool_depth 0" in metrics:
+                break
+            assert time.monotonic() < deadline, f"{left} entries left; {[l for l in metrics.splitlines() if 'spool' in l]}"
+            time.sleep(0.1)  # polling a file another process writes: no event to wait for
+    finally:
+        alice.close()
+        daemon.stop()
+        web.stop()
+
+
+def test_pull_route_updates_survive_a_kill_with_their_ids_and_acknowledged_ones_stay_gone(parts, tmp_path):
+    prosody, web, socket_path, clients = parts
+    alice = clients[0]
+    spool = tmp_path / "spool.sqlite"
+    extra = rest_extra(socket_path, spool) + f'\n[[route]]\nname = "inbox"\nto = ["inbox@{COMPONENT}"]\npull = true\n'
+
+    def updates(query: str) -> dict:
+        connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+        connection.request("GET", f"/rest/updates/inbox?{query}", headers={"Authorization": TOKEN})
+        response = connection.getresponse()
+        assert response.status == 200
+        return json.loads(response.read())
+
+    def stored() -> int:
+        with sqlite3.connect(spool) as db:
+            return db.execute("SELECT count(*) FROM updates").fetchone()[0]
+
+    daemon = start_stanzad(tmp_path, prosody, extra)
+    try:
+        daemon.wait_for_log("component connected")
+        alice.loop.call_soon_threadsafe(lambda: [alice.xmpp.send_message(mto=f"inbox@{COMPONENT}", mbody=f"u{i}", mtype="chat")
+                                                 for i in range(3)])
+        first = updates("timeout=10&limit=1")["updates"][0]
+        assert first["stanza"]["body"] == "u0"
+        # The client handled u0: its offset acknowledges it.
+        rest_ids = [u["update_id"] for u in updates(f"offset={first['update_id'] + 1}&timeout=0")["updates"]]
+        while len(rest_ids) < 2:
+            rest_ids += [u["update_id"] for u in updates(f"offset={first['update_id'] + 1}&timeout=5")["updates"]][len(rest_ids):]
+        deadline = time.monotonic() + 10
+        while stored() != 2:  # committed by the spool's thread: a file another process writes, polled
+            assert time.monotonic() < deadline, f"{stored()} updates stored"
+            time.sleep(0.05)
+        daemon.signal(signal.SIGKILL)
+        daemon.wait(10)
+        daemon = start_stanzad(tmp_path, prosody, extra)
+        daemon.wait_for_log("spool: updates kept from before count=2")
+        daemon.wait_for_log("component connected")
+        again = updates(f"offset={first['update_id'] + 1}&timeout=0")["updates"]
+        assert [(u["update_id"], u["stanza"]["body"]) for u in again] == list(zip(rest_ids, ["u1", "u2"]))
+        # New updates get ids after the kept ones.
+        alice.loop.call_soon_threadsafe(lambda: alice.xmpp.send_message(mto=f"inbox@{COMPONENT}", mbody="u3", mtype="chat"))
+        later = updates(f"offset={rest_ids[-1] + 1}&timeout=10")["updates"]
+        assert [u["stanza"]["body"] for u in later] == ["u3"] and later[0]["update_id"] > rest_ids[-1]
+    finally:
+        daemon.stop()
+
+
+def test_a_webhook_retry_waiting_at_shutdown_is_routed_again_by_the_next_start(prosody, tmp_path):
+    from webhook_server import WebhookServer
+
+    alice = Client(f"alice@{DOMAIN}/kept", "pw", prosody.c2s_port)
+
+    hook = WebhookServer()
+    # The first attempt is told to come back in 30 s; stanzad stops before that.
+    hook.answer("hook", ((503, {"Retry-After": "30"}), "text/plain", "busy"), (200, "text/plain", "answered after the restart"))
+    extra = (f'[storage]\npath = "{tmp_path}/spool.sqlite"\n\n[[route]]\nname = "hook"\nto = ["hook@{COMPONENT}"]\n'
+             f'webhook = "http://127.0.0.1:{hook.port}/hook"\nformat = "text"\nretries = 3\ntimeout = 10\n')
+    daemon = Stanzad(tmp_path, component_config(prosody.component_port, extra=extra)).start()
+    try:
+        daemon.wait_for_log("component connected")
+        alice.loop.call_soon_threadsafe(lambda: alice.xmpp.send_message(mto=f"hook@{COMPONENT}", mbody="ping", mtype="chat"))
+        daemon.wait_for_log("webhook attempt failed; retrying")
+        daemon.stop()
+        assert "webhook retry kept in the spool: the next start routes the stanza again" in daemon.log()
+        with sqlite3.connect(tmp_path / "spool.sqlite") as db:
+            assert db.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+        daemon = Stanzad(tmp_path, component_config(prosody.component_port, extra=extra)).start()
+        daemon.wait_for_log("spool: routing again webhook deliveries kept at the last stop count=1")
+        reply = alice.next_message(15)
+        assert str(reply["body"]) == "answered after the restart", "the sender heard nothing in between, then the answer"
+        assert str(reply["from"]) == f"hook@{COMPONENT}"
+        assert len(hook.requests_for("hook")) == 2
+    finally:
+        daemon.stop()
+        hook.stop()
+        alice.close()
