@@ -285,10 +285,11 @@ package enum StanzaJSON {
 
         // Type and kind (mod_rest's inference, research §3.3).
         var type = try fields.string("type")
-        if type == nil && fields.has("error") { type = "error" }
+        let hasError = fields.has("error")
+        if type == nil && hasError { type = "error" }
         let kind = try inferKind(fields, type: type, defaults: defaults)
         // An `error` makes an error stanza whatever `type` says, as in mod_rest (an answer to that type).
-        if fields.has("error"), let given = type, given != "error" {
+        if hasError, let given = type, given != "error" {
             try checkType(given, for: kind)
             type = "error"
         }
@@ -312,7 +313,7 @@ package enum StanzaJSON {
         element[attribute: "to"] = try fields.jid("to") ?? defaults?.to
         element[attribute: "xml:lang"] = try fields.string("lang")
 
-        if fields.has("error") {
+        if hasError {
             // An error stanza carries only its error, as mod_rest builds it.
             element.append(try decodeError(fields).element(namespace: Namespace.client))
             return Stanza(uncheckedElement: element)
@@ -363,15 +364,19 @@ package enum StanzaJSON {
         }
     }
 
-    /// Keys mapped by hand and keys that map to nothing (a string switch: cheaper than hashing each key).
+    /// Keys mapped by hand and keys that map to nothing (compared by length first: cheaper than hashing each key).
     static func isBasicKey(_ key: String) -> Bool {
-        switch key {
-        case "kind", "type", "id", "to", "from", "lang", "body", "subject", "thread", "html", "state", "replace",
-             "show", "status", "priority", "ping", "version", "disco", "items", "delay", "nick", "payload", "error",
-             "stanza", "room", "room_nick":
-            return true
-        default:
-            return false
+        // By length first: a couple of comparisons per key instead of a walk through every name.
+        switch key.utf8.count {
+        case 2: return key == "id" || key == "to"
+        case 4: return key == "kind" || key == "type" || key == "from" || key == "lang" || key == "body"
+            || key == "html" || key == "show" || key == "ping" || key == "nick" || key == "room"
+        case 5: return key == "state" || key == "disco" || key == "items" || key == "delay" || key == "error"
+        case 6: return key == "thread" || key == "status" || key == "stanza"
+        case 7: return key == "subject" || key == "replace" || key == "version" || key == "payload"
+        case 8: return key == "priority"
+        case 9: return key == "room_nick"
+        default: return false
         }
     }
 

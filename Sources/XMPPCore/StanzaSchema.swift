@@ -4,16 +4,52 @@
 
 /// One JSON key and where its value lives in XML.
 struct SchemaProperty: Sendable {
-    indirect enum Shape: Sendable {
-        case string
+    /// The JSON type. A struct of plain stored fields rather than a recursive enum: the schema lives in statics,
+    /// and pointers an enum tags in their spare bits hide it from LeakSanitizer (scripts/fuzz).
+    struct Shape: Sendable {
+        enum Kind: Sendable { case string, integer, number, boolean, object, message, array }
+
+        /// What the hot paths switch on (no enum payload to build).
+        let kind: Kind
+        private let range: ClosedRange<Int64>?
+        /// An object's properties, or an array's one item.
+        let nested: [SchemaProperty]
+
+        private init(_ kind: Kind, range: ClosedRange<Int64>? = nil, nested: [SchemaProperty] = []) {
+            self.kind = kind
+            self.range = range
+            self.nested = nested
+        }
+
+        static let string = Shape(.string)
         /// An integer, optionally bounded (the schema's minimum/maximum).
-        case integer(ClosedRange<Int64>?)
-        case number
-        case boolean
-        case object([SchemaProperty])
+        static func integer(_ range: ClosedRange<Int64>?) -> Shape { Shape(.integer, range: range) }
+        static let number = Shape(.number)
+        static let boolean = Shape(.boolean)
+        static func object(_ properties: [SchemaProperty]) -> Shape { Shape(.object, nested: properties) }
         /// A whole message, properties and attributes (forwarded and archived messages).
-        case message
-        case array(item: SchemaProperty)
+        static let message = Shape(.message)
+        static func array(item: SchemaProperty) -> Shape { Shape(.array, nested: [item]) }
+
+        /// The shape as an enum to switch on (built when asked, never stored).
+        enum Form {
+            case string, number, boolean, message
+            case integer(ClosedRange<Int64>?)
+            case object([SchemaProperty])
+            case array(item: SchemaProperty)
+        }
+
+        var form: Form {
+            switch kind {
+            case .string: .string
+            case .integer: .integer(range)
+            case .number: .number
+            case .boolean: .boolean
+            case .object: .object(nested)
+            case .message: .message
+            case .array: nested.first.map { .array(item: $0) } ?? .object([])
+            }
+        }
     }
 
     enum Placement: Sendable {
@@ -47,7 +83,7 @@ struct SchemaProperty: Sendable {
         self.shape = shape
         self.name = name ?? key
         self.namespace = ns
-        switch shape {
+        switch shape.form {
         case .object, .message, .array: self.placement = placement ?? .children
         default: self.placement = placement ?? .textTag
         }
@@ -208,7 +244,7 @@ enum StanzaSchema {
             var attributes: [P] = []
             var children: [String: [(namespace: String?, property: P)]] = [:]
             for property in properties {
-                switch (property.shape, property.placement) {
+                switch (property.shape.form, property.placement) {
                 case (_, .attribute): attributes.append(property)
                 case (.array(let item), .children):
                     children[item.name, default: []].append((item.namespace, property))
@@ -249,12 +285,14 @@ enum StanzaSchema {
             guard let candidates = index.children[child.name] else { continue }
             let namespace = child.namespace == element.namespace ? nil : child.namespace
             for (expected, property) in candidates where expected == namespace {
-                switch (property.shape, property.placement) {
-                case (.array(let item), .children):
+                switch (property.shape.kind, property.placement) {
+                case (.array, .children):
+                    guard let item = property.shape.nested.first else { continue }
                     let value: JSONValue?
-                    switch item.shape {
-                    case .object(let nested): value = .object(parse(nested, child))
-                    default: value = typed(item.shape, child.text)
+                    if item.shape.kind == .object {
+                        value = .object(parse(item.shape.nested, child))
+                    } else {
+                        value = typed(item.shape, child.text)
                     }
                     guard let value else { continue }
                     if case .array(var list)? = out[property.key] {
@@ -263,12 +301,12 @@ enum StanzaSchema {
                     } else {
                         out[property.key] = .array([value])
                     }
-                case (.array(let item), .wrapper):
-                    guard out[property.key] == nil else { continue }
+                case (.array, .wrapper):
+                    guard out[property.key] == nil, let item = property.shape.nested.first else { continue }
                     let items = parseArray(item, child)
                     out[property.key] = items.isEmpty ? .object([:]) : .array(items)
-                case (.object(let nested), _):
-                    if out[property.key] == nil { out[property.key] = .object(parse(nested, child)) }
+                case (.object, _):
+                    if out[property.key] == nil { out[property.key] = .object(parse(property.shape.nested, child)) }
                 case (.boolean, .tagName):
                     out[property.key] = true
                 case (.string, .tagName):
@@ -295,7 +333,7 @@ enum StanzaSchema {
         var out = [String: JSONValue](minimumCapacity: properties.count)
         for property in properties {
             let ns = property.namespace ?? element.namespace
-            switch (property.shape, property.placement) {
+            switch (property.shape.form, property.placement) {
             case (.object(let nested), _):
                 if let child = element.child(property.name, namespace: ns) { out[property.key] = .object(parse(nested, child)) }
             case (.message, _):
@@ -322,7 +360,7 @@ enum StanzaSchema {
         let ns = item.namespace ?? parent.namespace
         var out: [JSONValue] = []
         for child in parent.elements where child.name == item.name && child.namespace == ns {
-            switch item.shape {
+            switch item.shape.form {
             case .object(let nested): out.append(.object(parse(nested, child)))
             case .message: out.append(.object(parse(message, child)))
             default:
@@ -340,7 +378,7 @@ enum StanzaSchema {
         case .textTag: raw = element.child(property.name, namespace: ns)?.text
         case .singleAttribute(let attribute): raw = element.child(property.name, namespace: ns)?[attribute: attribute]
         case .tagName:
-            if case .boolean = property.shape {
+            if case .boolean = property.shape.form {
                 return element.child(property.name, namespace: ns) == nil ? nil : .bool(true)
             }
             let names = property.enums ?? []
@@ -352,7 +390,7 @@ enum StanzaSchema {
 
     /// mod_rest's conversion of XML text to a JSON value of the schema's type.
     static func typed(_ shape: SchemaProperty.Shape, _ text: String) -> JSONValue? {
-        switch shape {
+        switch shape.kind {
         case .string: return .string(text)
         case .boolean:
             switch text {
@@ -394,7 +432,7 @@ enum StanzaSchema {
                                         into element: inout Element) throws(JSONMappingError) {
         let ns = property.namespace ?? element.namespace
         let field = fields.name(property.key)
-        switch property.shape {
+        switch property.shape.form {
         case .object(let nested):
             guard let object = try fields.object(property.key) else { return }
             var child = Element(property.name, namespace: ns)
@@ -418,7 +456,7 @@ enum StanzaSchema {
             for (index, entry) in values.enumerated() {
                 let at = "\(field)[\(index)]"
                 var child = Element(item.name, namespace: itemNamespace)
-                switch item.shape {
+                switch item.shape.form {
                 case .object(let nested):
                     guard case .object(let members) = entry else {
                         throw JSONMappingError(.invalidField, "\"\(at)\" must be an object, got \(StanzaJSON.describe(entry))", field: at)
@@ -440,7 +478,7 @@ enum StanzaSchema {
                 let string = try text(property, value, field)
                 element.append(Element(property.name, namespace: ns, attributes: [Attribute(name: attribute, value: string)]))
             case .tagName:
-                if case .boolean = property.shape {
+                if case .boolean = property.shape.form {
                     guard case .bool(let flag) = value else { throw fields.invalid(property.key, "true or false", value) }
                     if flag { element.append(Element(property.name, namespace: ns)) }
                 } else {
@@ -459,7 +497,7 @@ enum StanzaSchema {
             JSONMappingError(.invalidField, "\"\(field)\" must be \(expectation), got \(StanzaJSON.describe(value))", field: field)
         }
         let result: String
-        switch property.shape {
+        switch property.shape.form {
         case .string:
             switch value {
             case .string(let string): result = string
