@@ -238,7 +238,8 @@ enum StanzaSchema {
         /// The properties JSON → XML maps through the schema (those StanzaJSON does not map by hand), in schema
         /// order, and their keys.
         let unparsed: [P]
-        let unparsedKeys: Set<String>
+        /// The same by key, with their place in schema order.
+        let unparsedByKey: [String: (order: Int, property: P)]
 
         init(_ properties: [P], handled: Set<String>) {
             var attributes: [P] = []
@@ -257,7 +258,9 @@ enum StanzaSchema {
             self.attributes = attributes
             self.children = children
             unparsed = properties.filter { !handled.contains($0.key) }
-            unparsedKeys = Set(unparsed.map(\.key))
+            var byKey: [String: (order: Int, property: P)] = [:]
+            for (order, property) in unparsed.enumerated() { byKey[property.key] = (order, property) }
+            unparsedByKey = byKey
         }
     }
 
@@ -424,8 +427,13 @@ enum StanzaSchema {
     /// no search, when the JSON has none of them (the usual body-and-addresses case).
     static func unparseStanza(_ kind: StanzaKind, _ fields: StanzaJSON.Fields, into element: inout Element) throws(JSONMappingError) {
         let index = index(of: kind)
-        guard fields.object.keys.contains(where: { index.unparsedKeys.contains($0) }) else { return }
-        try unparse(index.unparsed, fields, into: &element)
+        // One lookup per key the JSON has (not per property the schema has), then schema order.
+        var present: [(order: Int, property: P, value: JSONValue)] = []
+        for (key, value) in fields.object where value != .null {
+            if let entry = index.unparsedByKey[key] { present.append((entry.order, entry.property, value)) }
+        }
+        present.sort { $0.order < $1.order }
+        for entry in present { try unparseProperty(entry.property, entry.value, fields, into: &element) }
     }
 
     private static func unparseProperty(_ property: P, _ value: JSONValue, _ fields: StanzaJSON.Fields,
