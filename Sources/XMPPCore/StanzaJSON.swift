@@ -317,6 +317,18 @@ package enum StanzaJSON {
             // An error stanza carries only its error, as mod_rest builds it.
             element.append(try decodeError(fields).element(namespace: Namespace.client))
             return Stanza(uncheckedElement: element)
+        } else if type == "error", let value = fields.value("error_code") {
+            // mod_rest's legacy form: `error_code` (XEP-0086) and the text in `body`; written as a defined condition
+            // (the legacy code's, as XEP-0086 maps it) that keeps the code.
+            var code = value.intValue
+            if code == nil, case .string(let text) = value { code = Int64(text) }
+            guard let code, (100...599).contains(code) else {
+                throw fields.invalid("error_code", "a legacy error code such as 404", value)
+            }
+            var error = HTTPStanzaErrors.error(forStatus: Int(code), text: try fields.string("body")).element(namespace: Namespace.client)
+            error[attribute: "code"] = String(code)
+            element.append(error)
+            return Stanza(uncheckedElement: element)
         } else if type == "error" {
             throw JSONMappingError(
                 .invalidField,

@@ -153,6 +153,15 @@ struct KeyCase: CustomTestStringConvertible, Sendable {
         #expect(decoded.element.child("x", namespace: "http://jabber.org/protocol/muc") != nil)
     }
 
+    @Test func legacyErrorCodeBecomesADefinedConditionThatKeepsTheCode() throws {
+        let decoded = try StanzaJSON.decode(try JSONValue.parse(#"{"type":"error","body":"Not found","error_code":404}"#))
+        #expect(decoded.kind == .message && decoded.type == "error")
+        let error = try #require(decoded.element.child("error", namespace: Namespace.client))
+        #expect(error[attribute: "code"] == "404")
+        #expect(decoded.error == StanzaError(.cancel, .itemNotFound, text: "Not found"))
+        #expect(throws: JSONMappingError.self) { try StanzaJSON.decode(try JSONValue.parse(#"{"type":"error","error_code":"soon"}"#)) }
+    }
+
     @Test func emptyObjectIsAnEmptyList() throws {
         let decoded = try StanzaJSON.decode(try JSONValue.parse(#"{"kind":"iq","blocklist":{}}"#))
         #expect(decoded.element.elements.first?.name == "blocklist")

@@ -254,5 +254,8 @@ JSON_CASES: list[tuple[str, dict]] = [
     ("json-error-message", {**T, "kind": "message", "type": "error", "body": "x",
                             "error": {"type": "modify", "condition": "bad-request", "by": "example.test"}}),
     ("json-block", {**T, "kind": "iq", "type": "set", "block": [{"jid": "spam@example.test"}]}),
+    ("json-kind-from-type-probe", {**T, "type": "probe"}),
+    ("json-kind-from-type-error", {**T, "type": "error", "error": {"type": "cancel", "condition": "gone"}}),
+    ("json-legacy-error-code", {**T, "kind": "message", "type": "error", "body": "Not found", "error_code": 404}),
     ("json-blocklist", {**T, "kind": "iq", "type": "get", "blocklist": {}}),
 ]
