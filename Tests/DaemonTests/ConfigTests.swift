@@ -127,6 +127,27 @@ private let minimal = """
         #expect(config.routes[1].target == .webhook("http://127.0.0.1:9999/stanzas/{kind}"))
     }
 
+    @Test func autoFormatIsForWebhooks() throws {
+        let webhook = minimal + """
+
+            [[route]]
+            name = "app"
+            kinds = ["message", "iq"]
+            webhook = "http://127.0.0.1:5000/api"
+            format = "auto"
+            """
+        let config = try load(webhook).get()
+        #expect(config.routes[0].format == "auto")
+        let exec = minimal + """
+
+            [[route]]
+            name = "proc"
+            exec = ["a"]
+            format = "auto"
+            """
+        #expect(errors(exec).contains { $0.hasSuffix("format \"auto\" is for webhook routes (it asks the webhook with an OPTIONS request)") })
+    }
+
     @Test func routeTargetRules() {
         let text = minimal + """
 
