@@ -30,6 +30,12 @@ package struct ComponentSettings: Sendable {
     package var inboundBacklog: Int = 1000
     /// Where XEP-0199 pings go: the server's domain.
     package var pingTarget: String
+    /// Where the link's own pings (keepalive and barriers) go from; nil: `jid`. With an instance link (SPEC §20),
+    /// the instance domain: when the server balances `jid` over several processes, the answer to a ping from `jid`
+    /// reaches any of them, the answer to one from the instance domain this process (see `relayReply`).
+    package var pingFrom: String?
+    /// Ids of the link's keepalive pings start with this (two links of one process need different ones).
+    package var pingIDPrefix = "stanzad-ping-"
 
     package init(jid: String, host: String, port: Int, secret: String, pingTarget: String? = nil) {
         self.jid = jid
@@ -66,6 +72,8 @@ package enum LinkHealth: String, Sendable {
 package final class ComponentConnection: Service, Sendable {
     package let settings: ComponentSettings
     package let policy: OutboundPolicy
+    /// The policy for the link's own pings: `pingFrom` may be outside `jid`.
+    let pingPolicy: OutboundPolicy
     let logger: Logger
     let group: any EventLoopGroup
     private let shared: Mutex<SharedState>
@@ -91,14 +99,17 @@ package final class ComponentConnection: Service, Sendable {
         self.settings = settings
         self.spool = spool
         self.policy = OutboundPolicy(domain: settings.jid, maxStanzaBytes: settings.maxStanza)
+        self.pingPolicy = OutboundPolicy(
+            domain: settings.pingFrom.flatMap { JID.parse($0)?.domain } ?? settings.jid, maxStanzaBytes: settings.maxStanza)
         self.logger = logger
         self.group = group
         // A ping target the policy refuses (a bad `ping_target`) leaves the keepalive alone to hold the link.
-        let canPing = (try? policy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
+        let canPing = (try? pingPolicy.serialize(Self.ping(id: "stanzad-ping-0", settings: settings))) != nil
         self.canPing = canPing
         let limits = SessionTimers.Limits(
             handshakeTimeout: settings.handshakeTimeout, keepaliveInterval: settings.keepaliveInterval,
-            pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout)
+            pingInterval: canPing ? settings.pingInterval : nil, pingTimeout: settings.pingTimeout,
+            pingIDPrefix: settings.pingIDPrefix)
         self.shared = Mutex(SharedState(machine: LinkStateMachine(
             jid: settings.jid, secret: settings.secret, limits: limits, reconnectMax: settings.reconnectMax,
             sendQueue: settings.sendQueue, sendQueueTTL: settings.sendQueueTTL)))
@@ -264,8 +275,9 @@ package final class ComponentConnection: Service, Sendable {
         try result.get()
     }
 
-    /// `sendAndWait` without a task: `completion` runs once, when the stanza is written or cannot be. The returned
-    /// closure stops the wait (`completion` then gets `expired`); nil when `completion` already ran.
+    /// `sendAndWait` without a task: `completion` runs once, when the stanza is written or cannot be (at once when
+    /// the link is up: queued on a ready link counts as written). The returned closure stops the wait
+    /// (`completion` then gets `expired`); nil when `completion` already ran.
     @discardableResult
     package func sendAndWait(_ stanza: Stanza, wait: Duration? = nil,
                             completion: @escaping @Sendable (Result<Void, SendError>) -> Void) -> (@Sendable () -> Void)? {
@@ -277,9 +289,16 @@ package final class ComponentConnection: Service, Sendable {
             return nil
         }
         let deadline = ContinuousClock.now + min(wait ?? settings.sendQueueTTL, settings.sendQueueTTL)
-        let queued: Result<(id: Int, wake: AsyncStream<Input>.Continuation?), SendError> = shared.withLock { state in
-            let id = state.nextWaiterID()
+        // While the link is up, the stanza is as good as written once it is queued (it would wait in the queue
+        // across a reconnect): the sender hears so at once, without waiting for the link's task and its event loop.
+        let queued: Result<(id: Int?, wake: AsyncStream<Input>.Continuation?), SendError> = shared.withLock { state in
             do throws(SendError) {
+                if state.machine.isReady {
+                    let item = Outgoing(xml: xml, deadline: deadline, waiter: nil, iqID: nil)
+                    let writeNow = try state.machine.enqueue(item)
+                    return .success((nil, self.queued(&state, deadline: deadline, writeNow: writeNow)))
+                }
+                let id = state.nextWaiterID()
                 let item = Outgoing(xml: xml, deadline: deadline, waiter: Waiter(id: id, complete: completion), iqID: nil)
                 let writeNow = try state.machine.enqueue(item)
                 return .success((id, self.queued(&state, deadline: deadline, writeNow: writeNow)))
@@ -291,6 +310,10 @@ package final class ComponentConnection: Service, Sendable {
         case .success(let (id, wake)):
             LinkMetrics.queued(stanza.kind)
             wake?.yield(.flush)
+            guard let id else {
+                completion(.success(()))
+                return nil
+            }
             return { self.cancelWaiter(id) }
         case .failure(let error):
             completion(.failure(error))
@@ -399,7 +422,7 @@ package final class ComponentConnection: Service, Sendable {
             }
             let text = error.description
             var metadata: Logger.Metadata = ["error": "\(text)", "retry_in": "\(end.delay)"]
-            if error.isConfigurationError, let hint = error.hint(jid: settings.jid) {
+            if error.isConfigurationError, let hint = hint(for: error) {
                 metadata["hint"] = "\(hint)"
                 if lastLoggedError != text {
                     logger.error("component link refused by the server (configuration error)", metadata: metadata)
@@ -420,6 +443,14 @@ package final class ComponentConnection: Service, Sendable {
             }
             if Task.isShuttingDownGracefully { return }
         }
+    }
+
+    /// What the operator should change; a refused `from` after the link was up is our pings' instance domain.
+    private func hint(for error: ComponentLinkError) -> String? {
+        if let pingFrom = settings.pingFrom, error.condition == "invalid-from" || error.condition == "improper-addressing" {
+            return "the server refused a ping from \(pingFrom) (instance_jid) on the link of \(settings.jid): declare both in the hosts of one ejabberd_service listener, with global_routes: false (examples/ejabberd/cluster.yml)"
+        }
+        return error.hint(jid: settings.jid)
     }
 
     enum Outcome {
@@ -443,10 +474,12 @@ package final class ComponentConnection: Service, Sendable {
         case leave
         /// Time to write a barrier for the spooled stanzas written since the last one.
         case barrierDue
+        /// The answer to a ping or barrier of this link that arrived over another link (`relayReply`).
+        case relayed(LinkStateMachine<Waiter, IQReplier>.StreamAction)
     }
 
     static func ping(id: String, settings: ComponentSettings) -> Stanza {
-        var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.jid, to: settings.pingTarget)
+        var ping = Stanza(kind: .iq, type: "get", id: id, from: settings.pingFrom ?? settings.jid, to: settings.pingTarget)
         ping.element.append(Element("ping", namespace: "urn:xmpp:ping"))
         return ping
     }
@@ -623,6 +656,16 @@ package final class ComponentConnection: Service, Sendable {
         }
     }
 
+    /// Takes the answer to one of this link's pings or barriers that arrived over another link of this process (the
+    /// instance link, when `pingFrom` is its domain); false when `stanza` is not one. Does not wait.
+    package func relayReply(_ stanza: Stanza) -> Bool {
+        let (action, session) = shared.withLock { state in (state.machine.relayed(stanza, at: .now), state.session) }
+        guard let action else { return false }
+        if case .none = action { return true }
+        session?.yield(.relayed(action))
+        return true
+    }
+
     /// Delivers an iq reply that did not come through the stream's own path (a refused reply); true when it was one.
     fileprivate func resolveIQ(_ stanza: Stanza) -> Bool {
         guard let pending = withMachine({ $0.resolve(stanza) }) else { return false }
@@ -773,10 +816,14 @@ private struct SessionLoop {
                 return await closeForShutdown()
             case .barrierDue:
                 barrierScheduled = false
-                if leaving || draining { continue }
+                // While draining too: what was written after the barrier on its way needs the next one.
+                if leaving { continue }
                 if let id = connection.withMachine({ $0.barrierIfNeeded() }) {
-                    try await write(connection.policy.serialize(ComponentConnection.ping(id: id, settings: settings)))
+                    try await write(connection.pingPolicy.serialize(ComponentConnection.ping(id: id, settings: settings)))
                 }
+            case .relayed(let action):
+                if leaving { continue }
+                if let outcome = try await perform(action) { return outcome }
             case .leave:
                 guard !leaving else { continue }
                 leaving = true
@@ -807,7 +854,7 @@ private struct SessionLoop {
                 return .failed(ComponentLinkError(.pingTimeout, "no reply to a ping within \(settings.pingTimeout)"))
             case .sendPing(let id):
                 logger.debug("link idle, pinging the server", metadata: ["to": "\(settings.pingTarget)"])
-                try await write(connection.policy.serialize(ComponentConnection.ping(id: id, settings: settings)))
+                try await write(connection.pingPolicy.serialize(ComponentConnection.ping(id: id, settings: settings)))
             case .sendKeepalive:
                 try await write(" ")
             }
@@ -844,7 +891,9 @@ private struct SessionLoop {
     /// replies instead of one per stanza. Spooled stanzas among them are followed by a barrier ping.
     mutating func write(_ batch: LinkStateMachine<Waiter, IQReplier>.Batch) async throws {
         let items = batch.items
-        guard !items.isEmpty else { return }
+        // A barrier alone is written too: shutdown's last batch may hold nothing new but a barrier for what was
+        // written before it.
+        guard !items.isEmpty || batch.barrier != nil else { return }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(items.reduce(0) { $0 + $1.xml.utf8.count })
         for item in items { buffer.writeString(item.xml) }
@@ -852,7 +901,7 @@ private struct SessionLoop {
             if batch.barrier != nil || batch.wantsBarrier {
                 connection.spool?.confirm(connection.withMachine { $0.confirmWithoutBarrier() })
             }
-        } else if let barrier = batch.barrier, let ping = try? connection.policy.serialize(ComponentConnection.ping(id: barrier, settings: settings)) {
+        } else if let barrier = batch.barrier, let ping = try? connection.pingPolicy.serialize(ComponentConnection.ping(id: barrier, settings: settings)) {
             buffer.writeString(ping)
         } else if batch.wantsBarrier {
             scheduleBarrier()

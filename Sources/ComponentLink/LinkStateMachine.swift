@@ -149,6 +149,13 @@ struct LinkStateMachine<Waiter, Replier> {
     /// An event from the server's stream, read at `now`.
     mutating func received(_ event: XMLStreamEvent, at now: Instant) -> StreamAction {
         timers?.read(at: now)
+        // Closing: the stream takes nothing more, but the answer to the last barrier still confirms what was
+        // written before it (shutdown waits for it, so that the next start does not send those stanzas again).
+        if phase == .closing, case .stanza(let element) = event, let current = barrier, element.name == "iq",
+            element[attribute: "id"] == current.id, element[attribute: "type"] == "result" || element[attribute: "type"] == "error"
+        {
+            return streamAction(.deliver(element))
+        }
         return streamAction(stream.received(event))
     }
 
@@ -170,6 +177,21 @@ struct LinkStateMachine<Waiter, Replier> {
     /// The link holds off reading because the router is behind: the silence is ours, not the server's.
     mutating func readingPaused(at now: Instant) {
         timers?.readingPaused(at: now)
+    }
+
+    /// An iq reply that reached this process over another link: the instance link, where the answers to this
+    /// link's pings and barriers arrive when they go from the instance domain (SPEC §20). A pong or a barrier's
+    /// answer is handled as if read here; nil when it is neither.
+    mutating func relayed(_ stanza: Stanza, at now: Instant) -> StreamAction? {
+        // Also while closing: shutdown waits for the answer to its last barrier.
+        guard isReady || phase == .closing, stanza.kind == .iq, stanza.type == "result" || stanza.type == "error",
+            let id = stanza.id
+        else { return nil }
+        let isPong: Bool
+        if case .awaitingPong(let pingID, _) = timers?.state { isPong = pingID == id } else { isPong = false }
+        guard isPong || barrier?.id == id else { return nil }
+        timers?.read(at: now)
+        return streamAction(.deliver(stanza.element))
     }
 
     /// A refused iq result or error with `id`: true when it answered our ping (then it is nobody else's).
@@ -264,9 +286,10 @@ struct LinkStateMachine<Waiter, Replier> {
         return batch
     }
 
-    /// A barrier to write now, when spooled stanzas wait for one and none is on its way.
+    /// A barrier to write now, when spooled stanzas wait for one and none is on its way. Also while closing: the
+    /// stanzas written after a barrier that was on its way when shutdown began need one of their own.
     mutating func barrierIfNeeded() -> String? {
-        guard isReady, barrier == nil, !unconfirmed.isEmpty else { return nil }
+        guard isReady || phase == .closing, barrier == nil, !unconfirmed.isEmpty else { return nil }
         return newBarrier()
     }
 

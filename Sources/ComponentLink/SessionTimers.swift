@@ -13,6 +13,9 @@ struct SessionTimers: Sendable {
         var pingInterval: Duration?
         /// The link is dead when a ping gets no reply within this.
         var pingTimeout: Duration
+        /// Ping ids are this and a counter: two links of one process that share where their answers arrive (SPEC
+        /// §20) need different ones.
+        var pingIDPrefix = "stanzad-ping-"
     }
 
     enum Action: Hashable, Sendable {
@@ -104,7 +107,7 @@ struct SessionTimers: Sendable {
         case .ready:
             if let interval = limits.pingInterval, now >= lastRead + interval {
                 pingCounter += 1
-                let id = "stanzad-ping-\(pingCounter)"
+                let id = "\(limits.pingIDPrefix)\(pingCounter)"
                 state = .awaitingPong(id: id, sentAt: now)
                 lastWrite = max(lastWrite, now)
                 actions.append(.sendPing(id: id))

@@ -14,6 +14,9 @@ struct StanzadConfig: Sendable {
         var pingInterval = 60
         var pingTimeout = 20
         var pingTo: String?
+        /// This instance's own domain (SPEC §20): a second link that carries the iq requests this instance
+        /// originates, so their results come back to it when the server balances `jid` over several instances.
+        var instanceJID: String?
         var sendQueue = 1000
         /// `send_queue` was given (else, with `[storage]`, the spool holds up to 10,000).
         var sendQueueGiven = false
@@ -541,7 +544,7 @@ struct ConfigLoader {
 
     private mutating func buildComponent(_ t: ConfigTable) -> StanzadConfig.Component? {
         allow(t, ["jid", "server", "secret", "secret_file", "reconnect_max", "ping_interval", "ping_timeout", "ping_to",
-                  "send_queue", "send_queue_ttl", "max_stanza"], section: "component")
+                  "send_queue", "send_queue_ttl", "max_stanza", "instance_jid"], section: "component")
         let jidText = string(t, "jid", required: true)
         var jid: String?
         if let jidText {
@@ -573,6 +576,17 @@ struct ConfigLoader {
         if let pingTo = string(t, "ping_to") {
             if let parsed = JID.parse(pingTo) { component.pingTo = parsed.description } else {
                 error(t.line(of: "ping_to"), "ping_to \"\(pingTo)\" is not a valid JID")
+            }
+        }
+        if let instanceText = string(t, "instance_jid") {
+            if let parsed = JID.parse(instanceText), parsed.localpart == nil, parsed.resource == nil {
+                if parsed.domain == jid {
+                    error(t.line(of: "instance_jid"), "instance_jid \"\(instanceText)\" must differ from jid: it is this instance's own domain, e.g. i1.\(parsed.domain)")
+                } else {
+                    component.instanceJID = parsed.domain
+                }
+            } else {
+                error(t.line(of: "instance_jid"), "instance_jid \"\(instanceText)\" must be a bare domain such as i1.bot.example.org (no user@, no /resource)")
             }
         }
         guard jid != nil, host != nil, secret != nil else { return nil }

@@ -45,10 +45,14 @@ final class DaemonMetrics: Sendable {
 
     /// The text Prometheus scrapes, with the gauges read now.
     func render(connection: ComponentConnection, dispatcher: Dispatcher, queues: [UpdateQueue],
-                rooms: [String: Int] = [:], commandSessions: [String: Int] = [:]) -> [UInt8] {
+                rooms: [String: Int] = [:], commandSessions: [String: Int] = [:], instance: ComponentConnection? = nil) -> [UInt8] {
         gauge("stanzad_link_up", "1 while the component link is connected").set(connection.isConnected ? 1.0 : 0.0)
         let depth = connection.depth
-        gauge("stanzad_rest_pending_iq", "iqs waiting for their replies").set(Double(depth.pendingIQs))
+        if let instance {
+            gauge("stanzad_instance_link_up", "1 while the instance link (instance_jid) is connected").set(instance.isConnected ? 1.0 : 0.0)
+        }
+        gauge("stanzad_rest_pending_iq", "iqs waiting for their replies")
+            .set(Double(depth.pendingIQs + (instance?.depth.pendingIQs ?? 0)))
         gauge("stanzad_spool_depth", "stanzas waiting to be written to the component link; with [storage], also those stored and not yet confirmed by the server")
             .set(Double(depth.queued))
         var seen = Set<String>()

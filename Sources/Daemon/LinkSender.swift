@@ -8,8 +8,14 @@ import XMPPCore
 
 struct LinkSender: StanzaSender {
     let connection: ComponentConnection
+    /// Carries the iq requests when this instance has its own domain (SPEC §20).
+    var instance: InstanceLink?
 
     var linkState: String { connection.health.rawValue }
+
+    var instanceLinkState: (jid: String, state: String)? {
+        instance.map { ($0.addressing.instance, $0.connection.health.rawValue) }
+    }
 
     func deliver(_ stanza: Stanza, wait: Duration,
                  completion: @escaping @Sendable (Result<Void, SendFailure>) -> Void) -> RestCancellation? {
@@ -18,7 +24,12 @@ struct LinkSender: StanzaSender {
 
     func ask(_ iq: Stanza, timeout: Duration, maxPending: Int,
              completion: @escaping @Sendable (Result<Stanza, SendFailure>) -> Void) -> RestCancellation? {
-        connection.request(iq, timeout: timeout, maxPending: maxPending) { completion($0.mapError(Self.failure)) }
+        if let instance {
+            return instance.addressing.request(iq, over: instance.connection, timeout: timeout, maxPending: maxPending) {
+                completion($0.mapError(Self.failure))
+            }.map(RestCancellation.init)
+        }
+        return connection.request(iq, timeout: timeout, maxPending: maxPending) { completion($0.mapError(Self.failure)) }
             .map(RestCancellation.init)
     }
 

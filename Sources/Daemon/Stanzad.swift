@@ -129,7 +129,29 @@ struct Run: AsyncParsableCommand {
             logger.error("--takeover needs [storage]: the process being replaced hands over what it holds through the spool")
             throw ExitCode(ExitStatus.config)
         }
+        if takeover, let instanceJID = config.component.instanceJID {
+            // ejabberd 23.01 with component_number: a connection made while every slot is taken gets none, and the
+            // slot the old process leaves stays empty (its senders' stanzas are dropped) until a connection is made.
+            logger.warning("--takeover with instance_jid: on ejabberd's domain_balancing this link gets no balancing slot while the old process holds it, and the slot it leaves stays empty; restart instead (stop, then start)", metadata: [
+                "instance_jid": "\(instanceJID)",
+            ])
+        }
+        // SPEC §20: the instance link has the same server, secret and timers under this instance's own domain, and
+        // no spool (it carries only requests whose waiters are in this process). The main link's own pings go from
+        // the instance domain too, so that their answers come back to this process (over the instance link).
+        var instanceSettings = settings
+        if let instanceJID = config.component.instanceJID {
+            instanceSettings.jid = instanceJID
+            instanceSettings.pingIDPrefix = "stanzad-instance-ping-"
+            settings.pingFrom = instanceJID
+        }
         let connection = ComponentConnection(settings: settings, logger: logger, spool: spool)
+        let instance: InstanceLink? = config.component.instanceJID.map { instanceJID in
+            let link = ComponentConnection(settings: instanceSettings, logger: logger)
+            let inbound = InstanceInbound(connection: link, main: connection, logger: logger)
+            link.setDirectInbound { inbound.take($0) }
+            return InstanceLink(connection: link, addressing: InstanceAddressing(domain: config.component.jid, instance: instanceJID))
+        }
         if let metrics {
             connection.setLinkObserver { event in
                 if event == .down { metrics.linkLost() }
@@ -216,13 +238,13 @@ struct Run: AsyncParsableCommand {
                     domain: config.component.jid, path: rest.path, credentials: rest.credentials,
                     iqTimeout: .seconds(rest.iqTimeout), maxIQTimeout: .seconds(rest.maxIQTimeout), maxBody: rest.maxBody,
                     maxPending: rest.maxPending, sendWait: .seconds(rest.sendWait), maxStanza: config.component.maxStanza),
-                sender: LinkSender(connection: connection), hooks: config.hookSettings, hookRunner: hooks, logger: logger,
+                sender: LinkSender(connection: connection, instance: instance), hooks: config.hookSettings, hookRunner: hooks, logger: logger,
                 rooms: RoomDirectoryAdapter(keeper: rooms))
             rest.setUpdateQueues(factory.queues(for: config))
             if let metrics, let endpoint = config.metrics {
                 rest.setMetrics(.init(path: endpoint.path, credentials: endpoint.credentials) {
                     metrics.render(connection: connection, dispatcher: dispatcher, queues: factory.allQueues, rooms: rooms.countsByState,
-                                   commandSessions: factory.sessions.countsByCommand)
+                                   commandSessions: factory.sessions.countsByCommand, instance: instance?.connection)
                 })
             }
             api = rest
@@ -244,16 +266,21 @@ struct Run: AsyncParsableCommand {
         logger.notice("stanzad starting", metadata: [
             "version": "\(StanzadVersion.string)", "config": "\(config.file)", "component": "\(config.component.jid)",
             "server": "\(config.component.host):\(config.component.port)",
+            "instance_jid": "\(config.component.instanceJID ?? "-")",
         ])
         // The spool, first, stops last: what the link and the router leave is committed before it closes.
         let storageServices: [ServiceGroupConfiguration.ServiceConfiguration] = spool.map { [.init(service: $0)] } ?? []
         // Before the router stops taking stanzas: a successor on the spool gets the link first.
         let handoverServices: [ServiceGroupConfiguration.ServiceConfiguration] =
             spool.map { [.init(service: Handover(connection: connection, spool: $0, logger: logger))] } ?? []
+        // Stops after the main link: the answers to the main link's last barrier, which shutdown waits for, come
+        // back over it (and after the REST front and the router, whose requests end first).
+        let instanceServices: [ServiceGroupConfiguration.ServiceConfiguration] = instance.map { [.init(service: $0.connection)] } ?? []
         let group: ServiceGroup = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: storageServices + [
                     .init(service: SignalEscalation(logger: logger)),
+                ] + instanceServices + [
                     .init(service: connection),
                     // Stops after the router has drained: its pending retries end, then its connections close.
                     .init(service: factory.client),
@@ -318,7 +345,8 @@ struct Check: ParsableCommand {
             }
         }
         for warning in config.warnings { print("warning: \(warning)") }
-        print("component \(config.component.jid) via \(config.component.host):\(config.component.port)")
+        print("component \(config.component.jid) via \(config.component.host):\(config.component.port)"
+              + (config.component.instanceJID.map { ", instance \($0)" } ?? ""))
         if let rest = config.rest { print("rest \(rest.listen) path \(rest.path), \(rest.credentials.count) credential(s)") }
         for hook in config.hooks {
             print("hook \(hook.name): POST \(config.rest?.path ?? "/rest")/hooks/\(hook.name) → \(hook.argv.joined(separator: " ")) (auth \(hook.auth.rawValue)\(hook.to.isEmpty ? "" : ", to \(hook.to.joined(separator: ", "))"))")

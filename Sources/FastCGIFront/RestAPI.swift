@@ -243,8 +243,16 @@ package final class RestAPI: Sendable {
 
     private func health() -> RestResponse {
         let state = sender.linkState
-        let body = JSONValue.object(["component": .string(state), "jid": .string(settings.domain)]).serializedBytes()
-        return RestResponse(status: state == "connected" ? 200 : 503, headers: [("Content-Type", Self.json)], body: body)
+        var fields: [String: JSONValue] = ["component": .string(state), "jid": .string(settings.domain)]
+        var up = state == "connected"
+        // With an instance link (SPEC §20), iq requests need it too: a balancer sends this instance nothing until both are up.
+        if let instance = sender.instanceLinkState {
+            fields["instance"] = .string(instance.state)
+            fields["instance_jid"] = .string(instance.jid)
+            up = up && instance.state == "connected"
+        }
+        let body = JSONValue.object(fields).serializedBytes()
+        return RestResponse(status: up ? 200 : 503, headers: [("Content-Type", Self.json)], body: body)
     }
 
     // MARK: Body → stanza

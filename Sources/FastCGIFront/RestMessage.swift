@@ -102,6 +102,8 @@ package struct SendFailure: Error, Sendable, Equatable {
 package protocol StanzaSender: Sendable {
     /// "connected", "connecting" or "failed".
     var linkState: String { get }
+    /// The instance link's domain and state (SPEC §20), when there is one.
+    var instanceLinkState: (jid: String, state: String)? { get }
     /// Writes a message or presence; waits up to `wait` for a lost link to come back.
     func deliver(_ stanza: XMPPCore.Stanza, wait: Duration,
                  completion: @escaping @Sendable (Result<Void, SendFailure>) -> Void) -> RestCancellation?
@@ -120,6 +122,10 @@ extension StanzaSender {
                      maxPending: Int, completion: @escaping @Sendable (Result<[XMPPCore.Stanza], SendFailure>) -> Void) -> RestCancellation? {
         ask(iq, timeout: timeout, maxPending: maxPending) { completion($0.map { [$0] }) }
     }
+}
+
+extension StanzaSender {
+    package var instanceLinkState: (jid: String, state: String)? { nil }
 }
 
 import XMPPCore

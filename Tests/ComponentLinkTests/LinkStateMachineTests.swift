@@ -319,6 +319,74 @@ import XMPPCore
         #expect(link.spoolDepth == 0)
     }
 
+    func relayedResult(id: String) -> Stanza? {
+        var element = Element("iq", namespace: Namespace.componentAccept)
+        element[attribute: "type"] = "result"
+        element[attribute: "id"] = id
+        element[attribute: "from"] = "example.org"
+        element[attribute: "to"] = "i1.bot.example.org"
+        return Stanza(element)
+    }
+
+    @Test func pongsAndBarrierAnswersRelayedFromTheInstanceLinkCountAsThisLinks() throws {
+        var link = Machine(jid: "bot.example.org", secret: "s3cret",
+                           limits: SessionTimers.Limits(handshakeTimeout: .seconds(20), keepaliveInterval: .seconds(30),
+                                                        pingInterval: .seconds(60), pingTimeout: .seconds(20),
+                                                        pingIDPrefix: "main-ping-"),
+                           reconnectMax: .seconds(60), sendQueue: 10, sendQueueTTL: .seconds(60))
+        ready(&link, at: t0)
+        guard case .sendPing(let id) = link.due(at: at(60)).session.first else {
+            Issue.record("no ping")
+            return
+        }
+        #expect(id.hasPrefix("main-ping-"))
+        let unknown = try #require(relayedResult(id: "someone-elses"))
+        #expect(link.relayed(unknown, at: at(61)) == nil, "not this link's: the instance link keeps it")
+        let pong = try #require(relayedResult(id: id))
+        guard case .some(.none) = link.relayed(pong, at: at(61)) else {
+            Issue.record("the relayed pong was not taken")
+            return
+        }
+        #expect(link.due(at: at(81)).session.isEmpty, "no timeout after the relayed pong")
+        #expect(link.relayed(pong, at: at(82)) == nil, "answered once")
+
+        try link.reserveSpool()
+        _ = link.spooled(spooled(1))
+        _ = link.takeForWrite()
+        let barrierAsked = link.barrierIfNeeded()
+        let barrier = try #require(barrierAsked)
+        let answer = try #require(relayedResult(id: barrier))
+        let relayed = link.relayed(answer, at: at(83))
+        let action = try #require(relayed)
+        #expect(confirmedSeqs(action) == [1])
+    }
+
+    @Test func shutdownWithABarrierOnItsWayAsksForAnotherForWhatWasWrittenAfterIt() throws {
+        var link = machine()
+        ready(&link, at: t0)
+        try link.reserveSpool()
+        _ = link.spooled(spooled(1))
+        _ = link.takeForWrite()
+        let firstAsked = link.barrierIfNeeded()
+        let first = try #require(firstAsked)
+        try link.reserveSpool()
+        _ = link.spooled(spooled(2))
+        let last = link.close()
+        #expect(last.items.map(\.xml) == ["s2"] && last.barrier == nil, "one barrier at a time")
+        let firstAnswer = try #require(relayedResult(id: first))
+        let relayed = link.relayed(firstAnswer, at: at(1))
+        let confirmedFirst = try #require(relayed, "an answer relayed while closing still counts")
+        guard case .confirmed(let seqs, more: true) = confirmedFirst else {
+            Issue.record("expected a confirmation asking for the next barrier, got \(confirmedFirst)")
+            return
+        }
+        #expect(seqs == [1])
+        let nextAsked = link.barrierIfNeeded()
+        let next = try #require(nextAsked, "closing still asks for the barrier that confirms s2")
+        #expect(confirmedSeqs(link.received(iqResult(id: next, from: "example.org"), at: at(2))) == [2])
+        #expect(link.unconfirmed.isEmpty)
+    }
+
     @Test func oneBarrierAtATimeAndItsAnswerAsksForTheNextWhenMoreWereWritten() throws {
         var link = machine()
         ready(&link, at: t0)

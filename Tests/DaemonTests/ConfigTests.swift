@@ -48,7 +48,7 @@ private let minimal = """
 
     @Test func unknownKeyIsReportedWithFileLineAndSuggestion() {
         let text = minimal + "\nreconect_max = 5\n"
-        #expect(errors(text) == ["/etc/stanzad/stanzad.toml:5: unknown key \"reconect_max\" in [component] (did you mean reconnect_max?); allowed: jid, server, secret, secret_file, reconnect_max, ping_interval, ping_timeout, ping_to, send_queue, send_queue_ttl, max_stanza"])
+        #expect(errors(text) == ["/etc/stanzad/stanzad.toml:5: unknown key \"reconect_max\" in [component] (did you mean reconnect_max?); allowed: jid, server, secret, secret_file, reconnect_max, ping_interval, ping_timeout, ping_to, send_queue, send_queue_ttl, max_stanza, instance_jid"])
     }
 
     @Test func wrongTypeIsReportedWithFileLine() {

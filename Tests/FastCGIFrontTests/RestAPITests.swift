@@ -15,8 +15,10 @@ final class FakeSender: StanzaSender, Sendable {
     }
 
     private let state = Mutex<(answer: Answer, link: String, sent: [Stanza], cancelled: Int)>((.delivered, "connected", [], 0))
+    let instanceLinkState: (jid: String, state: String)?
 
-    init(_ answer: Answer = .delivered, link: String = "connected") {
+    init(_ answer: Answer = .delivered, link: String = "connected", instance: (jid: String, state: String)? = nil) {
+        instanceLinkState = instance
         state.withLock { $0.answer = answer; $0.link = link }
     }
 
@@ -138,6 +140,18 @@ final class FakeSender: StanzaSender, Sendable {
         let request = RestRequest(method: "GET", path: "/rest/health")
         #expect(await Self.api(FakeSender(link: "connected")).handle(request).status == 200)
         #expect(await Self.api(FakeSender(link: "connecting")).handle(request).status == 503)
+    }
+
+    @Test func healthNeedsTheInstanceLinkTooAndShowsIt() async throws {
+        let request = RestRequest(method: "GET", path: "/rest/health")
+        let up = await Self.api(FakeSender(instance: ("i1.bot.example.org", "connected"))).handle(request)
+        #expect(up.status == 200)
+        let body = try JSONValue.parse(up.body)
+        #expect(body == .object(["component": .string("connected"), "jid": .string("bot.example.org"),
+                                 "instance": .string("connected"), "instance_jid": .string("i1.bot.example.org")]))
+        #expect(await Self.api(FakeSender(instance: ("i1.bot.example.org", "connecting"))).handle(request).status == 503,
+                "a balancer sends iqs only where their results can come back")
+        #expect(await Self.api(FakeSender(link: "failed", instance: ("i1.bot.example.org", "connected"))).handle(request).status == 503)
     }
 
     @Test func aWaitingRequestIsAnsweredOnceItsCancellationRuns() async {

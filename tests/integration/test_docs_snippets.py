@@ -1,6 +1,6 @@
 """Every configuration snippet in README.md, docs/CONFIG.md and examples/ is loaded by the real thing:
 
-- TOML (README, docs/CONFIG.md, examples/*.toml): `stanzad check` accepts it (fragments without a
+- TOML (README, docs/CONFIG.md, docs/SCALING.md, examples/*.toml): `stanzad check` accepts it (fragments without a
   [component] section get a minimal one); README's handler scripts are run through `stanzad try` by the
   README's own console commands, whose output must match what the README shows.
 - examples/prosody/stanzad.cfg.lua: a real Prosody includes it unchanged, and stanzad with
@@ -10,7 +10,8 @@
 - examples/systemd/stanzad.service: `systemd-analyze verify` (ExecStart pointed at the binary under test)
   and `systemd-analyze security` rates its sandbox "OK" or better.
 - README's copies of the example files (lua, yaml, nginx, ini blocks) are verbatim parts of those files.
-(The nginx block is loaded by nginx in test_rest.py.)"""
+(The nginx block is loaded by nginx in test_rest.py; examples/ejabberd/cluster.yml and examples/nginx/cluster.conf
+by ejabberd and nginx in test_scale.py.)"""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from harness import DOMAIN, REPO, Client, Prosody, Stanzad, stanzad_binary
 
 README = REPO / "README.md"
 CONFIG_DOC = REPO / "docs" / "CONFIG.md"
+SCALING_DOC = REPO / "docs" / "SCALING.md"
 EXAMPLES = REPO / "examples"
 PROSODY_SNIPPET = EXAMPLES / "prosody" / "stanzad.cfg.lua"
 EJABBERD_SNIPPET = EXAMPLES / "ejabberd" / "stanzad.yml"
@@ -82,7 +84,7 @@ def check(config: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=30)
 
 
-TOML_SNIPPETS = [(doc, text, line) for doc in (README, CONFIG_DOC) for lang, text, line in code_blocks(doc)
+TOML_SNIPPETS = [(doc, text, line) for doc in (README, CONFIG_DOC, SCALING_DOC) for lang, text, line in code_blocks(doc)
                  if lang == "toml"]
 
 
