@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from compat_corpus import JSON_CASES, XML_CASES
-from harness import REPO, rest_stanzad
+from harness import REPO, SECRET, Stanzad, component_config, rest_stanzad
+from nginx import Nginx
 from modrest import ANCHORS, REST_HOST, TOKEN as MODREST_TOKEN, ModRestProsody, echo
 
 TOKEN = "Bearer Y29tcGF0LXRva2Vu"
@@ -24,12 +25,15 @@ ALLOWED_FILE = HERE / "compat_allowed.json"
 COMPAT_DOC = REPO / "docs" / "COMPAT.md"
 XMPP_XML = "application/xmpp+xml"
 MODREST_IDENTITY = f"api@{REST_HOST}"
+SCALED = "scaled.example.test"
 JSON = "application/json"
 
 
 @pytest.fixture(scope="module")
 def prosody(tmp_path_factory):
-    server = ModRestProsody(tmp_path_factory.mktemp("prosody"))
+    # A second component and its instance domain (SPEC §20), for the archive query over an instance link.
+    server = ModRestProsody(tmp_path_factory.mktemp("prosody"),
+                            extra_components={SCALED: SECRET, f"i1.{SCALED}": SECRET})
     server.start()
     yield server
     server.stop()
@@ -367,3 +371,35 @@ def schemathesis_failures(output: str) -> list[str]:
         if operation and received and found and found[-1] == f"{operation}: {check}":
             found[-1] += f" (received {received.group(1)})"
     return sorted(set(found))
+
+
+def test_archive_query_over_an_instance_link_answers_the_same(prosody, nginx, alice, tmp_path_factory):
+    """With instance_jid (SPEC §20) the query goes from the instance domain; its results come back there and are
+    answered as without it."""
+    from modrest import MUC_HOST
+
+    room = f"archive2@{MUC_HOST}"
+    alice.send_raw(f"<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    time.sleep(0.5)
+    alice.send_raw(f"<message to='{room}' type='groupchat' id='h1'><body>kept</body></message>")
+    time.sleep(0.5)
+    socket = tmp_path_factory.mktemp("run2") / "fastcgi.sock"
+    daemon = Stanzad(tmp_path_factory.mktemp("stanzad2"), component_config(
+        prosody.component_port, jid=SCALED, instance_jid=f"i1.{SCALED}",
+        extra=f'[rest]\nlisten = "unix:{socket}"\ncredentials = ["{TOKEN}"]\niq_timeout = 5\n'))
+    daemon.start()
+    try:
+        daemon.wait_for_log("REST API listening")
+        daemon.wait_for_log("component connected", count=2)
+        front = Nginx(tmp_path_factory.mktemp("nginx2"), socket).start()
+        try:
+            status, answer = get(front.base, f"/rest/archive/{room}?max=10", TOKEN)
+        finally:
+            front.stop()
+    finally:
+        daemon.stop()
+    assert status == 200, answer
+    stanzas = answer["xmpp"]
+    assert [s["kind"] for s in stanzas] == ["message", "iq"], answer
+    assert stanzas[0]["archive"]["forward"]["message"]["body"] == "kept"
+    assert all(s["to"] == SCALED for s in stanzas), stanzas
