@@ -85,6 +85,8 @@ package final class ComponentConnection: Service, Sendable {
     let inboundBudget: InboundBudget
     /// Takes stanzas synchronously on the link's own task before they reach `inbound` (see `setDirectInbound`).
     private let directInbound = DirectInboundSlot()
+    /// Stanzas waiting requests take aside before the router sees them (archive query results).
+    package let collectors = StanzaCollectors()
     /// Told when the link comes up and goes down (see `setLinkObserver`).
     private let linkObservers = Mutex<[@Sendable (LinkEvent) -> Void]>([])
     /// Where durable stanzas wait for the server's confirmation (SPEC §18); nil: memory only.
@@ -697,7 +699,7 @@ package final class ComponentConnection: Service, Sendable {
     /// Hands a stanza to the router; its budget unit comes back when the router takes it from `inbound`, or now
     /// when the direct handler took it.
     fileprivate func deliver(_ stanza: Stanza) {
-        if directInbound.take(stanza) {
+        if collectors.take(stanza) || directInbound.take(stanza) {
             inboundBudget.give()
             return
         }

@@ -699,8 +699,16 @@ struct ConfigLoader {
             route.body = body
         }
         if let format = string(t, "format") {
-            if ["text", "json", "xml"].contains(format) { route.format = format } else {
-                error(t.line(of: "format"), "unknown format \"\(format)\" (use text, json or xml)")
+            if ["text", "json", "xml"].contains(format) {
+                route.format = format
+            } else if format == "auto" {
+                // mod_rest's negotiation (an OPTIONS probe) needs an HTTP peer.
+                if t["webhook"] == nil {
+                    error(t.line(of: "format"), "format \"auto\" is for webhook routes (it asks the webhook with an OPTIONS request)")
+                }
+                route.format = format
+            } else {
+                error(t.line(of: "format"), "unknown format \"\(format)\" (use text, json or xml; auto for a webhook)")
             }
         }
         route.timeout = int(t, "timeout", min: 1) ?? 10

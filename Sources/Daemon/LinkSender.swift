@@ -33,6 +33,30 @@ struct LinkSender: StanzaSender {
             .map(RestCancellation.init)
     }
 
+    func ask(_ iq: Stanza, collecting: @escaping @Sendable (Stanza) -> Bool, timeout: Duration, maxPending: Int,
+             completion: @escaping @Sendable (Result<[Stanza], SendFailure>) -> Void) -> RestCancellation? {
+        if let instance {
+            // The query goes from the instance domain, so its results come back there: taken on that link and
+            // addressed back as the reply is.
+            let original = iq.from
+            let moved = instance.addressing.outbound(from: original)
+            let collectors = instance.connection.collectors
+            let token = collectors.start { stanza in
+                stanza.to == moved && collecting(instance.addressing.inbound(stanza, original: original))
+            }
+            return instance.addressing.request(iq, over: instance.connection, timeout: timeout, maxPending: maxPending) { result in
+                let taken = collectors.finish(token).map { instance.addressing.inbound($0, original: original) }
+                completion(result.map { taken + [$0] }.mapError(Self.failure))
+            }.map(RestCancellation.init)
+        }
+        let collectors = connection.collectors
+        let token = collectors.start(collecting)
+        return connection.request(iq, timeout: timeout, maxPending: maxPending) { result in
+            let taken = collectors.finish(token)
+            completion(result.map { taken + [$0] }.mapError(Self.failure))
+        }.map(RestCancellation.init)
+    }
+
     /// The link's error as the REST API's.
     static func failure(_ error: SendError) -> SendFailure {
         switch error.code {

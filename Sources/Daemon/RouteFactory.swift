@@ -118,7 +118,8 @@ final class RouteFactory: Sendable {
 
     private func stanzaRoutes(for config: StanzadConfig, only: Set<String>?) -> [Route] {
         config.routes.filter { only?.contains($0.name) ?? true }.map { route in
-            let format = HandlerFormat(rawValue: route.format) ?? .text
+            // "auto" (webhooks only) negotiates; until it has, mod_rest's default body, XML.
+            let format = HandlerFormat(rawValue: route.format) ?? (route.format == "auto" ? .xml : .text)
             let rule = RouteRule(
                 kinds: Set(route.kinds), types: route.types.map(Set.init), to: route.to, from: route.from,
                 body: route.body.flatMap { try? BodyPattern($0) }, requiresBody: format == .text && route.target != .pull,
@@ -145,7 +146,7 @@ final class RouteFactory: Sendable {
             case .webhook(let url):
                 handler = WebhookHandler(
                     settings: WebhookSettings(
-                        urlTemplate: url, format: format, headers: route.headers, hmacSecret: route.hmacSecret,
+                        urlTemplate: url, format: format, negotiate: route.format == "auto", headers: route.headers, hmacSecret: route.hmacSecret,
                         timeout: .seconds(route.timeout), retries: route.retries, maxBody: route.maxOutput,
                         maxStanza: config.component.maxStanza, userAgent: "stanzad/\(StanzadVersion.string)"),
                     client: client)

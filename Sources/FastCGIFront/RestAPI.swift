@@ -140,7 +140,9 @@ package final class RestAPI: Sendable {
             throw RestFailure(404, .cancel, .itemNotFound, "no such resource; the REST API is at \(settings.path)")
         }
         let rest = request.path.dropFirst(settings.path.count)
-        var segments = rest.split(separator: "/", omittingEmptySubsequences: false).map { Self.percentDecode(String($0)) }
+        // Split on the byte: a "/" followed by a combining mark (or an emoji modifier) is one Character.
+        var segments = rest.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            .map { Self.percentDecode(String(decoding: $0, as: UTF8.self)) }
         if segments.first == "" { segments.removeFirst() }
         if segments.last == "" && segments.count == 1 { segments.removeLast() }
 
@@ -172,7 +174,9 @@ package final class RestAPI: Sendable {
             return nil
         case 1 where segments[0] == "echo":
             try allow(request, ["POST"])
-            let stanza = try stamp(try parse(request, kind: nil, type: nil, to: nil))
+            // Echo shows any stanza mod_rest's mapping can express (iq results and errors too); what may be sent
+            // is checked when sending.
+            let stanza = try stamp(try parse(request, kind: nil, type: nil, to: nil), sending: false)
             respond(encode(stanza, status: 200, output: output))
             return nil
         case 2:
@@ -360,44 +364,59 @@ package final class RestAPI: Sendable {
         }
     }
 
-    /// `GET {path}/{query}/{to}`: an iq get with the named payload.
+    /// The iq payload keys `GET {path}/{query}/{to}` accepts: mod_rest's (any iq key of the mapping) and `time`.
+    static let queryKeys: Set<String> = [
+        "ping", "version", "disco", "items", "command", "archive", "extdisco", "lastactivity", "oob", "payload", "stats",
+        "upload_request", "register", "gateway", "blocklist",
+    ]
+
+    /// `GET {path}/{query}/{to}`: an iq with the named payload, its fields from the query string (mod_rest's
+    /// shortcut: `?node=…` for disco, `?with=…&max=…` for archive, `?filename=…&size=…` for upload_request).
+    /// `command` and `archive` make a set, the others a get.
     private func queryIQ(_ query: String, to: String, query parameters: String) throws -> Stanza {
-        var iq = Stanza(kind: .iq, type: "get", to: to)
         let values: [String: String]
         switch FormBody.decode(Array(parameters.utf8), charset: .utf8) {
         case .success(let decoded): values = decoded
         case .failure(let failure): throw RestFailure(400, .modify, .badRequest, "malformed query string: \(failure.description)")
         }
-        var payload: Element
-        switch query {
-        case "ping": payload = Element("ping", namespace: "urn:xmpp:ping")
-        case "version": payload = Element("query", namespace: "jabber:iq:version")
-        case "disco": payload = Element("query", namespace: "http://jabber.org/protocol/disco#info")
-        case "items": payload = Element("query", namespace: "http://jabber.org/protocol/disco#items")
-        case "time": payload = Element("time", namespace: "urn:xmpp:time")
-        default:
-            throw RestFailure(404, .cancel, .itemNotFound, "unknown query \(JID.quoted(query)); use ping, version, disco, items or time")
+        if query == "time" {
+            var iq = Stanza(kind: .iq, type: "get", to: to)
+            iq.element.append(Element("time", namespace: "urn:xmpp:time"))
+            return iq
         }
-        if let node = values["node"], query == "disco" || query == "items" { payload[attribute: "node"] = node }
-        iq.element.append(payload)
-        return iq
+        guard Self.queryKeys.contains(query) else {
+            throw RestFailure(404, .cancel, .itemNotFound,
+                              "unknown query \(JID.quoted(query)); use one of \((Self.queryKeys.sorted() + ["time"]).joined(separator: ", "))")
+        }
+        let payload: JSONValue
+        switch query {
+        case "ping": payload = true
+        case "payload": payload = .object(["datatype": values["datatype"].map(JSONValue.string) ?? .null,
+                                           "data": values["data"].map(JSONValue.string) ?? .null])
+        case "command" where values.count == 1 && values["node"] != nil: payload = .string(values["node"] ?? "")
+        default: payload = .object(values.mapValues(JSONValue.string))
+        }
+        return try fromJSON(.object(["kind": "iq", query: payload]), kind: nil, type: nil, to: to)
     }
 
     // MARK: Stamping and validation (SPEC §9)
 
-    func stamp(_ input: Stanza) throws -> Stanza {
+    func stamp(_ input: Stanza, sending: Bool = true) throws -> Stanza {
         var stanza = Stanza(kind: input.kind)
         stanza.element.children = input.element.children
         stanza.type = input.type
         stanza.lang = input.lang
         stanza.id = input.id ?? RandomID.make()
-        guard let toValue = input.to, !toValue.isEmpty else {
+        var to: JID?
+        if let toValue = input.to, !toValue.isEmpty {
+            guard let parsed = JID.parse(toValue) else {
+                throw RestFailure(422, .modify, .jidMalformed, "invalid JID in \"to\": \(JID.quoted(toValue))")
+            }
+            to = parsed
+            stanza.to = parsed.description
+        } else if sending {
             throw RestFailure(422, .modify, .badRequest, "the stanza needs a \"to\"")
         }
-        guard let to = JID.parse(toValue) else {
-            throw RestFailure(422, .modify, .jidMalformed, "invalid JID in \"to\": \(JID.quoted(toValue))")
-        }
-        stanza.to = to.description
         if let fromValue = input.from {
             guard let from = JID.parse(fromValue) else {
                 throw RestFailure(422, .modify, .jidMalformed, "invalid JID in \"from\": \(JID.quoted(fromValue))")
@@ -406,13 +425,13 @@ package final class RestAPI: Sendable {
                 throw RestFailure(403, .auth, .forbidden, "\"from\" must be the component domain \(settings.domain) or an address in it, not \(JID.quoted(fromValue))")
             }
             stanza.from = from.description
-        } else if stanza.kind == .message, stanza.type == "groupchat", let occupant = rooms?.occupantJID(inRoom: to.bare.description) {
+        } else if stanza.kind == .message, stanza.type == "groupchat", let to, let occupant = rooms?.occupantJID(inRoom: to.bare.description) {
             // A message to a room we keep goes from the JID we joined it with (SPEC §14), or the room refuses it.
             stanza.from = occupant
         } else {
             stanza.from = settings.domain
         }
-        if stanza.kind == .iq {
+        if stanza.kind == .iq && sending {
             guard stanza.type == "get" || stanza.type == "set" else {
                 throw RestFailure(422, .modify, .badRequest, "an iq must be type get or set (got \(JID.quoted(stanza.type ?? "")))")
             }
@@ -445,11 +464,35 @@ package final class RestAPI: Sendable {
             timeout = .seconds(seconds)
         }
         timeout = min(timeout, settings.maxIQTimeout)
+        if let matches = Self.archiveResults(of: stanza) {
+            // mod_rest's answer to an archive query: its result messages, then the iq's reply, all in one body.
+            return sender.ask(stanza, collecting: matches, timeout: timeout, maxPending: settings.maxPending) { [self] result in
+                switch result {
+                case .success(let stanzas): respond(encode(stanzas, status: 200, output: output))
+                case .failure(let error): respond(errorResponse(failure(for: error, iq: true), output: output))
+                }
+            }
+        }
         return sender.ask(stanza, timeout: timeout, maxPending: settings.maxPending) { [self] result in
             switch result {
             case .success(let reply): respond(encode(reply, status: 200, output: output))
             case .failure(let error): respond(errorResponse(failure(for: error, iq: true), output: output))
             }
+        }
+    }
+
+    static let mam = "urn:xmpp:mam:2"
+
+    /// For a XEP-0313 query, what its results look like: messages to the querying JID with a `<result/>` of the
+    /// same queryid.
+    static func archiveResults(of iq: Stanza) -> (@Sendable (Stanza) -> Bool)? {
+        guard iq.kind == .iq, iq.type == "set", let query = iq.element.child("query", namespace: mam) else { return nil }
+        let queryID = query[attribute: "queryid"]
+        let querier = iq.from
+        return { stanza in
+            guard stanza.kind == .message, stanza.to == querier,
+                  let result = stanza.element.child("result", namespace: mam) else { return false }
+            return result[attribute: "queryid"] == queryID
         }
     }
 
@@ -484,6 +527,21 @@ package final class RestAPI: Sendable {
                                 body: StanzaJSON.encode(stanza).serializedBytes())
         }
         let xml = (try? stanza.serialized()) ?? ""
+        return RestResponse(status: status, headers: [("Content-Type", Self.xmppXML)], body: Array(xml.utf8))
+    }
+
+    /// Several stanzas: one alone as itself, more wrapped as mod_rest does, `{"xmpp": […]}` or `<xmpp>…</xmpp>`.
+    private func encode(_ stanzas: [Stanza], status: Int, output: String) -> RestResponse {
+        guard stanzas.count > 1 else {
+            return stanzas.first.map { encode($0, status: status, output: output) } ?? RestResponse(status: 204)
+        }
+        if output == Self.json {
+            return RestResponse(status: status, headers: [("Content-Type", Self.json)],
+                                body: StanzaJSON.encode(stanzas).serializedBytes())
+        }
+        var wrapper = Element("xmpp", namespace: Namespace.client)
+        for stanza in stanzas { wrapper.append(stanza.element) }
+        let xml = (try? wrapper.serialized()) ?? ""
         return RestResponse(status: status, headers: [("Content-Type", Self.xmppXML)], body: Array(xml.utf8))
     }
 

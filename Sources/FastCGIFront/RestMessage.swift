@@ -110,6 +110,18 @@ package protocol StanzaSender: Sendable {
     /// Sends an iq get/set; `completion` gets its reply (result or error stanza) or why there is none.
     func ask(_ iq: XMPPCore.Stanza, timeout: Duration, maxPending: Int,
              completion: @escaping @Sendable (Result<XMPPCore.Stanza, SendFailure>) -> Void) -> RestCancellation?
+    /// `ask`, and the stanzas `collecting` accepts that arrive while the iq waits (they go nowhere else): the
+    /// answer is those in arrival order, then the reply.
+    func ask(_ iq: XMPPCore.Stanza, collecting: @escaping @Sendable (XMPPCore.Stanza) -> Bool, timeout: Duration,
+             maxPending: Int, completion: @escaping @Sendable (Result<[XMPPCore.Stanza], SendFailure>) -> Void) -> RestCancellation?
+}
+
+extension StanzaSender {
+    /// Without a way to take stanzas aside: the reply alone.
+    package func ask(_ iq: XMPPCore.Stanza, collecting: @escaping @Sendable (XMPPCore.Stanza) -> Bool, timeout: Duration,
+                     maxPending: Int, completion: @escaping @Sendable (Result<[XMPPCore.Stanza], SendFailure>) -> Void) -> RestCancellation? {
+        ask(iq, timeout: timeout, maxPending: maxPending) { completion($0.map { [$0] }) }
+    }
 }
 
 extension StanzaSender {

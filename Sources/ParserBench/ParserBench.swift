@@ -78,6 +78,87 @@ enum ParserBench {
             oursRate: oursMedian * perStanza))
         print("")
         print("ratio: \(format(oursMedian / baselineMedian, 2))")
+        jsonCodec(stream, options: options, megabytes: megabytes)
+    }
+
+    /// The JSON codec (SPEC §7) over the same stanzas: StanzaJSON.encode + serialize, and parse + StanzaJSON.decode
+    /// of that JSON, each timed per round beside the libxml2 baseline, whose rate the ratios are taken against
+    /// (so machine noise largely cancels in an A/B).
+    static func jsonCodec(_ stream: [UInt8], options: Options, megabytes: Double) {
+        let stanzas = collectStanzas(stream, chunk: options.chunk)
+        let documents = stanzas.map { StanzaJSON.encode($0).serializedBytes() }
+        let jsonMegabytes = Double(documents.reduce(0) { $0 + $1.count }) / 1_000_000
+        print("")
+        print("JSON codec: \(stanzas.count) stanzas, \(format(jsonMegabytes, 2)) MB of JSON")
+        let header = "round   baseline stanzas/s   encode stanzas/s   decode stanzas/s"
+        print(header)
+        print(String(repeating: "-", count: header.count))
+        var baselineRates: [Double] = []
+        var encodeRates: [Double] = []
+        var decodeRates: [Double] = []
+        for round in 0...options.rounds {
+            let baseline = measure(options.stanzas, options.cpuTime) { runBaseline(stream, chunk: options.chunk) }
+            let encode = measure(stanzas.count, options.cpuTime) {
+                var count = 0
+                for stanza in stanzas where !StanzaJSON.encode(stanza).serializedBytes().isEmpty { count += 1 }
+                return count
+            }
+            let decode = measure(stanzas.count, options.cpuTime) {
+                var count = 0
+                for document in documents where (try? StanzaJSON.decode(parsing: document)) != nil { count += 1 }
+                return count
+            }
+            let rates = (Double(options.stanzas) / baseline.seconds, Double(stanzas.count) / encode.seconds,
+                         Double(stanzas.count) / decode.seconds)
+            print(pad(round == 0 ? "warm" : String(round), 6) + pad(format(rates.0, 0), 20, right: true)
+                + pad(format(rates.1, 0), 19, right: true) + pad(format(rates.2, 0), 19, right: true))
+            if round > 0 {
+                baselineRates.append(rates.0)
+                encodeRates.append(rates.1)
+                decodeRates.append(rates.2)
+            }
+        }
+        print(String(repeating: "-", count: header.count))
+        let baseline = median(baselineRates)
+        print(pad("median", 6) + pad(format(baseline, 0), 20, right: true) + pad(format(median(encodeRates), 0), 19, right: true)
+            + pad(format(median(decodeRates), 0), 19, right: true))
+        print("")
+        print("ratio json-encode: \(format(median(encodeRates) / baseline, 3))")
+        print("ratio json-decode: \(format(median(decodeRates) / baseline, 3))")
+        // The same with plain chat messages (addresses, type, id, body, thread): keys every version maps, so an A/B
+        // between versions compares the same work (the mixed stream's JSON grows with every key a version maps).
+        var generator = StreamGenerator(seed: options.seed)
+        let plain = (0..<20_000).compactMap { n -> Stanza? in
+            var message = Stanza(kind: .message, type: "chat", id: "p\(n)", from: generator.jid(), to: generator.jid())
+            message.element.append(Element("body", namespace: Namespace.client, text: generator.sentence()))
+            if n % 3 == 0 { message.element.append(Element("thread", namespace: Namespace.client, text: "t\(n % 17)")) }
+            return message
+        }
+        let plainDocuments = plain.map { StanzaJSON.encode($0).serializedBytes() }
+        var plainEncode: [Double] = []
+        var plainDecode: [Double] = []
+        var plainBaseline: [Double] = []
+        for round in 0...options.rounds {
+            let base = measure(options.stanzas, options.cpuTime) { runBaseline(stream, chunk: options.chunk) }
+            let encode = measure(plain.count, options.cpuTime) {
+                var count = 0
+                for stanza in plain where !StanzaJSON.encode(stanza).serializedBytes().isEmpty { count += 1 }
+                return count
+            }
+            let decode = measure(plain.count, options.cpuTime) {
+                var count = 0
+                for document in plainDocuments where (try? StanzaJSON.decode(parsing: document)) != nil { count += 1 }
+                return count
+            }
+            if round > 0 {
+                plainBaseline.append(Double(options.stanzas) / base.seconds)
+                plainEncode.append(Double(plain.count) / encode.seconds)
+                plainDecode.append(Double(plain.count) / decode.seconds)
+            }
+        }
+        print("plain chat messages: encode \(format(median(plainEncode), 0))/s, decode \(format(median(plainDecode), 0))/s")
+        print("ratio json-encode-plain: \(format(median(plainEncode) / median(plainBaseline), 3))")
+        print("ratio json-decode-plain: \(format(median(plainDecode) / median(plainBaseline), 3))")
     }
 
     /// Runs `body`, checks it saw every stanza, returns the time it took (wall clock or this thread's CPU time).
@@ -123,6 +204,26 @@ func runOurs(_ stream: [UInt8], chunk: Int) -> Int {
                 exitProcess(1)
             }
             for case .stanza in events { stanzas += 1 }
+            events.removeAll(keepingCapacity: true)
+            offset = end
+        }
+    }
+    return stanzas
+}
+
+/// Every stanza of the stream, parsed once (the JSON codec's input).
+func collectStanzas(_ stream: [UInt8], chunk: Int) -> [Stanza] {
+    let parser = XMLStreamParser(limits: XMLLimits())
+    var events: [XMLStreamEvent] = []
+    var stanzas: [Stanza] = []
+    stream.withUnsafeBytes { buffer in
+        var offset = 0
+        while offset < buffer.count {
+            let end = min(offset + chunk, buffer.count)
+            try? parser.feed(UnsafeRawBufferPointer(rebasing: buffer[offset..<end]), into: &events)
+            for case .stanza(let element) in events {
+                if let stanza = Stanza(element) { stanzas.append(stanza) }
+            }
             events.removeAll(keepingCapacity: true)
             offset = end
         }

@@ -40,7 +40,12 @@ package enum HandlerOutput {
                 throw Problem("handler output is not valid JSON: \(error.message)", output: stdout)
             }
             let objects: [JSONValue]
-            if case .array(let items) = value { objects = items } else { objects = [value] }
+            switch value {
+            case .array(let items): objects = items
+            // mod_rest's form for several stanzas in one body.
+            case .object(let members) where members.count == 1: if case .array(let items)? = members["xmpp"] { objects = items } else { objects = [value] }
+            default: objects = [value]
+            }
             var replies: [Stanza] = []
             let defaults = ReplyDefaults(replyingTo: incoming)
             for object in objects {
@@ -60,7 +65,9 @@ package enum HandlerOutput {
                 throw Problem("handler output is not well-formed XML: \(error.message)", output: stdout)
             }
             var replies: [Stanza] = []
-            for element in elements {
+            // mod_rest's <xmpp> wrapper for several stanzas: its children are the stanzas.
+            let unwrapped = elements.flatMap { $0.name == "xmpp" && Namespace.isStanzaNamespace($0.namespace) ? $0.elements : [$0] }
+            for element in unwrapped {
                 guard let stanza = Stanza(element) else {
                     throw Problem(
                         "handler output <\(element.name)> is not a stanza (expected <message>, <presence> or <iq> in jabber:client)",

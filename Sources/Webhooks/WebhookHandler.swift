@@ -124,11 +124,14 @@ package struct WebhookHandler: StanzaHandler {
     package let client: WebhookClient
     /// A URL template without placeholders (the common case) is parsed once.
     private let fixedEndpoint: Endpoint?
+    /// `format = "auto"`: the negotiated body format.
+    private let probe: WebhookFormatProbe?
 
     package init(settings: WebhookSettings, client: WebhookClient) {
         self.settings = settings
         self.client = client
         fixedEndpoint = settings.urlTemplate.contains("{") ? nil : try? Self.endpoint(settings.urlTemplate, client: client)
+        probe = settings.negotiate ? WebhookFormatProbe(fallback: .xml) : nil
     }
 
     /// Which client a URL goes to: plain `http://` to ours, anything else to async-http-client.
@@ -163,10 +166,24 @@ package struct WebhookHandler: StanzaHandler {
     }
 
     package func start(_ stanza: Stanza, context: HandlerContext, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
+        guard let probe else {
+            start(stanza, context: context, body: nil, completion: completion)
+            return
+        }
+        // mod_rest renders the probe's URL for a pseudo-stanza of kind "meta", type "info", to and from the host.
+        let host = stanza.to.flatMap { JID.parse($0)?.domain } ?? ""
+        let url = WebhookRequest.render(settings.urlTemplate, values: ["kind": "meta", "type": "info", "to": host, "from": host, "id": ""])
+        probe.resolve(url: url, client: client.http, timeout: TimeAmount(settings.timeout), userAgent: settings.userAgent) { body in
+            start(stanza, context: context, body: body, completion: completion)
+        }
+    }
+
+    private func start(_ stanza: Stanza, context: HandlerContext, body: WebhookBody?,
+                       completion: @escaping @Sendable (HandlerOutcome) -> Void) {
         let delivery = RandomID.make()
         let request: WebhookRequest
         do {
-            request = try WebhookRequest(stanza: stanza, settings: settings, delivery: delivery, room: context.room)
+            request = try WebhookRequest(stanza: stanza, settings: settings, delivery: delivery, room: context.room, body: body)
         } catch {
             completion(.failed(.modify, .badRequest, metadata: ["problem": "\(error)"]))
             return

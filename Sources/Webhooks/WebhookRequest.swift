@@ -9,6 +9,8 @@ package struct WebhookSettings: Sendable {
     /// The URL with {kind} {type} {to} {from} {id} placeholders.
     package var urlTemplate: String
     package var format: HandlerFormat
+    /// `format = "auto"`: the body format is negotiated with an OPTIONS probe (`format` is unused then).
+    package var negotiate: Bool
     package var headers: [String: String]
     package var hmacSecret: String?
     /// Per attempt.
@@ -20,11 +22,12 @@ package struct WebhookSettings: Sendable {
     package var maxStanza: Int
     package var userAgent: String
 
-    package init(urlTemplate: String, format: HandlerFormat, headers: [String: String] = [:], hmacSecret: String? = nil,
-                timeout: Duration = .seconds(10), retries: Int = 0, maxBody: Int = 262_144, maxStanza: Int = 524_288,
-                userAgent: String = "stanzad") {
+    package init(urlTemplate: String, format: HandlerFormat, negotiate: Bool = false, headers: [String: String] = [:],
+                hmacSecret: String? = nil, timeout: Duration = .seconds(10), retries: Int = 0, maxBody: Int = 262_144,
+                maxStanza: Int = 524_288, userAgent: String = "stanzad") {
         self.urlTemplate = urlTemplate
         self.format = format
+        self.negotiate = negotiate
         self.headers = headers
         self.hmacSecret = hmacSecret
         self.timeout = timeout
@@ -53,11 +56,16 @@ package struct WebhookRequest: Sendable, Equatable {
 
     package static let accept = "application/xmpp+xml, application/json, text/plain"
 
-    /// The request for `stanza`; `delivery` is the Stanzad-Delivery id (the same for every retry).
-    package init(stanza: Stanza, settings: WebhookSettings, delivery: String, room: RoomOrigin? = nil) throws(XMLSerializationError) {
+    /// The request for `stanza`; `delivery` is the Stanzad-Delivery id (the same for every retry). `body` overrides
+    /// the settings' format (the negotiated one of `format = "auto"`).
+    package init(stanza: Stanza, settings: WebhookSettings, delivery: String, room: RoomOrigin? = nil,
+                 body format: WebhookBody? = nil) throws(XMLSerializationError) {
         url = Self.render(settings.urlTemplate, stanza)
         let contentType: String
-        switch settings.format {
+        switch format ?? WebhookBody(rawValue: settings.format.rawValue) ?? .text {
+        case .form:
+            body = Self.form(StanzaJSON.encode(stanza))
+            contentType = "application/x-www-form-urlencoded"
         case .xml:
             body = Array(try stanza.serialized().utf8)
             contentType = "application/xmpp+xml"
@@ -93,6 +101,25 @@ package struct WebhookRequest: Sendable, Equatable {
         self.headers = headers
     }
 
+    /// mod_rest's form body: the top-level strings and numbers of the JSON mapping, `true` as an empty value;
+    /// objects and arrays are left out.
+    static func form(_ json: JSONValue) -> [UInt8] {
+        guard case .object(let object) = json else { return [] }
+        var pairs: [String] = []
+        for key in object.keys.sorted() {
+            let value: String
+            switch object[key] {
+            case .string(let string)?: value = string
+            case .int(let number)?: value = String(number)
+            case .double(let number)?: value = number.description
+            case .bool(true)?: value = ""
+            default: continue
+            }
+            pairs.append(percentEncode(key) + "=" + percentEncode(value))
+        }
+        return Array(pairs.joined(separator: "&").utf8)
+    }
+
     /// `sha256=<lowercase hex HMAC-SHA256 of the body>`.
     package static func signature(_ body: [UInt8], secret: String) -> String {
         let mac = HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: Array(secret.utf8)))
@@ -105,11 +132,15 @@ package struct WebhookRequest: Sendable, Equatable {
     /// Fills {kind} {type} {to} {from} {id}, each percent-encoded (RFC 3986 unreserved characters stay).
     /// A missing value renders as empty.
     package static func render(_ template: String, _ stanza: Stanza) -> String {
-        let values: [String: String] = [
+        render(template, values: [
             "kind": stanza.kind.rawValue,
             "type": stanza.type ?? (stanza.kind == .presence ? "available" : (stanza.kind == .message ? "normal" : "")),
             "to": stanza.to ?? "", "from": stanza.from ?? "", "id": stanza.id ?? "",
-        ]
+        ])
+    }
+
+    /// The template with these placeholder values.
+    static func render(_ template: String, values: [String: String]) -> String {
         var result = ""
         var rest = Substring(template)
         while let open = rest.firstIndex(of: "{") {

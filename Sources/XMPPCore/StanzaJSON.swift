@@ -96,6 +96,7 @@ package enum StanzaJSON {
         static let discoInfo = "http://jabber.org/protocol/disco#info"
         static let discoItems = "http://jabber.org/protocol/disco#items"
         static let jsonPayload = "urn:xmpp:json-msg:0"
+        static let commands = "http://jabber.org/protocol/commands"
     }
 
     static let chatStates = ["active", "inactive", "gone", "composing", "paused"]
@@ -118,45 +119,40 @@ package enum StanzaJSON {
 
     // MARK: Stanza → JSON
 
-    /// The JSON form of a stanza. Children the mapping does not know are left out; with `includeStanza`,
-    /// `stanza` holds the whole stanza as XML (nothing is lost).
+    /// The JSON form of a stanza (mod_rest's mapping). Children the mapping does not know are left out; with
+    /// `includeStanza`, `stanza` holds the whole stanza as XML (nothing is lost).
     package static func encode(_ stanza: Stanza, includeStanza: Bool = false) -> JSONValue {
         let element = stanza.element
-        let ns = element.namespace
-        var json: [String: JSONValue] = ["kind": .string(stanza.kind.rawValue)]
-        if let type = stanza.type {
-            json["type"] = .string(type)
-        } else if stanza.kind == .presence {
-            json["type"] = "available"
-        }
-        for (key, attribute) in [("id", "id"), ("to", "to"), ("from", "from"), ("lang", "xml:lang")] {
-            if let value = element[attribute: attribute] { json[key] = .string(value) }
-        }
+        var json = StanzaSchema.parseStanza(stanza.kind, element)
+        json["kind"] = .string(stanza.kind.rawValue)
+        if stanza.type == nil && stanza.kind == .presence { json["type"] = "available" }
 
-        switch stanza.kind {
-        case .message: encodeMessage(element, ns, into: &json)
-        case .presence: encodePresence(element, ns, into: &json)
-        case .iq: encodeIQ(element, into: &json)
-        }
-
-        if let delay = element.child("delay", namespace: NS.delay), let stamp = delay[attribute: "stamp"] {
-            json["delay"] = .string(stamp)
-        }
-        if let nick = element.child("nick", namespace: NS.nick) { json["nick"] = .string(nick.text) }
-        if let payload = element.child("payload", namespace: NS.jsonPayload), let data = try? JSONValue.parse(payload.text) {
-            var object: [String: JSONValue] = ["data": data]
-            if let datatype = payload[attribute: "datatype"] { object["datatype"] = .string(datatype) }
-            json["payload"] = .object(object)
-        }
-        if stanza.type == "error", let error = element.child("error", namespace: ns) {
-            var object: [String: JSONValue] = [:]
-            if let type = error[attribute: "type"] { object["type"] = .string(type) }
-            if let condition = error.elements.first(where: { $0.namespace == Namespace.stanzas && $0.name != "text" }) {
-                object["condition"] = .string(condition.name)
+        if stanza.type == "error" {
+            // An error carries its condition; the other keys the schema read stay, the rest is not looked at.
+            json["error"] = encodeError(element)
+        } else {
+            if case .object(var payload)? = json["payload"] {
+                // `data` is JSON text in the XML; a payload whose text is not JSON is left out.
+                if case .string(let text)? = payload["data"], let data = try? JSONValue.parse(text) {
+                    payload["data"] = data
+                    json["payload"] = .object(payload)
+                } else {
+                    json["payload"] = nil
+                }
             }
-            if let text = error.child("text", namespace: Namespace.stanzas) { object["text"] = .string(text.text) }
-            if let by = error[attribute: "by"] { object["by"] = .string(by) }
-            json["error"] = .object(object)
+            for case .element(let child) in element.children {
+                switch (child.namespace, child.name) {
+                case (NS.xhtmlIM?, "html"):
+                    if let html = encodeHTML(child) { json["html"] = .string(html) }
+                case (NS.discoInfo?, "query"): json["disco"] = encodeDisco(child)
+                case (NS.discoItems?, "query"): json["items"] = encodeItems(child)
+                case (NS.commands?, "command"): json["command"] = encodeCommand(child)
+                case (NS.oob?, "x"):
+                    if let url = child.child("url", namespace: NS.oob) { json["oob_url"] = .string(url.text) }
+                case (DataFormJSON.namespace?, "x"): json["dataform"] = DataFormJSON.dataform(child)
+                default: break
+                }
+            }
         }
         if includeStanza, let xml = try? element.serialized() {
             json["stanza"] = .string(xml)
@@ -164,76 +160,96 @@ package enum StanzaJSON {
         return .object(json)
     }
 
-    private static func encodeMessage(_ element: Element, _ ns: String?, into json: inout [String: JSONValue]) {
-        if let body = element.child("body", namespace: ns) { json["body"] = .string(body.text) }
-        if let subject = element.child("subject", namespace: ns) { json["subject"] = .string(subject.text) }
-        if let thread = element.child("thread", namespace: ns) {
-            var object: [String: JSONValue] = [:]
-            if !thread.text.isEmpty { object["id"] = .string(thread.text) }
-            if let parent = thread[attribute: "parent"] { object["parent"] = .string(parent) }
-            json["thread"] = .object(object)
-        }
-        if let html = element.child("html", namespace: NS.xhtmlIM), let body = html.child("body", namespace: NS.xhtml) {
-            // Written inside an implied XHTML scope, so the body and its XHTML children carry no xmlns.
-            var out = ""
-            do {
-                try XMLWriter.write(body, into: &out, inherited: NS.xhtml, prefixes: [:])
-                json["html"] = .string(out)
-            } catch {}
-        }
-        if let state = element.elements.first(where: { $0.namespace == NS.chatStates && chatStates.contains($0.name) }) {
-            json["state"] = .string(state.name)
-        }
-        if let oob = element.child("x", namespace: NS.oob) {
-            var object: [String: JSONValue] = [:]
-            if let url = oob.child("url", namespace: NS.oob) { object["url"] = .string(url.text) }
-            if let desc = oob.child("desc", namespace: NS.oob) { object["desc"] = .string(desc.text) }
-            json["oob"] = .object(object)
-        }
-        if let replace = element.child("replace", namespace: NS.correction), let id = replace[attribute: "id"] {
-            json["replace"] = .string(id)
-        }
+    /// Several stanzas in one body, as mod_rest returns them (an archive query's results and its reply):
+    /// `{"xmpp": [stanza, …]}`.
+    package static func encode(_ stanzas: [Stanza]) -> JSONValue {
+        .object(["xmpp": .array(stanzas.map { encode($0) })])
     }
 
-    private static func encodePresence(_ element: Element, _ ns: String?, into json: inout [String: JSONValue]) {
-        if let show = element.child("show", namespace: ns) { json["show"] = .string(show.text) }
-        if let status = element.child("status", namespace: ns) { json["status"] = .string(status.text) }
-        if let priority = element.child("priority", namespace: ns), let value = Int64(priority.text.trimmingWhitespace()) {
-            json["priority"] = .int(value)
+    private static func encodeError(_ element: Element) -> JSONValue {
+        guard let error = element.child("error", namespace: element.namespace) else {
+            return .object(["condition": "undefined-condition"])
         }
+        var object: [String: JSONValue] = [:]
+        if let type = error[attribute: "type"] { object["type"] = .string(type) }
+        var condition: String?
+        for child in error.elements where child.namespace == Namespace.stanzas {
+            if child.name == "text" {
+                if object["text"] == nil { object["text"] = .string(child.text) }
+            } else if condition == nil {
+                condition = child.name
+            }
+        }
+        object["condition"] = .string(condition ?? "undefined-condition")
+        if let by = error[attribute: "by"] { object["by"] = .string(by) }
+        return .object(object)
     }
 
-    private static func encodeIQ(_ element: Element, into json: inout [String: JSONValue]) {
-        if element.child("ping", namespace: NS.ping) != nil { json["ping"] = true }
-        if let query = element.child("query", namespace: NS.version) {
-            var object: [String: JSONValue] = [:]
-            for name in ["name", "version", "os"] {
-                if let field = query.child(name, namespace: NS.version) { object[name] = .string(field.text) }
-            }
-            json["version"] = .object(object)
+    /// XEP-0071: the XHTML `<body>` as a string, written inside an implied XHTML scope (no xmlns on it).
+    private static func encodeHTML(_ html: Element) -> String? {
+        guard let body = html.child("body", namespace: NS.xhtml) else { return nil }
+        var out = ""
+        do {
+            try XMLWriter.write(body, into: &out, inherited: NS.xhtml, prefixes: [:])
+        } catch {
+            return nil
         }
-        if let query = element.child("query", namespace: NS.discoInfo) {
-            let identities = query.elements.filter { $0.name == "identity" && $0.namespace == NS.discoInfo }
-            let features = query.elements.filter { $0.name == "feature" && $0.namespace == NS.discoInfo }
-            if identities.isEmpty && features.isEmpty {
-                json["disco"] = query[attribute: "node"].map(JSONValue.string) ?? true
-            } else {
-                var object: [String: JSONValue] = [
-                    "identities": .array(identities.map { attributesObject($0, ["category", "type", "name"]) }),
-                    "features": .array(features.compactMap { $0[attribute: "var"].map(JSONValue.string) }),
-                ]
-                if let node = query[attribute: "node"] { object["node"] = .string(node) }
-                json["disco"] = .object(object)
+        return out
+    }
+
+    /// XEP-0030 info: `true` or the node for a query, else `{node, identities, features, extensions}` where
+    /// extensions are the XEP-0128 forms as formdata by FORM_TYPE.
+    private static func encodeDisco(_ query: Element) -> JSONValue {
+        let children = query.elements
+        if children.isEmpty { return query[attribute: "node"].map(JSONValue.string) ?? true }
+        var identities: [JSONValue] = []
+        var features: [JSONValue] = []
+        var extensions: [String: JSONValue] = [:]
+        for child in children {
+            if child.name == "identity", child.namespace == NS.discoInfo, child[attribute: "category"] != nil, child[attribute: "type"] != nil {
+                identities.append(attributesObject(child, ["category", "type", "name"]))
+            } else if child.name == "feature", child.namespace == NS.discoInfo, let feature = child[attribute: "var"] {
+                features.append(.string(feature))
+            } else if child.name == "x", child.namespace == DataFormJSON.namespace {
+                var form = DataFormJSON.formdata(child)
+                if case .string(let formType)? = form.removeValue(forKey: "FORM_TYPE") {
+                    extensions[formType] = .object(form)
+                }
             }
         }
-        if let query = element.child("query", namespace: NS.discoItems) {
-            let items = query.elements.filter { $0.name == "item" && $0.namespace == NS.discoItems }
-            if items.isEmpty {
-                json["items"] = query[attribute: "node"].map(JSONValue.string) ?? true
-            } else {
-                json["items"] = .array(items.map { attributesObject($0, ["jid", "node", "name"]) })
-            }
+        var object: [String: JSONValue] = ["identities": .array(identities), "features": .array(features)]
+        if let node = query[attribute: "node"] { object["node"] = .string(node) }
+        if !extensions.isEmpty { object["extensions"] = .object(extensions) }
+        return .object(object)
+    }
+
+    /// XEP-0030 items: `true` or the node for a query, else the items `[{jid, node, name}]`.
+    private static func encodeItems(_ query: Element) -> JSONValue {
+        if query.elements.isEmpty { return query[attribute: "node"].map(JSONValue.string) ?? true }
+        return .array(query.elements.filter { $0.name == "item" && $0.namespace == query.namespace }.map {
+            attributesObject($0, ["jid", "node", "name"])
+        })
+    }
+
+    /// XEP-0050: `{node, action, sessionid, status, actions: {execute, next, prev, complete}, note: {type, text},
+    /// form}` (a note only when there are no actions, as mod_rest does).
+    private static func encodeCommand(_ command: Element) -> JSONValue {
+        var object: [String: JSONValue] = [:]
+        for name in ["action", "node", "sessionid", "status"] {
+            if let value = command[attribute: name] { object[name] = .string(value) }
         }
+        if let actions = command.child("actions", namespace: NS.commands) {
+            var out: [String: JSONValue] = [:]
+            if let execute = actions[attribute: "execute"] { out["execute"] = .string(execute) }
+            for action in actions.elements { out[action.name] = true }
+            object["actions"] = .object(out)
+        } else if let note = command.child("note", namespace: NS.commands) {
+            var out: [String: JSONValue] = ["text": .string(note.text)]
+            if let type = note[attribute: "type"] { out["type"] = .string(type) }
+            object["note"] = .object(out)
+        }
+        if let form = command.child("x", namespace: DataFormJSON.namespace) { object["form"] = DataFormJSON.dataform(form) }
+        return .object(object)
     }
 
     private static func attributesObject(_ element: Element, _ names: [String]) -> JSONValue {
@@ -244,7 +260,6 @@ package enum StanzaJSON {
         return .object(object)
     }
 
-    /// The first child with this name in exactly this namespace.
     // MARK: JSON → stanza
 
     /// Parses JSON text and maps it to a stanza.
@@ -270,9 +285,16 @@ package enum StanzaJSON {
 
         // Type and kind (mod_rest's inference, research §3.3).
         var type = try fields.string("type")
-        if type == nil && (fields.has("command") || fields.has("archive")) { type = "set" }
-        if type == nil && fields.has("error") { type = "error" }
+        let hasError = fields.has("error")
+        if type == nil && hasError { type = "error" }
         let kind = try inferKind(fields, type: type, defaults: defaults)
+        // An `error` makes an error stanza whatever `type` says, as in mod_rest (an answer to that type).
+        if hasError, let given = type, given != "error" {
+            try checkType(given, for: kind)
+            type = "error"
+        }
+        // `command` and `archive` imply an iq set (an archived message's `archive` implies nothing).
+        if type == nil && kind == .iq && (fields.has("command") || fields.has("archive")) { type = "set" }
         if let type {
             try checkType(type, for: kind)
         } else {
@@ -291,10 +313,39 @@ package enum StanzaJSON {
         element[attribute: "to"] = try fields.jid("to") ?? defaults?.to
         element[attribute: "xml:lang"] = try fields.string("lang")
 
+        if hasError {
+            // An error stanza carries only its error, as mod_rest builds it.
+            element.append(try decodeError(fields).element(namespace: Namespace.client))
+            return Stanza(uncheckedElement: element)
+        } else if type == "error", let value = fields.value("error_code") {
+            // mod_rest's legacy form: `error_code` (XEP-0086) and the text in `body`; written as a defined condition
+            // (the legacy code's, as XEP-0086 maps it) that keeps the code.
+            var code = value.intValue
+            if code == nil, case .string(let text) = value { code = Int64(text) }
+            guard let code, (100...599).contains(code) else {
+                throw fields.invalid("error_code", "a legacy error code such as 404", value)
+            }
+            var error = HTTPStanzaErrors.error(forStatus: Int(code), text: try fields.string("body")).element(namespace: Namespace.client)
+            error[attribute: "code"] = String(code)
+            element.append(error)
+            return Stanza(uncheckedElement: element)
+        } else if type == "error" {
+            throw JSONMappingError(
+                .invalidField,
+                "a stanza of type \"error\" needs an \"error\" object such as "
+                    + "{\"type\": \"cancel\", \"condition\": \"item-not-found\", \"text\": \"…\"}",
+                field: "error")
+        }
+
         switch kind {
         case .message: try decodeMessage(fields, defaults, into: &element)
         case .presence: try decodePresence(fields, into: &element)
-        case .iq: try decodeIQ(fields, into: &element)
+        case .iq: try decodeIQ(fields, type: type, into: &element)
+        }
+        // Most JSON holds only the basic keys: then neither the schema nor the forms have anything to map.
+        if fields.object.keys.contains(where: { !isBasicKey($0) }) {
+            try StanzaSchema.unparseStanza(kind, fields, into: &element)
+            try decodeForms(fields, kind: kind, into: &element)
         }
 
         if let stamp = try fields.string("delay") {
@@ -312,22 +363,129 @@ package enum StanzaJSON {
             payloadElement[attribute: "datatype"] = try payload.string("datatype")
             element.append(payloadElement)
         }
-        if fields.has("error") {
-            guard type == "error" else {
-                throw JSONMappingError(
-                    .invalidField,
-                    "\"error\" is only allowed on a stanza of type \"error\"; remove \"type\" or set it to \"error\"",
-                    field: "error")
-            }
-            element.append(try decodeError(fields).element(namespace: Namespace.client))
-        } else if type == "error" {
-            throw JSONMappingError(
-                .invalidField,
-                "a stanza of type \"error\" needs an \"error\" object such as "
-                    + "{\"type\": \"cancel\", \"condition\": \"item-not-found\", \"text\": \"…\"}",
-                field: "error")
-        }
         return Stanza(uncheckedElement: element)
+    }
+
+    /// Keys decoded by hand (with their own checks) rather than through the schema.
+    static func handledKeys(_ kind: StanzaKind) -> Set<String> {
+        let common: Set<String> = ["to", "from", "id", "type", "lang", "delay", "nick", "payload"]
+        switch kind {
+        case .message: return common.union(["body", "subject", "thread", "state", "oob", "replace"])
+        case .presence: return common.union(["show", "status", "priority"])
+        case .iq: return common.union(["ping", "version", "archive"])
+        }
+    }
+
+    /// Keys mapped by hand and keys that map to nothing (compared by length first: cheaper than hashing each key).
+    static func isBasicKey(_ key: String) -> Bool {
+        // By length first: a couple of comparisons per key instead of a walk through every name.
+        switch key.utf8.count {
+        case 2: return key == "id" || key == "to"
+        case 4: return key == "kind" || key == "type" || key == "from" || key == "lang" || key == "body"
+            || key == "html" || key == "show" || key == "ping" || key == "nick" || key == "room"
+        case 5: return key == "state" || key == "disco" || key == "items" || key == "delay" || key == "error"
+        case 6: return key == "thread" || key == "status" || key == "stanza"
+        case 7: return key == "subject" || key == "replace" || key == "version" || key == "payload"
+        case 8: return key == "priority"
+        case 9: return key == "room_nick"
+        default: return false
+        }
+    }
+
+    /// Keys only `decodeForms` maps: whether it has anything to do.
+    static let formKeys: Set<String> = ["command", "dataform", "formdata", "oob_url", "join", "archive"]
+
+    /// The keys no schema describes: command (XEP-0050), dataform and formdata (XEP-0004), oob_url (XEP-0066),
+    /// join (XEP-0045), and the iq archive query (XEP-0313) with mod_rest's shortcuts.
+    private static func decodeForms(_ fields: Fields, kind: StanzaKind, into element: inout Element) throws(JSONMappingError) {
+        guard fields.object.keys.contains(where: { formKeys.contains($0) }) else { return }
+        if let value = fields.value("command") {
+            var command = Element("command", namespace: NS.commands)
+            switch value {
+            case .string: command[attribute: "node"] = try fields.string("command")
+            case .object:
+                guard let object = try fields.object("command") else { break }
+                for name in ["action", "node", "sessionid", "status"] { command[attribute: name] = try object.string(name) }
+                if let actions = try object.object("actions") {
+                    var out = Element("actions", namespace: NS.commands)
+                    out[attribute: "execute"] = try actions.string("execute")
+                    for name in ["next", "prev", "complete"] {
+                        guard let flag = actions.value(name) else { continue }
+                        guard case .bool(let on) = flag else { throw actions.invalid(name, "true or false", flag) }
+                        if on { out.append(Element(name, namespace: NS.commands)) }
+                    }
+                    command.append(out)
+                } else if let note = try object.object("note") {
+                    var out = Element("note", namespace: NS.commands, text: try note.string("text") ?? "")
+                    out[attribute: "type"] = try note.string("type")
+                    command.append(out)
+                }
+                if let form = try object.object("form") {
+                    command.append(try DataFormJSON.element(dataform: form))
+                } else if let data = try object.object("data") {
+                    command.append(try DataFormJSON.element(formdata: data, type: "submit"))
+                }
+            default:
+                throw fields.invalid("command", "a node string or an object {\"node\", \"action\", \"sessionid\", \"form\" or \"data\", …}", value)
+            }
+            element.append(command)
+        }
+        if let form = try fields.object("dataform") { element.append(try DataFormJSON.element(dataform: form)) }
+        if let data = try fields.object("formdata") { element.append(try DataFormJSON.element(formdata: data, type: nil)) }
+        // mod_rest writes a message's oob both as `oob` and `oob_url`: the same URL twice makes one element.
+        var oobURL = try fields.string("oob_url")
+        if kind == .message, let oob = fields.value("oob"), oob == .string(oobURL ?? "") || oob["url"] == oobURL.map(JSONValue.string) {
+            oobURL = nil
+        }
+        if let url = oobURL {
+            var x = Element("x", namespace: NS.oob)
+            x.append(Element("url", namespace: NS.oob, text: url))
+            element.append(x)
+        }
+        if kind == .presence, fields.value("join") == .bool(true), !fields.has("muc") {
+            element.append(Element("x", namespace: "http://jabber.org/protocol/muc"))
+        }
+        if kind == .iq, let value = fields.value("archive") {
+            guard case .object(var archive) = value else { throw fields.invalid("archive", "an object {\"queryid\", \"form\", \"page\", …}", value) }
+            if element[attribute: "type"] == "set", archive["form"] == nil {
+                archive = archiveShortcuts(archive)
+            }
+            let property = StanzaSchema.iq.first { $0.key == "archive" }
+            if let property {
+                try StanzaSchema.unparse([property], Fields(object: ["archive": .object(archive)], path: ""), into: &element)
+            }
+        }
+    }
+
+    /// mod_rest's XEP-0313 shortcuts: `with start end before-id after-id ids` become the query's form (ids may be
+    /// comma-separated), `after before max` its page.
+    static func archiveShortcuts(_ input: [String: JSONValue]) -> [String: JSONValue] {
+        var archive = input
+        let filters = ["with", "start", "end", "before-id", "after-id", "ids"]
+        if filters.contains(where: { archive[$0] != nil }) {
+            if case .string(let ids)? = archive["ids"] {
+                archive["ids"] = .array(ids.split(separator: ",").map { .string(String($0)) })
+            }
+            var formFields: [JSONValue] = [.object(["var": "FORM_TYPE", "values": .array(["urn:xmpp:mam:2"])])]
+            for name in filters {
+                let values: [JSONValue]
+                switch archive.removeValue(forKey: name) {
+                case .array(let list)?: values = list
+                case let value? where value != .null: values = [value]
+                default: values = []
+                }
+                formFields.append(.object(["var": .string(name), "values": .array(values)]))
+            }
+            archive["form"] = .object(["type": "submit", "fields": .array(formFields)])
+        }
+        if archive["after"] != nil || archive["before"] != nil || archive["max"] != nil {
+            var page: [String: JSONValue] = [:]
+            page["after"] = archive.removeValue(forKey: "after")
+            page["before"] = archive.removeValue(forKey: "before")
+            page["max"] = archive.removeValue(forKey: "max")
+            archive["page"] = .object(page)
+        }
+        return archive
     }
 
     private static func inferKind(_ fields: Fields, type: String?, defaults: ReplyDefaults?) throws(JSONMappingError) -> StanzaKind {
@@ -469,7 +627,7 @@ package enum StanzaJSON {
         }
     }
 
-    private static func decodeIQ(_ fields: Fields, into element: inout Element) throws(JSONMappingError) {
+    private static func decodeIQ(_ fields: Fields, type: String?, into element: inout Element) throws(JSONMappingError) {
         let present = iqPayloadKeys.filter { key in
             // `ping: false` and `disco: false` ask for nothing.
             guard let value = fields.value(key) else { return false }
@@ -518,6 +676,19 @@ package enum StanzaJSON {
                 }
                 for feature in try disco.strings("features") {
                     query.append(Element("feature", namespace: NS.discoInfo, attributes: [Attribute(name: "var", value: feature)]))
+                }
+                // XEP-0128: each extension is a result form whose hidden FORM_TYPE is its key.
+                if let extensions = try disco.object("extensions") {
+                    for formType in extensions.object.keys.sorted() {
+                        guard let data = try extensions.object(formType) else { continue }
+                        var form = try DataFormJSON.element(formdata: data, type: "result")
+                        try checkXMLCharacters(formType, field: extensions.name(formType))
+                        var field = Element("field", namespace: DataFormJSON.namespace,
+                                            attributes: [Attribute(name: "type", value: "hidden"), Attribute(name: "var", value: "FORM_TYPE")])
+                        field.append(Element("value", namespace: DataFormJSON.namespace, text: formType))
+                        form.children.insert(.element(field), at: 0)
+                        query.append(form)
+                    }
                 }
             default:
                 throw fields.invalid("disco", "true, a node string or an object {\"node\", \"identities\", \"features\"}", value)

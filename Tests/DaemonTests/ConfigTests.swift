@@ -127,6 +127,27 @@ private let minimal = """
         #expect(config.routes[1].target == .webhook("http://127.0.0.1:9999/stanzas/{kind}"))
     }
 
+    @Test func autoFormatIsForWebhooks() throws {
+        let webhook = minimal + """
+
+            [[route]]
+            name = "app"
+            kinds = ["message", "iq"]
+            webhook = "http://127.0.0.1:5000/api"
+            format = "auto"
+            """
+        let config = try load(webhook).get()
+        #expect(config.routes[0].format == "auto")
+        let exec = minimal + """
+
+            [[route]]
+            name = "proc"
+            exec = ["a"]
+            format = "auto"
+            """
+        #expect(errors(exec).contains { $0.hasSuffix("format \"auto\" is for webhook routes (it asks the webhook with an OPTIONS request)") })
+    }
+
     @Test func routeTargetRules() {
         let text = minimal + """
 
@@ -149,7 +170,7 @@ private let minimal = """
         #expect(found.contains("/etc/stanzad/stanzad.toml:5: route \"none\" needs exactly one of exec, worker, webhook or pull = true"))
         #expect(found.contains("/etc/stanzad/stanzad.toml:8: route \"both\" needs exactly one of exec, worker, webhook or pull = true (found exec, webhook)"))
         #expect(found.contains { $0.hasPrefix("/etc/stanzad/stanzad.toml:16: body regex \"([\" does not compile") })
-        #expect(found.contains("/etc/stanzad/stanzad.toml:17: unknown format \"yaml\" (use text, json or xml)"))
+        #expect(found.contains("/etc/stanzad/stanzad.toml:17: unknown format \"yaml\" (use text, json or xml; auto for a webhook)"))
         #expect(found.contains("/etc/stanzad/stanzad.toml:18: unknown kind \"mesage\" (use message, presence or iq)"))
     }
 

@@ -58,6 +58,15 @@ private let chat = "<message type='chat' id='m1' from='alice@example.org/phone' 
         #expect(try HandlerOutput.replies(from: Array(" \n".utf8), format: .json, incoming: incoming).isEmpty)
     }
 
+    @Test func modRestWrapperForSeveralStanzas() throws {
+        let incoming = try stanza(chat)
+        let json = try HandlerOutput.replies(from: Array(#"{"xmpp": [{"body": "a"}, {"body": "b"}]}"#.utf8), format: .json, incoming: incoming)
+        #expect(json.map(\.body) == ["a", "b"])
+        let xml = try HandlerOutput.replies(
+            from: Array("<xmpp xmlns='jabber:client'><message><body>a</body></message><presence/></xmpp>".utf8), format: .xml, incoming: incoming)
+        #expect(xml.map(\.kind) == [.message, .presence])
+    }
+
     @Test func xmlStanzas() throws {
         let out = "<message><body>a</body></message>\n<presence type='unavailable'/>"
         let replies = try HandlerOutput.replies(from: Array(out.utf8), format: .xml, incoming: try stanza(chat))

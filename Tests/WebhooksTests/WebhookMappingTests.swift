@@ -36,6 +36,23 @@ private let chat = "<message type='chat' id='m 1' from='alice@example.org/phone'
         #expect(Dictionary(uniqueKeysWithValues: xmlRequest.headers)["Content-Type"] == "application/xmpp+xml")
     }
 
+    @Test func autoFormatTakesTheFirstSupportedTypeOfTheProbesAccept() {
+        #expect(WebhookBody.negotiated(accept: "application/json") == .json)
+        #expect(WebhookBody.negotiated(accept: "text/html, application/json, application/xmpp+xml") == .json)
+        #expect(WebhookBody.negotiated(accept: "Application/XMPP+XML;q=0.5, application/json") == .xml)
+        #expect(WebhookBody.negotiated(accept: "application/x-www-form-urlencoded") == .form)
+        #expect(WebhookBody.negotiated(accept: "text/plain, */*") == nil)
+    }
+
+    @Test func formBodyCarriesTheTopLevelStringsAndNumbers() throws {
+        let settings = WebhookSettings(urlTemplate: "http://h/", format: .xml, negotiate: true)
+        let request = try WebhookRequest(stanza: try stanza(chat), settings: settings, delivery: "d1", body: .form)
+        #expect(Dictionary(uniqueKeysWithValues: request.headers)["Content-Type"] == "application/x-www-form-urlencoded")
+        #expect(String(decoding: request.body, as: UTF8.self)
+            == "body=hi&from=alice%40example.org%2Fphone&id=m%201&kind=message&lang=de&to=echo%40bot.example.org&type=chat")
+        #expect(String(decoding: WebhookRequest.form(["ping": true, "n": 3, "disco": ["node": "x"]]), as: UTF8.self) == "n=3&ping=")
+    }
+
     @Test func aRoomMessageCarriesItsRoomAndNickInHeadersForEveryFormat() throws {
         let groupchat = "<message type='groupchat' from='ops@conference.example.org/Ada L.' to='bot@bot.example.org'><body>bot: hi</body></message>"
         let origin = RoomOrigin(room: "ops@conference.example.org", nick: "Ada L.", ownNick: "bot", isGroupchat: true)
