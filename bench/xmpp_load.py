@@ -364,52 +364,21 @@ async def run_bare(port: int, jid: str) -> None:
 # the HTTP echo webhook
 
 
-class HttpEcho(asyncio.Protocol):
+class HttpServer(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 server loop (pipelined requests, Content-Length bodies); subclasses answer each
+    request with `answer(head, body)`, the whole response in bytes."""
+
     def connection_made(self, transport):
         self.transport = transport
         self.buffer = b""
+
+    def answer(self, head: bytes, body: bytes) -> bytes:
+        raise NotImplementedError
 
     def data_received(self, data):
         buffer = self.buffer + data
         out = []
         close = False
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                break
-            head = buffer[:end].lower()
-            length = 0
-            at = head.find(b"content-length:")
-            if at >= 0:
-                length = int(head[at + 15:head.find(b"\r\n", at) if head.find(b"\r\n", at) >= 0 else None].strip())
-            if len(buffer) < end + 4 + length:
-                break
-            body = buffer[end + 4:end + 4 + length]
-            buffer = buffer[end + 4 + length:]
-            if b"connection: close" in head:
-                close = True
-            out.append(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s"
-                       % (len(body), body))
-        self.buffer = buffer
-        if out:
-            self.transport.write(b"".join(out))
-        if close:
-            self.transport.close()
-
-
-class HttpCallback(asyncio.Protocol):
-    """A webhook app as users write one against mod_rest or mod_component_http: a stanza in XML is answered with
-    a chat message in XML (application/xmpp+xml), a JSON object with {"body": ...} (application/json), echoing
-    the body. OPTIONS (mod_rest's probe at load) gets 200 with nothing to negotiate."""
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.buffer = b""
-
-    def data_received(self, data):
-        import json as _json
-        buffer = self.buffer + data
-        out = []
         while True:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -424,51 +393,70 @@ class HttpCallback(asyncio.Protocol):
                 break
             body = buffer[end + 4:end + 4 + length]
             buffer = buffer[end + 4 + length:]
-            if head.startswith(b"options"):
-                out.append(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                continue
-            if body[:1] == b"<":
-                start, stop = body.find(b"<body>"), body.find(b"</body>")
-                text = body[start + 6:stop] if start >= 0 and stop > start else b""
-                payload = b"<message type='chat'><body>" + text + b"</body></message>"
-                kind = b"application/xmpp+xml"
-            else:
-                try:
-                    text = _json.loads(body or b"{}").get("body", "")
-                except ValueError:
-                    text = ""
-                payload = _json.dumps({"body": text}).encode()
-                kind = b"application/json"
-            out.append(b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+            if b"connection: close" in head:
+                close = True
+            out.append(self.answer(head, body))
         self.buffer = buffer
         if out:
             self.transport.write(b"".join(out))
+        if close:
+            self.transport.close()
 
 
-async def run_http_callback(port: int) -> None:
+class HttpEcho(HttpServer):
+    """Every POST is answered 200 text/plain with its body."""
+
+    def answer(self, head: bytes, body: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+class HttpCallback(HttpServer):
+    """A webhook app as users write one against mod_rest or mod_component_http: a stanza in XML is answered with
+    a chat message in XML (application/xmpp+xml), a JSON object with {"body": ...} (application/json), echoing
+    the body. OPTIONS (mod_rest's probe at load) gets 200 with nothing to negotiate."""
+
+    def answer(self, head: bytes, body: bytes) -> bytes:
+        import json
+        if head.startswith(b"options"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        if body[:1] == b"<":
+            start, stop = body.find(b"<body>"), body.find(b"</body>")
+            text = body[start + 6:stop] if start >= 0 and stop > start else b""
+            payload = b"<message type='chat'><body>" + text + b"</body></message>"
+            kind = b"application/xmpp+xml"
+        else:
+            try:
+                text = json.loads(body or b"{}").get("body", "")
+            except ValueError:
+                text = ""
+            payload = json.dumps({"body": text}).encode()
+            kind = b"application/json"
+        return b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
+
+
+HTTP_APPS = {"http-echo": HttpEcho, "http-callback": HttpCallback}
+
+
+async def run_http(port: int, app) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(HttpCallback, "127.0.0.1", port, backlog=1024)
+    server = await loop.create_server(app, "127.0.0.1", port, backlog=1024)
     await server.serve_forever()
 
 
-def start_http_callback() -> tuple[subprocess.Popen, int]:
+def start_http(mode: str) -> tuple[subprocess.Popen, int]:
+    """Runs one of HTTP_APPS in a process of its own; returns it and its port."""
     port = free_port()
-    process = subprocess.Popen([PY, __file__, "http-callback", str(port)])
+    process = subprocess.Popen([PY, __file__, mode, str(port)])
     wait_for_port(port)
     return process, port
-
-
-async def run_http_echo(port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(HttpEcho, "127.0.0.1", port, backlog=1024)
-    await server.serve_forever()
 
 
 def start_http_echo() -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    process = subprocess.Popen([PY, __file__, "http-echo", str(port)])
-    wait_for_port(port)
-    return process, port
+    return start_http("http-echo")
+
+
+def start_http_callback() -> tuple[subprocess.Popen, int]:
+    return start_http("http-callback")
 
 
 def stop(process: subprocess.Popen | None) -> None:
@@ -484,9 +472,7 @@ def stop(process: subprocess.Popen | None) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "bare":
         asyncio.run(run_bare(int(sys.argv[2]), sys.argv[3]))
-    elif sys.argv[1] == "http-echo":
-        asyncio.run(run_http_echo(int(sys.argv[2])))
-    elif sys.argv[1] == "http-callback":
-        asyncio.run(run_http_callback(int(sys.argv[2])))
+    elif sys.argv[1] in HTTP_APPS:
+        asyncio.run(run_http(int(sys.argv[2]), HTTP_APPS[sys.argv[1]]))
     else:
-        raise SystemExit("usage: xmpp_load.py bare PORT JID | http-echo PORT")
+        raise SystemExit("usage: xmpp_load.py bare PORT JID | http-echo PORT | http-callback PORT")

@@ -222,14 +222,7 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                     RETURNING seq, route, id, json, arrived
                     """, arguments: [owner, owner])
             }
-            var byRoute: [String: [SpooledUpdate]] = [:]
-            for row in rows {
-                let route: String = row["route"]
-                let json: Data = row["json"]
-                let arrived: Double = row["arrived"]
-                byRoute[route, default: []].append(
-                    SpooledUpdate(seq: row["seq"], id: row["id"], json: Array(json), arrived: Date(timeIntervalSince1970: arrived)))
-            }
+            let byRoute = Self.updatesByRoute(rows)
             return byRoute
         } catch {
             throw StorageError(description: "cannot read the stored updates from \(settings.path): \(error)")
@@ -458,6 +451,19 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         }
     }
 
+    /// Rows of `updates` (seq, route, id, json, arrived) by route.
+    private static func updatesByRoute(_ rows: [Row]) -> [String: [SpooledUpdate]] {
+        var byRoute: [String: [SpooledUpdate]] = [:]
+        for row in rows {
+            let route: String = row["route"]
+            let json: Data = row["json"]
+            let arrived: Double = row["arrived"]
+            byRoute[route, default: []].append(
+                SpooledUpdate(seq: row["seq"], id: row["id"], json: Array(json), arrived: Date(timeIntervalSince1970: arrived)))
+        }
+        return byRoute
+    }
+
     /// Updates a stopped or dead process left: taken over and handed to the queues (which renumber them).
     private func adoptUpdates(_ adopted: @Sendable (String, [SpooledUpdate]) -> Void) {
         do {
@@ -469,14 +475,7 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                     """, arguments: [owner])
             }
             guard !rows.isEmpty else { return }
-            var byRoute: [String: [SpooledUpdate]] = [:]
-            for row in rows {
-                let route: String = row["route"]
-                let json: Data = row["json"]
-                let arrived: Double = row["arrived"]
-                byRoute[route, default: []].append(
-                    SpooledUpdate(seq: row["seq"], id: row["id"], json: Array(json), arrived: Date(timeIntervalSince1970: arrived)))
-            }
+            let byRoute = Self.updatesByRoute(rows)
             logger.notice("spool: taking over updates another process left", metadata: ["count": "\(rows.count)"])
             for (route, updates) in byRoute { adopted(route, updates) }
         } catch {

@@ -12,3 +12,12 @@ func errors(_ text: String) -> [String] {
     if case .failure(let e) = load(text) { return e.errors.map(\.description) }
     return []
 }
+
+/// A minimal `[component]` section (lines 1–4, then an empty line): tests append the section they check.
+let componentSection = """
+    [component]
+    jid = "bot.example.org"
+    server = "127.0.0.1:5347"
+    secret = "s3cret"
+
+    """

@@ -2,13 +2,7 @@ import Testing
 
 @testable import Daemon
 
-private let component = """
-    [component]
-    jid = "bot.example.org"
-    server = "127.0.0.1:5347"
-    secret = "s3cret"
-
-    """
+private let component = componentSection
 
 /// `[storage]` (SPEC §18) in the configuration.
 @Suite struct StorageConfigTests {
