@@ -48,7 +48,7 @@ def stanzad(prosody, logs, socket_path, tmp_path_factory):
                 logs / "badform.jsonl", format="json"),
         command("short", [str(REPO / "handlers" / "remind.py")], None, format="json", session_timeout=1),
         "[[command]]\nnode = \"many\"\nworker = [\"" + str(HANDLERS / "command_worker.py") + "\"]\nformat = \"json\"\n"
-        "workers = 2\nin_flight = 16\nconcurrency = 32\nqueue = 2000\nsession_timeout = 2\n",
+        "workers = 2\nin_flight = 16\nconcurrency = 32\nqueue = 2000\nsession_timeout = 8\n",
     ])
     daemon = Stanzad(tmp_path_factory.mktemp("stanzad"), component_config(prosody.component_port, extra=config))
     daemon.start()
@@ -292,7 +292,8 @@ def test_1001_concurrent_sessions_hit_the_limit_and_all_expire(alice_cmd, stanza
         'the command "many" has 1000 sessions open, the most it allows; finish or cancel one, or try again later')]
     stanzad.wait_for_log(r"command session limit reached")
     assert command_sessions(socket_path)["command:many"] == 1000
-    # session_timeout = 2: every session expires and the count goes back to 0.
+    # session_timeout = 8 (far more than the 1001 starts take, even on a loaded machine, so that the first
+    # sessions are still open when the last one is refused): every session expires and the count goes back to 0.
     stanzad.wait_for_log(r"command sessions expired .*open=0\b", count=expired_before + 1, timeout=30)
     assert command_sessions(socket_path) == {"command:hello": 0, "command:bot@bot.example.test/remind": 0, "command:admin": 0,
                                              "command:badform": 0, "command:short": 0, "command:many": 0}
