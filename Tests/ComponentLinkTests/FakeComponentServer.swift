@@ -14,6 +14,8 @@ final class FakeComponentServer: Sendable {
     private let written = Latch()
     private let closed = Latch()
     private let text = Mutex("")
+    /// Why serving ended early, if it did (the link closed the connection, a write failed).
+    private let failure = Mutex<String?>(nil)
     private let task = Mutex<Task<Void, Never>?>(nil)
 
     private init(channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>, port: Int) {
@@ -34,6 +36,8 @@ final class FakeComponentServer: Sendable {
     }
 
     var allWritten: Bool { written.isOpen }
+    /// Set when serving ended with an error before or after writing everything (for failure messages).
+    var error: String? { failure.withLock { $0 } }
 
     /// Everything the link wrote on the first connection so far.
     var received: String { text.withLock { $0 } }
@@ -86,7 +90,9 @@ final class FakeComponentServer: Sendable {
                     return
                 }
             }
-        } catch {}
+        } catch {
+            failure.withLock { $0 = "\(error)" }
+        }
     }
 }
 

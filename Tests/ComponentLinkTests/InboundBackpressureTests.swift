@@ -53,7 +53,7 @@ import XMPPCore
         Task { await server.finished(); event.yield(.serverDone) }
         var firstEvent = events.makeAsyncIterator()
         let first = await firstEvent.next()
-        #expect(first == .readerWaits, "the link read the whole stream while the router took nothing")
+        #expect(first == .readerWaits, "the link read the whole stream while the router took nothing (server: \(server.error ?? "no error"), link: \(link.lastError.map { "\($0)" } ?? "no error"))")
         #expect(link.inboundBudget.outstanding == limit)
         #expect(server.allWritten == false, "the server's writes back up while the router takes nothing")
 
