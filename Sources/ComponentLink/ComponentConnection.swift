@@ -232,10 +232,7 @@ package final class ComponentConnection: Service, Sendable {
             case .success(let seq):
                 let item = Outgoing(xml: xml, deadline: .now + Self.forever, waiter: nil, iqID: nil, seq: seq)
                 let wake: AsyncStream<Input>.Continuation? = shared.withLock { state in
-                    let writeNow = state.machine.spooled(item)
-                    guard writeNow, !state.flushSignalled, let session = state.session else { return nil }
-                    state.flushSignalled = true
-                    return session
+                    self.flushSignal(&state, writeNow: state.machine.spooled(item))
                 }
                 LinkMetrics.queued(kind)
                 wake?.yield(.flush)
@@ -254,9 +251,7 @@ package final class ComponentConnection: Service, Sendable {
     private func adopt(_ entries: [SpooledStanza]) {
         let items = entries.map { Outgoing(xml: $0.xml, deadline: .now + Self.forever, waiter: nil, iqID: nil, seq: $0.seq) }
         let wake: AsyncStream<Input>.Continuation? = shared.withLock { state in
-            guard state.machine.adopted(items), !state.flushSignalled, let session = state.session else { return nil }
-            state.flushSignalled = true
-            return session
+            flushSignal(&state, writeNow: state.machine.adopted(items))
         }
         wake?.yield(.flush)
     }
@@ -579,7 +574,12 @@ package final class ComponentConnection: Service, Sendable {
         -> AsyncStream<Input>.Continuation?
     {
         armTimer(&state, for: deadline)
-        // One flush signal per batch: the session loop takes everything queued when it handles the signal.
+        return flushSignal(&state, writeNow: writeNow)
+    }
+
+    /// The session loop's input to signal (under the lock) when something was queued on a ready link, once per
+    /// batch: the session loop takes everything queued when it handles the signal.
+    private func flushSignal(_ state: inout SharedState, writeNow: Bool) -> AsyncStream<Input>.Continuation? {
         guard writeNow, !state.flushSignalled, let session = state.session else { return nil }
         state.flushSignalled = true
         return session
