@@ -165,12 +165,12 @@ package final class ComponentConnection: Service, Sendable {
     package func send(_ stanza: Stanza) throws(SendError) {
         let xml = try policy.serialize(stanza)
         let deadline = ContinuousClock.now + settings.sendQueueTTL
-        let wake: AsyncStream<Input>.Continuation? = try shared.withLock { (state) throws(SendError) in
+        let wake: Wake? = try shared.withLock { (state) throws(SendError) in
             let writeNow = try state.machine.enqueue(Outgoing(xml: xml, deadline: deadline, waiter: nil, iqID: nil))
             return queued(&state, deadline: deadline, writeNow: writeNow)
         }
         LinkMetrics.queued(stanza.kind)
-        wake?.yield(.flush)
+        wake?()
     }
 
     /// Hands the link to another process that runs on the same spool (a take-over restart, SPEC §18): what is
@@ -231,11 +231,11 @@ package final class ComponentConnection: Service, Sendable {
             switch result {
             case .success(let seq):
                 let item = Outgoing(xml: xml, deadline: .now + Self.forever, waiter: nil, iqID: nil, seq: seq)
-                let wake: AsyncStream<Input>.Continuation? = shared.withLock { state in
+                let wake: Wake? = shared.withLock { state in
                     self.flushSignal(&state, writeNow: state.machine.spooled(item))
                 }
                 LinkMetrics.queued(kind)
-                wake?.yield(.flush)
+                wake?()
                 completion(.success(()))
             case .failure(let error):
                 shared.withLock { $0.machine.spoolFailed() }
@@ -250,10 +250,10 @@ package final class ComponentConnection: Service, Sendable {
     /// Spool entries this process took over: queued behind whatever is queued.
     private func adopt(_ entries: [SpooledStanza]) {
         let items = entries.map { Outgoing(xml: $0.xml, deadline: .now + Self.forever, waiter: nil, iqID: nil, seq: $0.seq) }
-        let wake: AsyncStream<Input>.Continuation? = shared.withLock { state in
+        let wake: Wake? = shared.withLock { state in
             flushSignal(&state, writeNow: state.machine.adopted(items))
         }
-        wake?.yield(.flush)
+        wake?()
     }
 
     /// Validates and queues a stanza and waits until it has been written to the server (or has expired in the
@@ -286,7 +286,7 @@ package final class ComponentConnection: Service, Sendable {
         let deadline = ContinuousClock.now + min(wait ?? settings.sendQueueTTL, settings.sendQueueTTL)
         // While the link is up, the stanza is as good as written once it is queued (it would wait in the queue
         // across a reconnect): the sender hears so at once, without waiting for the link's task and its event loop.
-        let queued: Result<(id: Int?, wake: AsyncStream<Input>.Continuation?), SendError> = shared.withLock { state in
+        let queued: Result<(id: Int?, wake: Wake?), SendError> = shared.withLock { state in
             do throws(SendError) {
                 if state.machine.isReady {
                     let item = Outgoing(xml: xml, deadline: deadline, waiter: nil, iqID: nil)
@@ -304,7 +304,7 @@ package final class ComponentConnection: Service, Sendable {
         switch queued {
         case .success(let (id, wake)):
             LinkMetrics.queued(stanza.kind)
-            wake?.yield(.flush)
+            wake?()
             guard let id else {
                 completion(.success(()))
                 return nil
@@ -354,7 +354,7 @@ package final class ComponentConnection: Service, Sendable {
         let itemDeadline = min(deadline, .now + settings.sendQueueTTL)
         let item = Outgoing(xml: xml, deadline: itemDeadline, waiter: nil, iqID: id)
         let pending = PendingIQ(deadline: deadline, to: iq.to, replier: completion)
-        let queued: Result<AsyncStream<Input>.Continuation?, SendError> = shared.withLock { state in
+        let queued: Result<Wake?, SendError> = shared.withLock { state in
             do throws(SendError) {
                 let writeNow = try state.machine.request(item, id: id, iq: pending, maxPending: maxPending)
                 return .success(self.queued(&state, deadline: itemDeadline, writeNow: writeNow))
@@ -365,7 +365,7 @@ package final class ComponentConnection: Service, Sendable {
         switch queued {
         case .success(let wake):
             LinkMetrics.queued(.iq)
-            wake?.yield(.flush)
+            wake?()
             return {
                 if let pending = self.shared.withLock({ $0.machine.cancelRequest(id: id) }) {
                     pending.replier(.failure(SendError(.timeout, "request cancelled")))
@@ -471,6 +471,8 @@ package final class ComponentConnection: Service, Sendable {
         case barrierDue
         /// The answer to a ping or barrier of this link that arrived over another link (`relayReply`).
         case relayed(LinkStateMachine<Waiter, IQReplier>.StreamAction)
+        /// What a stanza read on the event loop (`LinkFastPath`) asks of the session loop.
+        case action(LinkStateMachine<Waiter, IQReplier>.StreamAction)
     }
 
     static func ping(id: String, settings: ComponentSettings) -> Stanza {
@@ -481,6 +483,8 @@ package final class ComponentConnection: Service, Sendable {
 
     private func connectOnce(logger: Logger) async -> Outcome {
         let limits = XMLLimits(maxStanzaBytes: settings.maxStanza)
+        let (inputs, input) = AsyncStream.makeStream(of: Input.self)
+        let pipe = EventPipe(input: input)
         let channel: NIOAsyncChannel<XMLStreamEvent, ByteBuffer>
         do {
             channel = try await ClientBootstrap(group: group)
@@ -489,6 +493,7 @@ package final class ComponentConnection: Service, Sendable {
                 .connect(host: settings.host, port: settings.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(XMLStreamDecoder(limits: limits)))
+                        try channel.pipeline.syncOperations.addHandler(LinkFastPath(connection: self, pipe: pipe))
                         return try NIOAsyncChannel<XMLStreamEvent, ByteBuffer>(wrappingChannelSynchronously: channel)
                     }
                 }
@@ -497,8 +502,8 @@ package final class ComponentConnection: Service, Sendable {
         }
         logger.debug("connected, opening stream", metadata: ["server": "\(settings.host):\(settings.port)"])
         do {
-            return try await channel.executeThenClose { inbound, outbound in
-                try await session(inbound: inbound, outbound: outbound, logger: logger)
+            return try await channel.executeThenClose { [channel = channel.channel] inbound, outbound in
+                try await session(inbound: inbound, outbound: outbound, channel: channel, inputs: inputs, pipe: pipe, logger: logger)
             }
         } catch {
             return .failed(ComponentLinkError(.closedByPeer, "connection error: \(error)"))
@@ -507,10 +512,9 @@ package final class ComponentConnection: Service, Sendable {
 
     private func session(
         inbound: NIOAsyncChannelInboundStream<XMLStreamEvent>, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-        logger: Logger
+        channel: any Channel, inputs: AsyncStream<Input>, pipe: EventPipe, logger: Logger
     ) async throws -> Outcome {
-        let (inputs, input) = AsyncStream.makeStream(of: Input.self)
-        let pipe = EventPipe()
+        let input = pipe.input
         // Events the reader passed on that the session loop never took: their units go back with the session.
         defer { inboundBudget.give(pipe.queued.load(ordering: .relaxed)) }
         return try await withGracefulShutdownHandler {
@@ -536,11 +540,12 @@ package final class ComponentConnection: Service, Sendable {
                     }
                 }
                 let opening = sessionStarted(input)
-                var loop = SessionLoop(connection: self, outbound: outbound, pipe: pipe, logger: logger, input: input)
+                var loop = SessionLoop(connection: self, outbound: outbound, channel: channel, pipe: pipe, logger: logger)
                 defer {
                     group.cancelAll()
                     let waiters = shared.withLock { state in
                         state.session = nil
+                        state.direct = nil
                         defer { state.leaveWaiters = [] }
                         return state.leaveWaiters
                     }
@@ -570,19 +575,111 @@ package final class ComponentConnection: Service, Sendable {
 
     /// After something was queued (under the lock): the timer covers its deadline, and the session loop is
     /// signalled (once per batch) when the link is up. Returns the loop's input to signal, if any.
-    private func queued(_ state: inout SharedState, deadline: ContinuousClock.Instant, writeNow: Bool)
-        -> AsyncStream<Input>.Continuation?
-    {
+    private func queued(_ state: inout SharedState, deadline: ContinuousClock.Instant, writeNow: Bool) -> Wake? {
         armTimer(&state, for: deadline)
         return flushSignal(&state, writeNow: writeNow)
     }
 
-    /// The session loop's input to signal (under the lock) when something was queued on a ready link, once per
-    /// batch: the session loop takes everything queued when it handles the signal.
-    private func flushSignal(_ state: inout SharedState, writeNow: Bool) -> AsyncStream<Input>.Continuation? {
-        guard writeNow, !state.flushSignalled, let session = state.session else { return nil }
+    /// What to call (outside the lock) when something was queued on a ready link, once per batch: a flush on the
+    /// session's event loop, which takes everything queued by then and writes it as one buffer; before the session
+    /// writes directly (the handshake, the first batch), a signal to the session loop, which does the same.
+    private func flushSignal(_ state: inout SharedState, writeNow: Bool) -> Wake? {
+        guard writeNow, !state.flushSignalled else { return nil }
+        if let direct = state.direct {
+            state.flushSignalled = true
+            return { direct.channel.eventLoop.execute { self.flushDirect() } }
+        }
+        guard let session = state.session else { return nil }
         state.flushSignalled = true
-        return session
+        return { session.yield(.flush) }
+    }
+
+    /// Called outside the lock to get the queued stanzas written.
+    typealias Wake = @Sendable () -> Void
+
+    /// On the session's event loop: writes everything queued, unless the session stopped writing directly (then
+    /// whoever stopped it writes what is left, or the next session does).
+    fileprivate func flushDirect() {
+        let taken: (LinkStateMachine<Waiter, IQReplier>.Batch, DirectSession)? = shared.withLock { state in
+            state.flushSignalled = false
+            guard let direct = state.direct else { return nil }
+            return (state.machine.takeForWrite(), direct)
+        }
+        guard let (batch, direct) = taken else { return }
+        writeDirect(batch, on: direct)
+    }
+
+    /// Writes `batch` on `direct`'s event loop (called there), as one buffer; waiters hear when it is written.
+    private func writeDirect(_ batch: LinkStateMachine<Waiter, IQReplier>.Batch, on direct: DirectSession) {
+        guard let buffer = buffer(for: batch, pipe: direct.pipe) else { return }
+        let items = batch.items
+        let promise: EventLoopPromise<Void>? = items.contains { $0.waiter != nil } ? direct.channel.eventLoop.makePromise() : nil
+        direct.channel.writeAndFlush(buffer, promise: promise)
+        withMachine { $0.wrote(at: .now) }
+        promise?.futureResult.whenComplete { result in
+            let outcome = result.mapError { SendError(.linkLost, "write failed: \($0)") }
+            for item in items { item.waiter?.complete(outcome) }
+        }
+    }
+
+    /// `batch` as one buffer, with a barrier ping after spooled stanzas (or one scheduled); nil when there is
+    /// nothing to write. A barrier alone is written too: shutdown's last batch may hold nothing new but a barrier for
+    /// what was written before it.
+    fileprivate func buffer(for batch: LinkStateMachine<Waiter, IQReplier>.Batch, pipe: EventPipe) -> ByteBuffer? {
+        let items = batch.items
+        guard !items.isEmpty || batch.barrier != nil else { return nil }
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(items.reduce(0) { $0 + $1.xml.utf8.count })
+        for item in items { buffer.writeString(item.xml) }
+        if !canPing {
+            if batch.barrier != nil || batch.wantsBarrier {
+                spool?.confirm(withMachine { $0.confirmWithoutBarrier() })
+            }
+        } else if let barrier = batch.barrier, let ping = try? pingPolicy.serialize(Self.ping(id: barrier, settings: settings)) {
+            buffer.writeString(ping)
+        } else if batch.wantsBarrier {
+            scheduleBarrier(pipe)
+        }
+        return buffer
+    }
+
+    /// How long spooled stanzas wait for their barrier: long enough that a burst shares one, short enough that
+    /// the spool forgets them about as fast as the server confirms.
+    static let barrierDelay: TimeAmount = .milliseconds(10)
+
+    /// Has the session loop write a barrier after `barrierDelay`, unless one is on its way.
+    fileprivate func scheduleBarrier(_ pipe: EventPipe) {
+        guard pipe.barrierScheduled.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+        else { return }
+        group.any().scheduleTask(in: Self.barrierDelay) { pipe.input.yield(.barrierDue) }
+    }
+
+    /// From now on (nil: no longer) queued stanzas are written on the session's event loop, not by the session loop.
+    fileprivate func setDirect(_ direct: DirectSession?) {
+        shared.withLock { $0.direct = direct }
+    }
+
+    /// The session writing directly, if it does.
+    fileprivate var direct: DirectSession? { shared.withLock { $0.direct } }
+
+    /// A stanza read on the event loop while nothing read before it waits for the session loop (`LinkFastPath`),
+    /// handled there: delivered, or an iq reply given to its requester; anything else goes to the session loop.
+    fileprivate func receivedDirectly(_ event: XMLStreamEvent, pipe: EventPipe) {
+        let action = received(event)
+        switch action {
+        case .deliver(let stanza):
+            LinkMetrics.received(stanza.kind)
+            deliver(stanza)  // gives the unit back unless the router's queue holds the stanza
+        case .reply(let pending, let stanza):
+            inboundBudget.give()
+            LinkMetrics.received(.iq)
+            pending.replier(.success(stanza))
+        case .none:
+            inboundBudget.give()
+        default:
+            inboundBudget.give()
+            pipe.input.yield(.action(action))
+        }
     }
 
     /// Makes sure the deadline timer fires by `deadline` (under the lock). One timer on the link's event loop
@@ -747,27 +844,17 @@ final class DirectInboundSlot: @unchecked Sendable {
 private struct SessionLoop {
     let connection: ComponentConnection
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    /// The connection's channel: once the link is up, queued stanzas are written on its event loop.
+    let channel: any Channel
     let pipe: EventPipe
     let logger: Logger
-    /// The session's own input (for the drain timer).
-    let input: AsyncStream<ComponentConnection.Input>.Continuation
     /// Shutdown has written the last stanzas and waits for their barrier's answer.
     var draining = false
     /// The stream was closed by `leave`: reading on until the server closes its side.
     var leaving = false
-    /// A `.barrierDue` is on its way.
-    var barrierScheduled = false
 
-    /// How long spooled stanzas wait for their barrier: long enough that a burst shares one, short enough that
-    /// the spool forgets them about as fast as the server confirms.
-    static let barrierDelay: TimeAmount = .milliseconds(10)
-
-    mutating func scheduleBarrier() {
-        guard !barrierScheduled else { return }
-        barrierScheduled = true
-        let input = self.input
-        connection.group.any().scheduleTask(in: Self.barrierDelay) { input.yield(.barrierDue) }
-    }
+    /// The session's own input (for the drain timer).
+    var input: AsyncStream<ComponentConnection.Input>.Continuation { pipe.input }
 
     var settings: ComponentSettings { connection.settings }
 
@@ -786,6 +873,8 @@ private struct SessionLoop {
                     connection.inboundBudget.give()
                     if let outcome = try await perform(action) { return outcome }
                 }
+                // Only now may the event loop handle the stanzas read after this one itself (in order).
+                pipe.forwarded.subtract(1, ordering: .sequentiallyConsistent)
             case .parseError(let error):
                 if let outcome = try await perform(connection.withMachine({ $0.parseFailed(error) })) { return outcome }
             case .eof:
@@ -794,12 +883,18 @@ private struct SessionLoop {
                 return .failed(connection.withMachine { $0.disconnected() })
             case .flush:
                 if leaving { continue }  // after our </stream:stream>: nothing more is written
-                try await write(connection.takeForWrite())
+                if connection.direct != nil {
+                    // The link went direct after this signal: the event loop writes, in order with its other writes.
+                    channel.eventLoop.execute { [connection] in connection.flushDirect() }
+                } else {
+                    try await write(connection.takeForWrite())
+                }
             case .timers(let actions):
                 if leaving { continue }
                 if let outcome = try await perform(actions) { return outcome }
             case .shutdown:
                 if leaving { return .left }
+                connection.setDirect(nil)
                 let last = connection.withMachine { $0.close() }
                 try await write(last)
                 // Spooled stanzas just written: their barrier's answer lets the spool forget them, so that the next
@@ -815,7 +910,7 @@ private struct SessionLoop {
                 if leaving { return .left }
                 return await closeForShutdown()
             case .barrierDue:
-                barrierScheduled = false
+                pipe.barrierScheduled.store(false, ordering: .sequentiallyConsistent)
                 // While draining too: what was written after the barrier on its way needs the next one.
                 if leaving { continue }
                 if let id = connection.withMachine({ $0.barrierIfNeeded() }) {
@@ -824,9 +919,12 @@ private struct SessionLoop {
             case .relayed(let action):
                 if leaving { continue }
                 if let outcome = try await perform(action) { return outcome }
+            case .action(let action):
+                if let outcome = try await perform(action) { return outcome }
             case .leave:
                 guard !leaving else { continue }
                 leaving = true
+                connection.setDirect(nil)
                 try await write(connection.takeForWrite())
                 try? await write("</stream:stream>")
                 logger.notice("component stream closed: handing the link to the other stanzad on this spool")
@@ -849,6 +947,7 @@ private struct SessionLoop {
             case .handshakeTimedOut:
                 return .failed(ComponentLinkError(.handshakeTimeout, "no handshake reply within \(settings.handshakeTimeout)"))
             case .pingTimedOut:
+                connection.setDirect(nil)
                 logger.notice("no reply to ping, reconnecting", metadata: ["ping_timeout": "\(settings.pingTimeout)"])
                 try? await write("<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
                 return .failed(ComponentLinkError(.pingTimeout, "no reply to a ping within \(settings.pingTimeout)"))
@@ -891,21 +990,7 @@ private struct SessionLoop {
     /// replies instead of one per stanza. Spooled stanzas among them are followed by a barrier ping.
     mutating func write(_ batch: LinkStateMachine<Waiter, IQReplier>.Batch) async throws {
         let items = batch.items
-        // A barrier alone is written too: shutdown's last batch may hold nothing new but a barrier for what was
-        // written before it.
-        guard !items.isEmpty || batch.barrier != nil else { return }
-        var buffer = ByteBuffer()
-        buffer.reserveCapacity(items.reduce(0) { $0 + $1.xml.utf8.count })
-        for item in items { buffer.writeString(item.xml) }
-        if !connection.canPing {
-            if batch.barrier != nil || batch.wantsBarrier {
-                connection.spool?.confirm(connection.withMachine { $0.confirmWithoutBarrier() })
-            }
-        } else if let barrier = batch.barrier, let ping = try? connection.pingPolicy.serialize(ComponentConnection.ping(id: barrier, settings: settings)) {
-            buffer.writeString(ping)
-        } else if batch.wantsBarrier {
-            scheduleBarrier()
-        }
+        guard let buffer = connection.buffer(for: batch, pipe: pipe) else { return }
         do {
             try await outbound.write(buffer)
             connection.withMachine { $0.wrote(at: .now) }
@@ -932,9 +1017,11 @@ private struct SessionLoop {
             try await write(text)
             return nil
         case .ready(let streamID):
-            pipe.ready.store(true, ordering: .relaxed)
+            pipe.ready.store(true, ordering: .sequentiallyConsistent)
             logger.notice("component connected", metadata: ["stream.id": "\(streamID)", "server": "\(settings.host):\(settings.port)"])
-            try await write(connection.takeForWrite())
+            // From now on queued stanzas are written on the event loop, beginning with what waited for the link.
+            connection.setDirect(DirectSession(channel: channel, pipe: pipe))
+            channel.eventLoop.execute { [connection] in connection.flushDirect() }
             connection.notify(.up)
             return nil
         case .deliver(let stanza):
@@ -946,7 +1033,7 @@ private struct SessionLoop {
             return nil
         case .confirmed(let seqs, let more):
             connection.spool?.confirm(seqs)
-            if more { scheduleBarrier() }
+            if more { connection.scheduleBarrier(pipe) }
             return nil
         case .ignore(let element):
             logger.debug("ignoring non-stanza element from the server", metadata: ["element": "\(element.name)"])
@@ -955,6 +1042,7 @@ private struct SessionLoop {
             try await refuse(refused)
             return nil
         case .close(let streamError, let reason):
+            connection.setDirect(nil)
             if let streamError {
                 try? await write("<stream:error><\(streamError) xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
             }
@@ -964,11 +1052,57 @@ private struct SessionLoop {
     }
 }
 
-/// Counts the events the reader passed to the session loop and the loop has not taken yet.
+/// What a session's reader, event loop and session loop share.
 final class EventPipe: Sendable {
+    /// The session loop's input.
+    let input: AsyncStream<ComponentConnection.Input>.Continuation
+    /// Events the reader passed to the session loop and the loop has not taken yet.
     let queued = Atomic<Int>(0)
-    /// The handshake is done: from now on the reader waits for the budget.
+    /// Events the event loop passed on to the reader and the session loop has not handled yet: while there are
+    /// any, the event loop passes on every event (so that stanzas are handled in the order they were read).
+    let forwarded = Atomic<Int>(0)
+    /// The handshake is done: from now on the reader waits for the budget, and the event loop may handle stanzas.
     let ready = Atomic<Bool>(false)
+    /// A `.barrierDue` is on its way.
+    let barrierScheduled = Atomic<Bool>(false)
+
+    init(input: AsyncStream<ComponentConnection.Input>.Continuation) {
+        self.input = input
+    }
+}
+
+/// A session writing queued stanzas on its channel's event loop.
+struct DirectSession: Sendable {
+    let channel: any Channel
+    let pipe: EventPipe
+}
+
+/// In the link's pipeline after the stream decoder: once the link is up, a stanza read while nothing read before it
+/// waits for the session loop, and while the inbound budget has room, is handled right here on the event loop
+/// (delivered to the router's direct handler, or given to the iq request waiting for it) instead of travelling
+/// through the reader and session loop tasks. Everything else is passed on to them.
+private final class LinkFastPath: ChannelInboundHandler {
+    typealias InboundIn = XMLStreamEvent
+    typealias InboundOut = XMLStreamEvent
+
+    let connection: ComponentConnection
+    let pipe: EventPipe
+
+    init(connection: ComponentConnection, pipe: EventPipe) {
+        self.connection = connection
+        self.pipe = pipe
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .stanza = unwrapInboundIn(data), pipe.ready.load(ordering: .sequentiallyConsistent),
+            pipe.forwarded.load(ordering: .sequentiallyConsistent) == 0, connection.inboundBudget.tryTake()
+        {
+            connection.receivedDirectly(unwrapInboundIn(data), pipe: pipe)
+            return
+        }
+        pipe.forwarded.add(1, ordering: .sequentiallyConsistent)
+        context.fireChannelRead(data)
+    }
 }
 
 // MARK: - Shared state
@@ -1021,7 +1155,10 @@ private struct SharedState: Sendable {
     var timerGeneration = 0
     /// The current session's input, from TCP connect to the session's end.
     var session: AsyncStream<ComponentConnection.Input>.Continuation?
-    /// A `.flush` is on its way to the session loop and has not been handled yet.
+    /// The session writes queued stanzas on its event loop (from the first batch after the handshake until it
+    /// closes its stream).
+    var direct: DirectSession?
+    /// A flush is on its way (to the event loop or the session loop) and has not been handled yet.
     var flushSignalled = false
     var waiterCounter = 0
     /// The link is being handed to another process: it does not connect again.

@@ -73,6 +73,15 @@ final class InboundBudget: Sendable {
         }
     }
 
+    /// Takes one unit if one is left and no reader waits for units; false otherwise (nothing taken).
+    func tryTake() -> Bool {
+        state.withLock { state in
+            guard state.waiter == nil, state.outstanding < limit else { return false }
+            state.outstanding += 1
+            return true
+        }
+    }
+
     /// Takes one unit without waiting, even beyond the limit (the few events of a handshake).
     func takeNow() {
         state.withLock { $0.outstanding += 1 }
