@@ -6,6 +6,7 @@ import Executor
 import FastCGIFront
 import Foundation
 import Logging
+import NIOPosix
 import Rooms
 import Routing
 import ServiceLifecycle
@@ -145,9 +146,12 @@ struct Run: AsyncParsableCommand {
             instanceSettings.pingIDPrefix = "stanzad-instance-ping-"
             settings.pingFrom = instanceJID
         }
-        let connection = ComponentConnection(settings: settings, logger: logger, spool: spool)
+        // The link, the REST front and the webhooks' connections share one event loop: a stanza, a REST request
+        // and their answers then cross no thread between reading and writing.
+        let mainLoop = MultiThreadedEventLoopGroup.singleton.next()
+        let connection = ComponentConnection(settings: settings, logger: logger, group: mainLoop, spool: spool)
         let instance: InstanceLink? = config.component.instanceJID.map { instanceJID in
-            let link = ComponentConnection(settings: instanceSettings, logger: logger)
+            let link = ComponentConnection(settings: instanceSettings, logger: logger, group: mainLoop)
             let inbound = InstanceInbound(connection: link, main: connection, logger: logger)
             link.setDirectInbound { inbound.take($0) }
             return InstanceLink(connection: link, addressing: InstanceAddressing(domain: config.component.jid, instance: instanceJID))
@@ -260,7 +264,7 @@ struct Run: AsyncParsableCommand {
             }
             front = FastCGIServer(
                 listen: listen, socketMode: socketMode, fd: fd, api: rest, logger: logger,
-                readTimeout: .seconds(config.rest?.readTimeout ?? 10))
+                readTimeout: .seconds(config.rest?.readTimeout ?? 10), eventLoop: mainLoop)
         }
         let reloader = Reloader(config: config, factory: factory, dispatcher: dispatcher, api: api, hooks: hooks, rooms: rooms, logger: logger)
         logger.notice("stanzad starting", metadata: [

@@ -30,9 +30,12 @@ package final class FastCGIServer: Service, Sendable {
     /// Connections at once; beyond it new ones are closed at once (long-polls are bounded by max_pending).
     let maxConnections: Int
     private let lastRefusalLog = Mutex<ContinuousClock.Instant?>(nil)
-    /// Accepts and serves every connection: no hop between the two (bench/rest at 2 connections), and the REST
-    /// work (parsing, stamping) does not compete with the component link's loops.
-    private let acceptLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    /// Accepts and serves every connection: no hop between the two (bench/rest at 2 connections). stanzad passes
+    /// the component link's loop: a REST iq is then written to the link, and its answer to nginx, without a hop
+    /// between threads. Without one, the front has a loop of its own.
+    private let acceptLoop: any EventLoop
+    /// The front's own loop's group (shut down with it); nil when it was given one.
+    private let ownGroup: MultiThreadedEventLoopGroup?
     /// Requests the API has not answered yet, for shutdown.
     private let outstanding = Mutex(Outstanding())
 
@@ -51,7 +54,15 @@ package final class FastCGIServer: Service, Sendable {
     /// `fd` is the listening socket from `ListeningSocket.open` (opened before the ServiceGroup starts, so a
     /// bad `listen` stops stanzad at once with a clear error).
     package init(listen: String, socketMode: UInt16, fd: Int32, api: RestAPI, logger: Logger,
-                readTimeout: Duration = .seconds(10), maxConnections: Int? = nil) {
+                readTimeout: Duration = .seconds(10), maxConnections: Int? = nil, eventLoop: (any EventLoop)? = nil) {
+        if let eventLoop {
+            acceptLoop = eventLoop
+            ownGroup = nil
+        } else {
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            acceptLoop = group.next()
+            ownGroup = group
+        }
         self.listen = listen
         self.socketMode = socketMode
         self.fd = fd
@@ -110,7 +121,7 @@ package final class FastCGIServer: Service, Sendable {
         }
         for exchange in waiting { exchange.abandon(with: Self.shuttingDown) }
         if let path = socketPath { unlink(path) }
-        try? await acceptLoop.shutdownGracefully()
+        try? await ownGroup?.shutdownGracefully()
         logger.notice("REST API stopped", metadata: ["answered_503": "\(waiting.count)"])
     }
 
@@ -121,7 +132,7 @@ package final class FastCGIServer: Service, Sendable {
 
     /// For the systemd watchdog: runs `done` on the front's own event loop (not while it is stuck).
     package func probe(_ done: @escaping @Sendable () -> Void) {
-        acceptLoop.next().execute(done)
+        acceptLoop.execute(done)
     }
 
     /// Runs a complete request: the API answers at once or when the link has done its part. No task and no
