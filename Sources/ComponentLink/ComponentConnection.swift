@@ -603,7 +603,10 @@ package final class ComponentConnection: Service, Sendable {
         let taken: (LinkStateMachine<Waiter, IQReplier>.Batch, DirectSession)? = shared.withLock { state in
             state.flushSignalled = false
             guard let direct = state.direct else { return nil }
-            return (state.machine.takeForWrite(), direct)
+            let batch = state.machine.takeForWrite()
+            // Written below, in this same turn of the event loop.
+            if !batch.isEmpty { state.machine.wrote(at: .now) }
+            return (batch, direct)
         }
         guard let (batch, direct) = taken else { return }
         writeDirect(batch, on: direct)
@@ -615,7 +618,7 @@ package final class ComponentConnection: Service, Sendable {
         let items = batch.items
         let promise: EventLoopPromise<Void>? = items.contains { $0.waiter != nil } ? direct.channel.eventLoop.makePromise() : nil
         direct.channel.writeAndFlush(buffer, promise: promise)
-        withMachine { $0.wrote(at: .now) }
+        if items.isEmpty { withMachine { $0.wrote(at: .now) } }  // a barrier alone
         promise?.futureResult.whenComplete { result in
             let outcome = result.mapError { SendError(.linkLost, "write failed: \($0)") }
             for item in items { item.waiter?.complete(outcome) }
