@@ -616,11 +616,10 @@ package final class ComponentConnection: Service, Sendable {
     private func writeDirect(_ batch: LinkStateMachine<Waiter, IQReplier>.Batch, on direct: DirectSession) {
         guard let buffer = buffer(for: batch, pipe: direct.pipe) else { return }
         let items = batch.items
-        let promise: EventLoopPromise<Void>? = items.isEmpty ? nil : direct.channel.eventLoop.makePromise()
+        let promise: EventLoopPromise<Void>? = items.contains { $0.waiter != nil } ? direct.channel.eventLoop.makePromise() : nil
         direct.channel.writeAndFlush(buffer, promise: promise)
         if items.isEmpty { withMachine { $0.wrote(at: .now) } }  // a barrier alone
-        promise?.futureResult.whenComplete { [self] result in
-            if case .failure = result { withMachine { $0.writeFailed(items) } }
+        promise?.futureResult.whenComplete { result in
             let outcome = result.mapError { SendError(.linkLost, "write failed: \($0)") }
             for item in items { item.waiter?.complete(outcome) }
         }
@@ -999,7 +998,6 @@ private struct SessionLoop {
             try await outbound.write(buffer)
             connection.withMachine { $0.wrote(at: .now) }
         } catch {
-            connection.withMachine { $0.writeFailed(items) }
             for item in items {
                 item.waiter?.complete(.failure(SendError(.linkLost, "write failed: \(error)")))
             }

@@ -265,16 +265,6 @@ struct LinkStateMachine<Waiter, Replier> {
         return isReady
     }
 
-    /// Writing `items` failed: the connection went away under them. A plain stanza (no waiter, not spooled, not an
-    /// iq request) goes first on the next stream: its sender was told it is as good as written. A spooled one goes
-    /// again anyway (it is unconfirmed), an iq request is answered with the link's loss when the session ends, and
-    /// a stanza with a waiter is answered by the shell.
-    mutating func writeFailed(_ items: [Queue.Item]) {
-        guard isOpen else { return }
-        let again = items.filter { $0.waiter == nil && $0.seq == nil && $0.iqID == nil }
-        if !again.isEmpty { queue.appendSpooled(again, atFront: true) }
-    }
-
     /// What is queued, to be written now; empty unless the link is ready.
     mutating func takeForWrite() -> Batch {
         guard isReady else { return Batch() }

@@ -61,8 +61,7 @@ struct OutboundQueue<Waiter, Replier> {
     }
 
     /// Queues spooled stanzas beyond the capacity (the spool's own bound was checked when they were accepted):
-    /// at the end, or at the front when they were written on a lost stream and go again first. Also stanzas
-    /// whose write failed, at the front (they had their place in the queue already).
+    /// at the end, or at the front when they were written on a lost stream and go again first.
     mutating func appendSpooled(_ spooled: [Item], atFront: Bool = false) {
         if atFront {
             items.insert(contentsOf: spooled, at: 0)

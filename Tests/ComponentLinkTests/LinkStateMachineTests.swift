@@ -436,28 +436,6 @@ import XMPPCore
         #expect(batch.wantsBarrier)
     }
 
-    /// A write that failed under a dying connection loses no plain stanza: it goes first on the next stream. An iq
-    /// request is answered with the loss instead, a spooled stanza goes again as unconfirmed, and one with a waiter is
-    /// answered by the shell.
-    @Test func aFailedWriteQueuesItsPlainStanzasFirstForTheNextStream() throws {
-        var link = machine()
-        ready(&link, at: t0)
-        _ = try link.enqueue(item("plain", deadline: at(60)))
-        _ = try link.enqueue(item("waited", deadline: at(60), waiter: "w"))
-        _ = try link.request(item("<iq id='q'/>", deadline: at(30), iq: "q"), id: "q",
-                             iq: .init(deadline: at(30), to: "example.org", replier: "q"), maxPending: 10)
-        try link.reserveSpool()
-        _ = link.spooled(spooled(1))
-        let written = link.takeForWrite().items
-        #expect(written.map(\.xml) == ["plain", "waited", "<iq id='q'/>", "s1"])
-        _ = try link.enqueue(item("later", deadline: at(60)))
-        link.writeFailed(written)
-        let end = link.sessionEnded(ComponentLinkError(.closedByPeer, "gone"), at: at(1), jitter: 1)
-        #expect(end.lostIQs.map(\.replier) == ["q"])
-        ready(&link, at: at(3))
-        #expect(link.takeForWrite().items.map(\.xml) == ["s1", "plain", "later"])
-    }
-
     @Test func spooledStanzasNeverExpireAndTheSpoolIsBoundedBySendQueue() throws {
         var link = machine(queue: 2, ttl: .seconds(1))
         try link.reserveSpool()
