@@ -599,17 +599,36 @@ package final class ComponentConnection: Service, Sendable {
 
     /// On the session's event loop: writes everything queued, unless the session stopped writing directly (then
     /// whoever stopped it writes what is left, or the next session does).
+    ///
+    /// Nothing is taken while the channel cannot take it: when it is closing (what is queued waits for the next
+    /// stream, in order, instead of going into a dead socket) or not writable because the server reads slowly (what
+    /// is queued stays bounded by `send_queue` and expires by `send_queue_ttl`; `LinkFastPath` flushes again once the
+    /// channel is writable).
     fileprivate func flushDirect() {
-        let taken: (LinkStateMachine<Waiter, IQReplier>.Batch, DirectSession)? = shared.withLock { state in
+        enum Taken {
+            case nothing
+            case batch(LinkStateMachine<Waiter, IQReplier>.Batch, DirectSession)
+            case elsewhere(any EventLoop)
+        }
+        let taken: Taken = shared.withLock { state in
+            guard let direct = state.direct else {
+                state.flushSignalled = false
+                return .nothing
+            }
+            // A wake of an earlier session on another loop: the batch is taken and written on this session's loop.
+            guard direct.channel.eventLoop.inEventLoop else { return .elsewhere(direct.channel.eventLoop) }
             state.flushSignalled = false
-            guard let direct = state.direct else { return nil }
+            guard direct.channel.isActive, direct.channel.isWritable else { return .nothing }
             let batch = state.machine.takeForWrite()
             // Written below, in this same turn of the event loop.
             if !batch.isEmpty { state.machine.wrote(at: .now) }
-            return (batch, direct)
+            return .batch(batch, direct)
         }
-        guard let (batch, direct) = taken else { return }
-        writeDirect(batch, on: direct)
+        switch taken {
+        case .nothing: return
+        case .elsewhere(let loop): loop.execute { self.flushDirect() }
+        case .batch(let batch, let direct): writeDirect(batch, on: direct)
+        }
     }
 
     /// Writes `batch` on `direct`'s event loop (called there), as one buffer; waiters hear when it is written.
@@ -744,6 +763,8 @@ package final class ComponentConnection: Service, Sendable {
         shared.withLock { state in
             let action = state.machine.received(event, at: .now)
             if case .ready = action { armSessionTimer(&state) }
+            // The server ended the stream (a stream error): nothing more is written on it, whoever handles the close.
+            if case .close = action { state.direct = nil }
             return action
         }
     }
@@ -1094,6 +1115,12 @@ private final class LinkFastPath: ChannelInboundHandler {
     init(connection: ComponentConnection, pipe: EventPipe) {
         self.connection = connection
         self.pipe = pipe
+    }
+
+    /// The server reads again: what waited for room is written.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, pipe.ready.load(ordering: .sequentiallyConsistent) { connection.flushDirect() }
+        context.fireChannelWritabilityChanged()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -17,20 +17,29 @@ final class FakeComponentServer: Sendable {
     /// Why serving ended early, if it did (the link closed the connection, a write failed).
     private let failure = Mutex<String?>(nil)
     private let task = Mutex<Task<Void, Never>?>(nil)
+    /// With `stallsAfterHandshake`: opened by `release`, when the server reads again.
+    private let released = Latch()
 
     private init(channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>, port: Int) {
         self.channel = channel
         self.port = port
     }
 
-    static func start(stanzas: Int, bodyBytes: Int, answersHeader: Bool = true) async throws -> FakeComponentServer {
+    /// `stallsAfterHandshake`: after its handshake (and stanzas) the server reads nothing until `release`, so what
+    /// the link writes backs up in TCP.
+    static func start(stanzas: Int, bodyBytes: Int, answersHeader: Bool = true, stallsAfterHandshake: Bool = false)
+        async throws -> FakeComponentServer
+    {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .bind(host: "127.0.0.1", port: 0) { child in
                 child.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: child) }
             }
         let server = FakeComponentServer(channel: channel, port: try #require(channel.channel.localAddress?.port))
         server.task.withLock {
-            $0 = Task { await server.serve(stanzas: stanzas, bodyBytes: bodyBytes, answersHeader: answersHeader) }
+            $0 = Task {
+                await server.serve(stanzas: stanzas, bodyBytes: bodyBytes, answersHeader: answersHeader,
+                                   stallsAfterHandshake: stallsAfterHandshake)
+            }
         }
         return server
     }
@@ -41,6 +50,38 @@ final class FakeComponentServer: Sendable {
 
     /// Everything the link wrote on the first connection so far.
     var received: String { text.withLock { $0 } }
+    private let watchers = Mutex<[(marker: String, continuation: CheckedContinuation<Void, Never>)]>([])
+
+    /// Returns once the link has written `marker` (at once if it has).
+    func receives(_ marker: String) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = watchers.withLock { watchers -> Bool in
+                if received.contains(marker) { return true }
+                watchers.append((marker, continuation))
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// Records what the link wrote; true when `marker` is in it (searched in the new bytes and just before them).
+    private func append(_ bytes: ByteBuffer, lookingFor marker: String) -> Bool {
+        let chunk = String(buffer: bytes)
+        var found = false
+        let due = watchers.withLock { watchers -> [CheckedContinuation<Void, Never>] in
+            // A marker may straddle two chunks: the new one is searched with the end of what came before.
+            let recent = text.withLock { text in
+                defer { text += chunk }
+                return String(text.suffix(256)) + chunk
+            }
+            found = recent.contains(marker)
+            let due = watchers.filter { recent.contains($0.marker) }.map(\.continuation)
+            watchers.removeAll { recent.contains($0.marker) }
+            return due
+        }
+        for continuation in due { continuation.resume() }
+        return found
+    }
 
     /// Returns when every stanza is written.
     func finished() async { await written.wait() }
@@ -48,12 +89,15 @@ final class FakeComponentServer: Sendable {
     /// Returns when the link closed the first connection.
     func linkClosed() async { await closed.wait() }
 
+    /// The stalled server reads again.
+    func release() { released.open() }
+
     func close() async {
         task.withLock { $0?.cancel() }
         try? await channel.channel.close()
     }
 
-    private func serve(stanzas: Int, bodyBytes: Int, answersHeader: Bool) async {
+    private func serve(stanzas: Int, bodyBytes: Int, answersHeader: Bool, stallsAfterHandshake: Bool) async {
         defer {
             written.open()
             closed.open()
@@ -64,8 +108,9 @@ final class FakeComponentServer: Sendable {
                     try await client.executeThenClose { inbound, outbound in
                         var iterator = inbound.makeAsyncIterator()
                         func read(until marker: String) async throws {
-                            while !received.contains(marker), let bytes = try await iterator.next() {
-                                text.withLock { $0 += String(buffer: bytes) }
+                            guard !received.contains(marker) else { return }
+                            while let bytes = try await iterator.next() {
+                                if append(bytes, lookingFor: marker) { return }
                             }
                         }
                         try await read(until: "<stream:stream")
@@ -84,6 +129,7 @@ final class FakeComponentServer: Sendable {
                             }
                         }
                         written.open()
+                        if stallsAfterHandshake { await released.wait() }
                         // Keepalives, pings and the closing tag: read until the link goes away.
                         try await read(until: "\u{0}")
                     }
