@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from harness import REPO, stanzad_binary
 
 DEMO = REPO / "scripts" / "demo"
@@ -87,7 +89,14 @@ def test_interactive_demo_prints_working_commands_and_ctrl_c_stops_everything():
             assert re.search(pattern, run.stdout), f"{command}\n{run.stdout}"
 
         os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(30) == 130
+        try:
+            status = process.wait(30)
+        except subprocess.TimeoutExpired:
+            # Which of its servers is still stopping, and what stanzad logged meanwhile (the demo gives each 10 s).
+            log = Path(directory, "stanzad.log")
+            pytest.fail(f"the demo did not stop within 30 s of Ctrl-C; still running: {processes_mentioning(directory)}\n"
+                        f"stanzad.log (end):\n{log.read_text()[-3000:] if log.exists() else '(gone)'}")
+        assert status == 130
         rest = process.stdout.read()
         assert "stopping the demo" in rest
         assert not processes_mentioning(directory), processes_mentioning(directory)
