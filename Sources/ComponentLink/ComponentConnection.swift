@@ -631,13 +631,14 @@ package final class ComponentConnection: Service, Sendable {
         }
     }
 
-    /// Writes `batch` on `direct`'s event loop (called there), as one buffer; waiters hear when it is written.
+    /// Writes `batch` on `direct`'s event loop (called there), as one buffer; waiters hear when it is written. (The
+    /// write was noted when the batch was taken; a batch taken for writing carries no barrier of its own, so one
+    /// without items is nothing to write.)
     private func writeDirect(_ batch: LinkStateMachine<Waiter, IQReplier>.Batch, on direct: DirectSession) {
         guard let buffer = buffer(for: batch, pipe: direct.pipe) else { return }
         let items = batch.items
         let promise: EventLoopPromise<Void>? = items.contains { $0.waiter != nil } ? direct.channel.eventLoop.makePromise() : nil
         direct.channel.writeAndFlush(buffer, promise: promise)
-        if items.isEmpty { withMachine { $0.wrote(at: .now) } }  // a barrier alone
         promise?.futureResult.whenComplete { result in
             let outcome = result.mapError { SendError(.linkLost, "write failed: \($0)") }
             for item in items { item.waiter?.complete(outcome) }
@@ -1124,10 +1125,11 @@ private final class LinkFastPath: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .stanza = unwrapInboundIn(data), pipe.ready.load(ordering: .sequentiallyConsistent),
+        let event = unwrapInboundIn(data)
+        if case .stanza = event, pipe.ready.load(ordering: .sequentiallyConsistent),
             pipe.forwarded.load(ordering: .sequentiallyConsistent) == 0, connection.inboundBudget.tryTake()
         {
-            connection.receivedDirectly(unwrapInboundIn(data), pipe: pipe)
+            connection.receivedDirectly(event, pipe: pipe)
             return
         }
         pipe.forwarded.add(1, ordering: .sequentiallyConsistent)
