@@ -231,15 +231,48 @@ package final class ComponentConnection: Service, Sendable {
             switch result {
             case .success(let seq):
                 let item = Outgoing(xml: xml, deadline: .now + Self.forever, waiter: nil, iqID: nil, seq: seq)
-                let wake: Wake? = shared.withLock { state in
-                    self.flushSignal(&state, writeNow: state.machine.spooled(item))
+                let (wake, landed): (Wake?, [CheckedContinuation<Void, Never>]) = shared.withLock { state in
+                    (self.flushSignal(&state, writeNow: state.machine.spooled(item)), Self.commitsLanded(&state))
                 }
                 LinkMetrics.queued(kind)
                 wake?()
+                for waiter in landed { waiter.resume() }
                 completion(.success(()))
             case .failure(let error):
-                shared.withLock { $0.machine.spoolFailed() }
+                let landed = shared.withLock { state in
+                    state.machine.spoolFailed()
+                    return Self.commitsLanded(&state)
+                }
+                for waiter in landed { waiter.resume() }
                 completion(.failure(error))
+            }
+        }
+    }
+
+    /// The waiters of `waitForCommits` to resume (under the lock) when no stored stanza is waiting for its commit.
+    private static func commitsLanded(_ state: inout SharedState) -> [CheckedContinuation<Void, Never>] {
+        guard state.machine.spooling == 0, !state.commitWaiters.isEmpty else { return [] }
+        defer { state.commitWaiters = [] }
+        return state.commitWaiters
+    }
+
+    /// Returns once every stanza handed to the spool has been committed (and queued, so written while the link
+    /// writes directly), or after `timeout`. Shutdown waits for this before it closes the stream: a reply stored
+    /// just before would otherwise be committed after the last batch and stay in the spool for the next start.
+    fileprivate func waitForCommits(timeout: Duration) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = shared.withLock { state -> Bool in
+                if state.machine.spooling == 0 { return true }
+                state.commitWaiters.append(continuation)
+                return false
+            }
+            if now { return continuation.resume() }
+            group.any().scheduleTask(in: TimeAmount(timeout)) { [self] in
+                let late = shared.withLock { state in
+                    defer { state.commitWaiters = [] }
+                    return state.commitWaiters
+                }
+                for waiter in late { waiter.resume() }
             }
         }
     }
@@ -919,6 +952,8 @@ private struct SessionLoop {
                 if let outcome = try await perform(actions) { return outcome }
             case .shutdown:
                 if leaving { return .left }
+                // Replies handed to the spool just before (their handlers are done) are committed and written first.
+                if connection.spool != nil { await connection.waitForCommits(timeout: .seconds(2)) }
                 connection.setDirect(nil)
                 let last = connection.withMachine { $0.close() }
                 try await write(last)
@@ -1197,6 +1232,8 @@ private struct SharedState: Sendable {
     var leaving = false
     /// Waiting for the session to end after `leave`.
     var leaveWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Waiting for the stanzas handed to the spool to be committed (`waitForCommits`).
+    var commitWaiters: [CheckedContinuation<Void, Never>] = []
 
     init(machine: LinkStateMachine<Waiter, IQReplier>) {
         self.machine = machine
