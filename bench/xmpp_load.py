@@ -102,6 +102,14 @@ def process_rss(pids: list[int]) -> int:
     return total
 
 
+def process_memory(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon (what the process holds: heap, stacks, written data) and RssFile (mapped code and read-only
+    data, shared with other processes) of one process, in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
+            if line.split(":")[0] in ("VmRSS", "RssAnon", "RssFile")}
+
+
 def pids_running(fragment: str) -> list[int]:
     """Processes whose command line contains `fragment`."""
     found = []

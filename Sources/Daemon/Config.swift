@@ -731,6 +731,11 @@ struct ConfigLoader {
         route.workers = int(t, "workers", min: 1) ?? 1
         route.maxRequests = int(t, "max_requests", min: 0) ?? 0
         route.inFlight = int(t, "in_flight", min: 1) ?? 1
+        if case .worker = target, route.concurrency < route.workers * route.inFlight {
+            let capacity = route.workers * route.inFlight
+            warning(t.line(of: t["concurrency"] == nil ? "in_flight" : "concurrency"),
+                    "route \"\(route.name)\" lets \(route.concurrency) requests at once (concurrency\(t["concurrency"] == nil ? ", default 4" : "")) reach its \(route.workers) worker\(route.workers == 1 ? "" : "s") × \(route.inFlight) in_flight = \(capacity); set concurrency = \(capacity) to use them all")
+        }
         if route.format == "text", !pull, route.kinds.contains(where: { $0 != .message }) {
             warning(t.line(of: "kinds"), "route \"\(route.name)\" has format \"text\", which takes only messages with a body; its \(route.kinds.filter { $0 != .message }.map(\.rawValue).joined(separator: " and ")) will never match (use format = \"json\" or \"xml\")")
         }

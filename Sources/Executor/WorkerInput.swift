@@ -1,13 +1,15 @@
-// A worker's stdin: our own pipe, written by whoever hands the worker a request. A request line is written
-// straight from the caller's thread with one nonblocking write(2): no task, thread or event-loop hop between a
-// stanza arriving and the worker seeing it. Only when the pipe is full (the worker is not reading) do the
-// remaining bytes wait in a buffer that the process loop flushes as the pipe drains.
+// A worker's stdin: our own pipe, written by whoever hands the worker a request, with a nonblocking write(2): no
+// task, thread or hop to another loop between a stanza arriving and the worker seeing it. On an event loop (the
+// link reading stanzas) the lines of one turn are gathered and written together at its end, so that the stanzas of
+// one read reach the worker in one write and one wake-up; elsewhere a line is written at once. When the pipe is
+// full (the worker is not reading) the remaining bytes wait in a buffer that the process loop flushes as it drains.
 
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import ComponentLink
 import CSpawn
 import Synchronization
 
@@ -19,7 +21,8 @@ final class WorkerInput: ProcessLoopWatcher, Sendable {
     private let state: Mutex<State>
 
     private struct State {
-        /// Bytes accepted but not yet in the pipe, in order.
+        /// Bytes accepted but not yet in the pipe, in order: gathered for the end of this event-loop turn, or
+        /// waiting for room.
         var pending: [UInt8] = []
         /// No more lines: close once `pending` is written.
         var closing = false
@@ -46,24 +49,54 @@ final class WorkerInput: ProcessLoopWatcher, Sendable {
     /// closed (the worker takes no more requests, or its stdin broke): the caller must place the request elsewhere.
     @discardableResult
     func send(_ line: [UInt8]) -> Bool {
-        let (accepted, waitForRoom, callbacks) = state.withLock { state -> (Bool, Bool, [@Sendable () -> Void]) in
-            guard !state.closed, !state.closing else { return (false, false, []) }
+        enum Then { case nothing, flushAtEndOfTurn, waitForRoom }
+        let turn = EndOfTurn.current
+        let (accepted, then, callbacks) = state.withLock { state -> (Bool, Then, [@Sendable () -> Void]) in
+            guard !state.closed, !state.closing else { return (false, .nothing, []) }
             if !state.pending.isEmpty {
+                // Gathered for this turn, or waiting for room: goes out with the rest.
                 state.pending += line
-                return (true, false, [])
+                return (true, .nothing, [])
+            }
+            if turn != nil {
+                state.pending = line
+                return (true, .flushAtEndOfTurn, [])
             }
             let written = writeSome(line[...])
             if written < 0 {
                 state.closing = true
-                return (false, false, finish(&state))
+                return (false, .nothing, finish(&state))
             }
-            if written == line.count { return (true, false, []) }
+            if written == line.count { return (true, .nothing, []) }
             state.pending = Array(line[written...])
-            return (true, true, [])
+            return (true, .waitForRoom, [])
+        }
+        for callback in callbacks { callback() }
+        switch then {
+        case .nothing: break
+        case .flushAtEndOfTurn: turn?.schedule { self.flushAtEndOfTurn() }
+        case .waitForRoom: loop.execute { self.watchForRoom() }
+        }
+        return accepted
+    }
+
+    /// The end of the event-loop turn that gathered lines: they are written together.
+    private func flushAtEndOfTurn() {
+        let (waitForRoom, callbacks) = state.withLock { state -> (Bool, [@Sendable () -> Void]) in
+            // Closed since, or the process loop already waits for room and writes `pending` itself.
+            guard !state.closed, !state.watched, !state.pending.isEmpty else { return (false, []) }
+            let written = writeSome(state.pending[...])
+            if written < 0 {
+                state.pending = []
+                state.closing = true
+                return (false, finish(&state))
+            }
+            state.pending.removeFirst(written)
+            if state.pending.isEmpty { return (false, state.closing ? finish(&state) : []) }
+            return (true, [])
         }
         for callback in callbacks { callback() }
         if waitForRoom { loop.execute { self.watchForRoom() } }
-        return accepted
     }
 
     /// No more lines: stdin is closed once what was accepted has been written (the worker then sees EOF).

@@ -32,6 +32,19 @@ private let minimal = """
         ])
     }
 
+    @Test func aWorkerRouteWhoseConcurrencyLeavesWorkerCapacityUnusedIsWarnedAbout() throws {
+        let route = "\n[[route]]\nname = \"hot\"\nworker = [\"/bin/cat\"]\nformat = \"json\"\nworkers = 2\nin_flight = 32\n"
+        #expect(try load(minimal + route).get().warnings.map(\.description) == [
+            "/etc/stanzad/stanzad.toml:10: route \"hot\" lets 4 requests at once (concurrency, default 4) reach its 2 workers × 32 in_flight = 64; set concurrency = 64 to use them all",
+        ])
+        #expect(try load(minimal + route + "concurrency = 16\n").get().warnings.map(\.description) == [
+            "/etc/stanzad/stanzad.toml:11: route \"hot\" lets 16 requests at once (concurrency) reach its 2 workers × 32 in_flight = 64; set concurrency = 64 to use them all",
+        ])
+        #expect(try load(minimal + route + "concurrency = 64\n").get().warnings.isEmpty)
+        // The SPEC's own example: 4 workers of one request each, the default concurrency of 4.
+        #expect(try load(minimal + "\n[[route]]\nname = \"w\"\nworker = [\"/bin/cat\"]\nformat = \"json\"\nworkers = 4\n").get().warnings.isEmpty)
+    }
+
     @Test func perSenderLimitAndFromSelfAreReadAndCheckedWithFileLine() throws {
         let text = minimal + "\n[limits]\nper_sender = \"20/10s\"\n\n[[route]]\nname = \"a\"\nexec = [\"/bin/cat\"]\nfrom_self = true\n"
         let config = try load(text).get()

@@ -1,7 +1,9 @@
-// A worker's stdin pipe: lines written straight from the caller, buffered (in order) while the pipe is full,
-// closed only after everything accepted is written, and refusing lines once closed or broken.
+// A worker's stdin pipe: lines written straight from the caller (gathered to the end of the turn on an event
+// loop), buffered (in order) while the pipe is full, closed only after everything accepted is written, and refusing
+// lines once closed or broken.
 
 import Foundation
+import NIOPosix
 import Testing
 
 @testable import Executor
@@ -24,7 +26,32 @@ private func readAll(_ fd: Int32) async -> [UInt8] {
     }
 }
 
+/// Whether `fd` has bytes to read right now.
+private func readable(_ fd: Int32) -> Bool {
+    var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    return poll(&descriptor, 1, 0) == 1
+}
+
 @Suite struct WorkerInputTests {
+    @Test func linesSentDuringAnEventLoopTurnReachThePipeTogetherWhenItEnds() async throws {
+        let input = try WorkerInput()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let lines = (0..<16).map { Array("stanza \($0)\n".utf8) }
+        let (accepted, writtenDuringTheTurn) = try await loop.submit {
+            (lines.allSatisfy { input.send($0) }, readable(input.readEnd))
+        }.get()
+        #expect(accepted)
+        #expect(!writtenDuringTheTurn, "the lines of one turn wait for its end, to leave in one write")
+        // Off an event loop a line is written at once; it queues behind the turn's lines if they are still there.
+        let late = Array("off the loop\n".utf8)
+        #expect(input.send(late))
+        #expect(readable(input.readEnd))
+        input.close()
+        let received = await readAll(input.readEnd)
+        #expect(received == lines.flatMap { $0 } + late, "every line, in order, before EOF")
+        await input.waitUntilClosed()
+    }
+
     @Test func linesBeyondThePipesCapacityArriveWholeAndInOrderBeforeEOF() async throws {
         let input = try WorkerInput()
         // 2,000 lines of 1 KiB: about 2 MB, 30 times what a pipe holds, written while nobody reads.
