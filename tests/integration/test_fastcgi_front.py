@@ -33,7 +33,7 @@ def threads(pid: int) -> int:
 
 
 def start_stanzad(prosody, tmp_path_factory, *, max_pending: int, delay: float, announce: bool = False,
-                  read_timeout: int = READ_TIMEOUT) -> tuple[Stanzad, Path]:
+                  read_timeout: int = READ_TIMEOUT, hold: int = 0) -> tuple[Stanzad, Path]:
     socket_path = tmp_path_factory.mktemp("run") / "fastcgi.sock"
     extra = f'''
 [rest]
@@ -47,7 +47,7 @@ name = "delayed"
 kinds = ["iq"]
 to = ["slow@{COMPONENT}"]
 worker = ["{DELAY_WORKER}"]
-env = {{ DELAY = "{delay}", ANNOUNCE = "{1 if announce else 0}" }}
+env = {{ DELAY = "{delay}", ANNOUNCE = "{1 if announce else 0}", HOLD = "{hold}" }}
 format = "json"
 in_flight = 10000
 concurrency = 10000
@@ -78,7 +78,11 @@ def many(tmp_path_factory):
     prosody = Prosody(tmp_path_factory.mktemp("prosody"))
     prosody.start()
     # read_timeout: the debug build reads a burst of 10,000 requests more slowly than the 2 s of `front`.
-    daemon, socket_path = start_stanzad(prosody, tmp_path_factory, max_pending=10000, delay=10, read_timeout=60)
+    # hold: the worker answers a round's 10,000 only once it has all of them, so that they all wait at once however
+    # long a slow machine takes to open them (a fixed 10 s delay answered the first ones while the last were still
+    # being opened on a 2-core VM, and their closed connections stalled the burst's accept check).
+    daemon, socket_path = start_stanzad(prosody, tmp_path_factory, max_pending=10000, delay=1, read_timeout=60,
+                                        hold=10_000)
     yield daemon, socket_path
     daemon.stop()
     prosody.stop()
@@ -160,7 +164,7 @@ def test_ten_thousand_long_polls_three_times_take_little_memory_and_give_it_back
         tasks = []
         # Opened 500 at a time, each batch once stanzad has accepted the one before (its descriptors are open),
         # so that the kernel's listen backlog (4096) is not what fails while the debug build reads the requests;
-        # the worker answers each request 10 s after it took it, so all wait at once.
+        # the worker answers none of them before it has all of them, so all wait at once.
         base = len(list(Path(f"/proc/{pid}/fd").iterdir()))
         for start in range(0, n, 500):
             tasks += [asyncio.ensure_future(one(i, opened)) for i in range(start, min(n, start + 500))]

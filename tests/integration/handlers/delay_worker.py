@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """A worker that answers every request with an empty reply after DELAY seconds (env, default 2), in one
-thread however many requests wait (for tests with thousands of long-polls)."""
+thread however many requests wait (for tests with thousands of long-polls). With HOLD=N (env), requests are held
+until N have been taken, and the N are answered DELAY seconds after the last: all N wait at once however long the
+client takes to send them."""
 import heapq
 import json
 import os
@@ -10,6 +12,8 @@ import time
 
 delay = float(os.environ.get("DELAY", "2"))
 announce = os.environ.get("ANNOUNCE") == "1"  # a stderr line per request taken (tests wait for it)
+hold = int(os.environ.get("HOLD", "0"))
+held: list[str] = []
 due: list[tuple[float, int, str]] = []
 counter = 0
 buffered = b""
@@ -25,7 +29,15 @@ while True:
         *lines, buffered = buffered.split(b"\n")
         for line in lines:
             counter += 1
-            heapq.heappush(due, (time.monotonic() + delay, counter, json.loads(line)["ref"]))
+            ref = json.loads(line)["ref"]
+            if hold:
+                held.append(ref)
+                if len(held) == hold:
+                    for number, ref in enumerate(held):
+                        heapq.heappush(due, (time.monotonic() + delay, counter + number, ref))
+                    held = []
+            else:
+                heapq.heappush(due, (time.monotonic() + delay, counter, ref))
             if announce:
                 sys.stderr.write(f"request {counter} taken\n")
                 sys.stderr.flush()
