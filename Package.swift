@@ -110,7 +110,9 @@ let package = Package(
         .target(
             name: "Executor",
             dependencies: [
-                "XMPPCore", "Routing", "ComponentLink", "CSpawn",
+                "XMPPCore", "Routing", "CSpawn",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -30,7 +30,8 @@ from xml.sax.saxutils import escape, quoteattr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
-from harness import COMPONENT, DOMAIN, SECRET, Prosody, Stanzad, component_config, free_port, wait_for_port  # noqa: E402
+from harness import (COMPONENT, DOMAIN, SECRET, Prosody, Stanzad, component_config, free_port,  # noqa: E402
+                     memory_kib, wait_for_port)
 
 BARE = "bare.example.test"
 STANZAD_BIN = Path(os.environ.get("BENCH_STANZAD_BIN", REPO / ".build-release" / "release" / "stanzad")).resolve()
@@ -100,14 +101,6 @@ def process_rss(pids: list[int]) -> int:
         except OSError:
             pass
     return total
-
-
-def process_memory(pid: int) -> dict[str, int]:
-    """VmRSS, RssAnon (what the process holds: heap, stacks, written data) and RssFile (mapped code and read-only
-    data, shared with other processes) of one process, in KiB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
-            if line.split(":")[0] in ("VmRSS", "RssAnon", "RssFile")}
 
 
 def pids_running(fragment: str) -> list[int]:

@@ -1,16 +1,19 @@
 // A worker's stdin: our own pipe, written by whoever hands the worker a request, with a nonblocking write(2): no
 // task, thread or hop to another loop between a stanza arriving and the worker seeing it. On an event loop (the
-// link reading stanzas) the lines of one turn are gathered and written together at its end, so that the stanzas of
-// one read reach the worker in one write and one wake-up; elsewhere a line is written at once. When the pipe is
-// full (the worker is not reading) the remaining bytes wait in a buffer that the process loop flushes as it drains.
+// link reading stanzas) the lines of one turn are gathered and written together at its end: a socket read carries
+// many stanzas, and written one by one each line would be a write(2) and a wake-up of the worker, which on a busy
+// machine preempts the loop and is preempted back once per stanza. Elsewhere a line is written at once. When the
+// pipe is full (the worker is not reading) the remaining bytes wait in a buffer that the process loop flushes as it
+// drains.
 
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import ComponentLink
 import CSpawn
+import NIOCore
+import NIOPosix
 import Synchronization
 
 final class WorkerInput: ProcessLoopWatcher, Sendable {
@@ -50,7 +53,8 @@ final class WorkerInput: ProcessLoopWatcher, Sendable {
     @discardableResult
     func send(_ line: [UInt8]) -> Bool {
         enum Then { case nothing, flushAtEndOfTurn, waitForRoom }
-        let turn = EndOfTurn.current
+        // NIO runs the tasks queued during a turn right after that turn's I/O, in the same wake-up.
+        let turn = MultiThreadedEventLoopGroup.currentEventLoop
         let (accepted, then, callbacks) = state.withLock { state -> (Bool, Then, [@Sendable () -> Void]) in
             guard !state.closed, !state.closing else { return (false, .nothing, []) }
             if !state.pending.isEmpty {
@@ -74,7 +78,7 @@ final class WorkerInput: ProcessLoopWatcher, Sendable {
         for callback in callbacks { callback() }
         switch then {
         case .nothing: break
-        case .flushAtEndOfTurn: turn?.schedule { self.flushAtEndOfTurn() }
+        case .flushAtEndOfTurn: turn?.execute { self.flushAtEndOfTurn() }
         case .waitForRoom: loop.execute { self.watchForRoom() }
         }
         return accepted
@@ -85,13 +89,7 @@ final class WorkerInput: ProcessLoopWatcher, Sendable {
         let (waitForRoom, callbacks) = state.withLock { state -> (Bool, [@Sendable () -> Void]) in
             // Closed since, or the process loop already waits for room and writes `pending` itself.
             guard !state.closed, !state.watched, !state.pending.isEmpty else { return (false, []) }
-            let written = writeSome(state.pending[...])
-            if written < 0 {
-                state.pending = []
-                state.closing = true
-                return (false, finish(&state))
-            }
-            state.pending.removeFirst(written)
+            writePending(&state)
             if state.pending.isEmpty { return (false, state.closing ? finish(&state) : []) }
             return (true, [])
         }
@@ -144,13 +142,7 @@ final class WorkerInput: ProcessLoopWatcher, Sendable {
     func ready(_ fd: Int32) {
         let callbacks = state.withLock { state -> [@Sendable () -> Void] in
             guard !state.closed, state.watched else { return [] }
-            let written = writeSome(state.pending[...])
-            if written < 0 {
-                state.pending = []
-                state.closing = true
-            } else {
-                state.pending.removeFirst(written)
-            }
+            writePending(&state)
             guard state.pending.isEmpty else { return [] }
             loop.stopWatching(writeEnd)
             state.watched = false
@@ -160,6 +152,17 @@ final class WorkerInput: ProcessLoopWatcher, Sendable {
     }
 
     // MARK: Under the lock
+
+    /// Writes as much of `pending` as the pipe takes; a broken pipe drops it and closes the input.
+    private func writePending(_ state: inout State) {
+        let written = writeSome(state.pending[...])
+        if written < 0 {
+            state.pending = []
+            state.closing = true
+        } else {
+            state.pending.removeFirst(written)
+        }
+    }
 
     /// Writes without blocking; the count written (0 when the pipe is full), or -1 when the pipe is broken.
     private func writeSome(_ bytes: ArraySlice<UInt8>) -> Int {

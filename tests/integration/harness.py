@@ -38,6 +38,13 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"port {port} did not open within {timeout} s")
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon (what the process holds: heap, stacks, written data) and RssFile (mapped code and read-only
+    data, shared with other processes) of one process, in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1)) for key in ("VmRSS", "RssAnon", "RssFile")}
+
+
 def stanzad_binary() -> Path:
     path = Path(os.environ.get("STANZAD_BIN", REPO / ".build" / "debug" / "stanzad"))
     if not path.exists():

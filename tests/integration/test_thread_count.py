@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from harness import Stanzad, component_config
+from harness import Stanzad, component_config, memory_kib
 from test_executor import burst, route
 from test_workers import worker_route
 
@@ -112,11 +112,6 @@ def test_an_idle_stanzad_has_at_most_16_threads(stanzad, alice):
 # holds (RssAnon: heap, stacks, its data) is 3-4 MB in both. This test bounds the latter, at half the goal, so that
 # a leak or a large idle cache shows whatever the build.
 MAX_IDLE_ANON_KIB = 15 * 1024
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return {key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1)) for key in ("VmRSS", "RssAnon", "RssFile")}
 
 
 def test_an_idle_stanzad_holds_little_memory_of_its_own(stanzad, alice):

@@ -13,7 +13,7 @@ import time
 delay = float(os.environ.get("DELAY", "2"))
 announce = os.environ.get("ANNOUNCE") == "1"  # a stderr line per request taken (tests wait for it)
 hold = int(os.environ.get("HOLD", "0"))
-held: list[str] = []
+held: list[tuple[int, str]] = []
 due: list[tuple[float, int, str]] = []
 counter = 0
 buffered = b""
@@ -29,15 +29,12 @@ while True:
         *lines, buffered = buffered.split(b"\n")
         for line in lines:
             counter += 1
-            ref = json.loads(line)["ref"]
-            if hold:
-                held.append(ref)
-                if len(held) == hold:
-                    for number, ref in enumerate(held):
-                        heapq.heappush(due, (time.monotonic() + delay, counter + number, ref))
-                    held = []
-            else:
-                heapq.heappush(due, (time.monotonic() + delay, counter, ref))
+            held.append((counter, json.loads(line)["ref"]))
+            if len(held) >= hold:  # without HOLD, at once
+                answer_at = time.monotonic() + delay
+                for number, ref in held:
+                    heapq.heappush(due, (answer_at, number, ref))
+                held = []
             if announce:
                 sys.stderr.write(f"request {counter} taken\n")
                 sys.stderr.flush()
