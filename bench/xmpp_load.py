@@ -71,6 +71,12 @@ def start_bare(prosody: Prosody) -> subprocess.Popen:
     return process
 
 
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Moves every thread of a running process to `cpus` (threads it starts later inherit)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
 def ensure_binary() -> None:
     if not STANZAD_BIN.exists():
         print("building stanzad (release, .build-release)", file=sys.stderr)
@@ -116,6 +122,18 @@ def pids_running(fragment: str) -> list[int]:
     return found
 
 
+def cpu_busy() -> dict[int, tuple[int, int]]:
+    """Per CPU: (busy, total) jiffies so far, from /proc/stat."""
+    found = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            values = [int(v) for v in fields]
+            idle = values[3] + values[4]  # idle + iowait
+            found[int(name[3:])] = (sum(values[:8]) - idle, sum(values[:8]))
+    return found
+
+
 async def interleaved(client: "EchoClient", targets: list[tuple[str, str]], rounds: int, seconds: float,
                       window: int, cpu: dict[str, object] | None = None) -> dict[str, list[float]]:
     """Measures every (label, jid) once per round, in turn; prints each measurement; returns label → rates.
@@ -125,6 +143,7 @@ async def interleaved(client: "EchoClient", targets: list[tuple[str, str]], roun
     for number in range(1, rounds + 1):
         for label, jid in targets:
             before = {name: process_cpu(pids()) for name, pids in (cpu or {}).items()}
+            busy_before = cpu_busy()
             sent_before = client.received_total
             rate, errors = await client.measure(jid, seconds, window)
             echoes = max(1, client.received_total - sent_before)
@@ -132,6 +151,11 @@ async def interleaved(client: "EchoClient", targets: list[tuple[str, str]], roun
                            for name, pids in (cpu or {}).items())
             if cpu and "stanzad" in cpu:
                 used += f"  stanzad RSS {process_rss(cpu['stanzad']()) // 1024} MiB"
+            if cpu:
+                busy_after = cpu_busy()
+                used += "  busy " + " ".join(
+                    f"cpu{n} {100 * (b - busy_before[n][0]) / max(1, t - busy_before[n][1]):.0f}%"
+                    for n, (b, t) in sorted(busy_after.items()) if n in busy_before)
             rates[label].append(rate)
             print(f"  round {number} {label:<8} {rate:9.0f} echoes/s" + (f"  CPU/echo:{used}" if used else "")
                   + (f"  ({errors} error replies)" if errors else ""), flush=True)
