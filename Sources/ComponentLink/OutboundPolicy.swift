@@ -50,13 +50,24 @@ package struct OutboundPolicy: Sendable {
     package let domain: String
     package let maxStanzaBytes: Int
 
+    /// Names these settings on a stanza this policy checked (`Stanza.checked`).
+    private let key: String
+
     package init(domain: String, maxStanzaBytes: Int) {
         self.domain = domain.lowercased()
         self.maxStanzaBytes = maxStanzaBytes
+        key = "\(maxStanzaBytes) \(self.domain)"
+    }
+
+    /// Checks `stanza` as `serialize` does and keeps the bytes on it: a policy with the same settings (the link's)
+    /// then writes them without serializing the stanza again, unless it was changed since.
+    package func check(_ stanza: inout Stanza) throws(SendError) {
+        stanza.keepChecked(try serialize(stanza), by: key)
     }
 
     /// The bytes to write for `stanza`, or why it must not be written.
     package func serialize(_ stanza: Stanza) throws(SendError) -> String {
+        if let checked = stanza.checked, checked.key == key { return checked.xml }
         guard let fromValue = stanza.from else {
             throw SendError(.invalidFrom, "stanza has no from")
         }

@@ -122,7 +122,8 @@ package final class Dispatcher: Sendable {
 
     /// The first route whose rule matches, without admitting the stanza; nil: the built-ins answer it.
     package func route(for stanza: Stanza, room: RoomOrigin? = nil) -> Route? {
-        routes.first(where: { $0.rule.matches(stanza, room: room) })
+        var addresses = StanzaAddresses(stanza)
+        return routes.first(where: { $0.rule.matches(stanza, room: room, addresses: &addresses) })
     }
 
     /// The built-in answer to a stanza no route takes. A message from a room gets none (SPEC §14: never

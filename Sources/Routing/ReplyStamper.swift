@@ -98,7 +98,7 @@ package struct ReplyStamper: Sendable {
             break
         }
         do {
-            _ = try policy.serialize(reply)
+            try policy.check(&reply)
         } catch {
             throw Refusal(description: "reply refused: \(error.message)")
         }

@@ -40,49 +40,50 @@ package struct RouteRule: Sendable {
     }
 
     package func matches(_ stanza: Stanza, room: RoomOrigin? = nil) -> Bool {
+        var addresses = StanzaAddresses(stanza)
+        return matches(stanza, room: room, addresses: &addresses)
+    }
+
+    /// `matches`, with the stanza's addresses parsed at most once over all the routes tried in turn.
+    func matches(_ stanza: Stanza, room: RoomOrigin?, addresses: inout StanzaAddresses) -> Bool {
         guard kinds.contains(stanza.kind) else { return false }
         if let room {
             guard let rooms, let jid = JID.parse(room.room) else {
                 // A private message from an occupant is also a chat message: routes without `rooms` may take it.
                 if room.isGroupchat { return false }
-                return matchesStanza(stanza)
+                return matchesStanza(stanza, addresses: &addresses)
             }
             guard rooms.contains(where: { $0.matches(jid) }) else { return false }
             if mentions, room.isGroupchat, !Mention.contains(stanza.body ?? "", nick: room.ownNick) { return false }
         } else if rooms != nil {
             return false
         }
-        return matchesStanza(stanza)
+        return matchesStanza(stanza, addresses: &addresses)
     }
 
-    private func matchesStanza(_ stanza: Stanza) -> Bool {
+    private func matchesStanza(_ stanza: Stanza, addresses: inout StanzaAddresses) -> Bool {
         if let commandNode {
             guard stanza.kind == .iq, stanza.type == "set",
                   let command = stanza.element.elements.first(where: { $0.name == "command" && $0.namespace == AdHocCommand.namespace }),
                   command[attribute: "node"] == commandNode
             else { return false }
         }
-        if let domain = refusesFromDomain, stanza.kind != .iq, isFromSelf(stanza, domain: domain) { return false }
+        if let domain = refusesFromDomain, stanza.kind != .iq, addresses.from()?.domain == domain { return false }
         if let types {
             let type = stanza.type ?? Self.implicitType(of: stanza.kind)
             guard types.contains(type) else { return false }
         }
         if let to {
-            guard let jid = JID.parse(stanza.to), to.contains(where: { $0.matches(jid) }) else { return false }
+            guard let jid = addresses.to(), to.contains(where: { $0.matches(jid) }) else { return false }
         }
         if let from {
-            guard let jid = JID.parse(stanza.from), from.contains(where: { $0.matches(jid) }) else { return false }
+            guard let jid = addresses.from(), from.contains(where: { $0.matches(jid) }) else { return false }
         }
         if requiresBody || body != nil {
             guard stanza.kind == .message, let text = stanza.body else { return false }
             if let body, !body.matches(text) { return false }
         }
         return true
-    }
-
-    private func isFromSelf(_ stanza: Stanza, domain: String) -> Bool {
-        guard let from = stanza.from else { return false }
-        return JID.parse(from)?.domain == domain
     }
 
     /// The type a stanza without a `type` attribute has (RFC 6120).
@@ -92,6 +93,34 @@ package struct RouteRule: Sendable {
         case .presence: "available"
         case .iq: ""
         }
+    }
+}
+
+/// A stanza's `to` and `from`, each parsed the first time a route asks for it: the routes are tried in turn, and
+/// each with a `to` or `from` pattern (or the loop guard) would otherwise parse them again.
+struct StanzaAddresses {
+    private let toText: String?
+    private let fromText: String?
+    private var parsedTo: JID??
+    private var parsedFrom: JID??
+
+    init(_ stanza: Stanza) {
+        toText = stanza.to
+        fromText = stanza.from
+    }
+
+    mutating func to() -> JID? {
+        if let parsedTo { return parsedTo }
+        let jid = JID.parse(toText)
+        parsedTo = .some(jid)
+        return jid
+    }
+
+    mutating func from() -> JID? {
+        if let parsedFrom { return parsedFrom }
+        let jid = JID.parse(fromText)
+        parsedFrom = .some(jid)
+        return jid
     }
 }
 

@@ -1,11 +1,33 @@
 // A top-level stanza (message, presence, iq) over an element, with the reply rules of SPEC §8.
 
+/// A stanza's serialized form as one outbound policy accepted it.
+package struct CheckedXML: Sendable {
+    package let xml: String
+    /// Which policy (its settings) accepted it.
+    package let key: String
+}
+
 package enum StanzaKind: String, Hashable, Sendable, CaseIterable {
     case message, presence, iq
 }
 
 package struct Stanza: Hashable, Sendable {
-    package var element: Element
+    package var element: Element {
+        didSet { checked = nil }
+    }
+
+    /// The bytes an outbound check produced for this very element (`OutboundPolicy`), so that the link does not
+    /// serialize a reply the stamper has just serialized. Any change to the element drops it. Not part of the
+    /// stanza's value: equality and hashing look at the element only.
+    package private(set) var checked: CheckedXML?
+
+    package static func == (lhs: Stanza, rhs: Stanza) -> Bool { lhs.element == rhs.element }
+    package func hash(into hasher: inout Hasher) { hasher.combine(element) }
+
+    /// Keeps what `checker` (an outbound policy, named by `key`) made of this stanza.
+    package mutating func keepChecked(_ xml: String, by key: String) {
+        checked = CheckedXML(xml: xml, key: key)
+    }
 
     /// Wraps an element that is a message, presence or iq in a stanza namespace; nil otherwise.
     package init?(_ element: Element) {

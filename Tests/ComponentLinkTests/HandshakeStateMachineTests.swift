@@ -147,6 +147,31 @@ private func streamError(_ condition: String, text: String? = nil) -> XMLStreamE
         return s
     }
 
+    /// The stamper checks a reply and the link writes it: the bytes are made once, and never kept past a change.
+    @Test func aCheckedStanzaIsWrittenAsCheckedUntilItChanges() throws {
+        var reply = stanza(from: "echo@bot.example.org", to: "alice@example.org")
+        let fresh = try policy.serialize(reply)
+        try policy.check(&reply)
+        #expect(reply.checked?.xml == fresh)
+        #expect(try policy.serialize(reply) == fresh)
+        #expect(reply == stanza(from: "echo@bot.example.org", to: "alice@example.org"), "the kept bytes are not part of the value")
+
+        // Changed after the check: checked again, so a bad address is still refused.
+        var changed = reply
+        changed.to = "not a jid@@"
+        #expect(changed.checked == nil)
+        #expect(throws: SendError.self) { try policy.serialize(changed) }
+        changed = reply
+        changed.element.append(Element("subject", namespace: Namespace.client, text: "new"))
+        #expect(try policy.serialize(changed).contains("<subject>new</subject>"))
+
+        // A policy with other settings (another link's domain) does not take the bytes another one checked.
+        let other = OutboundPolicy(domain: "instance.example.org", maxStanzaBytes: 200)
+        #expect(throws: SendError.self) { try other.serialize(reply) }
+        let smaller = OutboundPolicy(domain: "bot.example.org", maxStanzaBytes: 50)
+        #expect(throws: SendError.self) { try smaller.serialize(reply) }
+    }
+
     @Test func acceptsAddressesInsideTheDomain() throws {
         for from in ["bot.example.org", "echo@bot.example.org", "echo@bot.example.org/r", "Bot.Example.Org"] {
             #expect(throws: Never.self, "\(from)") { try policy.serialize(stanza(from: from, to: "alice@example.org")) }
