@@ -132,7 +132,9 @@ package struct WebhookRequest: Sendable, Equatable {
     /// Fills {kind} {type} {to} {from} {id}, each percent-encoded (RFC 3986 unreserved characters stay).
     /// A missing value renders as empty.
     package static func render(_ template: String, _ stanza: Stanza) -> String {
-        render(template, values: [
+        // Most URLs have no placeholder: no values to gather, nothing to copy.
+        guard template.utf8.contains(UInt8(ascii: "{")) else { return template }
+        return render(template, values: [
             "kind": stanza.kind.rawValue,
             "type": stanza.type ?? (stanza.kind == .presence ? "available" : (stanza.kind == .message ? "normal" : "")),
             "to": stanza.to ?? "", "from": stanza.from ?? "", "id": stanza.id ?? "",

@@ -95,7 +95,19 @@ package enum HTTPMediaType {
     /// The media type without parameters, lower-cased: "Application/JSON; charset=utf-8" → "application/json".
     package static func essence(_ contentType: String?) -> String {
         guard let contentType else { return "" }
-        let base = contentType.split(separator: ";", maxSplits: 1).first ?? ""
-        return base.filter { $0 != " " && $0 != "\t" }.lowercased()
+        // ASCII, as media types are: byte by byte (this runs for every webhook answer and REST request).
+        var bytes: [UInt8] = []
+        for byte in contentType.utf8 {
+            switch byte {
+            case UInt8(ascii: ";"): return String(decoding: bytes, as: UTF8.self)
+            case UInt8(ascii: " "), UInt8(ascii: "\t"): continue
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): bytes.append(byte + 32)
+            case 0..<0x80: bytes.append(byte)
+            default:
+                let base = contentType.split(separator: ";", maxSplits: 1).first ?? ""
+                return base.filter { $0 != " " && $0 != "\t" }.lowercased()
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 }

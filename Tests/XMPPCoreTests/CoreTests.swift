@@ -265,3 +265,16 @@ private func parseOne(_ xml: String) throws -> Element {
         #expect(!bytes.withUnsafeBytes { v.feed($0) })
     }
 }
+
+@Suite struct HTTPMediaTypeTests {
+    @Test func theEssenceIsTheTypeWithoutParametersOrSpacesInLowerCase() {
+        #expect(HTTPMediaType.essence("Application/JSON; charset=utf-8") == "application/json")
+        #expect(HTTPMediaType.essence(" text/plain ;charset=UTF-8") == "text/plain")
+        #expect(HTTPMediaType.essence("application/xmpp+xml") == "application/xmpp+xml")
+        #expect(HTTPMediaType.essence("\tAPPLICATION/X-WWW-FORM-URLENCODED") == "application/x-www-form-urlencoded")
+        #expect(HTTPMediaType.essence(";") == "")
+        #expect(HTTPMediaType.essence(nil) == "")
+        // Not ASCII (no media type is): lower-cased all the same, so it matches none of ours.
+        #expect(HTTPMediaType.essence("TÉXT/Plain; x=1") == "téxt/plain")
+    }
+}
