@@ -1,9 +1,12 @@
 // A component server for tests of the link's I/O shell: real sockets on loopback, scripted replies.
 
+import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
 import Testing
+
+@testable import ComponentLink
 
 /// Accepts one component connection, completes the handshake without checking it (unless told not to answer), then
 /// writes `stanzas` messages in chunks (each write waits for the channel to become writable again) and records what
@@ -42,6 +45,22 @@ final class FakeComponentServer: Sendable {
             }
         }
         return server
+    }
+
+    /// A link to this server (component bot.example.org) on `loop`, running, returned once it is up; cancel the task
+    /// to stop it.
+    func connectedLink(on loop: any EventLoop, _ configure: (inout ComponentSettings) -> Void = { _ in }) async
+        -> (link: ComponentConnection, running: Task<Void, any Error>)
+    {
+        var settings = ComponentSettings(jid: "bot.example.org", host: "127.0.0.1", port: port, secret: "s")
+        configure(&settings)
+        let link = ComponentConnection(settings: settings, logger: Logger(label: "test"), group: loop)
+        let (events, event) = AsyncStream.makeStream(of: LinkEvent.self)
+        link.setLinkObserver { event.yield($0) }
+        let running = Task { try await link.run() }
+        var observed = events.makeAsyncIterator()
+        #expect(await observed.next() == .up)
+        return (link, running)
     }
 
     var allWritten: Bool { written.isOpen }

@@ -1,5 +1,4 @@
 import Foundation
-import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -28,13 +27,7 @@ import XMPPCore
     @Test func stanzasSentInsideTheBlockWaitInTheQueueAndLeaveWhenItEnds() async throws {
         let server = try await FakeComponentServer.start(stanzas: 0, bodyBytes: 0)
         let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let settings = ComponentSettings(jid: "bot.example.org", host: "127.0.0.1", port: server.port, secret: "s")
-        let link = ComponentConnection(settings: settings, logger: Logger(label: "test"), group: loop)
-        let (events, event) = AsyncStream.makeStream(of: LinkEvent.self)
-        link.setLinkObserver { event.yield($0) }
-        let running = Task { try await link.run() }
-        var observed = events.makeAsyncIterator()
-        #expect(await observed.next() == .up)
+        let (link, running) = await server.connectedLink(on: loop)
 
         // On a thread of its own, as the process loop is: after each send a task submitted to the link's loop has
         // run, so a flush asked for at the send (queued before that task) would have taken the queue by then.

@@ -1,4 +1,3 @@
-import Logging
 import NIOCore
 import NIOPosix
 import Testing
@@ -13,14 +12,7 @@ import XMPPCore
     @Test func aServerThatStopsReadingFillsTheSendQueueNotTheChannelsBuffer() async throws {
         let server = try await FakeComponentServer.start(stanzas: 0, bodyBytes: 0, stallsAfterHandshake: true)
         let loop = MultiThreadedEventLoopGroup.singleton.next()
-        var settings = ComponentSettings(jid: "bot.example.org", host: "127.0.0.1", port: server.port, secret: "s")
-        settings.sendQueue = 100
-        let link = ComponentConnection(settings: settings, logger: Logger(label: "test"), group: loop)
-        let (events, event) = AsyncStream.makeStream(of: LinkEvent.self)
-        link.setLinkObserver { event.yield($0) }
-        let running = Task { try await link.run() }
-        var observed = events.makeAsyncIterator()
-        #expect(await observed.next() == .up)
+        let (link, running) = await server.connectedLink(on: loop) { $0.sendQueue = 100 }
 
         // 2,000 stanzas of 16 KiB (32 MB) are far more than loopback's socket buffers hold. After each one the loop
         // has written what it could (its flush was scheduled before this no-op task).
