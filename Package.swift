@@ -110,7 +110,7 @@ let package = Package(
         .target(
             name: "Executor",
             dependencies: [
-                "XMPPCore", "Routing", "ComponentLink", "CSpawn",
+                "XMPPCore", "Routing", "CSpawn",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

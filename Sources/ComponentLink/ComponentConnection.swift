@@ -620,8 +620,7 @@ package final class ComponentConnection: Service, Sendable {
         guard writeNow, !state.flushSignalled else { return nil }
         if let direct = state.direct {
             state.flushSignalled = true
-            // From the process loop, once its batch of events is done (`LinkWakes`).
-            return { LinkWakes.wake { direct.channel.eventLoop.execute { self.flushDirect() } } }
+            return { direct.channel.eventLoop.execute { self.flushDirect() } }
         }
         guard let session = state.session else { return nil }
         state.flushSignalled = true

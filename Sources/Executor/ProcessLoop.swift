@@ -11,7 +11,6 @@ import Glibc
 import Musl
 #endif
 import CSpawn
-import ComponentLink
 import HeapModule
 import Synchronization
 
@@ -137,26 +136,20 @@ final class ProcessLoop: @unchecked Sendable {
             let timeout = runDueTimers()
             let count = stanzad_epoll_wait(epoll, &tokens, &kinds, 64, timeout)
             if count < 0 { continue }  // EINTR (nothing else can fail with valid arguments)
-            // What this batch of events hands to the link (a worker's answers, read line by line) leaves in one
-            // write, once the batch is done.
-            LinkWakes.deferring { handle(count, tokens) }
-        }
-    }
-
-    private func handle(_ count: Int32, _ tokens: [Int64]) {
-        for index in 0..<Int(count) {
-            let token = tokens[index]
-            if token == -1 {
-                stanzad_drain_wake(wakeFD)
-                let jobs = inbox.withLock { jobs in
-                    defer { jobs.removeAll(keepingCapacity: true) }
-                    return jobs
+            for index in 0..<Int(count) {
+                let token = tokens[index]
+                if token == -1 {
+                    stanzad_drain_wake(wakeFD)
+                    let jobs = inbox.withLock { jobs in
+                        defer { jobs.removeAll(keepingCapacity: true) }
+                        return jobs
+                    }
+                    for job in jobs { job() }
+                } else if let watcher = watchers[Int32(truncatingIfNeeded: token)] {
+                    // A stale event for a descriptor closed and reused within this batch is harmless: watchers
+                    // read and write nonblocking and treat "nothing there" as such.
+                    watcher.ready(Int32(truncatingIfNeeded: token))
                 }
-                for job in jobs { job() }
-            } else if let watcher = watchers[Int32(truncatingIfNeeded: token)] {
-                // A stale event for a descriptor closed and reused within this batch is harmless: watchers
-                // read and write nonblocking and treat "nothing there" as such.
-                watcher.ready(Int32(truncatingIfNeeded: token))
             }
         }
     }
