@@ -85,6 +85,7 @@ struct WorkerPoolStateMachine<Request: WorkerRequest> {
         guard pool == .running else { return .refused }
         for index in workers.indices {
             guard case .running(var process) = workers[index], process.inFlight.count < inFlightLimit else { continue }
+            workers[index] = .idle(lastGeneration: process.generation)  // the table is now referenced once: no copy
             process.inFlight[request.ref] = request
             workers[index] = .running(process)
             return .send(worker: index)
@@ -117,6 +118,7 @@ struct WorkerPoolStateMachine<Request: WorkerRequest> {
     /// Moves queued requests to `worker` while it has room; the shell writes them.
     private mutating func fill(_ index: Int) -> [Request] {
         guard pool == .running, case .running(var process) = workers[index] else { return [] }
+        workers[index] = .idle(lastGeneration: process.generation)  // the table is now referenced once: no copy
         var sends: [Request] = []
         while process.inFlight.count < inFlightLimit, !queue.isEmpty {
             let request = queue.removeFirst()
@@ -153,11 +155,15 @@ struct WorkerPoolStateMachine<Request: WorkerRequest> {
         case .idle, .starting:
             return expired.remove(ref) != nil ? .ignored : .unknownRef
         }
+        let wasRunning = if case .running = workers[index] { true } else { false }
+        // With the slot cleared the table is referenced once, and taking the request out does not copy it.
+        workers[index] = .idle(lastGeneration: process.generation)
         guard let request = process.inFlight.removeValue(forKey: ref) else {
+            workers[index] = rebuild(process)
             return expired.remove(ref) != nil ? .ignored : .unknownRef
         }
         process.served += 1
-        if case .running = workers[index], maxRequests > 0, process.served >= maxRequests {
+        if wasRunning, maxRequests > 0, process.served >= maxRequests {
             workers[index] = .draining(process, .recycled)
             return .deliver(request, sends: [], recycle: true)
         }

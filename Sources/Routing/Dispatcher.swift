@@ -186,11 +186,7 @@ package final class Dispatcher: Sendable {
     }
 
     private func context(for stanza: Stanza, on route: Route, room: RoomOrigin?) -> HandlerContext {
-        var handlerLogger = logger
-        handlerLogger[metadataKey: "route"] = "\(route.name)"
-        handlerLogger[metadataKey: "stanza.id"] = "\(stanza.id ?? "")"
-        if let room { handlerLogger[metadataKey: "room"] = "\(room.room)" }
-        return HandlerContext(route: route.name, component: builtIns.domain, logger: handlerLogger, room: room)
+        HandlerContext(route: route.name, component: builtIns.domain, routeLogger: logger, stanzaID: stanza.id, room: room)
     }
 
     /// Stamps the handler's replies and logs the stanza.

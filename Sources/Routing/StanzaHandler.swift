@@ -39,15 +39,41 @@ package struct HandlerContext: Sendable {
     package var route: String
     /// The component domain (`[component] jid`).
     package var component: String
-    package var logger: Logger
     /// The room the stanza came from (SPEC §14), for STANZA_ROOM / STANZA_NICK and JSON `room` / `room_nick`.
     package var room: RoomOrigin?
+    private var base: Logger
+    /// Set: `logger` adds the route, this stanza id and the room to `base`'s metadata.
+    private var stanzaID: String?
 
+    /// For the handler's log lines. Built when asked for: handlers log on failures, and a logger with its own
+    /// metadata for every stanza was a dictionary copy and three insertions each time.
+    package var logger: Logger {
+        get {
+            guard let stanzaID else { return base }
+            var logger = base
+            logger[metadataKey: "route"] = "\(route)"
+            logger[metadataKey: "stanza.id"] = "\(stanzaID)"
+            if let room { logger[metadataKey: "room"] = "\(room.room)" }
+            return logger
+        }
+        set {
+            base = newValue
+            stanzaID = nil
+        }
+    }
+
+    /// `logger` is used as it is.
     package init(route: String, component: String, logger: Logger, room: RoomOrigin? = nil) {
         self.route = route
         self.component = component
-        self.logger = logger
+        self.base = logger
         self.room = room
+    }
+
+    /// `logger` gets the route, the stanza's id ("" without one) and the room as metadata when it is used.
+    package init(route: String, component: String, routeLogger: Logger, stanzaID: String?, room: RoomOrigin?) {
+        self.init(route: route, component: component, logger: routeLogger, room: room)
+        self.stanzaID = stanzaID ?? ""
     }
 }
 

@@ -188,11 +188,10 @@ package struct WebhookHandler: StanzaHandler {
             completion(.failed(.modify, .badRequest, metadata: ["problem": "\(error)"]))
             return
         }
-        var logger = context.logger
-        logger[metadataKey: "delivery"] = "\(delivery)"
         let retries = stanza.kind == .message ? settings.retries : 0
         let attempts = Delivery(
-            handler: self, stanza: stanza, request: request, logger: logger, retries: retries, route: context.route,
+            handler: self, stanza: stanza, request: request, context: context, delivery: delivery, retries: retries,
+            route: context.route,
             budgetEnd: .now() + TimeAmount(settings.timeout * (retries + 1)), completion: completion)
         attempts.attempt(1)
     }
@@ -202,11 +201,19 @@ package struct WebhookHandler: StanzaHandler {
         let handler: WebhookHandler
         let stanza: Stanza
         let request: WebhookRequest
-        let logger: Logger
+        let context: HandlerContext
+        let delivery: String
         let retries: Int
         let route: String
         let budgetEnd: NIODeadline
         let completion: @Sendable (HandlerOutcome) -> Void
+
+        /// The handler's logger with the delivery id; built only for a line that is logged (retries, failures).
+        var logger: Logger {
+            var logger = context.logger
+            logger[metadataKey: "delivery"] = "\(delivery)"
+            return logger
+        }
 
         func attempt(_ number: Int) {
             let remaining = budgetEnd - .now()

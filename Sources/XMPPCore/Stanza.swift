@@ -24,7 +24,7 @@ package struct Stanza: Hashable, Sendable {
     package static func == (lhs: Stanza, rhs: Stanza) -> Bool { lhs.element == rhs.element }
     package func hash(into hasher: inout Hasher) { hasher.combine(element) }
 
-    /// Keeps what `checker` (an outbound policy, named by `key`) made of this stanza.
+    /// Keeps the XML an outbound policy (named by `key`) made of this stanza, for writers with that same key.
     package mutating func keepChecked(_ xml: String, by key: String) {
         checked = CheckedXML(xml: xml, key: key)
     }

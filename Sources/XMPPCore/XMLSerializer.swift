@@ -135,16 +135,15 @@ enum XMLWriter {
     /// Escapes text or an attribute value. `\r` (and in attributes `\t`, `\n`) become character references so
     /// that they survive the parser's end-of-line and attribute-value normalisation.
     static func escape(_ string: String, attribute: Bool, into out: inout String) throws(XMLSerializationError) {
-        var utf8 = Array(string.utf8)
-        var needsWork = false
-        for byte in utf8 where byte < 0x20 || byte == 0x26 || byte == 0x3C || byte == 0x3E || byte == 0x22 || byte == 0xEF {
-            needsWork = true
-            break
+        // Nearly every value needs nothing: it is scanned in place and appended as it is, with no copy of its bytes.
+        let needsWork = string.utf8.contains { byte in
+            byte < 0x20 || byte == 0x26 || byte == 0x3C || byte == 0x3E || byte == 0x22 || byte == 0xEF
         }
         if !needsWork {
             out += string
             return
         }
+        var utf8 = Array(string.utf8)
         var result: [UInt8] = []
         result.reserveCapacity(utf8.count + 16)
         var index = 0

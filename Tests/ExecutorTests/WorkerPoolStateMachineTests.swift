@@ -91,6 +91,8 @@ private func runningPool(workers: Int, inFlight: Int) -> Machine {
             Issue.record("r9 was never sent")
             return
         }
+        #expect(phase(machine.workers[0]) == "running", "an unknown ref leaves the worker as it was")
+        #expect(inFlight(machine.workers[0]) == ["r1"])
         let (late, stops) = machine.expire(now: start + .seconds(2))
         #expect(late.map(\.ref) == ["r1"])
         #expect(stops.map(\.worker) == [0])

@@ -181,6 +181,29 @@ actor OrderLog {
     }
 }
 
+@Suite struct HandlerContextTests {
+    @Test func aHandlersLoggerCarriesTheRouteTheStanzaIDAndTheRoom() {
+        var base = Logger(label: "test")
+        base[metadataKey: "component"] = "bot.example.org"
+        let room = RoomOrigin(room: "den@conference.example.org", nick: "ann", ownNick: "bot", isGroupchat: true)
+        let context = HandlerContext(route: "echo", component: "bot.example.org", routeLogger: base, stanzaID: "m1", room: room)
+        let logger = context.logger
+        #expect(logger[metadataKey: "component"] == "bot.example.org")
+        #expect(logger[metadataKey: "route"] == "echo")
+        #expect(logger[metadataKey: "stanza.id"] == "m1")
+        #expect(logger[metadataKey: "room"] == "den@conference.example.org")
+
+        let noID = HandlerContext(route: "echo", component: "bot.example.org", routeLogger: base, stanzaID: nil, room: nil)
+        #expect(noID.logger[metadataKey: "stanza.id"] == "")
+        #expect(noID.logger[metadataKey: "room"] == nil)
+
+        var replaced = context
+        replaced.logger = Logger(label: "other")
+        #expect(replaced.logger[metadataKey: "route"] == nil, "a logger set by hand is used as it is")
+        #expect(HandlerContext(route: "echo", component: "c", logger: base).logger[metadataKey: "route"] == nil)
+    }
+}
+
 @Suite struct LoopGuardAndRateLimitTests {
     static let builtIns = DirectStartTests.builtIns
 
