@@ -16,6 +16,67 @@ package struct JID: Hashable, Sendable, CustomStringConvertible {
     package static let maxPartBytes = 1023
 
     package init(_ string: String) throws(JIDError) {
+        if let simple = Self.simpleASCII(string) {
+            self = simple
+            return
+        }
+        try self.init(checking: string)
+    }
+
+    /// The JID when `string` is one of the common shape: ASCII, valid, a domain already in lower case, without a
+    /// trailing dot or an IP literal. Read in one pass over its bytes (every stanza's `to` and `from` are parsed
+    /// to route it). nil: anything else, for `init(checking:)`, which also says what is wrong.
+    static func simpleASCII(_ string: String) -> JID? {
+        var string = string
+        string.makeContiguousUTF8()  // a no-op for native strings
+        return string.utf8.withContiguousStorageIfAvailable { bytes -> JID? in
+            let count = bytes.count
+            guard count > 0, count <= maxPartBytes else { return nil }
+            var at = -1, slash = count
+            for index in 0..<count {
+                let byte = bytes[index]
+                if byte >= 0x80 { return nil }
+                if byte == UInt8(ascii: "/") {
+                    slash = index
+                    break
+                }
+                if byte == UInt8(ascii: "@") && at < 0 { at = index }
+            }
+            let domainStart = at + 1
+            // Parts present are not empty; the domain ends in a label (no trailing dot) and is no IP literal.
+            guard at != 0, domainStart < slash, slash != count - 1, bytes[domainStart] != UInt8(ascii: "["),
+                bytes[slash - 1] != UInt8(ascii: ".")
+            else { return nil }
+            for index in 0..<max(at, 0) {
+                let byte = bytes[index]
+                if byte <= 0x20 || byte == 0x7F || isForbidden(Unicode.Scalar(byte), in: forbiddenInLocalpart) { return nil }
+            }
+            var label = 0
+            for index in domainStart..<slash {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: ".") {
+                    if label == 0 { return nil }
+                    label = 0
+                    continue
+                }
+                label += 1
+                if label > 63 || byte <= 0x20 || byte == 0x7F || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+                    || isForbidden(Unicode.Scalar(byte), in: forbiddenInDomain)
+                {
+                    return nil
+                }
+            }
+            if slash < count {
+                for index in (slash + 1)..<count where bytes[index] < 0x20 || bytes[index] >= 0x7F { return nil }
+            }
+            func part(_ range: Range<Int>) -> String { String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self) }
+            return JID(uncheckedLocal: at > 0 ? part(0..<at) : nil, domain: part(domainStart..<slash),
+                       resource: slash < count ? part((slash + 1)..<count) : nil)
+        } ?? nil
+    }
+
+    /// Parses and validates any string, saying what is wrong with an invalid one.
+    init(checking string: String) throws(JIDError) {
         func fail(_ reason: String) -> JIDError { JIDError(reason: reason, input: string) }
         // Split on the first "/" and then the first "@" before it, by UTF-8 code unit (both are ASCII).
         var rest = Substring(string)

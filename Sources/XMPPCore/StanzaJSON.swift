@@ -188,13 +188,13 @@ package enum StanzaJSON {
     /// XEP-0071: the XHTML `<body>` as a string, written inside an implied XHTML scope (no xmlns on it).
     private static func encodeHTML(_ html: Element) -> String? {
         guard let body = html.child("body", namespace: NS.xhtml) else { return nil }
-        var out = ""
+        var out: [UInt8] = []
         do {
             try XMLWriter.write(body, into: &out, inherited: NS.xhtml, prefixes: [:])
         } catch {
             return nil
         }
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// XEP-0030 info: `true` or the node for a query, else `{node, identities, features, extensions}` where

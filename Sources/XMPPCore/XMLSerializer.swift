@@ -26,11 +26,7 @@ extension Element {
     /// `jabber:server` or none) is written without `xmlns`, so it takes the namespace of the stream or
     /// document it is put into; any other top element declares its namespace.
     package func serialized() throws(XMLSerializationError) -> String {
-        var out = ""
-        out.reserveCapacity(256)
-        let omitTop = Namespace.isStanzaNamespace(namespace)
-        try XMLWriter.write(self, into: &out, inherited: omitTop ? namespace : nil, prefixes: [:], top: true)
-        return out
+        String(decoding: try serializedBytes(), as: UTF8.self)
     }
 
     /// The serialized form, or a description of why it cannot be written (for logs and tests).
@@ -40,40 +36,45 @@ extension Element {
 
     /// The UTF-8 bytes of `serialized()`.
     package func serializedBytes() throws(XMLSerializationError) -> [UInt8] {
-        Array(try serialized().utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
+        let omitTop = Namespace.isStanzaNamespace(namespace)
+        try XMLWriter.write(self, into: &out, inherited: omitTop ? namespace : nil, prefixes: [:], top: true)
+        return out
     }
 }
 
+/// Writes into bytes: appending a byte or a native string's bytes to an array costs far less than appending to a
+/// String, which updates its count and flags on every append.
 enum XMLWriter {
     /// Writes `element` where `inherited` is the default namespace in scope (nil: none). An element in the XML
     /// namespace takes the `xml:` prefix, which is predeclared and may never be declared (nor may that namespace
     /// be the default), and leaves the default namespace in scope as it is for its children; at the `top` of a
     /// document, where the default namespace of the context is not known, it sets it to none (`xmlns=""`).
     static func write(
-        _ element: Element, into out: inout String, inherited: String?, prefixes: [String: String], top: Bool = false
+        _ element: Element, into out: inout [UInt8], inherited: String?, prefixes: [String: String], top: Bool = false
     ) throws(XMLSerializationError) {
         try checkName(element.name)
         let inXMLNamespace = element.namespace == Namespace.xml
-        let tag = inXMLNamespace ? "xml:" + element.name : element.name
         var inScope = element.namespace
-        out += "<"
-        out += tag
+        out.append(UInt8(ascii: "<"))
+        writeTag(element.name, xml: inXMLNamespace, into: &out)
         if inXMLNamespace {
             inScope = top ? nil : inherited
-            if top { out += " xmlns=\"\"" }
+            if top { out.append(contentsOf: #" xmlns="""#.utf8) }
         } else if element.namespace != inherited {
-            out += " xmlns=\""
+            out.append(contentsOf: #" xmlns=""#.utf8)
             try escape(element.namespace ?? "", attribute: true, into: &out)
-            out += "\""
+            out.append(UInt8(ascii: "\""))
         }
         var scope = prefixes
         var generated = 0
         for attribute in element.attributes {
             try checkName(attribute.name)
-            out += " "
+            out.append(UInt8(ascii: " "))
             if let ns = attribute.namespace, !ns.isEmpty {
                 if ns == Namespace.xml {
-                    out += "xml:"
+                    out.append(contentsOf: "xml:".utf8)
                 } else {
                     var prefix = attribute.prefix ?? ""
                     if prefix.isEmpty || prefix == "xml" || prefix == "xmlns" || (scope[prefix] != nil && scope[prefix] != ns) {
@@ -85,24 +86,26 @@ enum XMLWriter {
                     try checkName(prefix)
                     if scope[prefix] != ns {
                         scope[prefix] = ns
-                        out += "xmlns:\(prefix)=\""
+                        out.append(contentsOf: "xmlns:".utf8)
+                        out.append(contentsOf: prefix.utf8)
+                        out.append(contentsOf: "=\"".utf8)
                         try escape(ns, attribute: true, into: &out)
-                        out += "\" "
+                        out.append(contentsOf: "\" ".utf8)
                     }
-                    out += prefix
-                    out += ":"
+                    out.append(contentsOf: prefix.utf8)
+                    out.append(UInt8(ascii: ":"))
                 }
             }
-            out += attribute.name
-            out += "=\""
+            out.append(contentsOf: attribute.name.utf8)
+            out.append(contentsOf: "=\"".utf8)
             try escape(attribute.value, attribute: true, into: &out)
-            out += "\""
+            out.append(UInt8(ascii: "\""))
         }
         if element.children.isEmpty {
-            out += "/>"
+            out.append(contentsOf: "/>".utf8)
             return
         }
-        out += ">"
+        out.append(UInt8(ascii: ">"))
         for child in element.children {
             switch child {
             case .text(let text):
@@ -111,9 +114,14 @@ enum XMLWriter {
                 try write(e, into: &out, inherited: inScope, prefixes: scope)
             }
         }
-        out += "</"
-        out += tag
-        out += ">"
+        out.append(contentsOf: "</".utf8)
+        writeTag(element.name, xml: inXMLNamespace, into: &out)
+        out.append(UInt8(ascii: ">"))
+    }
+
+    private static func writeTag(_ name: String, xml: Bool, into out: inout [UInt8]) {
+        if xml { out.append(contentsOf: "xml:".utf8) }
+        out.append(contentsOf: name.utf8)
     }
 
     /// XML 1.0 names, approximately: no empty names, no markup or whitespace characters, no leading digit,
@@ -134,40 +142,43 @@ enum XMLWriter {
 
     /// Escapes text or an attribute value. `\r` (and in attributes `\t`, `\n`) become character references so
     /// that they survive the parser's end-of-line and attribute-value normalisation.
-    static func escape(_ string: String, attribute: Bool, into out: inout String) throws(XMLSerializationError) {
-        // Nearly every value needs nothing: it is scanned in place and appended as it is, with no copy of its bytes.
+    static func escape(_ string: String, attribute: Bool, into out: inout [UInt8]) throws(XMLSerializationError) {
+        // Nearly every value needs nothing: it is scanned in place and its bytes are appended as they are.
         let needsWork = string.utf8.contains { byte in
             byte < 0x20 || byte == 0x26 || byte == 0x3C || byte == 0x3E || byte == 0x22 || byte == 0xEF
         }
         if !needsWork {
-            out += string
+            out.append(contentsOf: string.utf8)
             return
         }
-        var utf8 = Array(string.utf8)
-        var result: [UInt8] = []
-        result.reserveCapacity(utf8.count + 16)
+        let utf8 = Array(string.utf8)
         var index = 0
         while index < utf8.count {
             let byte = utf8[index]
             switch byte {
-            case 0x26: result += Array("&amp;".utf8)
-            case 0x3C: result += Array("&lt;".utf8)
-            case 0x3E: result += Array("&gt;".utf8)
-            case 0x22 where attribute: result += Array("&quot;".utf8)
-            case 0x0D: result += Array("&#13;".utf8)
-            case 0x0A where attribute: result += Array("&#10;".utf8)
-            case 0x09 where attribute: result += Array("&#9;".utf8)
-            case 0x09, 0x0A: result.append(byte)
+            case 0x26: out.append(contentsOf: "&amp;".utf8)
+            case 0x3C: out.append(contentsOf: "&lt;".utf8)
+            case 0x3E: out.append(contentsOf: "&gt;".utf8)
+            case 0x22 where attribute: out.append(contentsOf: "&quot;".utf8)
+            case 0x0D: out.append(contentsOf: "&#13;".utf8)
+            case 0x0A where attribute: out.append(contentsOf: "&#10;".utf8)
+            case 0x09 where attribute: out.append(contentsOf: "&#9;".utf8)
+            case 0x09, 0x0A: out.append(byte)
             case 0..<0x20:
                 throw XMLSerializationError(code: .forbiddenCharacter, detail: "U+\(hex4(UInt32(byte)))")
             case 0xEF where index + 2 < utf8.count && utf8[index + 1] == 0xBF && (utf8[index + 2] == 0xBE || utf8[index + 2] == 0xBF):
                 throw XMLSerializationError(code: .forbiddenCharacter, detail: utf8[index + 2] == 0xBE ? "U+FFFE" : "U+FFFF")
-            default: result.append(byte)
+            default: out.append(byte)
             }
             index += 1
         }
-        utf8 = result
-        out += String(decoding: utf8, as: UTF8.self)
+    }
+
+    /// `escape` for a String being built (the stream header, the parser's wrapper).
+    static func escape(_ string: String, attribute: Bool, into out: inout String) throws(XMLSerializationError) {
+        var bytes: [UInt8] = []
+        try escape(string, attribute: attribute, into: &bytes)
+        out += String(decoding: bytes, as: UTF8.self)
     }
 
     static func hex4(_ value: UInt32) -> String {

@@ -104,6 +104,19 @@ private func parseOne(_ xml: String) throws -> Element {
     }
 }
 
+/// A small seeded generator, so that generated inputs are the same on every run.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
 @Suite struct JIDTests {
     @Test func parsesParts() throws {
         let jid = try JID("Alice@Example.ORG./phone 1")
@@ -152,6 +165,34 @@ private func parseOne(_ xml: String) throws -> Element {
         } catch {
             #expect(error.description == "invalid JID \"a b@example.org\": localpart contains a space or control character")
         }
+    }
+
+    /// The one-pass reading of common JIDs gives what the full check gives, and leaves everything else to it.
+    @Test func theQuickPathAgreesWithTheFullCheck() throws {
+        var inputs = [
+            "a@example.org", "example.org", "a@example.org/r", "load@example.test/bench", "a@b/c/d@e", "a@b/with space",
+            "x.y.z", "a@1.2.3.4", "a@x-y.example", "a+b!#$%=~@example.org", String(repeating: "a", count: 63) + ".org",
+            "Alice@Example.ORG./phone 1", "a@example.org.", "[::1]", "a@[::1]/r", "zoë@café.example", "a@b/ré",
+            "a@b/\u{85}", "a@b/\u{7F}", "a@b/\u{9}", "", "@x", "a@", "a@x/", "/r", "a@/r", ".x", "x.", "a@x..y",
+            "a@" + String(repeating: "b", count: 64) + ".org", String(repeating: "a", count: 1020) + "@x",
+            String(repeating: "a", count: 1024) + "@x", "a@b@c", "a b@x", "a@x y", "a@x/\u{0}",
+        ]
+        // And strings drawn from an alphabet of the characters that matter (seeded: a failure repeats).
+        let alphabet = Array("aZ.@/ \"&'<>[]:;\u{7F}\u{1}é-_9")
+        var generator = SplitMix64(seed: 7622)
+        for _ in 0..<5_000 {
+            let length = Int.random(in: 1...12, using: &generator)
+            inputs.append(String((0..<length).map { _ in alphabet.randomElement(using: &generator) ?? "a" }))
+        }
+        var quick = 0
+        for input in inputs {
+            let full = Result { () throws(JIDError) in try JID(checking: input) }
+            guard let simple = JID.simpleASCII(input) else { continue }
+            quick += 1
+            #expect((try? full.get()) == simple, "\(JID.quoted(input))")
+        }
+        #expect(quick > 20, "the quick path took the common shapes")
+        #expect(JID.simpleASCII("a@example.org") != nil && JID.simpleASCII("Alice@Example.ORG") == nil)
     }
 
     @Test func globs() throws {
