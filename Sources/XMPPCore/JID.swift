@@ -248,6 +248,16 @@ package struct JID: Hashable, Sendable, CustomStringConvertible {
 /// Matching is against the bare form; the domain compares case-insensitively.
 package struct JIDPattern: Hashable, Sendable, CustomStringConvertible {
     package let pattern: String
+    /// The pattern's scalars, for the glob.
+    private let scalars: [Unicode.Scalar]
+    /// A pattern without `*` and with at most one `@` names one bare JID: it is compared part by part, with no
+    /// string built per match (routes match every stanza's addresses).
+    private let exact: Exact?
+
+    private struct Exact: Hashable, Sendable {
+        let local: String?
+        let domain: String
+    }
 
     package init(_ pattern: String) {
         // The domain half is case-insensitive in JIDs; lower-case the whole pattern's domain part.
@@ -256,12 +266,28 @@ package struct JIDPattern: Hashable, Sendable, CustomStringConvertible {
         } else {
             self.pattern = pattern.lowercased()
         }
+        scalars = Array(self.pattern.unicodeScalars)
+        let parts = self.pattern.split(separator: "@", maxSplits: 2, omittingEmptySubsequences: false)
+        if self.pattern.contains("*") || parts.count > 2 {
+            exact = nil
+        } else if parts.count == 2 {
+            exact = Exact(local: String(parts[0]), domain: String(parts[1]))
+        } else {
+            exact = Exact(local: nil, domain: self.pattern)
+        }
     }
 
     package var description: String { pattern }
 
     package func matches(_ jid: JID) -> Bool {
-        Self.glob(Array(pattern.unicodeScalars), Array(jid.bare.description.unicodeScalars))
+        guard let exact else { return Self.glob(scalars, Array(jid.bare.description.unicodeScalars)) }
+        // Scalar for scalar, as the glob compares (not String's canonical equivalence).
+        guard jid.domain.utf8.elementsEqual(exact.domain.utf8) else { return false }
+        switch (jid.localpart, exact.local) {
+        case (nil, nil): return true
+        case (let local?, let expected?): return local.utf8.elementsEqual(expected.utf8)
+        default: return false
+        }
     }
 
     /// Iterative glob with backtracking on the last `*` (linear in practice, no recursion).

@@ -195,6 +195,24 @@ struct SplitMix64: RandomNumberGenerator {
         #expect(JID.simpleASCII("a@example.org") != nil && JID.simpleASCII("Alice@Example.ORG") == nil)
     }
 
+    /// A pattern without `*` is compared part by part; it must say what the glob says.
+    @Test func patternsWithoutAStarMatchAsTheGlobDoes() throws {
+        let patterns = ["echo@bot.example.org", "Echo@bot.example.org", "echo@BOT.example.org", "bot.example.org",
+                        "example.org", "echo@", "@bot.example.org", "a@b@c", "", "zoë@café.example", "zoe\u{308}@café.example",
+                        "echo@bot.example.org/res"]
+        let jids = try ["echo@bot.example.org", "echo@Bot.Example.org/res", "Echo@bot.example.org", "bot.example.org",
+                        "bot.example.org/x", "a@example.org", "zoë@café.example", "zoe\u{308}@café.example"].map { try JID($0) }
+        for text in patterns {
+            let pattern = JIDPattern(text)
+            for jid in jids {
+                let glob = JIDPattern.glob(Array(pattern.pattern.unicodeScalars), Array(jid.bare.description.unicodeScalars))
+                #expect(pattern.matches(jid) == glob, "\(text) against \(jid)")
+            }
+        }
+        #expect(JIDPattern("echo@BOT.example.org").matches(try JID("echo@bot.example.org")))
+        #expect(!JIDPattern("zoë@café.example").matches(try JID("zoe\u{308}@café.example")), "scalars compare exactly")
+    }
+
     @Test func globs() throws {
         let jid = try JID("echo@Bot.Example.org/res")
         #expect(JIDPattern("*@bot.example.org").matches(jid))
