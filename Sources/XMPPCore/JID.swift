@@ -282,12 +282,21 @@ package struct JIDPattern: Hashable, Sendable, CustomStringConvertible {
     package func matches(_ jid: JID) -> Bool {
         guard let exact else { return Self.glob(scalars, Array(jid.bare.description.unicodeScalars)) }
         // Scalar for scalar, as the glob compares (not String's canonical equivalence).
-        guard jid.domain.utf8.elementsEqual(exact.domain.utf8) else { return false }
+        guard Self.sameBytes(jid.domain, exact.domain) else { return false }
         switch (jid.localpart, exact.local) {
         case (nil, nil): return true
-        case (let local?, let expected?): return local.utf8.elementsEqual(expected.utf8)
+        case (let local?, let expected?): return Self.sameBytes(local, expected)
         default: return false
         }
+    }
+
+    /// Whether `a` and `b` are the same UTF-8 bytes, compared in place.
+    static func sameBytes(_ a: String, _ b: String) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        let inPlace = a.utf8.withContiguousStorageIfAvailable { x in
+            b.utf8.withContiguousStorageIfAvailable { y in x.elementsEqual(y) }
+        }
+        return (inPlace ?? nil) ?? a.utf8.elementsEqual(b.utf8)
     }
 
     /// Iterative glob with backtracking on the last `*` (linear in practice, no recursion).

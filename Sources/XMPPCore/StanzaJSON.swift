@@ -820,7 +820,10 @@ package enum StanzaJSON {
         func name(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
         func value(_ key: String) -> JSONValue? {
-            guard let value = object[key], value != .null else { return nil }
+            // Decoding asks for every key the mapping knows. In a small object (most answers: a body and a ref)
+            // comparing its few keys costs less than hashing each key asked for.
+            let found = object.count <= 4 ? object.first { $0.key == key }?.value : object[key]
+            guard let value = found, value != .null else { return nil }
             return value
         }
 

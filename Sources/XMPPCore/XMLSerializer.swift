@@ -144,9 +144,11 @@ enum XMLWriter {
     /// that they survive the parser's end-of-line and attribute-value normalisation.
     static func escape(_ string: String, attribute: Bool, into out: inout [UInt8]) throws(XMLSerializationError) {
         // Nearly every value needs nothing: it is scanned in place and its bytes are appended as they are.
-        let needsWork = string.utf8.contains { byte in
+        @inline(__always) func special(_ byte: UInt8) -> Bool {
             byte < 0x20 || byte == 0x26 || byte == 0x3C || byte == 0x3E || byte == 0x22 || byte == 0xEF
         }
+        let needsWork = string.utf8.withContiguousStorageIfAvailable { $0.contains(where: special) }
+            ?? string.utf8.contains(where: special)
         if !needsWork {
             out.append(contentsOf: string.utf8)
             return
