@@ -7,12 +7,14 @@ import Synchronization
 import XMPPCore
 
 /// A configured route: its rule, its handler and its admission gate.
-package struct Route: Sendable {
-    package var name: String
-    package var rule: RouteRule
-    package var handler: any StanzaHandler
-    package var gate: AdmissionGate
-    package var metrics: RouteMetrics
+/// A class: every stanza takes its route along (into the handler's completion, the log line), and a reference is
+/// one retain where a copy of the struct was one for each of its fields.
+package final class Route: Sendable {
+    package let name: String
+    package let rule: RouteRule
+    package let handler: any StanzaHandler
+    package let gate: AdmissionGate
+    package let metrics: RouteMetrics
 
     package init(name: String, rule: RouteRule, handler: any StanzaHandler, concurrency: Int, queue: Int) {
         self.name = name
