@@ -85,7 +85,7 @@ extension JSONValue {
             out.append(UInt8(ascii: "]"))
         case .object(let members):
             out.append(UInt8(ascii: "{"))
-            let sorted = members.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+            let sorted = members.sorted { Self.bytesPrecede($0.key, $1.key) }
             for (index, member) in sorted.enumerated() {
                 if index > 0 { out.append(UInt8(ascii: ",")) }
                 Self.writeString(member.key, into: &out)
@@ -94,6 +94,17 @@ extension JSONValue {
             }
             out.append(UInt8(ascii: "}"))
         }
+    }
+
+    /// Byte order of the keys' UTF-8, compared in place.
+    private static func bytesPrecede(_ a: String, _ b: String) -> Bool {
+        let inPlace = a.utf8.withContiguousStorageIfAvailable { x in
+            b.utf8.withContiguousStorageIfAvailable { y in
+                for index in 0..<min(x.count, y.count) where x[index] != y[index] { return x[index] < y[index] }
+                return x.count < y.count
+            }
+        }
+        return (inPlace ?? nil) ?? a.utf8.lexicographicallyPrecedes(b.utf8)
     }
 
     private static func writeString(_ string: String, into out: inout [UInt8]) {
@@ -106,35 +117,41 @@ extension JSONValue {
             var index = 0
             while index < bytes.count {
                 let byte = bytes[index]
-                let escape: [UInt8]?
+                // An escape is a backslash and one letter, or \u and four hex digits; appended with no array made
+                // for it (the `stanza` field alone has a quote to escape in every attribute).
+                var letter: UInt8 = 0
+                var scalar: UInt32 = 0
                 var width = 1
                 switch byte {
-                case 0x22: escape = Array(#"\""#.utf8)
-                case 0x5C: escape = Array(#"\\"#.utf8)
-                case 0x0A: escape = Array(#"\n"#.utf8)
-                case 0x0D: escape = Array(#"\r"#.utf8)
-                case 0x09: escape = Array(#"\t"#.utf8)
-                case 0x08: escape = Array(#"\b"#.utf8)
-                case 0x0C: escape = Array(#"\f"#.utf8)
-                case 0..<0x20, 0x7F: escape = hexEscape(UInt32(byte))
+                case 0x22: letter = UInt8(ascii: "\"")
+                case 0x5C: letter = UInt8(ascii: "\\")
+                case 0x0A: letter = UInt8(ascii: "n")
+                case 0x0D: letter = UInt8(ascii: "r")
+                case 0x09: letter = UInt8(ascii: "t")
+                case 0x08: letter = UInt8(ascii: "b")
+                case 0x0C: letter = UInt8(ascii: "f")
+                case 0..<0x20, 0x7F: scalar = UInt32(byte)
                 case 0xE2 where index + 2 < bytes.count && bytes[index + 1] == 0x80 && (bytes[index + 2] == 0xA8 || bytes[index + 2] == 0xA9):
-                    escape = hexEscape(bytes[index + 2] == 0xA8 ? 0x2028 : 0x2029)
+                    scalar = bytes[index + 2] == 0xA8 ? 0x2028 : 0x2029
                     width = 3
                 case 0xEF where index + 2 < bytes.count && bytes[index + 1] == 0xBF && (bytes[index + 2] == 0xBE || bytes[index + 2] == 0xBF):
                     // U+FFFE and U+FFFF: valid in JSON, not in XML 1.0. Escaped, the text can travel inside a stanza
                     // (a `payload`, a `stanza` field) and still reads back as the same value.
-                    escape = hexEscape(bytes[index + 2] == 0xBE ? 0xFFFE : 0xFFFF)
+                    scalar = bytes[index + 2] == 0xBE ? 0xFFFE : 0xFFFF
                     width = 3
-                default: escape = nil
-                }
-                if let escape {
-                    out += UnsafeBufferPointer(rebasing: bytes[runStart..<index])
-                    out += escape
-                    index += width
-                    runStart = index
-                } else {
+                default:
                     index += 1
+                    continue
                 }
+                out += UnsafeBufferPointer(rebasing: bytes[runStart..<index])
+                out.append(UInt8(ascii: "\\"))
+                if letter != 0 {
+                    out.append(letter)
+                } else {
+                    appendHexEscape(scalar, into: &out)
+                }
+                index += width
+                runStart = index
             }
             out += UnsafeBufferPointer(rebasing: bytes[runStart..<bytes.count])
         }
@@ -144,9 +161,13 @@ extension JSONValue {
     /// What `init(from:)` says about a number token Foundation cannot represent.
     fileprivate static let badNumber = "unrepresentable number"
 
-    private static func hexEscape(_ value: UInt32) -> [UInt8] {
-        let digits = Array("0123456789abcdef".utf8)
-        return Array(#"\u"#.utf8) + [12, 8, 4, 0].map { digits[Int((value >> UInt32($0)) & 0xF)] }
+    /// `u` and four lower-case hex digits (after the backslash).
+    private static func appendHexEscape(_ value: UInt32, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "u"))
+        for shift: UInt32 in [12, 8, 4, 0] {
+            let digit = UInt8((value >> shift) & 0xF)
+            out.append(digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") + digit - 10)
+        }
     }
 }
 
