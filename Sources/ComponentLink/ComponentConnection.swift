@@ -555,12 +555,16 @@ package final class ComponentConnection: Service, Sendable {
                 group.addTask { [inboundBudget] in
                     do {
                         // Waiting for the budget stops this loop, so NIOAsyncChannel stops reading the socket.
+                        var pastHandshake = false
                         for try await event in inbound {
-                            // The handshake never waits for the router (a reconnect while it is behind).
-                            if pipe.ready.load(ordering: .relaxed) {
+                            // The handshake never waits for the router (a reconnect while it is behind). What comes
+                            // after the server's <handshake/> does, even before the session loop has marked the
+                            // link ready: a server that floods right behind its reply is held to the budget too.
+                            if pastHandshake || pipe.ready.load(ordering: .relaxed) {
                                 guard await inboundBudget.take() else { break }
                             } else {
                                 inboundBudget.takeNow()
+                                if case .stanza(let element) = event, element.name == "handshake" { pastHandshake = true }
                             }
                             pipe.queued.add(1, ordering: .relaxed)
                             input.yield(.event(event))
