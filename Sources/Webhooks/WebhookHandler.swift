@@ -196,8 +196,9 @@ package struct WebhookHandler: StanzaHandler {
         attempts.attempt(1)
     }
 
-    /// One stanza's attempts. Each attempt starts only after the one before it has ended.
-    private struct Delivery: Sendable {
+    /// One stanza's attempts. Each attempt starts only after the one before it has ended. A class: each attempt's
+    /// completion holds it by one reference instead of a copy of every field.
+    private final class Delivery: Sendable {
         let handler: WebhookHandler
         let stanza: Stanza
         let request: WebhookRequest
@@ -207,6 +208,19 @@ package struct WebhookHandler: StanzaHandler {
         let route: String
         let budgetEnd: NIODeadline
         let completion: @Sendable (HandlerOutcome) -> Void
+
+        init(handler: WebhookHandler, stanza: Stanza, request: WebhookRequest, context: HandlerContext, delivery: String,
+             retries: Int, route: String, budgetEnd: NIODeadline, completion: @escaping @Sendable (HandlerOutcome) -> Void) {
+            self.handler = handler
+            self.stanza = stanza
+            self.request = request
+            self.context = context
+            self.delivery = delivery
+            self.retries = retries
+            self.route = route
+            self.budgetEnd = budgetEnd
+            self.completion = completion
+        }
 
         /// The handler's logger with the delivery id; built only for a line that is logged (retries, failures).
         var logger: Logger {
