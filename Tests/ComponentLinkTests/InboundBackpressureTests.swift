@@ -54,7 +54,9 @@ import XMPPCore
         var firstEvent = events.makeAsyncIterator()
         let first = await firstEvent.next()
         #expect(first == .readerWaits, "the link read the whole stream while the router took nothing (server: \(server.error ?? "no error"), link: \(link.lastError.map { "\($0)" } ?? "no error"))")
-        #expect(link.inboundBudget.outstanding == limit)
+        // The reader stopped at the limit. Of the units then outstanding, the stream header's and the handshake's
+        // (taken without waiting) may have come back since, as the session loop handled them.
+        #expect((limit - 2)...limit ~= link.inboundBudget.outstanding, "outstanding: \(link.inboundBudget.outstanding)")
         #expect(server.allWritten == false, "the server's writes back up while the router takes nothing")
 
         var received = 0

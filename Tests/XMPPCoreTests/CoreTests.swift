@@ -104,19 +104,6 @@ private func parseOne(_ xml: String) throws -> Element {
     }
 }
 
-/// A small seeded generator, so that generated inputs are the same on every run.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 @Suite struct JIDTests {
     @Test func parsesParts() throws {
         let jid = try JID("Alice@Example.ORG./phone 1")
@@ -179,7 +166,7 @@ struct SplitMix64: RandomNumberGenerator {
         ]
         // And strings drawn from an alphabet of the characters that matter (seeded: a failure repeats).
         let alphabet = Array("aZ.@/ \"&'<>[]:;\u{7F}\u{1}é-_9")
-        var generator = SplitMix64(seed: 7622)
+        var generator = SplitMix(state: 7622)
         for _ in 0..<5_000 {
             let length = Int.random(in: 1...12, using: &generator)
             inputs.append(String((0..<length).map { _ in alphabet.randomElement(using: &generator) ?? "a" }))
