@@ -184,15 +184,30 @@ package final class FastCGIServer: Service, Sendable {
     /// After a burst (thousands of long-polls) the allocator keeps the freed memory in its arenas: once the burst's
     /// connections have closed, the free pages go back to the system, so RSS returns to its level before the burst
     /// (a few milliseconds, once per burst).
+    ///
+    /// Some of a burst's memory is freed only after that: the last connections close, and the replies on other
+    /// threads finish. A second trim follows `settleAfterBurst` later, then "memory given back after a burst" is
+    /// logged (at info). Measured without it: RSS sometimes stayed at the burst's peak (about 120 MiB for 10,000
+    /// long-polls) instead of returning to about 50 MiB.
     private func connectionClosed() {
-        let burstOver: Bool = connectionCount.withLock { count in
+        let burstPeak: Int? = connectionCount.withLock { count in
             count.open -= 1
-            guard count.peak >= Self.trimAfterBurst, count.open <= count.peak / 64 else { return false }
-            count.peak = count.open
-            return true
+            guard count.peak >= Self.trimAfterBurst, count.open <= count.peak / 64 else { return nil }
+            defer { count.peak = count.open }
+            return count.peak
         }
+        guard let burstPeak else { return }
         #if canImport(Glibc)
-        if burstOver { _ = malloc_trim(0) }
+        _ = malloc_trim(0)
         #endif
+        acceptLoop.scheduleTask(in: Self.settleAfterBurst) { [logger] in
+            #if canImport(Glibc)
+            _ = malloc_trim(0)
+            #endif
+            logger.info("memory given back after a burst of connections", metadata: ["peak_connections": "\(burstPeak)"])
+        }
     }
+
+    /// How long after a burst's end the second trim comes.
+    static let settleAfterBurst: TimeAmount = .milliseconds(500)
 }

@@ -184,12 +184,17 @@ def test_ten_thousand_long_polls_three_times_take_little_memory_and_give_it_back
         concurrent = sum(1 for _, written, _ in results if written < first_answer)
         return [status for status, _, _ in results], peak_rss, peak_threads, concurrent
 
+    bursts = 0
+
     def settled_rss(open_before: int) -> float:
-        """RSS once the burst's connections are closed (stanzad gives memory back when they are)."""
+        """RSS once the burst's connections are closed and stanzad says it gave the memory back."""
+        nonlocal bursts
         deadline = time.monotonic() + 30
         while len(list(Path(f"/proc/{pid}/fd").iterdir())) > open_before + 16:
             assert time.monotonic() < deadline, "the burst's connections were never closed"
             time.sleep(0.05)
+        bursts += 1
+        daemon.wait_for_log(r"memory given back after a burst of connections", count=bursts, timeout=30)
         return rss_mib(pid)
 
     fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
@@ -200,7 +205,7 @@ def test_ten_thousand_long_polls_three_times_take_little_memory_and_give_it_back
         for _ in range(2):
             statuses, peak, _, _ = loop.run_until_complete(round_of(10_000))
             assert statuses.count(200) == 10_000
-        start = settled_rss(fds)
+            start = settled_rss(fds)
         print(f"warm-up: peak {peak:.0f} MiB, then {start:.0f} MiB")
         for number in range(1, 4):
             statuses, peak, peak_threads, concurrent = loop.run_until_complete(round_of(10_000))
