@@ -143,6 +143,8 @@ package final class ComponentConnection: Service, Sendable {
     package var health: LinkHealth { shared.withLock { $0.machine.health } }
     package var lastError: ComponentLinkError? { shared.withLock { $0.machine.lastError } }
     package var isConnected: Bool { shared.withLock { $0.machine.isReady } }
+    /// Held for another process (see `hold`).
+    var isHolding: Bool { shared.withLock { $0.holding } }
 
     /// Stanzas waiting for the link and iqs waiting for replies (for tests).
     var backlog: (queued: Int, pendingIQs: Int) {
@@ -174,13 +176,14 @@ package final class ComponentConnection: Service, Sendable {
     }
 
     /// Hands the link to another process that runs on the same spool (a take-over restart, SPEC §18): what is
-    /// queued is written, the stream is closed, and what the server still sends before it closes its side is read
+    /// queued is written (spooled stanzas excepted: the other process sends those), the stream is closed, and what the server still sends before it closes its side is read
     /// and delivered as usual; then the link stays down. Returns when the stream is closed (at most `timeout`).
     /// Stanzas sent afterwards stay in the spool for the other process.
     package func leave(timeout: Duration = .seconds(3)) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let session: AsyncStream<Input>.Continuation? = shared.withLock { state in
                 state.leaving = true
+                state.holding = false
                 guard let session = state.session else { return nil }
                 state.leaveWaiters.append(continuation)
                 return session
@@ -192,6 +195,52 @@ package final class ComponentConnection: Service, Sendable {
                 continuation.resume()
             }
         }
+    }
+
+    /// The first step of handing the link to another process (a take-over restart, SPEC §18): from now on nothing is
+    /// written to the server (stanzas stay queued, spooled ones in the spool for the other process), while what the
+    /// server sends is read and delivered as usual; the link does not connect again. Returns once nothing more will
+    /// be written.
+    ///
+    /// Why: Prosody with `component_conflict_resolve = "kick_old"` closes this stream when the other process
+    /// connects, after writing out what it had routed here. If this process writes anything meanwhile, Prosody (0.12)
+    /// drops the connection at once and with it the stanzas not yet written out, which the sender never hears of.
+    package func hold() async {
+        let direct: DirectSession? = shared.withLock { state in
+            state.holding = true
+            return state.direct
+        }
+        // A batch the event loop took just before is written in the same turn of the loop: this waits for it.
+        if let direct { try? await direct.channel.eventLoop.submit {}.get() }
+    }
+
+    /// Waits until the current session ends (the server closed it, or `leave`) and returns true; false after
+    /// `timeout`. True at once when there is no session.
+    package func waitForSessionEnd(timeout: Duration) async -> Bool {
+        let waiter = OneShotWait()
+        return await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            waiter.set(continuation)
+            let waiting = shared.withLock { state in
+                guard state.session != nil else { return false }
+                state.endWaiters.append(waiter)
+                return true
+            }
+            guard waiting else { return waiter.resume(true) }
+            group.any().scheduleTask(in: TimeAmount(timeout)) { waiter.resume(false) }
+        }
+    }
+
+    /// Waits until the router has taken every stanza the link read (after the session ended: the last stanzas the
+    /// server sent before it closed); false after `timeout`. Shutdown stops the router taking stanzas, so a handover
+    /// waits for this first.
+    package func waitUntilInboundTaken(timeout: Duration) async -> Bool {
+        await inboundBudget.drained(timeout: timeout, on: group.any())
+    }
+
+    /// `gate` runs once, before the link first connects (a take-over waits there for the running process to hold
+    /// its link). Set it before the service runs.
+    package func setStartGate(_ gate: @escaping @Sendable () async -> Void) {
+        shared.withLock { $0.startGate = gate }
     }
 
     /// A stanza stanzad answers for (a handler's reply, a hook's or a REST client's stanza): with a spool, it is
@@ -424,9 +473,12 @@ package final class ComponentConnection: Service, Sendable {
         if spool != nil && !canPing {
             logger.warning("spooled stanzas are confirmed when written, not by the server: ping_target is not a JID the link can ping")
         }
+        if let gate = shared.withLock({ state in defer { state.startGate = nil }; return state.startGate }) {
+            await gate()
+        }
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            if shared.withLock({ $0.leaving }) {
-                // Another process has the link now (see `leave`): this one waits for its own shutdown.
+            if shared.withLock({ $0.leaving || $0.holding }) {
+                // Another process has the link now (see `leave` and `hold`): this one waits for its own shutdown.
                 try? await gracefulShutdown()
                 return
             }
@@ -438,6 +490,15 @@ package final class ComponentConnection: Service, Sendable {
             let lost = SendError(.linkLost, "the component link was lost: \(error)")
             for iq in end.lostIQs { iq.replier(.failure(lost)) }
             if end.wasReady { notify(.down) }
+            if shared.withLock({ $0.leaving }) { continue }  // closed after `leave`: the loop's top waits for shutdown
+            if shared.withLock({ $0.holding }) {
+                // The server closed the link this process held for another (Prosody's kick_old, without the stream
+                // error when the socket closed first): it must not connect again and throw the other out.
+                logger.notice("another process took over the component link; not reconnecting", metadata: ["error": "\(error.description)"])
+                notify(.replaced)
+                try? await gracefulShutdown()
+                return
+            }
             if end.wasReady, error.condition == "conflict" {
                 logger.notice("another process took over the component link (conflict); not reconnecting",
                               metadata: ["error": "\(error.description)"])
@@ -580,14 +641,18 @@ package final class ComponentConnection: Service, Sendable {
                 var loop = SessionLoop(connection: self, outbound: outbound, channel: channel, pipe: pipe, logger: logger)
                 defer {
                     group.cancelAll()
-                    let waiters = shared.withLock { state in
+                    let (waiters, ended) = shared.withLock { state in
                         state.session = nil
                         state.direct = nil
-                        defer { state.leaveWaiters = [] }
-                        return state.leaveWaiters
+                        defer {
+                            state.leaveWaiters = []
+                            state.endWaiters = []
+                        }
+                        return (state.leaveWaiters, state.endWaiters)
                     }
                     input.finish()
                     for waiter in waiters { waiter.resume() }
+                    for waiter in ended { waiter.resume(true) }
                 }
                 return try await loop.run(inputs, opening: opening)
             }
@@ -621,7 +686,7 @@ package final class ComponentConnection: Service, Sendable {
     /// session's event loop, which takes everything queued by then and writes it as one buffer; before the session
     /// writes directly (the handshake, the first batch), a signal to the session loop, which does the same.
     private func flushSignal(_ state: inout SharedState, writeNow: Bool) -> Wake? {
-        guard writeNow, !state.flushSignalled else { return nil }
+        guard writeNow, !state.flushSignalled, !state.holding else { return nil }
         if let direct = state.direct {
             state.flushSignalled = true
             return { direct.channel.eventLoop.execute { self.flushDirect() } }
@@ -655,7 +720,7 @@ package final class ComponentConnection: Service, Sendable {
             // A wake of an earlier session on another loop: the batch is taken and written on this session's loop.
             guard direct.channel.eventLoop.inEventLoop else { return .elsewhere(direct.channel.eventLoop) }
             state.flushSignalled = false
-            guard direct.channel.isActive, direct.channel.isWritable else { return .nothing }
+            guard direct.channel.isActive, direct.channel.isWritable, !state.holding else { return .nothing }
             let batch = state.machine.takeForWrite()
             // Written below, in this same turn of the event loop.
             if !batch.isEmpty { state.machine.wrote(at: .now) }
@@ -944,7 +1009,8 @@ private struct SessionLoop {
                 if leaving { return .left }
                 return .failed(connection.withMachine { $0.disconnected() })
             case .flush:
-                if leaving { continue }  // after our </stream:stream>: nothing more is written
+                // After our </stream:stream>, or while another process takes the link over: nothing is written.
+                if leaving || connection.isHolding { continue }
                 if connection.direct != nil {
                     // The link went direct after this signal: the event loop writes, in order with its other writes.
                     channel.eventLoop.execute { [connection] in connection.flushDirect() }
@@ -952,10 +1018,10 @@ private struct SessionLoop {
                     try await write(connection.takeForWrite())
                 }
             case .timers(let actions):
-                if leaving { continue }
+                if leaving || connection.isHolding { continue }
                 if let outcome = try await perform(actions) { return outcome }
             case .shutdown:
-                if leaving { return .left }
+                if leaving || connection.isHolding { return .left }
                 // Replies handed to the spool just before (their handlers are done) are committed and written first.
                 if connection.spool != nil { await connection.waitForCommits(timeout: .seconds(2)) }
                 connection.setDirect(nil)
@@ -976,7 +1042,7 @@ private struct SessionLoop {
             case .barrierDue:
                 pipe.barrierScheduled.store(false, ordering: .sequentiallyConsistent)
                 // While draining too: what was written after the barrier on its way needs the next one.
-                if leaving { continue }
+                if leaving || connection.isHolding { continue }
                 if let id = connection.withMachine({ $0.barrierIfNeeded() }) {
                     try await write(connection.pingPolicy.serialize(ComponentConnection.ping(id: id, settings: settings)))
                 }
@@ -989,7 +1055,7 @@ private struct SessionLoop {
                 guard !leaving else { continue }
                 leaving = true
                 connection.setDirect(nil)
-                try await write(connection.takeForWrite())
+                try await write(connection.withMachine { $0.takeForLeave() })
                 try? await write("</stream:stream>")
                 logger.notice("component stream closed: handing the link to the other stanzad on this spool")
             }
@@ -1068,6 +1134,12 @@ private struct SessionLoop {
     }
 
     mutating func write(_ text: String) async throws {
+        if connection.isHolding {
+            // An answer to the server (to its ping, to a refused stanza) or the close of a stream it ended: the link is
+            // being handed over and must stay silent (see `hold`).
+            logger.debug("not written: the link is held for the process taking it over", metadata: ["xml": "\(text.prefix(200))"])
+            return
+        }
         try await outbound.write(ByteBuffer(string: text))
         connection.withMachine { $0.wrote(at: .now) }
     }
@@ -1185,6 +1257,20 @@ struct Waiter: Sendable {
 
 typealias IQReplier = @Sendable (Result<Stanza, SendError>) -> Void
 
+/// One timed wait (`waitForSessionEnd`, `InboundBudget.drained`): resumed once, by the event or by its timeout,
+/// whichever comes first.
+final class OneShotWait: Sendable {
+    private let continuation = Mutex<CheckedContinuation<Bool, Never>?>(nil)
+
+    func set(_ continuation: CheckedContinuation<Bool, Never>) {
+        self.continuation.withLock { $0 = continuation }
+    }
+
+    func resume(_ ended: Bool) {
+        continuation.withLock { $0.take() }?.resume(returning: ended)
+    }
+}
+
 /// Joins a task's cancellation to a callback-style wait: `cancel` before `set` cancels at `set`.
 final class CancellationBox: Sendable {
     private enum State {
@@ -1236,6 +1322,13 @@ private struct SharedState: Sendable {
     var leaving = false
     /// Waiting for the session to end after `leave`.
     var leaveWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Another process is about to take the link over (see `hold`): nothing is written and the link does not
+    /// connect again.
+    var holding = false
+    /// Told when the session ends (see `waitForSessionEnd`).
+    var endWaiters: [OneShotWait] = []
+    /// Runs once before the first connect (see `setStartGate`).
+    var startGate: (@Sendable () async -> Void)?
     /// Waiting for the stanzas handed to the spool to be committed (`waitForCommits`).
     var commitWaiters: [CheckedContinuation<Void, Never>] = []
 

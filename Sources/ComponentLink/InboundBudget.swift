@@ -2,6 +2,7 @@
 // stream event before passing it on and waits when none is left; while it waits it reads nothing, so NIO stops
 // reading the socket and TCP pushes back to the server instead of memory growing.
 
+import NIOCore
 import Synchronization
 import XMPPCore
 
@@ -18,6 +19,8 @@ final class InboundBudget: Sendable {
         var nextWaiter = 0
         /// Resumed when a reader starts waiting (`readerWaits`, for tests).
         var watchers: [CheckedContinuation<Void, Never>] = []
+        /// Resumed when nothing is outstanding any more (`drained`).
+        var drainWaiters: [OneShotWait] = []
     }
 
     private let state = Mutex(State())
@@ -102,14 +105,36 @@ final class InboundBudget: Sendable {
     /// `count` events were handled (or dropped with their session).
     func give(_ count: Int = 1) {
         guard count > 0 else { return }
-        let waiter = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+        let (waiter, drained) = state.withLock { state -> (CheckedContinuation<Bool, Never>?, [OneShotWait]) in
             state.outstanding -= count
-            guard let waiter = state.waiter, state.outstanding <= resumeAt else { return nil }
+            var drained: [OneShotWait] = []
+            if state.outstanding <= 0, !state.drainWaiters.isEmpty {
+                drained = state.drainWaiters
+                state.drainWaiters = []
+            }
+            guard let waiter = state.waiter, state.outstanding <= resumeAt else { return (nil, drained) }
             state.waiter = nil
             state.outstanding += 1  // the waiter's unit
-            return waiter.continuation
+            return (waiter.continuation, drained)
         }
         waiter?.resume(returning: true)
+        for waiter in drained { waiter.resume(true) }
+    }
+
+    /// Waits until every event read has been handled (for a link that no longer reads: the router has taken the
+    /// last stanzas) and returns true; false after `timeout`, run on `loop`.
+    func drained(timeout: Duration, on loop: any EventLoop) async -> Bool {
+        let waiter = OneShotWait()
+        return await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            waiter.set(continuation)
+            let waiting = state.withLock { state in
+                guard state.outstanding > 0 else { return false }
+                state.drainWaiters.append(waiter)
+                return true
+            }
+            guard waiting else { return waiter.resume(true) }
+            loop.scheduleTask(in: TimeAmount(timeout)) { waiter.resume(false) }
+        }
     }
 }
 

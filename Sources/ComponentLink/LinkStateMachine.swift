@@ -271,6 +271,14 @@ struct LinkStateMachine<Waiter, Replier> {
         return batch(queue.takeAll())
     }
 
+    /// Leaving the link to another process on the same spool: what is queued and not spooled, for writing. Spooled
+    /// stanzas stay in the spool for the other process, which sends them once: written here, they would go again
+    /// from there unless the server confirmed them first (and its answer may go to the other process's link).
+    mutating func takeForLeave() -> Batch {
+        guard isReady else { return Batch() }
+        return batch(queue.takeUnspooled())
+    }
+
     /// Notes the spooled stanzas among `items` as written and, when there are any, a barrier after them.
     private mutating func batch(_ items: [Queue.Item]) -> Batch {
         var batch = Batch(items: items)

@@ -87,6 +87,16 @@ struct OutboundQueue<Waiter, Replier> {
         return taken
     }
 
+    /// Everything queued that is not spooled, in order, for writing (their iqs count as sent from now on); spooled
+    /// stanzas stay queued (and in the spool).
+    mutating func takeUnspooled() -> [Item] {
+        guard items.contains(where: { $0.seq == nil }) else { return [] }
+        let taken = Array(items.filter { $0.seq == nil })
+        items.removeAll { $0.seq == nil }
+        for item in taken { if let id = item.iqID { pending[id]?.sent = true } }
+        return taken
+    }
+
     /// The earliest deadline of anything held, nil when nothing is.
     var nextDeadline: Instant? {
         var earliest: Instant?

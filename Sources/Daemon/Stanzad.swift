@@ -167,18 +167,16 @@ struct Run: AsyncParsableCommand {
             if event == .replaced { shutdown.trigger() }
         }
         if takeover, let spool {
-            let done = Mutex(false)
+            // Before the link connects: the running process is asked to stop, and first to hold its link (write
+            // nothing more to the server, see `ComponentConnection.hold`); this one connects once it does.
+            connection.setStartGate {
+                _ = try? await onOwnThread { Stanzad.askToStop(spool: spool, logger: logger) }
+            }
+            // Once this link is up, the process being replaced stops waiting for the server to close its link.
+            let marked = Mutex(false)
             connection.setLinkObserver { event in
-                guard event == .up, !done.withLock({ let was = $0; $0 = true; return was }) else { return }
-                // A read of the spool file: on a thread of its own, not the link's task.
-                Thread.detachNewThread {
-                    let others = spool.otherProcesses()
-                    if others.isEmpty { logger.notice("taking over: no other stanzad runs on this spool") }
-                    for pid in others {
-                        logger.notice("taking over: asking the running stanzad to stop", metadata: ["pid": "\(pid)"])
-                        kill(pid, SIGTERM)
-                    }
-                }
+                guard event == .up, !marked.withLock({ let was = $0; $0 = true; return was }) else { return }
+                Thread.detachNewThread { spool.markLinked() }
             }
         }
         let builtIns = config.builtInResponder()
@@ -466,10 +464,48 @@ final class ShutdownTrigger: Sendable {
     }
 }
 
+extension Stanzad {
+    /// How long a take-over waits for the running process to hold its link before it connects anyway.
+    static let holdWait: Duration = .seconds(5)
+
+    /// A take-over, before its link connects (blocking: spool reads; on a thread of its own): asks the other
+    /// processes on the spool to stop and waits until they hold their links.
+    static func askToStop(spool: SQLiteSpool, logger: Logger) {
+        let others = spool.otherProcesses()
+        guard !others.isEmpty else {
+            logger.notice("taking over: no other stanzad runs on this spool")
+            return
+        }
+        for pid in others {
+            logger.notice("taking over: asking the running stanzad to stop", metadata: ["pid": "\(pid)"])
+            kill(pid, SIGTERM)
+        }
+        let writing = spool.waitUntilHolding(others, timeout: holdWait)
+        if writing.isEmpty {
+            logger.notice("taking over: the running stanzad holds its link; connecting", metadata: ["pids": "\(others)"])
+        } else {
+            logger.warning("taking over: the running stanzad did not hold its link in time; connecting anyway (Prosody may drop stanzas it routes to the old process at the switch; is the old process an older stanzad?)",
+                           metadata: ["pids": "\(writing)", "waited": "\(holdWait)"])
+        }
+    }
+}
+
 /// At shutdown, when another stanzad runs on the same spool (it was started with --takeover), hands it the link
-/// before the router stops taking stanzas: the server (ejabberd, which admits both) then routes only to the other
-/// process, and nothing arrives here that no one would take. Replies of running handlers go into the spool.
+/// before the router stops taking stanzas. First the link is held (nothing more is written; see
+/// `ComponentConnection.hold`) and the spool says so, which lets the other process connect. Prosody
+/// (`kick_old`) closes this link as the other's comes up, after writing out what it routed here. ejabberd admits
+/// both links: when the other's link is up (the spool says so) and this one is still open `kickWait` later, this
+/// process leaves it itself, and the server routes only to the other process. What arrives until then is handled;
+/// replies of running handlers go into the spool, and those written at the leave may be sent again by the other.
 final class Handover: Service {
+    /// How long a held link stays open after the other process's link is up before this process leaves it: the
+    /// server that closes it (Prosody's kick_old) does so at once, while it lets the other process in.
+    static let kickWait: Duration = .milliseconds(500)
+    /// How long a held link waits for the other process's link at most (it may not connect).
+    static let holdLimit: Duration = .seconds(10)
+    /// How long the router has to take the last stanzas the link read.
+    static let takeWait: Duration = .seconds(2)
+
     let connection: ComponentConnection
     let spool: SQLiteSpool
     let logger: Logger
@@ -488,8 +524,44 @@ final class Handover: Service {
             Thread.detachNewThread { continuation.resume(returning: spool.otherProcesses()) }
         }
         guard !others.isEmpty else { return }
-        logger.notice("another stanzad runs on this spool: handing it the component link", metadata: ["pids": "\(others)"])
-        await connection.leave()
+        await connection.hold()
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                spool.markHolding()
+                continuation.resume()
+            }
+        }
+        logger.notice("another stanzad runs on this spool: link held for it (nothing more is written)", metadata: ["pids": "\(others)"])
+        if await !serverClosedLink(others: others) {
+            logger.notice("another stanzad runs on this spool: handing it the component link", metadata: ["pids": "\(others)"])
+            await connection.leave()
+        }
+        // The stanzas the server sent before it closed the link are taken by the router before it stops taking any.
+        if await !connection.waitUntilInboundTaken(timeout: Self.takeWait) {
+            logger.warning("stanzas read before the link closed were not all taken by the router in time",
+                           metadata: ["waited": "\(Self.takeWait)"])
+        }
+    }
+}
+
+extension Handover {
+    /// Waits, with the link held, until the server closes it (true) or until the other process's link has been up
+    /// for `kickWait` without that (false: a server that admits both), at most `holdLimit`.
+    private func serverClosedLink(others: [Int32]) async -> Bool {
+        let start = ContinuousClock.now
+        var otherLinked: ContinuousClock.Instant?
+        let spool = self.spool
+        while true {
+            // Every 20 ms: the session's end is heard at once, the spool is looked at between.
+            if await connection.waitForSessionEnd(timeout: .milliseconds(20)) { return true }
+            let now = ContinuousClock.now
+            if otherLinked == nil, (try? await onOwnThread { spool.isLinked(others) }) == true { otherLinked = now }
+            if let otherLinked, now - otherLinked >= Self.kickWait { return false }
+            if now - start >= Self.holdLimit {
+                logger.warning("the stanzad taking over has no link yet; leaving the link anyway", metadata: ["waited": "\(Self.holdLimit)"])
+                return false
+            }
+        }
     }
 }
 

@@ -45,10 +45,14 @@ package final class AdmissionGate: Sendable {
     /// Waits for a run slot. Call after `admit()` returned true (or without it when `queue` is nil).
     /// True: the slot is taken; `release()` gives it back. False: the caller's task was cancelled or the gate was
     /// closed before a slot came; the admission is given back already and nothing may run.
+    ///
+    /// A free slot is taken even after `close`: a stanza admitted before shutdown whose task comes here only after
+    /// it would not have waited (a take-over's last stanzas, read just before the link closed), so it runs instead
+    /// of being turned away. Only waiting is refused.
     package func acquire() async -> Bool {
         let id = state.withLock { state -> Int? in
             if queue == nil { state.admitted += 1 }
-            if state.running < concurrency, !state.closed, !Task.isCancelled {
+            if state.running < concurrency, !Task.isCancelled {
                 state.running += 1
                 return nil
             }

@@ -167,6 +167,12 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v4 take-over") { db in
+            // A take-over (SPEC §18): the process being replaced sets `holding` once it writes nothing more to its link
+            // (`markHolding`); the process replacing it sets `linked` once its own link is up (`markLinked`).
+            try db.execute(sql: "ALTER TABLE instance ADD COLUMN holding INTEGER NOT NULL DEFAULT 0")
+            try db.execute(sql: "ALTER TABLE instance ADD COLUMN linked INTEGER NOT NULL DEFAULT 0")
+        }
         return migrator
     }
 
@@ -183,6 +189,59 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
             let pid: Int32 = row["pid"]
             let startTime: Int64 = row["start_time"]
             return ProcessIdentity.isRunning(pid: pid, startTime: startTime) && pid != getpid() ? pid : nil
+        }
+    }
+
+    /// A take-over: this process has stopped writing to its component link, so the process taking over may connect
+    /// (see `waitUntilHolding`). Blocking: a write of the file; call it off the event loops.
+    package func markHolding() {
+        do {
+            try database.write { db in
+                try db.execute(sql: "UPDATE instance SET holding = 1 WHERE owner = ?", arguments: [owner])
+            }
+        } catch {
+            logger.warning("spool: cannot note that the link is held", metadata: ["path": "\(settings.path)", "error": "\(error)"])
+        }
+    }
+
+    /// A take-over: this process's link is up, so the process it replaces may stop waiting for the server to close
+    /// its link (see `isLinked`). Blocking: a write of the file; call it off the event loops.
+    package func markLinked() {
+        do {
+            try database.write { db in
+                try db.execute(sql: "UPDATE instance SET linked = 1 WHERE owner = ?", arguments: [owner])
+            }
+        } catch {
+            logger.warning("spool: cannot note that the link is up", metadata: ["path": "\(settings.path)", "error": "\(error)"])
+        }
+    }
+
+    /// A take-over: whether one of `pids` has its link up (`markLinked`). Blocking: a read of the file.
+    package func isLinked(_ pids: [Int32]) -> Bool {
+        let rows = (try? database.read { db in
+            try Row.fetchAll(db, sql: "SELECT pid FROM instance WHERE owner != ? AND linked = 1", arguments: [owner])
+        }) ?? []
+        return rows.contains { row in pids.contains(row["pid"]) }
+    }
+
+    /// A take-over: waits until each of `pids` holds its link (`markHolding`) or no longer runs, looking every
+    /// 10 ms, for at most `timeout`. Returns the pids that still write to their links. Blocking: call it on a thread
+    /// of its own.
+    package func waitUntilHolding(_ pids: [Int32], timeout: Duration) -> [Int32] {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let rows = (try? database.read { db in
+                try Row.fetchAll(db, sql: "SELECT pid, start_time, holding FROM instance WHERE owner != ?", arguments: [owner])
+            }) ?? []
+            let writing: [Int32] = rows.compactMap { row in
+                let pid: Int32 = row["pid"]
+                let startTime: Int64 = row["start_time"]
+                let holding: Int = row["holding"]
+                guard pids.contains(pid), holding == 0, ProcessIdentity.isRunning(pid: pid, startTime: startTime) else { return nil }
+                return pid
+            }
+            if writing.isEmpty || ContinuousClock.now >= deadline { return writing }
+            usleep(10_000)
         }
     }
 

@@ -13,6 +13,23 @@ private func item(_ label: String, deadline: ContinuousClock.Instant, iq: String
 @Suite struct OutboundQueueTests {
     let t0 = ContinuousClock.now
 
+    /// A take-over's leave writes what is not spooled and leaves the spooled stanzas, in order, for the other
+    /// process (which sends them once from the spool).
+    @Test func leavingTakesWhatIsNotSpooledAndKeepsTheSpooledInOrder() {
+        var queue = Queue(capacity: 10)
+        let forever = t0 + .seconds(3600)
+        queue.appendSpooled([Queue.Item(xml: "<message id='s1'/>", deadline: forever, waiter: nil, iqID: nil, seq: 1)])
+        try? queue.request(item("q1", deadline: t0 + .seconds(2), iq: "q1"), id: "q1",
+                           iq: Queue.PendingIQ(deadline: t0 + .seconds(2), to: "a@b", replier: "rest-1"), maxPending: 10)
+        queue.appendSpooled([Queue.Item(xml: "<message id='s2'/>", deadline: forever, waiter: nil, iqID: nil, seq: 2)])
+        try? queue.append(item("m1", deadline: t0 + .seconds(60)))
+        let taken = queue.takeUnspooled()
+        #expect(taken.map(\.xml) == ["<message id='q1'/>", "<message id='m1'/>"])
+        #expect(queue.pending["q1"]?.sent == true, "a written iq waits for its reply as sent")
+        #expect(queue.items.map(\.seq) == [1, 2])
+        #expect(queue.takeUnspooled().isEmpty)
+    }
+
     @Test func aWaitingSenderExpiresAtItsDeadlineWithNothingElseHappening() {
         var queue = Queue(capacity: 10)
         try? queue.append(item("wait2s", deadline: t0 + .seconds(2)))

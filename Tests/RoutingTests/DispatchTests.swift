@@ -114,6 +114,26 @@ private func stanza(_ xml: String) throws -> Stanza {
         }
         #expect(await order.items == [0, 1, 2])
     }
+
+    /// Shutdown turns waiters away, but a stanza admitted before it whose task asks only afterwards runs if a slot
+    /// is free: it would not have waited (a take-over's last stanzas are otherwise bounced for nothing).
+    @Test func closingTurnsWaitersAwayButAFreeSlotIsStillTaken() async {
+        let gate = AdmissionGate(concurrency: 1, queue: 10)
+        #expect(gate.admit())
+        #expect(await gate.acquire())
+        #expect(gate.admit())
+        let waiter = Task { await gate.acquire() }
+        while gate.waiting < 1 { await Task.yield() }
+        #expect(gate.admit())  // admitted before the close; its task asks later
+        gate.close()
+        #expect(await waiter.value == false)
+        #expect(await gate.acquire() == false)  // the slot is still taken: it would wait, so it is turned away
+        #expect(gate.admit())
+        gate.release()
+        #expect(await gate.acquire())  // now a slot is free: it runs
+        gate.release()
+        #expect(gate.load == 0)
+    }
 }
 
 actor OrderLog {
