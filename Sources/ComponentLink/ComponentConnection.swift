@@ -226,7 +226,10 @@ package final class ComponentConnection: Service, Sendable {
                 return true
             }
             guard waiting else { return waiter.resume(true) }
-            group.any().scheduleTask(in: TimeAmount(timeout)) { waiter.resume(false) }
+            group.any().scheduleTask(in: TimeAmount(timeout)) { [self] in
+                shared.withLock { $0.endWaiters.removeAll { $0 === waiter } }
+                waiter.resume(false)
+            }
         }
     }
 

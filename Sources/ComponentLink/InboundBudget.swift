@@ -133,7 +133,10 @@ final class InboundBudget: Sendable {
                 return true
             }
             guard waiting else { return waiter.resume(true) }
-            loop.scheduleTask(in: TimeAmount(timeout)) { waiter.resume(false) }
+            loop.scheduleTask(in: TimeAmount(timeout)) { [self] in
+                state.withLock { $0.drainWaiters.removeAll { $0 === waiter } }
+                waiter.resume(false)
+            }
         }
     }
 }

@@ -496,7 +496,7 @@ extension Stanzad {
 /// (`kick_old`) closes this link as the other's comes up, after writing out what it routed here. ejabberd admits
 /// both links: when the other's link is up (the spool says so) and this one is still open `kickWait` later, this
 /// process leaves it itself, and the server routes only to the other process. What arrives until then is handled;
-/// replies of running handlers go into the spool, and those written at the leave may be sent again by the other.
+/// replies of running handlers go into the spool, and the other process sends them.
 final class Handover: Service {
     /// How long a held link stays open after the other process's link is up before this process leaves it: the
     /// server that closes it (Prosody's kick_old) does so at once, while it lets the other process in.

@@ -1,4 +1,5 @@
 import Logging
+import NIOPosix
 import Testing
 import XMPPCore
 
@@ -18,6 +19,23 @@ import XMPPCore
         budget.give()
         #expect(await reader.value)
         #expect(budget.outstanding == 3, "two given back, one taken by the reader that waited")
+    }
+
+    /// A take-over's hand-over waits for the router to take the last stanzas the link read before it lets the
+    /// router stop; a budget that never drains ends the wait at its timeout.
+    @Test func drainedReturnsWhenEveryEventIsHandledOrFalseAtItsTimeout() async {
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let budget = InboundBudget(limit: 4)
+        #expect(await budget.drained(timeout: .seconds(5), on: loop), "nothing outstanding: at once")
+        for _ in 0..<2 { #expect(await budget.take()) }
+        let waiting = Task { await budget.drained(timeout: .seconds(30), on: loop) }
+        budget.give()
+        budget.give()
+        #expect(await waiting.value)
+        #expect(await budget.take())
+        #expect(await budget.drained(timeout: .milliseconds(50), on: loop) == false)
+        budget.give()
+        #expect(await budget.drained(timeout: .seconds(5), on: loop))
     }
 
     @Test func aCancelledReaderTakesNothing() async {
