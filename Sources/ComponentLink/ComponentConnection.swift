@@ -806,7 +806,7 @@ package final class ComponentConnection: Service, Sendable {
             inboundBudget.give()
         default:
             inboundBudget.give()
-            pipe.input.yield(.action(action))
+            pipe.input.yield(.action(confirmingNow(action)))
         }
     }
 
@@ -889,8 +889,18 @@ package final class ComponentConnection: Service, Sendable {
         let (action, session) = shared.withLock { state in (state.machine.relayed(stanza, at: .now), state.session) }
         guard let action else { return false }
         if case .none = action { return true }
-        session?.yield(.relayed(action))
+        session?.yield(.relayed(confirmingNow(action)))
         return true
+    }
+
+    /// A barrier's answer read outside the session loop: the machine has forgotten the stanzas it confirms, so the
+    /// spool is told now, not when the session loop gets to it (a draining shutdown that sees nothing unconfirmed
+    /// closes the stream and would never tell it: the stanzas stayed in the spool and went again at the next start).
+    /// Returns what the session loop still does (ask for the next barrier).
+    fileprivate func confirmingNow(_ action: LinkStateMachine<Waiter, IQReplier>.StreamAction) -> LinkStateMachine<Waiter, IQReplier>.StreamAction {
+        guard case .confirmed(let seqs, let more) = action else { return action }
+        spool?.confirm(seqs)
+        return .confirmed([], more: more)
     }
 
     /// Delivers an iq reply that did not come through the stream's own path (a refused reply); true when it was one.
@@ -1029,6 +1039,11 @@ private struct SessionLoop {
                 if connection.spool != nil { await connection.waitForCommits(timeout: .seconds(2)) }
                 connection.setDirect(nil)
                 let last = connection.withMachine { $0.close() }
+                let (unconfirmedNow, spoolingNow) = connection.withMachine { ($0.unconfirmed.count, $0.spooling) }
+                logger.debug("link shutting down: the last batch", metadata: [
+                    "items": "\(last.items.count)", "barrier": "\(last.barrier ?? "-")", "unconfirmed": "\(unconfirmedNow)",
+                    "spooling": "\(spoolingNow)",
+                ])
                 try await write(last)
                 // Spooled stanzas just written: their barrier's answer lets the spool forget them, so that the next
                 // start does not send them again. It is awaited for a moment, no longer.
@@ -1068,6 +1083,8 @@ private struct SessionLoop {
     }
 
     mutating func closeForShutdown() async -> ComponentConnection.Outcome {
+        let (unconfirmed, queued) = connection.withMachine { ($0.unconfirmed.count, $0.queue.items.count) }
+        logger.debug("closing the stream for shutdown", metadata: ["unconfirmed": "\(unconfirmed)", "queued": "\(queued)"])
         try? await write("</stream:stream>")
         logger.notice("component stream closed for shutdown")
         return .shutdown

@@ -176,7 +176,7 @@ struct Run: AsyncParsableCommand {
             let marked = Mutex(false)
             connection.setLinkObserver { event in
                 guard event == .up, !marked.withLock({ let was = $0; $0 = true; return was }) else { return }
-                Thread.detachNewThread { spool.markLinked() }
+                Thread.detachNewThread { spool.note(.linked) }
             }
         }
         let builtIns = config.builtInResponder()
@@ -527,7 +527,7 @@ final class Handover: Service {
         await connection.hold()
         await withCheckedContinuation { continuation in
             Thread.detachNewThread {
-                spool.markHolding()
+                spool.note(.holding)
                 continuation.resume()
             }
         }

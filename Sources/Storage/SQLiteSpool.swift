@@ -169,7 +169,7 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         }
         migrator.registerMigration("v4 take-over") { db in
             // A take-over (SPEC §18): the process being replaced sets `holding` once it writes nothing more to its link
-            // (`markHolding`); the process replacing it sets `linked` once its own link is up (`markLinked`).
+            // (`note(.holding)`); the process replacing it sets `linked` once its own link is up (`note(.linked)`).
             try db.execute(sql: "ALTER TABLE instance ADD COLUMN holding INTEGER NOT NULL DEFAULT 0")
             try db.execute(sql: "ALTER TABLE instance ADD COLUMN linked INTEGER NOT NULL DEFAULT 0")
         }
@@ -192,31 +192,28 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         }
     }
 
-    /// A take-over: this process has stopped writing to its component link, so the process taking over may connect
-    /// (see `waitUntilHolding`). Blocking: a write of the file; call it off the event loops.
-    package func markHolding() {
+    /// What a process notes about itself in the spool during a take-over (columns of `instance`).
+    package enum TakeoverMark: String, Sendable {
+        /// This process has stopped writing to its component link, so the process taking over may connect (see
+        /// `waitUntilHolding`).
+        case holding
+        /// This process's link is up, so the process it replaces may stop waiting for the server to close its link
+        /// (see `isLinked`).
+        case linked
+    }
+
+    /// Notes `mark` for this process. Blocking: a write of the file; call it off the event loops.
+    package func note(_ mark: TakeoverMark) {
         do {
             try database.write { db in
-                try db.execute(sql: "UPDATE instance SET holding = 1 WHERE owner = ?", arguments: [owner])
+                try db.execute(sql: "UPDATE instance SET \(mark.rawValue) = 1 WHERE owner = ?", arguments: [owner])
             }
         } catch {
-            logger.warning("spool: cannot note that the link is held", metadata: ["path": "\(settings.path)", "error": "\(error)"])
+            logger.warning("spool: cannot note a take-over step", metadata: ["step": "\(mark.rawValue)", "path": "\(settings.path)", "error": "\(error)"])
         }
     }
 
-    /// A take-over: this process's link is up, so the process it replaces may stop waiting for the server to close
-    /// its link (see `isLinked`). Blocking: a write of the file; call it off the event loops.
-    package func markLinked() {
-        do {
-            try database.write { db in
-                try db.execute(sql: "UPDATE instance SET linked = 1 WHERE owner = ?", arguments: [owner])
-            }
-        } catch {
-            logger.warning("spool: cannot note that the link is up", metadata: ["path": "\(settings.path)", "error": "\(error)"])
-        }
-    }
-
-    /// A take-over: whether one of `pids` has its link up (`markLinked`). Blocking: a read of the file.
+    /// A take-over: whether one of `pids` has its link up (`note(.linked)`). Blocking: a read of the file.
     package func isLinked(_ pids: [Int32]) -> Bool {
         let rows = (try? database.read { db in
             try Row.fetchAll(db, sql: "SELECT pid FROM instance WHERE owner != ? AND linked = 1", arguments: [owner])
@@ -224,7 +221,7 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         return rows.contains { row in pids.contains(row["pid"]) }
     }
 
-    /// A take-over: waits until each of `pids` holds its link (`markHolding`) or no longer runs, looking every
+    /// A take-over: waits until each of `pids` holds its link (`note(.holding)`) or no longer runs, looking every
     /// 10 ms, for at most `timeout`. Returns the pids that still write to their links. Blocking: call it on a thread
     /// of its own.
     package func waitUntilHolding(_ pids: [Int32], timeout: Duration) -> [Int32] {
@@ -603,6 +600,23 @@ extension SQLiteSpool {
             try db.execute(sql: "INSERT INTO instance (owner, pid, start_time, started) VALUES (?, ?, ?, 0)",
                            arguments: [owner, pid, startTime])
         }
+    }
+
+    func noteForTests(owner: String, _ mark: TakeoverMark) throws {
+        try database.write { db in
+            try db.execute(sql: "UPDATE instance SET \(mark.rawValue) = 1 WHERE owner = ?", arguments: [owner])
+        }
+    }
+
+    /// The take-over marks this process has noted about itself.
+    func ownMarksForTests() throws -> [TakeoverMark] {
+        let row = try database.read { db in
+            try Row.fetchOne(db, sql: "SELECT holding, linked FROM instance WHERE owner = ?", arguments: [owner])
+        }
+        guard let row else { return [] }
+        let holding: Int = row["holding"]
+        let linked: Int = row["linked"]
+        return (holding == 1 ? [.holding] : []) + (linked == 1 ? [.linked] : [])
     }
 
     func insertForTests(xml: String, owner: String) throws {

@@ -73,6 +73,28 @@ import Testing
         try await stop(spool)
     }
 
+    /// A take-over's steps through the spool: the new process waits until the old one holds its link (or is gone),
+    /// at most its timeout; the old one sees when the new one's link is up.
+    @Test func takeOverMarksAreSeenByTheOtherProcess() async throws {
+        let spool = try open()
+        let alive = getpid()
+        try spool.registerForTests(owner: "old-live", pid: alive, startTime: ProcessIdentity.current.startTime)
+        try spool.registerForTests(owner: "old-dead", pid: 999_999, startTime: 1)
+        #expect(spool.waitUntilHolding([alive, 999_999], timeout: .milliseconds(30)) == [alive],
+                "a live process that does not hold yet is reported at the timeout; a dead one is not waited for")
+        try spool.noteForTests(owner: "old-live", .holding)
+        #expect(spool.waitUntilHolding([alive], timeout: .seconds(30)).isEmpty)
+        #expect(spool.isLinked([alive]) == false)
+        try spool.noteForTests(owner: "old-live", .linked)
+        #expect(spool.isLinked([alive]))
+        #expect(spool.isLinked([4_242]) == false, "only the pids asked about count")
+        #expect(try spool.ownMarksForTests().isEmpty)
+        spool.note(.holding)
+        spool.note(.linked)
+        #expect(try spool.ownMarksForTests() == [.holding, .linked])
+        try await stop(spool)
+    }
+
     @Test func aSpoolInAMissingDirectorySaysWhatToDo() {
         let settings = StorageSettings(path: directory.appendingPathComponent("missing/spool.sqlite").path)
         #expect {
