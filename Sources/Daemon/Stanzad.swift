@@ -525,12 +525,7 @@ final class Handover: Service {
         }
         guard !others.isEmpty else { return }
         await connection.hold()
-        await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                spool.note(.holding)
-                continuation.resume()
-            }
-        }
+        _ = try? await onOwnThread { spool.note(.holding) }
         logger.notice("another stanzad runs on this spool: link held for it (nothing more is written)", metadata: ["pids": "\(others)"])
         if await !serverClosedLink(others: others) {
             logger.notice("another stanzad runs on this spool: handing it the component link", metadata: ["pids": "\(others)"])
