@@ -47,8 +47,16 @@ package enum RandomID {
 
     package static func make() -> String {
         pool.withLock { pool in
-            // 64 symbols: the low six bits of a uniform byte are uniform.
-            String(decoding: pool.take(24).lazy.map { alphabet[Int($0 & 63)] }, as: UTF8.self)
+            let random = pool.take(24)
+            // Written straight into the string's storage: `String(decoding:)` over a lazy map went through the
+            // generic, non-contiguous path (dynamic casts included), 2% of a webhook echo's CPU for two ids.
+            return String(unsafeUninitializedCapacity: 24) { text in
+                alphabet.withUnsafeBufferPointer { symbols in
+                    // 64 symbols: the low six bits of a uniform byte are uniform.
+                    for (index, byte) in zip(text.indices, random) { text[index] = symbols[Int(byte & 63)] }
+                }
+                return 24
+            }
         }
     }
 }

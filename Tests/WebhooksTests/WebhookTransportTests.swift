@@ -354,6 +354,21 @@ private func withPlainClient(_ body: (ScriptedServer, WebhookClient, String) asy
         #expect(PlainHTTPTarget(url) == nil)
     }
 
+    @Test func theRequestIsFramedByStanzadAndSaysWhetherItKeepsTheConnection() throws {
+        let target = try #require(PlainHTTPTarget("http://127.0.0.1:8080/in?x=1"))
+        let (plain, keepsPlain) = PlainHTTPClient.request(target, headers: [("Content-Type", "text/plain")], body: Array("hi".utf8))
+        #expect(String(buffer: plain) == "POST /in?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi")
+        #expect(keepsPlain)
+        // A route's own Host replaces the URL's; its framing headers are dropped; `Connection: close` in any case
+        // and among other options means the connection is not kept.
+        let (own, keepsOwn) = PlainHTTPClient.request(
+            target, headers: [("host", "bots.example"), ("CONTENT-length", "999"), ("Transfer-Encoding", "chunked"),
+                              ("Connection", "keep-alive,  Close ")], body: [])
+        #expect(String(buffer: own) == "POST /in?x=1 HTTP/1.1\r\nhost: bots.example\r\nConnection: keep-alive,  Close \r\nContent-Length: 0\r\n\r\n")
+        #expect(!keepsOwn)
+        #expect(PlainHTTPClient.request(target, headers: [("Connection", "closed")], body: []).keepAlive)
+    }
+
     @Test func headerValidation() {
         #expect(PlainHTTPClient.invalidHeader([("A", "b")]) == nil)
         #expect(PlainHTTPClient.invalidHeader([("A", "b\nc")])?.contains("line break") == true)
