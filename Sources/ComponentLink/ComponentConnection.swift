@@ -176,9 +176,10 @@ package final class ComponentConnection: Service, Sendable {
     }
 
     /// Hands the link to another process that runs on the same spool (a take-over restart, SPEC §18): what is
-    /// queued is written (spooled stanzas excepted: the other process sends those), the stream is closed, and what the server still sends before it closes its side is read
-    /// and delivered as usual; then the link stays down. Returns when the stream is closed (at most `timeout`).
-    /// Stanzas sent afterwards stay in the spool for the other process.
+    /// queued is written (spooled stanzas excepted: the other process sends those), the stream is closed, and what
+    /// the server still sends before it closes its side is read and delivered as usual; then the link stays down.
+    /// Returns when the stream is closed (at most `timeout`). Stanzas sent afterwards stay in the spool for the
+    /// other process.
     package func leave(timeout: Duration = .seconds(3)) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let session: AsyncStream<Input>.Continuation? = shared.withLock { state in

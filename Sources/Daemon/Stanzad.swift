@@ -82,7 +82,7 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
-    @Flag(name: .long, help: "Take over from a running stanzad of the same spool: connect while it runs, then stop it (SIGTERM) once this link is up; it hands what it still holds over through the spool. Needs [storage].")
+    @Flag(name: .long, help: "Take over from a running stanzad of the same spool: ask it to stop (SIGTERM), connect once it holds its link, and send through the spool what it still held. Needs [storage].")
     var takeover = false
 
     func run() async throws {
