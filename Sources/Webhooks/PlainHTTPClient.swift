@@ -1,7 +1,8 @@
 // A small HTTP/1.1 client for `http://` webhooks: one POST at a time per keep-alive connection, on NIO with
-// NIOHTTP1's response decoder; a request is written as one buffer of bytes made here. It exists for speed. async-http-client's per-request machinery (request bag,
-// task, pool state machine, tracing) cost more CPU per stanza than everything else on a webhook route together
-// (docs/PERFORMANCE.md); `https://` URLs still go through async-http-client and its TLS stack.
+// NIOHTTP1's response decoder; a request goes out as one buffer of bytes made here. It exists for speed.
+// async-http-client's per-request machinery (request bag, task, pool state machine, tracing) cost more CPU per
+// stanza than everything else on a webhook route together (docs/PERFORMANCE.md); `https://` URLs still go through
+// async-http-client and its TLS stack.
 //
 // Threading: a connection's state lives on its channel's event loop. The idle list is shared under a lock.
 
@@ -244,7 +245,9 @@ final class PlainHTTPClient: Sendable {
         let name = name.utf8
         guard name.count == lowercased.utf8CodeUnitCount else { return false }
         return lowercased.withUTF8Buffer { expected in
-            zip(name, expected).allSatisfy { ($0 | 0x20) == $1 || $0 == $1 }
+            zip(name, expected).allSatisfy { byte, lower in
+                (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte) == lower
+            }
         }
     }
 

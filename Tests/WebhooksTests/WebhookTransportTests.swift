@@ -227,6 +227,17 @@ private func withPlainClient(_ body: (ScriptedServer, WebhookClient, String) asy
         }
     }
 
+    /// A route that sends `Connection: close` gets a new connection for each request (the server may keep it open).
+    @Test func aRequestThatSaysConnectionCloseDoesNotKeepItsConnection() async throws {
+        try await withPlainClient { server, client, base in
+            for number in 0..<3 {
+                #expect(await post(base + "/echo", client: client, body: "c\(number)", headers: [("Connection", "close")])
+                    == "200 text/plain - c\(number)")
+            }
+            #expect(server.connections.withLockedValue { $0 } == 3)
+        }
+    }
+
     @Test func aConnectionWithUnaskedBytesIsNotReused() async throws {
         try await withPlainClient { server, client, base in
             #expect(await post(base + "/extra", client: client) == "200 text/plain - ok")
