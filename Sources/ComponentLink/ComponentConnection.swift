@@ -1039,8 +1039,7 @@ private struct SessionLoop {
                 // Replies handed to the spool just before (their handlers are done) are committed and written first.
                 if connection.spool != nil { await connection.waitForCommits(timeout: .seconds(2)) }
                 connection.setDirect(nil)
-                let last = connection.withMachine { $0.close() }
-                let (unconfirmedNow, spoolingNow) = connection.withMachine { ($0.unconfirmed.count, $0.spooling) }
+                let (last, unconfirmedNow, spoolingNow) = connection.withMachine { ($0.close(), $0.unconfirmed.count, $0.spooling) }
                 logger.debug("link shutting down: the last batch", metadata: [
                     "items": "\(last.items.count)", "barrier": "\(last.barrier ?? "-")", "unconfirmed": "\(unconfirmedNow)",
                     "spooling": "\(spoolingNow)",

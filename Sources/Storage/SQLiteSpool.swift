@@ -205,11 +205,15 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
     /// Notes `mark` for this process. Blocking: a write of the file; call it off the event loops.
     package func note(_ mark: TakeoverMark) {
         do {
-            try database.write { db in
-                try db.execute(sql: "UPDATE instance SET \(mark.rawValue) = 1 WHERE owner = ?", arguments: [owner])
-            }
+            try note(mark, for: owner)
         } catch {
             logger.warning("spool: cannot note a take-over step", metadata: ["step": "\(mark.rawValue)", "path": "\(settings.path)", "error": "\(error)"])
+        }
+    }
+
+    func note(_ mark: TakeoverMark, for owner: String) throws {
+        try database.write { db in
+            try db.execute(sql: "UPDATE instance SET \(mark.rawValue) = 1 WHERE owner = ?", arguments: [owner])
         }
     }
 
@@ -599,12 +603,6 @@ extension SQLiteSpool {
         try database.write { db in
             try db.execute(sql: "INSERT INTO instance (owner, pid, start_time, started) VALUES (?, ?, ?, 0)",
                            arguments: [owner, pid, startTime])
-        }
-    }
-
-    func noteForTests(owner: String, _ mark: TakeoverMark) throws {
-        try database.write { db in
-            try db.execute(sql: "UPDATE instance SET \(mark.rawValue) = 1 WHERE owner = ?", arguments: [owner])
         }
     }
 

@@ -213,11 +213,9 @@ final class PlainHTTPClient: Sendable {
             buffer.writeString(target.authority)
             buffer.writeStaticString("\r\n")
         }
-        var keepAlive = true
+        var connection: [(String, String)] = []
         for (name, value) in headers where !isName(name, "content-length") && !isName(name, "transfer-encoding") {
-            if isName(name, "connection"), listsClose(value) {
-                keepAlive = false
-            }
+            if isName(name, "connection") { connection.append((name, value)) }
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)
@@ -227,17 +225,11 @@ final class PlainHTTPClient: Sendable {
         buffer.writeString(String(body.count))
         buffer.writeStaticString("\r\n\r\n")
         buffer.writeBytes(body)
+        // NIO's rule for the Connection options, as when the request went through its encoder (only a route that
+        // sets Connection pays for it).
+        let keepAlive = connection.isEmpty
+            || HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path, headers: HTTPHeaders(connection)).isKeepAlive
         return (buffer, keepAlive)
-    }
-
-    /// Whether a Connection header's value lists the `close` option.
-    private static func listsClose(_ value: String) -> Bool {
-        let space: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 }
-        return value.utf8.split(separator: UInt8(ascii: ",")).contains { option in
-            let trimmed = option.drop(while: space)
-            let end = trimmed.lastIndex { !space($0) }.map { trimmed.index(after: $0) } ?? trimmed.startIndex
-            return isName(String(decoding: trimmed[..<end], as: UTF8.self), "close")
-        }
     }
 
     /// Whether header `name` is `lowercased` (ASCII, case-insensitive).

@@ -82,10 +82,10 @@ import Testing
         try spool.registerForTests(owner: "old-dead", pid: 999_999, startTime: 1)
         #expect(spool.waitUntilHolding([alive, 999_999], timeout: .milliseconds(30)) == [alive],
                 "a live process that does not hold yet is reported at the timeout; a dead one is not waited for")
-        try spool.noteForTests(owner: "old-live", .holding)
+        try spool.note(.holding, for: "old-live")
         #expect(spool.waitUntilHolding([alive], timeout: .seconds(30)).isEmpty)
         #expect(spool.isLinked([alive]) == false)
-        try spool.noteForTests(owner: "old-live", .linked)
+        try spool.note(.linked, for: "old-live")
         #expect(spool.isLinked([alive]))
         #expect(spool.isLinked([4_242]) == false, "only the pids asked about count")
         #expect(try spool.ownMarksForTests().isEmpty)
