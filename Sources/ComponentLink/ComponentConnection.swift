@@ -127,6 +127,16 @@ package final class ComponentConnection: Service, Sendable {
         directInbound.set(handler)
     }
 
+    /// The router stops taking stanzas (shutdown): from now on every stanza the link reads goes to `leftover`, and
+    /// `inbound` ends once the router has taken what it holds already.
+    package func endInbound(leftover: @escaping @Sendable (Stanza) -> Void) {
+        directInbound.set { stanza in
+            leftover(stanza)
+            return true
+        }
+        inboundContinuation.finish()
+    }
+
     /// Adds `observer`, told when the link is up (handshake done, the queue flushed) and when it went down. It
     /// runs on the link's task and must not block. nil removes every observer.
     package func setLinkObserver(_ observer: (@Sendable (LinkEvent) -> Void)?) {

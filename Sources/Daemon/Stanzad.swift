@@ -198,25 +198,32 @@ struct Run: AsyncParsableCommand {
                 factory.queue(named: route)?.adopt(updates.map { StoredUpdate(seq: $0.seq, id: $0.id, json: $0.json, arrived: $0.arrived) })
             }
         }
+        // With a spool, what this process will not handle because it stops is kept there for the next process:
+        // webhook retries still waiting, stanzas still queued, stanzas read after the router stopped.
+        var keepInbound: (@Sendable (Stanza) -> Bool)?
         if let spool {
-            // Webhook retries still waiting at shutdown are kept, and routed again by the next start once the link is up.
-            factory.client.keepWaitingDeliveries { stanza in
+            keepInbound = { (stanza: Stanza) -> Bool in
                 guard let xml = try? stanza.serialized() else { return false }
-                spool.keepDelivery(xml)
+                // A stopping process does not route kept stanzas again (the next one does).
+                spool.stopTakingKeptInbound()
+                spool.keepInbound(xml)
                 return true
             }
-            let redelivered = Mutex(false)
+        }
+        if let spool, let keepInbound {
+            factory.client.keepWaitingDeliveries(keepInbound)
+            // Once the link is up, and every second from then on (a process a take-over replaces keeps its last
+            // stanzas while this one runs).
+            let taking = Mutex(false)
             connection.setLinkObserver { event in
-                guard event == .up, !redelivered.withLock({ let was = $0; $0 = true; return was }) else { return }
-                Thread.detachNewThread {
-                    let kept = spool.takeKeptDeliveries()
-                    guard !kept.isEmpty else { return }
-                    logger.notice("spool: routing again webhook deliveries kept at the last stop", metadata: ["count": "\(kept.count)"])
+                guard event == .up, !taking.withLock({ let was = $0; $0 = true; return was }) else { return }
+                spool.startTakingKeptInbound { kept in
+                    logger.notice("spool: routing again stanzas a stopped stanzad kept", metadata: ["count": "\(kept.count)"])
                     for xml in kept {
                         guard let element = (try? XMLStreamParser.parseFragment(Array(xml.utf8), maxElements: 1))?.first,
                             let stanza = Stanza(element)
                         else {
-                            logger.error("spool: a kept delivery is not a stanza; dropped", metadata: ["xml": "\(xml.prefix(200))"])
+                            logger.error("spool: a kept stanza is not a stanza; dropped", metadata: ["xml": "\(xml.prefix(200))"])
                             continue
                         }
                         connection.redeliver(stanza)
@@ -227,6 +234,7 @@ struct Run: AsyncParsableCommand {
         let dispatcher = Dispatcher(
             routes: factory.routes(for: config), builtIns: builtIns, maxStanzaBytes: config.component.maxStanza, logger: logger)
         dispatcher.setRateLimit(config.perSender)
+        if let keepInbound { dispatcher.keepLeftStanzas(keepInbound) }
         let rooms = RoomKeeper(connection: connection, rooms: config.roomSettings(), settings: config.roomsSettings(), logger: logger)
         let router = Router(connection: connection, dispatcher: dispatcher, logger: logger, rooms: rooms)
         var front: FastCGIServer?

@@ -54,7 +54,7 @@ package struct ProcessHandler: StanzaHandler {
             for: stanza, route: context.route, component: context.component, env: settings.env,
             passEnv: settings.passEnv, parent: settings.parentEnvironment, room: context.room)
         guard let result = await run(stdin: input, environment: environment, logger: context.logger) else {
-            return HandlerOutcome(failure: Dispatcher.shuttingDown, metadata: ["queue": "left at shutdown"])
+            return .leftAtShutdown
         }
         return outcome(of: result, for: stanza, logger: context.logger)
     }

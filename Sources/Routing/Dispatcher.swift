@@ -37,6 +37,9 @@ package final class Dispatcher: Sendable {
     private let table: Mutex<Table>
     /// `[limits] per_sender`; nil: no limit. Replaced (buckets and all) when a reload changes the rate.
     private let rateLimit = Mutex<SenderRateLimit?>(nil)
+    /// Keeps a stanza that never ran because stanzad stops, for the next process to route (SPEC §18: the spool);
+    /// nil, or false from it: the sender is answered "shutting down".
+    private let keeper = Mutex<(@Sendable (Stanza) -> Bool)?>(nil)
     package let stamper: ReplyStamper
     let logger: Logger
 
@@ -88,8 +91,8 @@ package final class Dispatcher: Sendable {
     }
 
     /// Shutdown (SPEC §11): stanzas still waiting for a run slot, in a route's queue or in a handler's own (the
-    /// process limit), never start; each is answered cancel/service-unavailable "stanzad is shutting down".
-    /// Running handlers are not touched.
+    /// process limit), never start; each is kept for the next process (`keepLeftStanzas`) or answered
+    /// cancel/service-unavailable "stanzad is shutting down". Running handlers are not touched.
     package func shutDown() {
         let routes = table.withLock { table -> [Route] in
             table.shuttingDown = true
@@ -103,6 +106,28 @@ package final class Dispatcher: Sendable {
 
     /// The error for a stanza that was admitted but never started because stanzad is going down.
     package static let shuttingDown = StanzaError(.cancel, .serviceUnavailable, text: "stanzad is shutting down")
+
+    /// With a spool: stanzas that never run because stanzad stops go to `keep` (false: not kept, answered as
+    /// without it). Set before the router runs.
+    package func keepLeftStanzas(_ keep: @escaping @Sendable (Stanza) -> Bool) {
+        keeper.withLock { $0 = keep }
+    }
+
+    /// A stanza that will never run because stanzad stops: kept for the next process when it can be (not one from a
+    /// room: the next process has not joined it yet), else answered "shutting down" (nothing to a room, SPEC §14).
+    /// `route` nil: it was read after the router stopped taking stanzas.
+    package func leftAtShutdown(_ stanza: Stanza, route: Route?, room: RoomOrigin?,
+                                started: ContinuousClock.Instant = .now) -> [Stanza] {
+        route?.metrics.count(.shutdown)
+        let routeName = route?.name ?? "(not routed)"
+        if room == nil, let keep = keeper.withLock({ $0 }), keep(stanza) {
+            log(stanza, route: routeName, replies: [], started: started, metadata: ["queue": "kept in the spool at shutdown"])
+            return []
+        }
+        let replies = stamper.errorReply(to: stanza, Self.shuttingDown, fromRoom: room != nil)
+        log(stanza, route: routeName, replies: replies, started: started, metadata: ["queue": "left at shutdown"])
+        return replies
+    }
 
     /// What happens to a stanza, decided synchronously at arrival.
     package enum Admission: Sendable {
@@ -150,10 +175,7 @@ package final class Dispatcher: Sendable {
     /// admission goes back and it is answered like a stanza left in the queue.
     package func turnAway(_ stanza: Stanza, route: Route, room: RoomOrigin? = nil) -> [Stanza] {
         route.gate.withdraw()
-        route.metrics.count(.shutdown)
-        let replies = stamper.errorReply(to: stanza, Self.shuttingDown, fromRoom: room != nil)
-        log(stanza, route: route.name, replies: replies, started: ContinuousClock.now, metadata: ["queue": "left at shutdown"])
-        return replies
+        return leftAtShutdown(stanza, route: route, room: room)
     }
 
     /// Runs an admitted stanza through its route's handler and returns the stamped replies.
@@ -161,10 +183,7 @@ package final class Dispatcher: Sendable {
         let started = ContinuousClock.now
         guard await route.gate.acquire() else {
             // Cancelled or shut down while queued: the handler never runs.
-            route.metrics.count(.shutdown)
-            let replies = stamper.errorReply(to: stanza, Self.shuttingDown, fromRoom: room != nil)
-            log(stanza, route: route.name, replies: replies, started: started, metadata: ["queue": "left at shutdown"])
-            return replies
+            return leftAtShutdown(stanza, route: route, room: room, started: started)
         }
         defer { route.gate.release() }
         let context = context(for: stanza, on: route, room: room)
@@ -194,6 +213,7 @@ package final class Dispatcher: Sendable {
     /// Stamps the handler's replies and logs the stanza.
     private func finish(_ outcome: HandlerOutcome, of stanza: Stanza, on route: Route, context: HandlerContext,
                         started: ContinuousClock.Instant) -> [Stanza] {
+        if outcome.neverStarted { return leftAtShutdown(stanza, route: route, room: context.room, started: started) }
         let (replies, refusal) = stamper.stamp(outcome, replyingTo: stanza, fromRoom: context.room != nil)
         var metadata = outcome.metadata
         if let refusal {

@@ -5,6 +5,7 @@
 import ComponentLink
 import Logging
 import ServiceLifecycle
+import Synchronization
 import XMPPCore
 
 package final class Router: Service, Sendable {
@@ -57,23 +58,33 @@ package final class Router: Service, Sendable {
                     }
                 }
             }
-            // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies.
-            for await stanza in connection.inbound.cancelOnGracefulShutdown() {
-                guard case .route(let room) = intake(stanza) else { continue }
-                switch dispatcher.admit(stanza, room: room) {
-                case .builtIn:
-                    send(dispatcher.answerBuiltIn(stanza, room: room), for: stanza)
-                case .full(let route):
-                    send(dispatcher.answerFull(stanza, route: route, room: room), for: stanza)
-                case .limited(_, let replies):
-                    send(replies, for: stanza)
-                case .admitted(let route):
-                    // Handlers that start without waiting were taken by `handleDirectly` already.
-                    running.enter()
-                    group.addTask { self.finish(await self.dispatcher.run(stanza, on: route, room: room), for: stanza) }
+            // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies. What
+            // the link read and the router had not taken, and what it reads from now on, is left (`leave`).
+            let stopping = Atomic(false)
+            await withGracefulShutdownHandler {
+                for await stanza in connection.inbound {
+                    if stopping.load(ordering: .acquiring) {
+                        leave(stanza)
+                        continue
+                    }
+                    guard case .route(let room) = intake(stanza) else { continue }
+                    switch dispatcher.admit(stanza, room: room) {
+                    case .builtIn:
+                        send(dispatcher.answerBuiltIn(stanza, room: room), for: stanza)
+                    case .full(let route):
+                        send(dispatcher.answerFull(stanza, route: route, room: room), for: stanza)
+                    case .limited(_, let replies):
+                        send(replies, for: stanza)
+                    case .admitted(let route):
+                        // Handlers that start without waiting were taken by `handleDirectly` already.
+                        running.enter()
+                        group.addTask { self.finish(await self.dispatcher.run(stanza, on: route, room: room), for: stanza) }
+                    }
                 }
+            } onGracefulShutdown: {
+                stopping.store(true, ordering: .releasing)
+                self.connection.endInbound { stanza in self.leave(stanza) }
             }
-            connection.setDirectInbound(nil)
             // Queued stanzas never start; they are answered "shutting down" now, while the link still sends.
             dispatcher.shutDown()
             // Stanzas already handed to the overflow child are turned away by the closed gates; later ones at once.
@@ -116,6 +127,13 @@ package final class Router: Service, Sendable {
             }
         }
         return true
+    }
+
+    /// A stanza read after the router stopped taking stanzas: kept for the next process (with a spool) or answered
+    /// "shutting down". The room keeper still sees it first (a room's presence is not left unread).
+    private func leave(_ stanza: Stanza) {
+        guard case .route(let room) = intake(stanza) else { return }
+        send(dispatcher.leftAtShutdown(stanza, route: nil, room: room), for: stanza)
     }
 
     /// An admitted stanza is done: its replies go out and it no longer counts as running.

@@ -85,12 +85,22 @@ package struct HandlerOutcome: Sendable {
     package var failure: StanzaError?
     /// Extra fields for the "stanza handled" log line: exit status, pid, HTTP status, …
     package var metadata: Logger.Metadata
+    /// The handler never started because stanzad stops (it waited for the process limit): the dispatcher keeps
+    /// the stanza for the next process or answers "shutting down".
+    package var neverStarted = false
 
     package init(replies: [Stanza] = [], failure: StanzaError? = nil, metadata: Logger.Metadata = [:]) {
         self.replies = replies
         self.failure = failure
         self.metadata = metadata
     }
+
+    /// See `neverStarted`.
+    package static let leftAtShutdown: HandlerOutcome = {
+        var outcome = HandlerOutcome(failure: Dispatcher.shuttingDown, metadata: ["queue": "left at shutdown"])
+        outcome.neverStarted = true
+        return outcome
+    }()
 
     package static func failed(_ type: StanzaError.ErrorType, _ condition: StanzaError.Condition, text: String? = nil,
                               metadata: Logger.Metadata = [:]) -> HandlerOutcome {

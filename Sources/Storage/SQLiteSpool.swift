@@ -42,7 +42,7 @@ package struct SpooledUpdate: Sendable, Equatable {
 
 /// A change to the stored updates, committed with the next batch.
 enum UpdateOp: Sendable {
-    case keepDelivery(xml: String)
+    case keepInbound(xml: String)
     case save(route: String, id: Int64, json: [UInt8], arrived: Double)
     case deleteBelow(route: String, id: Int64)
     case renumber(seq: Int64, id: Int64)
@@ -51,7 +51,7 @@ enum UpdateOp: Sendable {
 extension UpdateOp {
     var name: String {
         switch self {
-        case .keepDelivery: "webhook delivery"
+        case .keepInbound: "inbound stanza"
         case .save: "update"
         case .deleteBelow: "update acknowledgement"
         case .renumber: "update renumbering"
@@ -71,6 +71,7 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         var updateOps: [UpdateOp] = []
         var adopted: (@Sendable ([SpooledStanza]) -> Void)?
         var adoptedUpdates: (@Sendable (String, [SpooledUpdate]) -> Void)?
+        var keptInbound: (@Sendable ([String]) -> Void)?
         var adoptNow = false
         var stopping = false
         /// The writer thread has been signalled and has not taken the work yet.
@@ -158,7 +159,8 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                 """)
         }
         migrator.registerMigration("v3 deliveries") { db in
-            // Inbound stanzas whose webhook delivery was waiting for a retry when a process stopped.
+            // Inbound stanzas a process did not handle because it stopped (first: webhook deliveries waiting for a
+            // retry; since: stanzas still queued or read after its router stopped too).
             try db.execute(sql: """
                 CREATE TABLE deliveries (
                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -295,24 +297,40 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         pending.withLock { $0.adoptedUpdates = adopted }
     }
 
-    // MARK: Webhook deliveries waiting for a retry
+    // MARK: Inbound stanzas a stopping process did not handle
 
-    /// Keeps an inbound stanza whose webhook retry was still waiting when this process stopped; committed before
-    /// the spool closes.
-    package func keepDelivery(_ xml: String) {
-        enqueue(.keepDelivery(xml: xml))
+    /// Keeps an inbound stanza this process will not handle because it stops (a webhook retry still waiting, a
+    /// stanza still queued or read after the router stopped); committed before the spool closes. The next process on
+    /// the spool routes it (`startTakingKeptInbound`).
+    package func keepInbound(_ xml: String) {
+        enqueue(.keepInbound(xml: xml))
     }
 
-    /// The stanzas kept that way (by any process), removed from the spool: the caller routes them again.
-    /// Blocking: call it off the event loops.
-    package func takeKeptDeliveries() -> [String] {
+    /// From now on, every second (and once at once), the inbound stanzas kept by a stopping process (this file's
+    /// earlier runs, or the process a take-over replaces while it stops) are removed from the spool and handed to
+    /// `taken`, oldest first, on the spool's thread: the caller routes them again.
+    package func startTakingKeptInbound(_ taken: @escaping @Sendable ([String]) -> Void) {
+        pending.withLock { state in
+            state.keptInbound = taken
+            state.adoptNow = true
+        }
+        signal()
+    }
+
+    /// This process stops routing: it no longer takes kept stanzas (it would only keep them again).
+    package func stopTakingKeptInbound() {
+        pending.withLock { $0.keptInbound = nil }
+    }
+
+    private func takeKeptInbound(_ taken: @Sendable ([String]) -> Void) {
         do {
-            return try database.write { db in
-                try String.fetchAll(db, sql: "DELETE FROM deliveries RETURNING xml")
+            let kept: [String] = try database.write { db in
+                let rows = try Row.fetchAll(db, sql: "DELETE FROM deliveries RETURNING seq, xml")
+                return rows.map { (seq: $0["seq"] as Int64, xml: $0["xml"] as String) }.sorted { $0.seq < $1.seq }.map(\.xml)
             }
+            if !kept.isEmpty { taken(kept) }
         } catch {
             logger.error("spool read failed", metadata: ["path": "\(settings.path)", "error": "\(error)"])
-            return []
         }
     }
 
@@ -399,12 +417,13 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                 return taken
             }
             if !work.appends.isEmpty || !work.confirms.isEmpty || !work.updateOps.isEmpty { commit(work) }
-            if let adopted = work.adopted, !work.stopping,
+            if !work.stopping, work.adopted != nil || work.keptInbound != nil,
                 work.adoptNow || ContinuousClock.now - lastAdopt >= settings.adoptInterval
             {
                 lastAdopt = .now
-                adopt(adopted)
+                if let adopted = work.adopted { adopt(adopted) }
                 if let adoptedUpdates = work.adoptedUpdates { adoptUpdates(adoptedUpdates) }
+                if let keptInbound = work.keptInbound { takeKeptInbound(keptInbound) }
                 checkpoint()
             }
             if work.stopping {
@@ -433,7 +452,7 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
                 }
                 for op in work.updateOps {
                     switch op {
-                    case .keepDelivery(let xml):
+                    case .keepInbound(let xml):
                         try db.execute(sql: "INSERT INTO deliveries (xml, created) VALUES (?, ?)", arguments: [xml, now])
                     case .save(let route, let id, let json, let arrived):
                         try db.cachedStatement(sql: "INSERT INTO updates (route, id, json, arrived, owner) VALUES (?, ?, ?, ?, ?)")

@@ -340,6 +340,40 @@ final class HeldHandler: StanzaHandler {
         #expect(route.gate.load == 0)
     }
 
+    /// With a spool (SPEC §18) a stanza still queued at shutdown is kept for the next process: no answer now.
+    @Test(.timeLimit(.minutes(1))) func aStanzaQueuedAtShutdownIsKeptWhenItCanBe() async throws {
+        let (handler, route, dispatcher, running, queued) = try await Self.oneRunningOneQueued()
+        let kept = Mutex<[String]>([])
+        dispatcher.keepLeftStanzas { stanza in
+            kept.withLock { $0.append(stanza.id ?? "") }
+            return true
+        }
+        dispatcher.shutDown()
+        handler.releaseAll()
+        #expect(await queued.value.isEmpty, "kept: the sender hears from the next process")
+        #expect(kept.withLock { $0 } == ["m2"])
+        #expect(await running.value.first?.body == "done")
+        #expect(handler.received == ["m1"])
+        #expect(route.gate.load == 0)
+    }
+
+    /// A keeper that cannot keep it (it could not be stored), and a stanza from a room (the next process has not
+    /// joined the room yet), are answered as without a spool; nothing goes back to a room (SPEC §14).
+    @Test func aStanzaThatCannotBeKeptIsAnsweredShuttingDown() throws {
+        let dispatcher = Dispatcher(routes: [], builtIns: Self.builtIns, logger: Logger(label: "test"))
+        let offered = Mutex(0)
+        dispatcher.keepLeftStanzas { _ in
+            offered.withLock { $0 += 1 }
+            return false
+        }
+        Self.expectShuttingDown(dispatcher.leftAtShutdown(try Self.message("m4"), route: nil, room: nil), id: "m4")
+        #expect(offered.withLock { $0 } == 1)
+        let fromRoom = try stanza("<message type='chat' id='m5' from='room@muc.example.org/nick' to='held@bot.example.org'><body>hi</body></message>")
+        let room = RoomOrigin(room: "room@muc.example.org", nick: "nick", ownNick: "bot", isGroupchat: false)
+        #expect(dispatcher.leftAtShutdown(fromRoom, route: nil, room: room).isEmpty)
+        #expect(offered.withLock { $0 } == 1, "a room's stanza is not offered to the keeper")
+    }
+
     @Test(.timeLimit(.minutes(1))) func aCancelledStanzaLeavesTheQueueAndNeverRuns() async throws {
         let (handler, route, dispatcher, running, queued) = try await Self.oneRunningOneQueued()
         queued.cancel()

@@ -95,6 +95,32 @@ import Testing
         try await stop(spool)
     }
 
+    /// Inbound stanzas a stopping process keeps reach a running one that takes them (a take-over's new process),
+    /// oldest first, without a restart; a process that stopped taking leaves them for the next.
+    @Test func keptInboundStanzasAreTakenWhileRunningInOrder() async throws {
+        let running = try open()
+        let batches = AsyncStream.makeStream(of: [String].self)
+        running.startTakingKeptInbound { batches.continuation.yield($0) }
+        var iterator = batches.stream.makeAsyncIterator()
+        // The stopping one: another process on the same file.
+        let stopping = try open()
+        stopping.keepInbound("<message id='k1'/>")
+        stopping.keepInbound("<message id='k2'/>")
+        try await stop(stopping)
+        var taken: [String] = []
+        while taken.count < 2, let batch = await iterator.next() { taken += batch }
+        #expect(taken == ["<message id='k1'/>", "<message id='k2'/>"])
+        running.stopTakingKeptInbound()
+        running.keepInbound("<message id='k3'/>")
+        try await stop(running)
+        let next = try open()
+        let later = AsyncStream.makeStream(of: [String].self)
+        next.startTakingKeptInbound { later.continuation.yield($0) }
+        var laterIterator = later.stream.makeAsyncIterator()
+        #expect(await laterIterator.next() == ["<message id='k3'/>"], "kept for the next process, not taken back")
+        try await stop(next)
+    }
+
     @Test func aSpoolInAMissingDirectorySaysWhatToDo() {
         let settings = StorageSettings(path: directory.appendingPathComponent("missing/spool.sqlite").path)
         #expect {
