@@ -539,10 +539,11 @@ final class Handover: Service {
             logger.notice("another stanzad runs on this spool: handing it the component link", metadata: ["pids": "\(others)"])
             await connection.leave()
         }
-        // The stanzas the server sent before it closed the link are taken by the router before it stops taking any.
+        // The stanzas the server sent before it closed the link are taken by the router before it stops taking any;
+        // what it has not taken by then is kept in the spool (`Router.leave`), and the other process routes it.
         if await !connection.waitUntilInboundTaken(timeout: Self.takeWait) {
-            logger.warning("stanzas read before the link closed were not all taken by the router in time",
-                           metadata: ["waited": "\(Self.takeWait)"])
+            logger.notice("stanzas read before the link closed were not all routed in time; the rest is kept in the spool for the process taking over",
+                          metadata: ["waited": "\(Self.takeWait)"])
         }
     }
 }

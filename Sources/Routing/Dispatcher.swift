@@ -40,6 +40,8 @@ package final class Dispatcher: Sendable {
     /// Keeps a stanza that never ran because stanzad stops, for the next process to route (SPEC §18: the spool);
     /// nil, or false from it: the sender is answered "shutting down".
     private let keeper = Mutex<(@Sendable (Stanza) -> Bool)?>(nil)
+    /// How many were kept that way.
+    private let keptAtShutdown = Atomic(0)
     package let stamper: ReplyStamper
     let logger: Logger
 
@@ -113,6 +115,9 @@ package final class Dispatcher: Sendable {
         keeper.withLock { $0 = keep }
     }
 
+    /// Stanzas kept for the next process so far (`leftAtShutdown`).
+    package var keptCount: Int { keptAtShutdown.load(ordering: .relaxed) }
+
     /// A stanza that will never run because stanzad stops: kept for the next process when it can be (not one from a
     /// room: the next process has not joined it yet), else answered "shutting down" (nothing to a room, SPEC §14).
     /// `route` nil: it was read after the router stopped taking stanzas.
@@ -121,6 +126,9 @@ package final class Dispatcher: Sendable {
         route?.metrics.count(.shutdown)
         let routeName = route?.name ?? "(not routed)"
         if room == nil, let keep = keeper.withLock({ $0 }), keep(stanza) {
+            if keptAtShutdown.add(1, ordering: .relaxed).oldValue == 0 {
+                logger.notice("stanzas this process will not handle are kept in the spool for the next one (each logged at info)")
+            }
             log(stanza, route: routeName, replies: [], started: started, metadata: ["queue": "kept in the spool at shutdown"])
             return []
         }

@@ -89,6 +89,10 @@ package final class Router: Service, Sendable {
             dispatcher.shutDown()
             // Stanzas already handed to the overflow child are turned away by the closed gates; later ones at once.
             overflowContinuation.finish()
+            defer {
+                let kept = dispatcher.keptCount
+                if kept > 0 { logger.notice("stanzas kept in the spool for the next process", metadata: ["count": "\(kept)"]) }
+            }
             let count = running.count
             guard count > 0 else { return }
             logger.notice("waiting for running handlers", metadata: ["handlers": "\(count)", "limit_s": "\(drainTimeout.components.seconds)"])
