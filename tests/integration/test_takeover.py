@@ -9,6 +9,7 @@ import collections
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -172,11 +173,18 @@ in_flight = 512
                 conditions[message["error"]["condition"]] += 1
             else:
                 replies[str(message["body"])] += 1
+        # Stanzas the old process would not handle any more (still queued, or read after its router stopped) are kept
+        # in the spool and routed by the new one, each once.
+        kept = old.log().count('queue="kept in the spool at shutdown"')
+        routed_again = sum(int(n) for n in re.findall(r"spool: routing again stanzas a stopped stanzad kept count=(\d+)",
+                                                      new.log() if new else ""))
         lost_rest = sent_rest - len([b for b in received if b.startswith("t-")])
         lost_echo = sent_echo - len(replies) - bounced
         print(f"\n[take-over, {server}] REST sent {sent_rest}, statuses {dict(statuses)}, arrived "
               f"{len(received)}, duplicates {sum(n - 1 for n in received.values())}; echo sent {sent_echo}, "
-              f"replied {len(replies)}, bounced {bounced} {dict(conditions)}, lost {lost_echo}, duplicates {sum(n - 1 for n in replies.values())}")
+              f"replied {len(replies)}, bounced {bounced} {dict(conditions)}, lost {lost_echo}, duplicates {sum(n - 1 for n in replies.values())}; "
+              f"kept by the old process {kept}, routed again by the new one {routed_again}")
+        assert routed_again == kept, "every stanza the old process kept was routed by the new one"
         assert statuses[202] == sent_rest, f"REST requests refused during the take-over: {dict(statuses)}"
         assert lost_rest == 0
         missing = sorted(set(f'e-{i}' for i in range(sent_echo)) - set(replies))[:10]
