@@ -135,10 +135,12 @@ def cpu_busy() -> dict[int, tuple[int, int]]:
 
 
 async def interleaved(client: "EchoClient", targets: list[tuple[str, str]], rounds: int, seconds: float,
-                      window: int, cpu: dict[str, object] | None = None) -> dict[str, list[float]]:
+                      window: int, cpu: dict[str, object] | None = None,
+                      usage: dict[tuple[str, str], list[float]] | None = None) -> dict[str, list[float]]:
     """Measures every (label, jid) once per round, in turn; prints each measurement; returns label → rates.
     `cpu` maps a name to a function returning the pids to account (e.g. stanzad, prosody): each round then
-    also prints their CPU time per echo, measured over the whole round including warm-up and drain."""
+    also prints their CPU time per echo, measured over the whole round including warm-up and drain, and appends
+    it (µs) to `usage[(label, name)]` when given."""
     rates: dict[str, list[float]] = {label: [] for label, _ in targets}
     for number in range(1, rounds + 1):
         for label, jid in targets:
@@ -147,8 +149,11 @@ async def interleaved(client: "EchoClient", targets: list[tuple[str, str]], roun
             sent_before = client.received_total
             rate, errors = await client.measure(jid, seconds, window)
             echoes = max(1, client.received_total - sent_before)
-            used = "".join(f"  {name} {(process_cpu(pids()) - before[name]) / echoes * 1e6:4.0f} µs"
-                           for name, pids in (cpu or {}).items())
+            per_echo = {name: (process_cpu(pids()) - before[name]) / echoes * 1e6 for name, pids in (cpu or {}).items()}
+            used = "".join(f"  {name} {value:4.0f} µs" for name, value in per_echo.items())
+            if usage is not None:
+                for name, value in per_echo.items():
+                    usage.setdefault((label, name), []).append(value)
             if cpu and "stanzad" in cpu:
                 used += f"  stanzad RSS {process_rss(cpu['stanzad']()) // 1024} MiB"
             if cpu:
