@@ -185,7 +185,10 @@ let package = Package(
         .testTarget(name: "XMPPCoreTests", dependencies: ["XMPPCore"], swiftSettings: strict),
         .testTarget(
             name: "ComponentLinkTests",
-            dependencies: ["ComponentLink", .product(name: "NIOEmbedded", package: "swift-nio")],
+            dependencies: [
+                "ComponentLink", .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict),
         .testTarget(name: "RoutingTests", dependencies: ["Routing"], swiftSettings: strict),
         .testTarget(name: "RoomsTests", dependencies: ["Rooms"], swiftSettings: strict),

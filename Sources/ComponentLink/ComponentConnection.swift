@@ -573,6 +573,8 @@ package final class ComponentConnection: Service, Sendable {
         case shutdown
         /// Shutdown stops waiting for the last barrier's answer.
         case drainTimeout
+        /// Shutdown stops waiting for the server to close its side after ours.
+        case closeTimeout
         /// Hand the link over (see `leave`).
         case leave
         /// Time to write a barrier for the spooled stanzas written since the last one.
@@ -1003,6 +1005,11 @@ private struct SessionLoop {
     var draining = false
     /// The stream was closed by `leave`: reading on until the server closes its side.
     var leaving = false
+    /// Shutdown wrote our `</stream:stream>`: what the server sent before it saw it is still read and handed on (the
+    /// router has stopped taking stanzas: kept in the spool or answered), until the server closes its side or
+    /// `closeWait` has passed. Nothing more is written.
+    var streamClosed = false
+    static let closeWait: TimeAmount = .seconds(2)
 
     /// The session's own input (for the drain timer).
     var input: AsyncStream<ComponentConnection.Input>.Continuation { pipe.input }
@@ -1022,19 +1029,26 @@ private struct SessionLoop {
                     connection.deliver(stanza)  // gives the unit back unless the router's queue holds the stanza
                 } else {
                     connection.inboundBudget.give()
-                    if let outcome = try await perform(action) { return outcome }
+                    if streamClosed {
+                        // The server closed its side too (its close or a stream error): done. Of other actions only
+                        // those that write nothing are performed.
+                        if connection.withMachine({ $0.streamEnded }) { return .shutdown }
+                        if case .reply = action, let outcome = try await perform(action) { return outcome }
+                        if case .confirmed = action, let outcome = try await perform(action) { return outcome }
+                    } else if let outcome = try await perform(action) { return outcome }
                 }
                 // Only now may the event loop handle the stanzas read after this one itself (in order).
                 pipe.forwarded.subtract(1, ordering: .sequentiallyConsistent)
             case .parseError(let error):
+                if streamClosed { return .shutdown }
                 if let outcome = try await perform(connection.withMachine({ $0.parseFailed(error) })) { return outcome }
             case .eof:
-                if draining { return .shutdown }
+                if draining || streamClosed { return .shutdown }
                 if leaving { return .left }
                 return .failed(connection.withMachine { $0.disconnected() })
             case .flush:
                 // After our </stream:stream>, or while another process takes the link over: nothing is written.
-                if leaving || connection.isHolding { continue }
+                if leaving || streamClosed || connection.isHolding { continue }
                 if connection.direct != nil {
                     // The link went direct after this signal: the event loop writes, in order with its other writes.
                     channel.eventLoop.execute { [connection] in connection.flushDirect() }
@@ -1042,10 +1056,11 @@ private struct SessionLoop {
                     try await write(connection.takeForWrite())
                 }
             case .timers(let actions):
-                if leaving || connection.isHolding { continue }
+                if leaving || streamClosed || connection.isHolding { continue }
                 if let outcome = try await perform(actions) { return outcome }
             case .shutdown:
                 if leaving || connection.isHolding { return .left }
+                if draining || streamClosed { continue }
                 // Replies handed to the spool just before (their handlers are done) are committed and written first.
                 if connection.spool != nil { await connection.waitForCommits(timeout: .seconds(2)) }
                 connection.setDirect(nil)
@@ -1063,41 +1078,49 @@ private struct SessionLoop {
                     connection.group.any().scheduleTask(in: .seconds(2)) { input.yield(.drainTimeout) }
                     continue
                 }
-                return await closeForShutdown()
+                await closeForShutdown()
             case .drainTimeout:
                 if leaving { return .left }
-                return await closeForShutdown()
+                await closeForShutdown()
+            case .closeTimeout:
+                logger.debug("the server did not close its side in time", metadata: ["waited": "\(Self.closeWait)"])
+                return .shutdown
             case .barrierDue:
                 pipe.barrierScheduled.store(false, ordering: .sequentiallyConsistent)
                 // While draining too: what was written after the barrier on its way needs the next one.
-                if leaving || connection.isHolding { continue }
+                if leaving || streamClosed || connection.isHolding { continue }
                 if let id = connection.withMachine({ $0.barrierIfNeeded() }) {
                     try await write(connection.pingPolicy.serialize(ComponentConnection.ping(id: id, settings: settings)))
                 }
             case .relayed(let action):
-                if leaving { continue }
+                if leaving || streamClosed { continue }
                 if let outcome = try await perform(action) { return outcome }
             case .action(let action):
+                if streamClosed { continue }
                 if let outcome = try await perform(action) { return outcome }
             case .leave:
-                guard !leaving else { continue }
+                guard !leaving, !streamClosed else { continue }
                 leaving = true
                 connection.setDirect(nil)
                 try await write(connection.withMachine { $0.takeForLeave() })
                 try? await write("</stream:stream>")
                 logger.notice("component stream closed: handing the link to the other stanzad on this spool")
             }
-            if draining, connection.withMachine({ $0.unconfirmed.isEmpty }) { return await closeForShutdown() }
+            if draining, !streamClosed, connection.withMachine({ $0.unconfirmed.isEmpty }) { await closeForShutdown() }
         }
         return .shutdown
     }
 
-    mutating func closeForShutdown() async -> ComponentConnection.Outcome {
+    /// Writes our `</stream:stream>` and reads on until the server closes its side (see `streamClosed`).
+    mutating func closeForShutdown() async {
+        guard !streamClosed else { return }
         let (unconfirmed, queued) = connection.withMachine { ($0.unconfirmed.count, $0.queue.items.count) }
         logger.debug("closing the stream for shutdown", metadata: ["unconfirmed": "\(unconfirmed)", "queued": "\(queued)"])
         try? await write("</stream:stream>")
         logger.notice("component stream closed for shutdown")
-        return .shutdown
+        streamClosed = true
+        let input = self.input
+        connection.group.any().scheduleTask(in: Self.closeWait) { input.yield(.closeTimeout) }
     }
 
     /// Performs what the session clock has due.

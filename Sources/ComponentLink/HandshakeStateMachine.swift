@@ -77,7 +77,10 @@ package struct HandshakeStateMachine: Sendable {
         case awaitingHandshake(streamID: String)
         /// Stanzas may flow.
         case ready(streamID: String)
-        /// Closing or closed.
+        /// We are shutting down and close our side: what the server sent before it saw that is still delivered
+        /// (nothing is lost unread); its own close, or a stream error, ends the stream.
+        case closing
+        /// Closed.
         case closed
     }
 
@@ -147,6 +150,20 @@ package struct HandshakeStateMachine: Sendable {
         case (.closed, _):
             return .none
 
+        case (.closing, .stanza(let element)):
+            if streamError(element) != nil {
+                state = .closed
+                return .none
+            }
+            return .deliver(element)
+
+        case (.closing, .streamClosed):
+            state = .closed
+            return .none
+
+        case (.closing, _):
+            return .none
+
         case (.headerWithoutID, .stanza(let element)):
             if let error = streamError(element) { return fail(streamError: nil, error) }
             return fail(streamError: "bad-format", .badHeader, Self.noIDMessage)
@@ -186,8 +203,9 @@ package struct HandshakeStateMachine: Sendable {
 
     /// We are shutting down.
     package mutating func close() -> Action {
-        guard state != .closed else { return .none }
-        state = .closed
+        guard state != .closed, state != .closing else { return .none }
+        // A stream that was up keeps delivering until the server closes its side (see `closing`).
+        state = isReady ? .closing : .closed
         return .close(streamError: nil, reason: ComponentLinkError(.closedByPeer, "shutting down"))
     }
 

@@ -126,6 +126,8 @@ struct LinkStateMachine<Waiter, Replier> {
 
     var isReady: Bool { phase == .ready }
     var isOpen: Bool { phase != .closing && phase != .closed }
+    /// The stream has ended on both sides (after ours: the server's close or stream error came).
+    var streamEnded: Bool { stream.state == .closed }
 
     // MARK: Connection
 

@@ -30,7 +30,10 @@ final class FakeComponentServer: Sendable {
 
     /// `stallsAfterHandshake`: after its handshake (and stanzas) the server reads nothing until `release`, so what
     /// the link writes backs up in TCP.
-    static func start(stanzas: Int, bodyBytes: Int, answersHeader: Bool = true, stallsAfterHandshake: Bool = false)
+    /// `lateAfterClose`: once the link writes `</stream:stream>`, the server writes that many more messages (ids
+    /// `late0`…), as a server does that had them on their way, then its own close.
+    static func start(stanzas: Int, bodyBytes: Int, answersHeader: Bool = true, stallsAfterHandshake: Bool = false,
+                      lateAfterClose: Int? = nil)
         async throws -> FakeComponentServer
     {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -41,7 +44,7 @@ final class FakeComponentServer: Sendable {
         server.task.withLock {
             $0 = Task {
                 await server.serve(stanzas: stanzas, bodyBytes: bodyBytes, answersHeader: answersHeader,
-                                   stallsAfterHandshake: stallsAfterHandshake)
+                                   stallsAfterHandshake: stallsAfterHandshake, lateAfterClose: lateAfterClose)
             }
         }
         return server
@@ -116,7 +119,7 @@ final class FakeComponentServer: Sendable {
         try? await channel.channel.close()
     }
 
-    private func serve(stanzas: Int, bodyBytes: Int, answersHeader: Bool, stallsAfterHandshake: Bool) async {
+    private func serve(stanzas: Int, bodyBytes: Int, answersHeader: Bool, stallsAfterHandshake: Bool, lateAfterClose: Int?) async {
         defer {
             written.open()
             closed.open()
@@ -149,6 +152,11 @@ final class FakeComponentServer: Sendable {
                         }
                         written.open()
                         if stallsAfterHandshake { await released.wait() }
+                        if let late = lateAfterClose {
+                            try await read(until: "</stream:stream>")
+                            let messages = (0..<late).map { "<message from='alice@example.org/r' to='bot.example.org' id='late\($0)' type='chat'><body>late</body></message>" }
+                            try await outbound.write(ByteBuffer(string: messages.joined() + "</stream:stream>"))
+                        }
                         // Keepalives, pings and the closing tag: read until the link goes away.
                         try await read(until: "\u{0}")
                     }

@@ -136,6 +136,36 @@ private func streamError(_ condition: String, text: String? = nil) -> XMLStreamE
         #expect(reason.code == .closedByPeer)
         #expect(machine.received(.stanza(Element("message"))) == .none)
     }
+
+    /// Our close at shutdown: what the server sent before it saw it is still delivered, until its own close (or a
+    /// stream error); nothing of that is answered with a write.
+    @Test func afterOurCloseStanzasAreDeliveredUntilTheServerCloses() {
+        for end in [XMLStreamEvent.streamClosed, streamError("system-shutdown")] {
+            var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+            _ = machine.connected()
+            _ = machine.received(header())
+            _ = machine.received(.stanza(Element("handshake", namespace: Namespace.componentAccept)))
+            guard case .close(nil, _) = machine.close() else {
+                Issue.record("no close")
+                return
+            }
+            #expect(machine.state == .closing && !machine.isReady)
+            #expect(machine.close() == .none, "once")
+            let late = Element("message", namespace: Namespace.componentAccept)
+            #expect(machine.received(.stanza(late)) == .deliver(late))
+            #expect(machine.received(end) == .none)
+            #expect(machine.state == .closed)
+            #expect(machine.received(.stanza(late)) == .none)
+        }
+    }
+
+    @Test func aStreamNeverUpClosesAtOnce() {
+        var machine = HandshakeStateMachine(jid: "bot.example.org", secret: "x")
+        _ = machine.connected()
+        _ = machine.received(header())
+        _ = machine.close()
+        #expect(machine.state == .closed)
+    }
 }
 
 @Suite struct OutboundPolicyTests {

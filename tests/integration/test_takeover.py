@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -242,3 +243,75 @@ def test_a_process_thrown_out_by_kick_old_stops_instead_of_throwing_the_other_ou
             if daemon:
                 daemon.stop()
         prosody.stop()
+
+
+def test_a_plain_restart_under_load_loses_no_inbound_stanza(prosody, tmp_path):
+    """SIGTERM, then a new start (no take-over), with [storage], under 200 echo requests/s: every request is answered,
+    by the old process, by the new one (what the old one kept: still queued, read after its router stopped, or read
+    after it closed its side of the stream), or bounced by Prosody while no process is connected. None is lost
+    silently."""
+    workdir = tmp_path / "stanzad"
+    workdir.mkdir()
+    config = component_config(prosody.component_port, reconnect_max=1, extra=f'''
+[storage]
+path = "{workdir}/spool.sqlite"
+
+[[route]]
+name = "echo"
+to = ["echo@{COMPONENT}"]
+exec = ["/bin/sh", "-c", "sleep 0.2; cat"]
+format = "text"
+concurrency = 128
+''')
+    old = Stanzad(workdir, config).start()
+    old.wait_for_log("component connected")
+    bob = Client(f"bob@{DOMAIN}/restart", "pw", prosody.c2s_port)
+
+    def echo(i: int) -> None:
+        def send() -> None:
+            message = bob.xmpp.make_message(mto=f"echo@{COMPONENT}", mbody=f"e-{i}", mtype="chat")
+            message["id"] = f"e-{i}"
+            message.send()
+        bob.loop.call_soon_threadsafe(send)
+
+    echoes = Paced(echo)
+    new = None
+    try:
+        echoes.start()
+        time.sleep(1.5)  # steady load before the restart (a rate, not synchronisation)
+        old.signal(signal.SIGTERM)
+        assert old.wait(30) == 0, old.log()
+        new = Stanzad(workdir, config, name="stanzad-new.toml").start()
+        new.wait_for_log("component connected")
+        time.sleep(1.5)  # steady load after it
+    finally:
+        echoes.done.set()
+        echoes.join(10)
+    try:
+        sent = echoes.count
+        replies, conditions = collections.Counter(), collections.Counter()
+        deadline = time.monotonic() + 30
+        while sum(conditions.values()) + len(replies) < sent and time.monotonic() < deadline:
+            try:
+                message = bob.next_message(3)
+            except Exception:
+                break
+            if message["type"] == "error":
+                conditions[f'{message["error"]["condition"]} "{message["error"]["text"]}" from {message["from"]}'] += 1
+            else:
+                replies[str(message["body"])] += 1
+        bounced = sum(conditions.values())
+        kept = old.log().count('queue="kept in the spool at shutdown"')
+        routed_again = sum(int(n) for n in re.findall(r"spool: routing again stanzas a stopped stanzad kept count=(\d+)", new.log()))
+        lost = sent - len(replies) - bounced
+        print(f"\n[restart] echo sent {sent}, replied {len(replies)}, bounced {bounced} {dict(conditions)}, lost {lost}, "
+              f"kept by the old process {kept}, routed again by the new one {routed_again}")
+        assert routed_again == kept
+        missing = sorted(set(f"e-{i}" for i in range(sent)) - set(replies))[:10]
+        assert lost == 0, f"echo requests neither answered nor bounced: {missing}"
+        assert "component stream closed for shutdown" in old.log()
+    finally:
+        if new:
+            new.stop()
+        old.stop()
+        bob.close()
