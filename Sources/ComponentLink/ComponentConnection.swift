@@ -954,6 +954,8 @@ package final class ComponentConnection: Service, Sendable {
             return
         }
         if case .enqueued = inboundContinuation.yield(stanza) { return }
+        // `inbound` ended between the two (`endInbound`): the handler it left takes the stanza.
+        _ = directInbound.take(stanza)
         inboundBudget.give()
     }
 }
