@@ -77,6 +77,31 @@ class Paced(threading.Thread):
                 time.sleep(delay)
 
 
+def spool_and_echo_route(workdir) -> str:
+    """[storage] in `workdir` and an exec echo route that takes 0.2 s per stanza."""
+    return f'''
+[storage]
+path = "{workdir}/spool.sqlite"
+
+[[route]]
+name = "echo"
+to = ["echo@{COMPONENT}"]
+exec = ["/bin/sh", "-c", "sleep 0.2; cat"]
+format = "text"
+concurrency = 128
+in_flight = 512
+'''
+
+
+def send_echo(client: Client, i: int) -> None:
+    """Echo request number i; its id is its body, so that a lost one can be looked for in the processes' logs."""
+    def send() -> None:
+        message = client.xmpp.make_message(mto=f"echo@{COMPONENT}", mbody=f"e-{i}", mtype="chat")
+        message["id"] = f"e-{i}"
+        message.send()
+    client.loop.call_soon_threadsafe(send)
+
+
 @pytest.mark.parametrize("server", ["prosody", "ejabberd"])
 def test_a_takeover_under_load_refuses_no_request_and_loses_no_reply(server, tmp_path_factory):
     if server == "prosody":
@@ -97,17 +122,7 @@ def test_a_takeover_under_load_refuses_no_request_and_loses_no_reply(server, tmp
 listen = "systemd"
 credentials = ["{TOKEN}"]
 
-[storage]
-path = "{workdir}/spool.sqlite"
-
-[[route]]
-name = "echo"
-to = ["echo@{COMPONENT}"]
-exec = ["/bin/sh", "-c", "sleep 0.2; cat"]
-format = "text"
-concurrency = 128
-in_flight = 512
-''')
+''' + spool_and_echo_route(workdir))
     old = Activated(workdir, config, listener=listener).start()
     old.wait_for_log("component connected")
     old.wait_for_log("REST API listening")
@@ -130,15 +145,7 @@ in_flight = 512
             local.connection = None
             statuses[type(error).__name__] += 1
 
-    def echo(i: int) -> None:
-        def send() -> None:
-            # The id is the body: a lost one can be looked for in the two processes' logs.
-            message = bob.xmpp.make_message(mto=f"echo@{COMPONENT}", mbody=f"e-{i}", mtype="chat")
-            message["id"] = f"e-{i}"
-            message.send()
-        bob.loop.call_soon_threadsafe(send)
-
-    rest, echoes = Paced(post), Paced(echo)
+    rest, echoes = Paced(post), Paced(lambda i: send_echo(bob, i))
     new = None
     try:
         rest.start()
@@ -252,29 +259,12 @@ def test_a_plain_restart_under_load_loses_no_inbound_stanza(prosody, tmp_path):
     silently."""
     workdir = tmp_path / "stanzad"
     workdir.mkdir()
-    config = component_config(prosody.component_port, reconnect_max=1, extra=f'''
-[storage]
-path = "{workdir}/spool.sqlite"
-
-[[route]]
-name = "echo"
-to = ["echo@{COMPONENT}"]
-exec = ["/bin/sh", "-c", "sleep 0.2; cat"]
-format = "text"
-concurrency = 128
-''')
+    config = component_config(prosody.component_port, reconnect_max=1, extra=spool_and_echo_route(workdir))
     old = Stanzad(workdir, config).start()
     old.wait_for_log("component connected")
     bob = Client(f"bob@{DOMAIN}/restart", "pw", prosody.c2s_port)
 
-    def echo(i: int) -> None:
-        def send() -> None:
-            message = bob.xmpp.make_message(mto=f"echo@{COMPONENT}", mbody=f"e-{i}", mtype="chat")
-            message["id"] = f"e-{i}"
-            message.send()
-        bob.loop.call_soon_threadsafe(send)
-
-    echoes = Paced(echo)
+    echoes = Paced(lambda i: send_echo(bob, i))
     new = None
     try:
         echoes.start()
