@@ -85,7 +85,8 @@ package final class Router: Service, Sendable {
                 stopping.store(true, ordering: .releasing)
                 self.connection.endInbound { stanza in self.leave(stanza) }
             }
-            // Queued stanzas never start; they are answered "shutting down" now, while the link still sends.
+            // Queued stanzas never start; they are kept for the next process (with a spool) or answered "shutting
+            // down" now, while the link still sends.
             dispatcher.shutDown()
             // Stanzas already handed to the overflow child are turned away by the closed gates; later ones at once.
             overflowContinuation.finish()
