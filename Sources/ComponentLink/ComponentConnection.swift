@@ -955,7 +955,12 @@ package final class ComponentConnection: Service, Sendable {
         }
         if case .enqueued = inboundContinuation.yield(stanza) { return }
         // `inbound` ended between the two (`endInbound`): the handler it left takes the stanza.
-        _ = directInbound.take(stanza)
+        if !directInbound.take(stanza) {
+            // Only when the router ended without a graceful shutdown (cancelled): nothing takes stanzas any more.
+            logger.error("inbound stanza dropped: the router has stopped", metadata: [
+                "kind": "\(stanza.kind.rawValue)", "from": "\(stanza.from ?? "")", "stanza.id": "\(stanza.id ?? "")",
+            ])
+        }
         inboundBudget.give()
     }
 }
@@ -1037,6 +1042,7 @@ private struct SessionLoop {
                         if connection.withMachine({ $0.streamEnded }) { return .shutdown }
                         if case .reply = action, let outcome = try await perform(action) { return outcome }
                         if case .confirmed = action, let outcome = try await perform(action) { return outcome }
+                        if case .refuse(let refused) = action { try await refuse(refused, answer: false) }
                     } else if let outcome = try await perform(action) { return outcome }
                 }
                 // Only now may the event loop handle the stanzas read after this one itself (in order).
@@ -1080,12 +1086,15 @@ private struct SessionLoop {
                     connection.group.any().scheduleTask(in: .seconds(2)) { input.yield(.drainTimeout) }
                     continue
                 }
-                await closeForShutdown()
+                if await closeForShutdown() { return .shutdown }
             case .drainTimeout:
                 if leaving { return .left }
-                await closeForShutdown()
+                if await closeForShutdown() { return .shutdown }
             case .closeTimeout:
-                logger.debug("the server did not close its side in time", metadata: ["waited": "\(Self.closeWait)"])
+                // What the server sent and was read but not handed on yet ends here; the line says how much.
+                let unread = pipe.queued.load(ordering: .relaxed)
+                logger.log(level: unread > 0 ? .notice : .debug, "the server did not close its side in time; the link ends",
+                           metadata: ["waited": "\(Self.closeWait)", "events_not_handled": "\(unread)"])
                 return .shutdown
             case .barrierDue:
                 pipe.barrierScheduled.store(false, ordering: .sequentiallyConsistent)
@@ -1108,21 +1117,27 @@ private struct SessionLoop {
                 try? await write("</stream:stream>")
                 logger.notice("component stream closed: handing the link to the other stanzad on this spool")
             }
-            if draining, !streamClosed, connection.withMachine({ $0.unconfirmed.isEmpty }) { await closeForShutdown() }
+            if draining, !streamClosed, connection.withMachine({ $0.unconfirmed.isEmpty }), await closeForShutdown() {
+                return .shutdown
+            }
         }
         return .shutdown
     }
 
-    /// Writes our `</stream:stream>` and reads on until the server closes its side (see `streamClosed`).
-    mutating func closeForShutdown() async {
-        guard !streamClosed else { return }
+    /// Writes our `</stream:stream>` and reads on until the server closes its side (see `streamClosed`). True: the
+    /// stream had already ended (shutdown before the handshake completed, or after a stream error): nothing to wait
+    /// for.
+    mutating func closeForShutdown() async -> Bool {
+        guard !streamClosed else { return false }
         let (unconfirmed, queued) = connection.withMachine { ($0.unconfirmed.count, $0.queue.items.count) }
         logger.debug("closing the stream for shutdown", metadata: ["unconfirmed": "\(unconfirmed)", "queued": "\(queued)"])
+        // Armed before the write: a server that stopped reading holds the write up, and the wait covers it too.
+        let input = self.input
+        connection.group.any().scheduleTask(in: Self.closeWait) { input.yield(.closeTimeout) }
         try? await write("</stream:stream>")
         logger.notice("component stream closed for shutdown")
         streamClosed = true
-        let input = self.input
-        connection.group.any().scheduleTask(in: Self.closeWait) { input.yield(.closeTimeout) }
+        return connection.withMachine { $0.streamEnded }
     }
 
     /// Performs what the session clock has due.
@@ -1147,9 +1162,10 @@ private struct SessionLoop {
     }
 
     /// A stanza the parser skipped for breaking a per-stanza limit: the link stays up and the sender learns why.
-    mutating func refuse(_ refused: RefusedStanza) async throws {
+    /// Logs a stanza the parser refused and answers it (`answer` false: after our close, when nothing is written).
+    mutating func refuse(_ refused: RefusedStanza, answer: Bool = true) async throws {
         logger.notice(
-            "inbound stanza refused",
+            answer ? "inbound stanza refused" : "inbound stanza refused; not answered: the stream is closing",
             metadata: [
                 "kind": "\(refused.name)", "stanza.id": "\(refused.id ?? "")", "from": "\(refused.from ?? "")",
                 "to": "\(refused.to ?? "")", "type": "\(refused.type ?? "")", "reason": "\(refused.reason.message)",
@@ -1163,7 +1179,7 @@ private struct SessionLoop {
             }
             return
         }
-        guard let reply = ComponentConnection.errorReply(to: refused, domain: settings.jid) else { return }
+        guard answer, let reply = ComponentConnection.errorReply(to: refused, domain: settings.jid) else { return }
         do {
             try await write(connection.policy.serialize(reply))
         } catch let error as SendError {

@@ -161,6 +161,10 @@ package struct HandshakeStateMachine: Sendable {
             state = .closed
             return .none
 
+        case (.closing, .refused(let refused)):
+            // Said in the log; not answered (nothing is written after our close).
+            return .refuse(refused)
+
         case (.closing, _):
             return .none
 

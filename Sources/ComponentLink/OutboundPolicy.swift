@@ -71,13 +71,13 @@ package struct OutboundPolicy: Sendable {
         guard let fromValue = stanza.from else {
             throw SendError(.invalidFrom, "stanza has no from")
         }
-        guard let from = JID.parse(fromValue), from.domain == domain else {
+        guard JID.isValid(fromValue, domain: domain) else {
             throw SendError(.invalidFrom, "from \(JID.quoted(fromValue)) is outside the component domain \(domain)")
         }
         guard let toValue = stanza.to else {
             throw SendError(.invalidTo, "stanza has no to")
         }
-        guard JID.parse(toValue) != nil else {
+        guard JID.isValid(toValue) else {
             throw SendError(.invalidTo, "to \(JID.quoted(toValue)) is not a valid JID")
         }
         let xml: String

@@ -206,8 +206,7 @@ struct Run: AsyncParsableCommand {
                 guard let xml = try? stanza.serialized() else { return false }
                 // A stopping process does not route kept stanzas again (the next one does).
                 spool.stopTakingKeptInbound()
-                spool.keepInbound(xml)
-                return true
+                return spool.keepInbound(xml)
             }
         }
         if let spool, let keepInbound {

@@ -301,8 +301,9 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
 
     /// Keeps an inbound stanza this process will not handle because it stops (a webhook retry still waiting, a
     /// stanza still queued or read after the router stopped); committed before the spool closes. The next process on
-    /// the spool routes it (`startTakingKeptInbound`).
-    package func keepInbound(_ xml: String) {
+    /// the spool routes it (`startTakingKeptInbound`). False: the spool has closed and did not take it (the caller
+    /// answers the stanza instead).
+    package func keepInbound(_ xml: String) -> Bool {
         enqueue(.keepInbound(xml: xml))
     }
 
@@ -346,7 +347,9 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         enqueue(.renumber(seq: seq, id: id))
     }
 
-    private func enqueue(_ op: UpdateOp) {
+    /// False: the spool has closed; `op` was not taken.
+    @discardableResult
+    private func enqueue(_ op: UpdateOp) -> Bool {
         let stopping: Bool = pending.withLock { state in
             guard !state.stopping else { return true }
             state.updateOps.append(op)
@@ -354,9 +357,10 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
         }
         if stopping {
             logger.warning("spool already closed; not kept", metadata: ["what": "\(op.name)"])
-        } else {
-            signal()
+            return false
         }
+        signal()
+        return true
     }
 
     package func startAdopting(_ adopted: @escaping @Sendable ([SpooledStanza]) -> Void) {
@@ -477,7 +481,13 @@ package final class SQLiteSpool: OutboundSpool, Service, Sendable {
             depthCounter.add(seqs.count - work.confirms.count, ordering: .relaxed)
             for (entry, seq) in zip(work.appends, seqs) { entry.completion(.success(seq)) }
         } catch {
-            logger.error("spool write failed", metadata: ["path": "\(settings.path)", "error": "\(error)"])
+            // The kept stanzas and update changes of this commit are lost (they are not retried: one that cannot be
+            // written would stop every later commit); the line says how many.
+            let kept = work.updateOps.filter { if case .keepInbound = $0 { true } else { false } }.count
+            logger.error("spool write failed", metadata: [
+                "path": "\(settings.path)", "error": "\(error)",
+                "kept_stanzas_lost": "\(kept)", "update_changes_lost": "\(work.updateOps.count - kept)",
+            ])
             // Confirmations are retried with the next commit; the appends' senders hear the failure now.
             if !work.confirms.isEmpty { pending.withLock { $0.confirms.append(contentsOf: work.confirms) } }
             let failure = SendError(.storageFailed, "the spool could not store the stanza: \(error)")

@@ -126,6 +126,7 @@ package struct WebhookHandler: StanzaHandler {
     private let fixedEndpoint: Endpoint?
     /// `format = "auto"`: the negotiated body format.
     private let probe: WebhookFormatProbe?
+    fileprivate let responses = ResponseCounters()
 
     package init(settings: WebhookSettings, client: WebhookClient) {
         self.settings = settings
@@ -243,9 +244,9 @@ package struct WebhookHandler: StanzaHandler {
             case .timedOut: code = "timeout"
             case .bodyTooLarge: code = "too_large"
             }
-            // `stanzad_webhook_responses_total{route,code}`: every attempt's answer (the factory caches the counter).
-            Counter(label: "stanzad_webhook_responses_total", dimensions: [("route", route), ("code", code)]).increment()
-            var metadata: Logger.Metadata = ["attempts": "\(number)"]
+            handler.responses.count(route: route, code: code)
+            var metadata = Logger.Metadata(minimumCapacity: 2)
+            metadata["attempts"] = "\(number)"
             let retryable: Bool
             var retryAfter: Duration?
             switch result {
@@ -266,7 +267,9 @@ package struct WebhookHandler: StanzaHandler {
                     let scheduled = handler.client.retries.schedule(
                         on: handler.client.http.eventLoopGroup.any(), in: backoff, retry: { self.attempt(number + 1) },
                         giveUp: {
-                            if self.handler.client.keep(self.stanza) {
+                            // Not one from a room: the next process has not joined it yet (as the dispatcher's
+                            // stanzas left at shutdown).
+                            if self.context.room == nil, self.handler.client.keep(self.stanza) {
                                 self.logger.notice("webhook retry kept in the spool: the next start routes the stanza again",
                                                    metadata: metadata)
                                 self.completion(HandlerOutcome(metadata: metadata.merging(["kept": "spool"]) { $1 }))
@@ -348,4 +351,26 @@ package struct WebhookHandler: StanzaHandler {
         }
     }
 
+}
+
+/// `stanzad_webhook_responses_total{route,code}`: every attempt's answer. Each counter is made once: making one per
+/// attempt cost an object, its dimensions and the factory's lookup for every webhook request.
+private final class ResponseCounters: Sendable {
+    private struct Key: Hashable {
+        var route: String
+        var code: String
+    }
+
+    private let counters = Mutex<[Key: Counter]>([:])
+
+    func count(route: String, code: String) {
+        let key = Key(route: route, code: code)
+        let counter = counters.withLock { counters in
+            if let counter = counters[key] { return counter }
+            let counter = Counter(label: "stanzad_webhook_responses_total", dimensions: [("route", route), ("code", code)])
+            counters[key] = counter
+            return counter
+        }
+        counter.increment()
+    }
 }

@@ -95,8 +95,16 @@ package enum HTTPMediaType {
     /// The media type without parameters, lower-cased: "Application/JSON; charset=utf-8" → "application/json".
     package static func essence(_ contentType: String?) -> String {
         guard let contentType else { return "" }
+        // Already bare and lower-case (the usual "application/json"): the value itself, nothing allocated.
+        if contentType.utf8.allSatisfy({ byte in
+            byte < 0x80 && byte != UInt8(ascii: ";") && byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t")
+                && !(UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+        }) {
+            return contentType
+        }
         // ASCII, as media types are: byte by byte (this runs for every webhook answer and REST request).
         var bytes: [UInt8] = []
+        bytes.reserveCapacity(contentType.utf8.count)
         for byte in contentType.utf8 {
             switch byte {
             case UInt8(ascii: ";"): return String(decoding: bytes, as: UTF8.self)

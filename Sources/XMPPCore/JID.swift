@@ -30,49 +30,72 @@ package struct JID: Hashable, Sendable, CustomStringConvertible {
         var string = string
         string.makeContiguousUTF8()  // a no-op for native strings
         return string.utf8.withContiguousStorageIfAvailable { bytes -> JID? in
+            guard let (at, slash) = simpleShape(bytes) else { return nil }
             let count = bytes.count
-            guard count > 0, count <= maxPartBytes else { return nil }
-            var at = -1, slash = count
-            for index in 0..<count {
-                let byte = bytes[index]
-                if byte >= 0x80 { return nil }
-                if byte == UInt8(ascii: "/") {
-                    slash = index
-                    break
-                }
-                if byte == UInt8(ascii: "@") && at < 0 { at = index }
-            }
-            let domainStart = at + 1
-            // Parts present are not empty; the domain ends in a label (no trailing dot) and is no IP literal.
-            guard at != 0, domainStart < slash, slash != count - 1, bytes[domainStart] != UInt8(ascii: "["),
-                bytes[slash - 1] != UInt8(ascii: ".")
-            else { return nil }
-            for index in 0..<max(at, 0) {
-                let byte = bytes[index]
-                if byte <= 0x20 || byte == 0x7F || isForbidden(Unicode.Scalar(byte), in: forbiddenInLocalpart) { return nil }
-            }
-            var label = 0
-            for index in domainStart..<slash {
-                let byte = bytes[index]
-                if byte == UInt8(ascii: ".") {
-                    if label == 0 { return nil }
-                    label = 0
-                    continue
-                }
-                label += 1
-                if label > 63 || byte <= 0x20 || byte == 0x7F || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
-                    || isForbidden(Unicode.Scalar(byte), in: forbiddenInDomain)
-                {
-                    return nil
-                }
-            }
-            if slash < count {
-                for index in (slash + 1)..<count where bytes[index] < 0x20 || bytes[index] >= 0x7F { return nil }
-            }
             func part(_ range: Range<Int>) -> String { String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self) }
-            return JID(uncheckedLocal: at > 0 ? part(0..<at) : nil, domain: part(domainStart..<slash),
+            return JID(uncheckedLocal: at > 0 ? part(0..<at) : nil, domain: part((at + 1)..<slash),
                        resource: slash < count ? part((slash + 1)..<count) : nil)
         } ?? nil
+    }
+
+    /// Whether `string` is a valid JID whose domain is `domain` (nil: any). The common shape (`simpleASCII`) is
+    /// checked without building the JID's parts: every stanza stanzad sends has its `from` and `to` checked.
+    package static func isValid(_ string: String, domain: String? = nil) -> Bool {
+        var string = string
+        string.makeContiguousUTF8()
+        let simple = string.utf8.withContiguousStorageIfAvailable { bytes -> Bool? in
+            guard let (at, slash) = simpleShape(bytes) else { return nil }
+            guard let domain else { return true }
+            return domain.utf8.elementsEqual(UnsafeBufferPointer(rebasing: bytes[(at + 1)..<slash]))
+        } ?? nil
+        if let simple { return simple }
+        guard let jid = parse(string) else { return false }
+        return domain == nil || jid.domain == domain
+    }
+
+    /// The positions of the first `@` (-1: none) and the first `/` (`bytes.count`: none) when `bytes` are a JID
+    /// of the common shape (see `simpleASCII`); nil otherwise.
+    private static func simpleShape(_ bytes: UnsafeBufferPointer<UInt8>) -> (at: Int, slash: Int)? {
+        let count = bytes.count
+        guard count > 0, count <= maxPartBytes else { return nil }
+        var at = -1, slash = count
+        for index in 0..<count {
+            let byte = bytes[index]
+            if byte >= 0x80 { return nil }
+            if byte == UInt8(ascii: "/") {
+                slash = index
+                break
+            }
+            if byte == UInt8(ascii: "@") && at < 0 { at = index }
+        }
+        let domainStart = at + 1
+        // Parts present are not empty; the domain ends in a label (no trailing dot) and is no IP literal.
+        guard at != 0, domainStart < slash, slash != count - 1, bytes[domainStart] != UInt8(ascii: "["),
+            bytes[slash - 1] != UInt8(ascii: ".")
+        else { return nil }
+        for index in 0..<max(at, 0) {
+            let byte = bytes[index]
+            if byte <= 0x20 || byte == 0x7F || isForbidden(Unicode.Scalar(byte), in: forbiddenInLocalpart) { return nil }
+        }
+        var label = 0
+        for index in domainStart..<slash {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: ".") {
+                if label == 0 { return nil }
+                label = 0
+                continue
+            }
+            label += 1
+            if label > 63 || byte <= 0x20 || byte == 0x7F || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+                || isForbidden(Unicode.Scalar(byte), in: forbiddenInDomain)
+            {
+                return nil
+            }
+        }
+        if slash < count {
+            for index in (slash + 1)..<count where bytes[index] < 0x20 || bytes[index] >= 0x7F { return nil }
+        }
+        return (at, slash)
     }
 
     /// Parses and validates any string, saying what is wrong with an invalid one.

@@ -307,6 +307,8 @@ package enum StanzaJSON {
         if kind == .presence && type == "available" { type = nil }
 
         var element = Element(kind.rawValue, namespace: Namespace.client)
+        // type, id, from, to, xml:lang: one allocation instead of one per growth of the array.
+        element.attributes.reserveCapacity(5)
         element[attribute: "type"] = type
         element[attribute: "id"] = try fields.string("id") ?? defaults?.id
         element[attribute: "from"] = try fields.jid("from") ?? defaults?.from

@@ -153,6 +153,9 @@ private func streamError(_ condition: String, text: String? = nil) -> XMLStreamE
             #expect(machine.close() == .none, "once")
             let late = Element("message", namespace: Namespace.componentAccept)
             #expect(machine.received(.stanza(late)) == .deliver(late))
+            // One the parser refused is still reported (the session loop logs it and writes nothing).
+            let refused = RefusedStanza(name: "message", id: "deep", reason: XMLStreamError(.depthExceeded, "stanza nested deeper than 64 levels"))
+            #expect(machine.received(.refused(refused)) == .refuse(refused))
             #expect(machine.received(end) == .none)
             #expect(machine.state == .closed)
             #expect(machine.received(.stanza(late)) == .none)

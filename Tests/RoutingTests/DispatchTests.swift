@@ -374,6 +374,28 @@ final class HeldHandler: StanzaHandler {
         #expect(offered.withLock { $0 } == 1, "a room's stanza is not offered to the keeper")
     }
 
+    /// A handler that never ran its stanza because stanzad stops (a process handler still waiting under
+    /// `max_processes`) says so; the stanza is then kept like a queued one, or answered "shutting down".
+    @Test func aStanzaItsHandlerNeverStartedIsKeptOrAnsweredShuttingDown() async throws {
+        struct NeverStarts: StanzaHandler {
+            func handle(_ stanza: Stanza, context: HandlerContext) async -> HandlerOutcome { .leftAtShutdown }
+        }
+        let route = Route(name: "limited", rule: RouteRule(kinds: [.message]), handler: NeverStarts(), concurrency: 2, queue: 0)
+        let dispatcher = Dispatcher(routes: [route], builtIns: Self.builtIns, logger: Logger(label: "test"))
+        #expect(route.gate.admit())
+        Self.expectShuttingDown(await dispatcher.run(try Self.message("m6"), on: route), id: "m6")
+        let kept = Mutex<[String]>([])
+        dispatcher.keepLeftStanzas { stanza in
+            kept.withLock { $0.append(stanza.id ?? "") }
+            return true
+        }
+        #expect(route.gate.admit())
+        #expect(await dispatcher.run(try Self.message("m7"), on: route).isEmpty, "kept: no reply from this process")
+        #expect(kept.withLock { $0 } == ["m7"])
+        #expect(dispatcher.keptCount == 1)
+        #expect(route.gate.load == 0)
+    }
+
     @Test(.timeLimit(.minutes(1))) func aCancelledStanzaLeavesTheQueueAndNeverRuns() async throws {
         let (handler, route, dispatcher, running, queued) = try await Self.oneRunningOneQueued()
         queued.cancel()

@@ -330,6 +330,35 @@ private func withPlainClient(_ body: (ScriptedServer, WebhookClient, String) asy
         await server.stop()
     }
 
+    /// At shutdown a retry still waiting is kept for the next process (with a spool), but not one of a message
+    /// from a room: the next process has not joined the room yet, and would answer it as a direct message.
+    @Test func aRetryWaitingAtShutdownIsKeptUnlessItCameFromARoom() async throws {
+        try await withPlainClient { _, client, base in
+            let kept = NIOLockedValueBox<[String]>([])
+            client.keepWaitingDeliveries { stanza in
+                kept.withLockedValue { $0.append(stanza.id ?? "") }
+                return true
+            }
+            let handler = WebhookHandler(
+                settings: WebhookSettings(urlTemplate: base + "/busy", format: .text, retries: 3), client: client)
+            let direct = try Self.stanza("<message type='chat' id='d1' from='a@example.org/r' to='bot.example.org'><body>hi</body></message>")
+            let fromRoom = try Self.stanza(
+                "<message type='groupchat' id='g1' from='den@conference.example.org/ann' to='bot.example.org'><body>hi</body></message>")
+            var inRoom = Self.context
+            inRoom.room = RoomOrigin(room: "den@conference.example.org", nick: "ann", ownNick: "bot", isGroupchat: true)
+            async let directOutcome = handler.handle(direct, context: Self.context)
+            async let roomOutcome = handler.handle(fromRoom, context: inRoom)
+            // Both wait for their retry (the server said Retry-After: 7).
+            while client.retries.count < 2 { try await Task.sleep(for: .milliseconds(5)) }
+            handler.shutDown()
+            let (directResult, roomResult) = await (directOutcome, roomOutcome)
+            #expect(directResult.metadata["kept"] == "spool")
+            #expect(roomResult.metadata["kept"] == nil)
+            #expect(roomResult.metadata["http_status"] == "503", "the room's stanza ends with its last answer")
+            #expect(kept.withLockedValue { $0 } == ["d1"])
+        }
+    }
+
     @Test func aMessageOnARouteWithRetriesIsSentAgainWithTheSameDelivery() async throws {
         try await withPlainClient { server, client, base in
             let handler = WebhookHandler(

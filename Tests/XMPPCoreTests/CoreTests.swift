@@ -180,6 +180,18 @@ private func parseOne(_ xml: String) throws -> Element {
         }
         #expect(quick > 20, "the quick path took the common shapes")
         #expect(JID.simpleASCII("a@example.org") != nil && JID.simpleASCII("Alice@Example.ORG") == nil)
+        // `isValid` (the outbound check, which builds no JID on the quick path) says what parsing says.
+        for input in inputs {
+            let parsed = JID.parse(input)
+            #expect(JID.isValid(input) == (parsed != nil), "\(JID.quoted(input))")
+            for domain in ["a", "x", "example.org", "b"] {
+                #expect(JID.isValid(input, domain: domain) == (parsed?.domain == domain), "\(JID.quoted(input)) in \(domain)")
+            }
+        }
+        #expect(JID.isValid("echo@bot.example.org/r", domain: "bot.example.org"))
+        #expect(!JID.isValid("echo@bot.example.org/r", domain: "example.org"), "the domain, not a suffix of it")
+        #expect(JID.isValid("echo@Bot.Example.ORG", domain: "bot.example.org"), "the slow path normalises the domain")
+        #expect(!JID.isValid("echo@bot.example.org/", domain: "bot.example.org"))
     }
 
     /// A pattern without `*` is compared part by part; it must say what the glob says.
