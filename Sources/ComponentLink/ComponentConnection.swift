@@ -1161,8 +1161,8 @@ private struct SessionLoop {
         return nil
     }
 
-    /// A stanza the parser skipped for breaking a per-stanza limit: the link stays up and the sender learns why.
-    /// Logs a stanza the parser refused and answers it (`answer` false: after our close, when nothing is written).
+    /// A stanza the parser skipped for breaking a per-stanza limit: the link stays up and the sender learns why
+    /// (`answer` false: after our close, when nothing is written any more, it is only logged).
     mutating func refuse(_ refused: RefusedStanza, answer: Bool = true) async throws {
         logger.notice(
             answer ? "inbound stanza refused" : "inbound stanza refused; not answered: the stream is closing",
