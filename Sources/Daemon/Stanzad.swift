@@ -202,15 +202,14 @@ struct Run: AsyncParsableCommand {
         // webhook retries still waiting, stanzas still queued, stanzas read after the router stopped.
         var keepInbound: (@Sendable (Stanza) -> Bool)?
         if let spool {
-            keepInbound = { (stanza: Stanza) -> Bool in
+            let keep: @Sendable (Stanza) -> Bool = { stanza in
                 guard let xml = try? stanza.serialized() else { return false }
                 // A stopping process does not route kept stanzas again (the next one does).
                 spool.stopTakingKeptInbound()
                 return spool.keepInbound(xml)
             }
-        }
-        if let spool, let keepInbound {
-            factory.client.keepWaitingDeliveries(keepInbound)
+            keepInbound = keep
+            factory.client.keepWaitingDeliveries(keep)
             // Once the link is up, and every second from then on (a process a take-over replaces keeps its last
             // stanzas while this one runs).
             let taking = Mutex(false)
