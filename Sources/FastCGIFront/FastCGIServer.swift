@@ -46,6 +46,10 @@ package final class FastCGIServer: Service, Sendable {
 
     /// Open connections, and the most open at once since memory was last given back.
     private let connectionCount = Mutex((open: 0, peak: 0))
+    /// `stanzad_rest_requests_total{status}`, each counter made once.
+    private let requestsByStatus = MadeOncePerKey<Int, Counter> {
+        Counter(label: "stanzad_rest_requests_total", dimensions: [("status", "\($0)")])
+    }
 
     /// A burst of at least this many connections is followed by `malloc_trim` once all but a 64th of them
     /// have closed (kept-alive nginx connections stay open).
@@ -149,8 +153,7 @@ package final class FastCGIServer: Service, Sendable {
             return
         }
         let cancellation = api.handle(exchange.request) { response in
-            // `stanzad_rest_requests_total{status}` (the factory caches the counter per status).
-            Counter(label: "stanzad_rest_requests_total", dimensions: [("status", "\(response.status)")]).increment()
+            self.requestsByStatus[response.status].increment()
             self.outstanding.withLock { state in
                 state.exchanges.removeValue(forKey: key)
                 if state.exchanges.isEmpty && state.exchanges.capacity > 64 { state.exchanges = [:] }  // keeps its capacity otherwise

@@ -126,7 +126,9 @@ package struct WebhookHandler: StanzaHandler {
     private let fixedEndpoint: Endpoint?
     /// `format = "auto"`: the negotiated body format.
     private let probe: WebhookFormatProbe?
-    fileprivate let responses = ResponseCounters()
+    fileprivate let responses = MadeOncePerKey<ResponseKey, Counter> {
+        Counter(label: "stanzad_webhook_responses_total", dimensions: [("route", $0.route), ("code", $0.code)])
+    }
 
     package init(settings: WebhookSettings, client: WebhookClient) {
         self.settings = settings
@@ -244,7 +246,7 @@ package struct WebhookHandler: StanzaHandler {
             case .timedOut: code = "timeout"
             case .bodyTooLarge: code = "too_large"
             }
-            handler.responses.count(route: route, code: code)
+            handler.responses[ResponseKey(route: route, code: code)].increment()
             var metadata = Logger.Metadata(minimumCapacity: 2)
             metadata["attempts"] = "\(number)"
             let retryable: Bool
@@ -353,24 +355,8 @@ package struct WebhookHandler: StanzaHandler {
 
 }
 
-/// `stanzad_webhook_responses_total{route,code}`: every attempt's answer. Each counter is made once: making one per
-/// attempt cost an object, its dimensions and the factory's lookup for every webhook request.
-private final class ResponseCounters: Sendable {
-    private struct Key: Hashable {
-        var route: String
-        var code: String
-    }
-
-    private let counters = Mutex<[Key: Counter]>([:])
-
-    func count(route: String, code: String) {
-        let key = Key(route: route, code: code)
-        let counter = counters.withLock { counters in
-            if let counter = counters[key] { return counter }
-            let counter = Counter(label: "stanzad_webhook_responses_total", dimensions: [("route", route), ("code", code)])
-            counters[key] = counter
-            return counter
-        }
-        counter.increment()
-    }
+/// `stanzad_webhook_responses_total{route,code}`: every attempt's answer, each counter made once.
+private struct ResponseKey: Hashable, Sendable {
+    var route: String
+    var code: String
 }

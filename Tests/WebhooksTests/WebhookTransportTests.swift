@@ -416,5 +416,12 @@ private func withPlainClient(_ body: (ScriptedServer, WebhookClient, String) asy
         #expect(PlainHTTPClient.invalidHeader([("A", "tab\there")]) == nil)
         #expect(PlainHTTPClient.invalidHeader([("a(b", "c")])?.contains("not a valid HTTP token") == true)
         #expect(PlainHTTPClient.invalidHeader([("A B", "c")])?.contains("not a valid HTTP token") == true)
+        // Every ASCII byte in a name, against RFC 9110's tchar list written out here.
+        let tchar = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for byte in UInt8(0)...UInt8(127) {
+            let name = "X" + String(UnicodeScalar(byte))
+            #expect((PlainHTTPClient.invalidHeader([(name, "v")]) == nil) == tchar.contains(byte), "byte \(byte)")
+        }
+        #expect(PlainHTTPClient.invalidHeader([("Xé", "v")])?.contains("not a valid HTTP token") == true)
     }
 }

@@ -1,3 +1,4 @@
+import Synchronization
 import Testing
 
 @testable import XMPPCore
@@ -334,5 +335,29 @@ private func parseOne(_ xml: String) throws -> Element {
         #expect(HTTPMediaType.essence(nil) == "")
         // Not ASCII (no media type is): lower-cased all the same, so it matches none of ours.
         #expect(HTTPMediaType.essence("TÉXT/Plain; x=1") == "téxt/plain")
+    }
+}
+
+@Suite struct MadeOncePerKeyTests {
+    private final class Made: Sendable {
+        let key: Int
+        init(_ key: Int) { self.key = key }
+    }
+
+    @Test func eachKeyIsMadeOnceEvenWhenAskedForAtOnce() async {
+        let makes = Mutex([Int: Int]())
+        let cache = MadeOncePerKey<Int, Made> { key in
+            makes.withLock { $0[key, default: 0] += 1 }
+            return Made(key)
+        }
+        let seen = await withTaskGroup(of: [ObjectIdentifier].self) { group in
+            for _ in 0..<8 {
+                group.addTask { (0..<200).map { ObjectIdentifier(cache[$0 % 5]) } }
+            }
+            return await group.reduce(into: Set<ObjectIdentifier>()) { $0.formUnion($1) }
+        }
+        #expect(makes.withLock { $0 } == [0: 1, 1: 1, 2: 1, 3: 1, 4: 1])
+        #expect(seen.count == 5, "every caller of a key got the same object")
+        #expect(cache[3].key == 3)
     }
 }
