@@ -34,6 +34,7 @@ from harness import (COMPONENT, DOMAIN, SECRET, Prosody, Stanzad, component_conf
                      memory_kib, wait_for_port)
 
 BARE = "bare.example.test"
+BURN = "burn.example.test"  # a bare component that also spends a set CPU time per message (bench/anchors --burn-us)
 STANZAD_BIN = Path(os.environ.get("BENCH_STANZAD_BIN", REPO / ".build-release" / "release" / "stanzad")).resolve()
 PY = "/usr/bin/python3"
 
@@ -64,8 +65,9 @@ def start_stanzad(workdir: Path, prosody: Prosody, extra: str, wait: tuple[tuple
     return daemon
 
 
-def start_bare(prosody: Prosody) -> subprocess.Popen:
-    process = subprocess.Popen([PY, __file__, "bare", str(prosody.component_port), BARE], stdout=subprocess.PIPE, text=True)
+def start_bare(prosody: Prosody, jid: str = BARE, burn_us: int = 0) -> subprocess.Popen:
+    process = subprocess.Popen([PY, __file__, "bare", str(prosody.component_port), jid, str(burn_us)],
+                               stdout=subprocess.PIPE, text=True)
     if process.stdout.readline().strip() != "ready":
         raise SystemExit("bare component failed to connect")
     return process
@@ -342,8 +344,8 @@ class EchoClient(asyncio.Protocol):
 
 
 class BareComponent(asyncio.Protocol):
-    def __init__(self, jid: str, secret: str, ready: asyncio.Future):
-        self.jid, self.secret, self.ready = jid, secret, ready
+    def __init__(self, jid: str, secret: str, ready: asyncio.Future, burn_ns: int = 0):
+        self.jid, self.secret, self.ready, self.burn_ns = jid, secret, ready, burn_ns
         self.parser = StreamParser(self._stanza, self._open)
         self.out: list[str] = []
 
@@ -370,6 +372,11 @@ class BareComponent(asyncio.Protocol):
 
     def _stanza(self, name, attrs, body):
         if name == "message" and attrs.get("type") != "error":
+            if self.burn_ns:
+                # CPU time of this thread, as a handler stage would spend it on this core (no wake-ups of its own).
+                end = time.thread_time_ns() + self.burn_ns
+                while time.thread_time_ns() < end:
+                    pass
             out = (f"<message to={quoteattr(attrs.get('from', ''))} from={quoteattr(attrs.get('to', ''))} "
                    f"type={quoteattr(attrs.get('type', 'normal'))}")
             if "id" in attrs:
@@ -381,10 +388,10 @@ class BareComponent(asyncio.Protocol):
             raise SystemExit("bare component: stream error")
 
 
-async def run_bare(port: int, jid: str) -> None:
+async def run_bare(port: int, jid: str, burn_us: int = 0) -> None:
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
-    await loop.create_connection(lambda: BareComponent(jid, SECRET, ready), "127.0.0.1", port)
+    await loop.create_connection(lambda: BareComponent(jid, SECRET, ready, burn_us * 1000), "127.0.0.1", port)
     await asyncio.wait_for(ready, 10)
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -501,8 +508,8 @@ def stop(process: subprocess.Popen | None) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "bare":
-        asyncio.run(run_bare(int(sys.argv[2]), sys.argv[3]))
+        asyncio.run(run_bare(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 0))
     elif sys.argv[1] in HTTP_APPS:
         asyncio.run(run_http(int(sys.argv[2]), HTTP_APPS[sys.argv[1]]))
     else:
-        raise SystemExit("usage: xmpp_load.py bare PORT JID | http-echo PORT | http-callback PORT")
+        raise SystemExit("usage: xmpp_load.py bare PORT JID [BURN_US] | http-echo PORT | http-callback PORT")
