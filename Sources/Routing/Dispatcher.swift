@@ -42,6 +42,21 @@ package final class Dispatcher: Sendable {
     private let keeper = Mutex<(@Sendable (Stanza) -> Bool)?>(nil)
     /// How many were kept that way.
     private let keptAtShutdown = Atomic(0)
+    /// Admitted stanzas whose handler has not started yet, by arrival (`Ticket`): a shutdown leaves them in that
+    /// order (`leaveNotStarted`), before anything read after it, instead of in whatever order their tasks wake.
+    private let notStarted = Mutex(NotStarted())
+
+    private struct NotStarted {
+        var next = 0
+        var entries: [Int: (stanza: Stanza, route: Route, room: RoomOrigin?)] = [:]
+        /// `leaveNotStarted` ran: no more tickets.
+        var closed = false
+    }
+
+    /// An admitted stanza's place in arrival order until its handler starts (`ticket(for:route:room:)`).
+    package struct Ticket: Sendable {
+        fileprivate let number: Int
+    }
     package let stamper: ReplyStamper
     let logger: Logger
 
@@ -186,14 +201,49 @@ package final class Dispatcher: Sendable {
         return leftAtShutdown(stanza, route: route, room: room)
     }
 
-    /// Runs an admitted stanza through its route's handler and returns the stamped replies.
-    package func run(_ stanza: Stanza, on route: Route, room: RoomOrigin? = nil) async -> [Stanza] {
+    /// Notes an admitted stanza that will wait for `run` in arrival order. Call where stanzas arrive one by one,
+    /// before handing it to its task. nil: a shutdown has begun; turn the stanza away (`turnAway`).
+    package func ticket(for stanza: Stanza, route: Route, room: RoomOrigin?) -> Ticket? {
+        notStarted.withLock { state in
+            guard !state.closed else { return nil }
+            state.next += 1
+            state.entries[state.next] = (stanza, route, room)
+            return Ticket(number: state.next)
+        }
+    }
+
+    /// True: the stanza is this caller's to run or turn away (its ticket is handed back). False: a shutdown left it
+    /// already (`leaveNotStarted`); nothing more may be done with it.
+    package func redeem(_ ticket: Ticket?) -> Bool {
+        guard let ticket else { return true }
+        return notStarted.withLock { $0.entries.removeValue(forKey: ticket.number) != nil }
+    }
+
+    /// Shutdown, before the link's last stanzas are left: every admitted stanza whose handler has not started is
+    /// left now, in arrival order (kept for the next process, or answered "shutting down"); its task then finds it
+    /// gone and returns nothing. Later admissions get no ticket. Returns each stanza with the replies to send.
+    package func leaveNotStarted() -> [(stanza: Stanza, replies: [Stanza])] {
+        let entries = notStarted.withLock { state in
+            state.closed = true
+            defer { state.entries.removeAll() }
+            return state.entries.sorted { $0.key < $1.key }.map(\.value)
+        }
+        return entries.map { entry in
+            (entry.stanza, leftAtShutdown(entry.stanza, route: entry.route, room: entry.room))
+        }
+    }
+
+    /// Runs an admitted stanza through its route's handler and returns the stamped replies. With a `ticket`, a
+    /// shutdown may leave the stanza before its handler starts (`leaveNotStarted`); the result is then empty.
+    package func run(_ stanza: Stanza, on route: Route, room: RoomOrigin? = nil, ticket: Ticket? = nil) async -> [Stanza] {
         let started = ContinuousClock.now
         guard await route.gate.acquire() else {
             // Cancelled or shut down while queued: the handler never runs.
+            guard redeem(ticket) else { return [] }
             return leftAtShutdown(stanza, route: route, room: room, started: started)
         }
         defer { route.gate.release() }
+        guard redeem(ticket) else { return [] }
         let context = context(for: stanza, on: route, room: room)
         let outcome = await route.handler.handle(stanza, context: context)
         return finish(outcome, of: stanza, on: route, context: context, started: started)

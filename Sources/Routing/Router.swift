@@ -18,8 +18,11 @@ package final class Router: Service, Sendable {
     private let running = RunningHandlers()
     /// Direct-start stanzas admitted while every run slot of their route was taken: they wait for a slot in a child
     /// task of `run`'s group, never in a task of their own.
-    private let overflow: AsyncStream<(Stanza, Route, RoomOrigin?)>
-    private let overflowContinuation: AsyncStream<(Stanza, Route, RoomOrigin?)>.Continuation
+    private let overflow: AsyncStream<(Stanza, Route, RoomOrigin?, Dispatcher.Ticket)>
+    private let overflowContinuation: AsyncStream<(Stanza, Route, RoomOrigin?, Dispatcher.Ticket)>.Continuation
+    /// Stanzas the link read after `endInbound`, held until `run`'s loop has left what `inbound` still held, so both
+    /// are left in the order they arrived. `draining` false: left at once.
+    private let lateStanzas = Mutex((draining: true, held: [Stanza]()))
 
     package init(connection: ComponentConnection, dispatcher: Dispatcher, logger: Logger, drainTimeout: Duration = .seconds(10),
                  rooms: (any RoomFilter)? = nil) {
@@ -28,7 +31,7 @@ package final class Router: Service, Sendable {
         self.logger = logger
         self.drainTimeout = drainTimeout
         self.rooms = rooms
-        (overflow, overflowContinuation) = AsyncStream.makeStream(of: (Stanza, Route, RoomOrigin?).self)
+        (overflow, overflowContinuation) = AsyncStream.makeStream(of: (Stanza, Route, RoomOrigin?, Dispatcher.Ticket).self)
     }
 
     /// Where an inbound stanza goes first.
@@ -53,13 +56,16 @@ package final class Router: Service, Sendable {
         await withDiscardingTaskGroup { group in
             group.addTask {
                 await withDiscardingTaskGroup { waiting in
-                    for await (stanza, route, room) in self.overflow {
-                        waiting.addTask { self.finish(await self.dispatcher.run(stanza, on: route, room: room), for: stanza) }
+                    for await (stanza, route, room, ticket) in self.overflow {
+                        waiting.addTask {
+                            self.finish(await self.dispatcher.run(stanza, on: route, room: room, ticket: ticket), for: stanza)
+                        }
                     }
                 }
             }
-            // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies. What
-            // the link read and the router had not taken, and what it reads from now on, is left (`leave`).
+            // On shutdown stop taking stanzas; the link (shut down after the router) then flushes the replies. The
+            // stanzas still queued, what the link read and the router had not taken, and what it reads from now on
+            // are left (`leave`: kept for the next process or answered), in that order.
             let stopping = Atomic(false)
             await withGracefulShutdownHandler {
                 for await stanza in connection.inbound {
@@ -77,16 +83,28 @@ package final class Router: Service, Sendable {
                         send(replies, for: stanza)
                     case .admitted(let route):
                         // Handlers that start without waiting were taken by `handleDirectly` already.
+                        guard let ticket = dispatcher.ticket(for: stanza, route: route, room: room) else {
+                            // Shutdown began after the check above: left after the queued stanzas, like what follows.
+                            send(dispatcher.turnAway(stanza, route: route, room: room), for: stanza)
+                            continue
+                        }
                         running.enter()
-                        group.addTask { self.finish(await self.dispatcher.run(stanza, on: route, room: room), for: stanza) }
+                        group.addTask {
+                            self.finish(await self.dispatcher.run(stanza, on: route, room: room, ticket: ticket), for: stanza)
+                        }
                     }
                 }
             } onGracefulShutdown: {
                 stopping.store(true, ordering: .releasing)
-                self.connection.endInbound { stanza in self.leave(stanza) }
+                // In arrival order: the stanzas still queued, then what `inbound` holds (the loop above), then what
+                // the link reads from now on (held in `lateStanzas` until the loop is done).
+                for (stanza, replies) in self.dispatcher.leaveNotStarted() { self.send(replies, for: stanza) }
+                self.connection.endInbound { stanza in self.leaveLate(stanza) }
             }
-            // Queued stanzas never start; they are kept for the next process (with a spool) or answered "shutting
-            // down" now, while the link still sends.
+            leaveHeldLateStanzas()
+            // Stanzas still waiting in a handler's own queue (the process limit), and queued ones a router ended by
+            // cancellation did not leave above, never start: kept for the next process (with a spool) or answered
+            // "shutting down" now, while the link still sends.
             dispatcher.shutDown()
             // Stanzas already handed to the overflow child are turned away by the closed gates; later ones at once.
             overflowContinuation.finish()
@@ -126,12 +144,46 @@ package final class Router: Service, Sendable {
         running.enter()
         if !dispatcher.start(stanza, on: route, room: room, completion: { self.finish($0, for: stanza) }) {
             // Every run slot is taken: this stanza waits for one (in its place in the route's queue) in `run`'s group.
-            if case .terminated = overflowContinuation.yield((stanza, route, room)) {
+            guard let ticket = dispatcher.ticket(for: stanza, route: route, room: room) else {
                 // Shutdown began between the link's read and here: it is answered like a stanza still queued.
                 finish(dispatcher.turnAway(stanza, route: route, room: room), for: stanza)
+                return true
+            }
+            if case .terminated = overflowContinuation.yield((stanza, route, room, ticket)) {
+                if dispatcher.redeem(ticket) {
+                    finish(dispatcher.turnAway(stanza, route: route, room: room), for: stanza)
+                } else {
+                    // Left by the shutdown already; only its admission is still to give back.
+                    route.gate.withdraw()
+                    finish([], for: stanza)
+                }
             }
         }
         return true
+    }
+
+    /// A stanza the link read after `endInbound`: held while `run`'s loop still leaves what `inbound` held, so the
+    /// two are left in arrival order; left at once after that.
+    private func leaveLate(_ stanza: Stanza) {
+        let now = lateStanzas.withLock { late in
+            if late.draining { late.held.append(stanza) }
+            return !late.draining
+        }
+        if now { leave(stanza) }
+    }
+
+    /// After `run`'s loop has left what `inbound` held: the late stanzas held meanwhile, in order, including any that
+    /// arrive while these are left; later ones are left where they are read.
+    private func leaveHeldLateStanzas() {
+        while true {
+            let held = lateStanzas.withLock { late -> [Stanza] in
+                if late.held.isEmpty { late.draining = false }
+                defer { late.held.removeAll() }
+                return late.held
+            }
+            if held.isEmpty { return }
+            for stanza in held { leave(stanza) }
+        }
     }
 
     /// A stanza read after the router stopped taking stanzas: kept for the next process (with a spool) or answered

@@ -396,6 +396,58 @@ final class HeldHandler: StanzaHandler {
         #expect(route.gate.load == 0)
     }
 
+    /// Stanzas queued at shutdown are left in the order they arrived (their tickets), not in the order their tasks
+    /// happen to wake: here the tasks reach the queue in reverse. Each task then finds its stanza gone and returns
+    /// nothing; a stanza admitted afterwards gets no ticket.
+    @Test(.timeLimit(.minutes(1))) func stanzasQueuedAtShutdownAreLeftInArrivalOrder() async throws {
+        for keeping in [true, false] {
+            let handler = HeldHandler()
+            let route = Route(name: "held", rule: RouteRule(kinds: [.message]), handler: handler, concurrency: 1, queue: 10)
+            let dispatcher = Dispatcher(routes: [route], builtIns: Self.builtIns, logger: Logger(label: "test"))
+            let kept = Mutex<[String]>([])
+            if keeping {
+                dispatcher.keepLeftStanzas { stanza in
+                    kept.withLock { $0.append(stanza.id ?? "") }
+                    return true
+                }
+            }
+            #expect(route.gate.admit())
+            let first = try Self.message("m1")
+            let running = Task { await dispatcher.run(first, on: route) }
+            for await id in handler.started.stream where id == "m1" { break }
+            let ids = (2...6).map { "q\($0)" }
+            var tickets: [(String, Dispatcher.Ticket)] = []
+            for id in ids {
+                #expect(route.gate.admit())
+                let ticket = try #require(dispatcher.ticket(for: try Self.message(id), route: route, room: nil))
+                tickets.append((id, ticket))
+            }
+            var queued: [Task<[Stanza], Never>] = []
+            for (id, ticket) in tickets.reversed() {
+                let message = try Self.message(id)
+                queued.append(Task { await dispatcher.run(message, on: route, ticket: ticket) })
+                while route.gate.waiting < queued.count { await Task.yield() }
+            }
+            let left = dispatcher.leaveNotStarted()
+            #expect(left.map { $0.stanza.id ?? "" } == ids)
+            if keeping {
+                #expect(kept.withLock { $0 } == ids)
+                #expect(left.allSatisfy { $0.replies.isEmpty })
+            } else {
+                for (stanza, replies) in left { Self.expectShuttingDown(replies, id: stanza.id ?? "") }
+            }
+            #expect(route.gate.admit())
+            #expect(dispatcher.ticket(for: try Self.message("late"), route: route, room: nil) == nil)
+            route.gate.withdraw()
+            handler.releaseAll()
+            for task in queued { #expect(await task.value.isEmpty, "left already: the task sends nothing") }
+            #expect(await running.value.first?.body == "done")
+            #expect(handler.received == ["m1"], "no queued stanza reached the handler")
+            #expect(route.gate.load == 0 && route.gate.waiting == 0)
+            #expect(dispatcher.keptCount == (keeping ? ids.count : 0))
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func aCancelledStanzaLeavesTheQueueAndNeverRuns() async throws {
         let (handler, route, dispatcher, running, queued) = try await Self.oneRunningOneQueued()
         queued.cancel()
