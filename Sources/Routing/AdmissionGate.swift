@@ -132,4 +132,7 @@ package final class AdmissionGate: Sendable {
 
     /// Stanzas waiting for a run slot.
     package var waiting: Int { state.withLock { $0.waiters.count } }
+
+    /// Run slots free right now (none while anyone waits: a free slot means nobody does).
+    package var freeSlots: Int { state.withLock { $0.waiters.isEmpty ? max(0, concurrency - $0.running) : 0 } }
 }

@@ -219,17 +219,30 @@ package final class Dispatcher: Sendable {
         return notStarted.withLock { $0.entries.removeValue(forKey: ticket.number) != nil }
     }
 
-    /// Shutdown, before the link's last stanzas are left: every admitted stanza whose handler has not started is
-    /// left now, in arrival order (kept for the next process, or answered "shutting down"); its task then finds it
-    /// gone and returns nothing. Later admissions get no ticket. Returns each stanza with the replies to send.
+    /// Shutdown, before the link's last stanzas are left: every admitted stanza whose handler has not started and
+    /// would have to wait for a run slot is left now, in arrival order (kept for the next process, or answered
+    /// "shutting down"); its task then finds it gone and returns nothing. As many as a route has free slots stay
+    /// and run, as they would have (`AdmissionGate.acquire`). Later admissions get no ticket. Returns each stanza
+    /// left with the replies to send.
     package func leaveNotStarted() -> [(stanza: Stanza, replies: [Stanza])] {
-        let entries = notStarted.withLock { state in
+        // Left under the lock: a stanza admitted meanwhile waits here for its ticket (refused), so it is left after
+        // these. Nothing called from here takes this lock.
+        notStarted.withLock { state in
             state.closed = true
-            defer { state.entries.removeAll() }
-            return state.entries.sorted { $0.key < $1.key }.map(\.value)
-        }
-        return entries.map { entry in
-            (entry.stanza, leftAtShutdown(entry.stanza, route: entry.route, room: entry.room))
+            var free: [ObjectIdentifier: Int] = [:]
+            var left: [(stanza: Stanza, replies: [Stanza])] = []
+            for (number, entry) in state.entries.sorted(by: { $0.key < $1.key }) {
+                let route = ObjectIdentifier(entry.route)
+                let slots = free[route] ?? entry.route.gate.freeSlots
+                if slots > 0 {
+                    free[route] = slots - 1
+                    continue
+                }
+                free[route] = 0
+                state.entries[number] = nil
+                left.append((entry.stanza, leftAtShutdown(entry.stanza, route: entry.route, room: entry.room)))
+            }
+            return left
         }
     }
 

@@ -95,10 +95,11 @@ package final class Router: Service, Sendable {
                     }
                 }
             } onGracefulShutdown: {
-                stopping.store(true, ordering: .releasing)
-                // In arrival order: the stanzas still queued, then what `inbound` holds (the loop above), then what
-                // the link reads from now on (held in `lateStanzas` until the loop is done).
+                // In arrival order: the stanzas still queued, then what `inbound` holds (the loop above: `stopping`
+                // is set only now, so nothing it holds is left before them), then what the link reads from now on
+                // (held in `lateStanzas` until the loop is done).
                 for (stanza, replies) in self.dispatcher.leaveNotStarted() { self.send(replies, for: stanza) }
+                stopping.store(true, ordering: .releasing)
                 self.connection.endInbound { stanza in self.leaveLate(stanza) }
             }
             leaveHeldLateStanzas()

@@ -448,6 +448,39 @@ final class HeldHandler: StanzaHandler {
         }
     }
 
+    /// A stanza admitted with a run slot free, whose task had not reached the gate yet, still runs at shutdown (as
+    /// `acquire` promises); only the ones that would have waited are left.
+    @Test(.timeLimit(.minutes(1))) func aStanzaWithAFreeSlotStillRunsAtShutdown() async throws {
+        let handler = HeldHandler()
+        let route = Route(name: "held", rule: RouteRule(kinds: [.message]), handler: handler, concurrency: 2, queue: 10)
+        let dispatcher = Dispatcher(routes: [route], builtIns: Self.builtIns, logger: Logger(label: "test"))
+        let kept = Mutex<[String]>([])
+        dispatcher.keepLeftStanzas { stanza in
+            kept.withLock { $0.append(stanza.id ?? "") }
+            return true
+        }
+        let first = try Self.message("m1")
+        #expect(route.gate.admit())
+        let running = Task { await dispatcher.run(first, on: route) }
+        for await id in handler.started.stream where id == "m1" { break }
+        var tickets: [(Stanza, Dispatcher.Ticket)] = []
+        for id in ["q2", "q3", "q4"] {
+            #expect(route.gate.admit())
+            let message = try Self.message(id)
+            tickets.append((message, try #require(dispatcher.ticket(for: message, route: route, room: nil))))
+        }
+        #expect(route.gate.freeSlots == 1)
+        #expect(dispatcher.leaveNotStarted().map { $0.stanza.id ?? "" } == ["q3", "q4"])
+        #expect(kept.withLock { $0 } == ["q3", "q4"])
+        var results: [[Stanza]] = []
+        for (message, ticket) in tickets { results.append(await dispatcher.run(message, on: route, ticket: ticket)) }
+        #expect(results.map { $0.first?.body } == ["done", nil, nil], "q2 ran; q3 and q4 were kept")
+        handler.releaseAll()
+        #expect(await running.value.first?.body == "done")
+        #expect(handler.received == ["m1", "q2"])
+        #expect(route.gate.load == 0 && route.gate.waiting == 0)
+    }
+
     @Test(.timeLimit(.minutes(1))) func aCancelledStanzaLeavesTheQueueAndNeverRuns() async throws {
         let (handler, route, dispatcher, running, queued) = try await Self.oneRunningOneQueued()
         queued.cancel()
