@@ -299,6 +299,23 @@ final class HeldHandler: StanzaHandler {
     }
 }
 
+/// A keeper that takes every stanza left at shutdown (a spool that never fails) and records their ids in order.
+final class KeptIDs: Sendable {
+    private let ids = Mutex<[String]>([])
+    var all: [String] { ids.withLock { $0 } }
+
+    init(keeping dispatcher: Dispatcher) {
+        dispatcher.keepLeftStanzas { stanza in
+            self.record(stanza)
+            return true
+        }
+    }
+
+    private func record(_ stanza: Stanza) {
+        ids.withLock { $0.append(stanza.id ?? "") }
+    }
+}
+
 @Suite struct QueuedAtShutdownTests {
     static let builtIns = BuiltInResponder(domain: "bot.example.org", discoName: "Bot", routedFeatures: [], items: [],
                                            softwareVersion: "1")
@@ -343,15 +360,11 @@ final class HeldHandler: StanzaHandler {
     /// With a spool (SPEC §18) a stanza still queued at shutdown is kept for the next process: no answer now.
     @Test(.timeLimit(.minutes(1))) func aStanzaQueuedAtShutdownIsKeptWhenItCanBe() async throws {
         let (handler, route, dispatcher, running, queued) = try await Self.oneRunningOneQueued()
-        let kept = Mutex<[String]>([])
-        dispatcher.keepLeftStanzas { stanza in
-            kept.withLock { $0.append(stanza.id ?? "") }
-            return true
-        }
+        let kept = KeptIDs(keeping: dispatcher)
         dispatcher.shutDown()
         handler.releaseAll()
         #expect(await queued.value.isEmpty, "kept: the sender hears from the next process")
-        #expect(kept.withLock { $0 } == ["m2"])
+        #expect(kept.all == ["m2"])
         #expect(await running.value.first?.body == "done")
         #expect(handler.received == ["m1"])
         #expect(route.gate.load == 0)
@@ -384,14 +397,10 @@ final class HeldHandler: StanzaHandler {
         let dispatcher = Dispatcher(routes: [route], builtIns: Self.builtIns, logger: Logger(label: "test"))
         #expect(route.gate.admit())
         Self.expectShuttingDown(await dispatcher.run(try Self.message("m6"), on: route), id: "m6")
-        let kept = Mutex<[String]>([])
-        dispatcher.keepLeftStanzas { stanza in
-            kept.withLock { $0.append(stanza.id ?? "") }
-            return true
-        }
+        let kept = KeptIDs(keeping: dispatcher)
         #expect(route.gate.admit())
         #expect(await dispatcher.run(try Self.message("m7"), on: route).isEmpty, "kept: no reply from this process")
-        #expect(kept.withLock { $0 } == ["m7"])
+        #expect(kept.all == ["m7"])
         #expect(dispatcher.keptCount == 1)
         #expect(route.gate.load == 0)
     }
@@ -404,13 +413,7 @@ final class HeldHandler: StanzaHandler {
             let handler = HeldHandler()
             let route = Route(name: "held", rule: RouteRule(kinds: [.message]), handler: handler, concurrency: 1, queue: 10)
             let dispatcher = Dispatcher(routes: [route], builtIns: Self.builtIns, logger: Logger(label: "test"))
-            let kept = Mutex<[String]>([])
-            if keeping {
-                dispatcher.keepLeftStanzas { stanza in
-                    kept.withLock { $0.append(stanza.id ?? "") }
-                    return true
-                }
-            }
+            let kept = keeping ? KeptIDs(keeping: dispatcher) : nil
             #expect(route.gate.admit())
             let first = try Self.message("m1")
             let running = Task { await dispatcher.run(first, on: route) }
@@ -431,7 +434,7 @@ final class HeldHandler: StanzaHandler {
             let left = dispatcher.leaveNotStarted()
             #expect(left.map { $0.stanza.id ?? "" } == ids)
             if keeping {
-                #expect(kept.withLock { $0 } == ids)
+                #expect(kept?.all == ids)
                 #expect(left.allSatisfy { $0.replies.isEmpty })
             } else {
                 for (stanza, replies) in left { Self.expectShuttingDown(replies, id: stanza.id ?? "") }
@@ -454,11 +457,7 @@ final class HeldHandler: StanzaHandler {
         let handler = HeldHandler()
         let route = Route(name: "held", rule: RouteRule(kinds: [.message]), handler: handler, concurrency: 2, queue: 10)
         let dispatcher = Dispatcher(routes: [route], builtIns: Self.builtIns, logger: Logger(label: "test"))
-        let kept = Mutex<[String]>([])
-        dispatcher.keepLeftStanzas { stanza in
-            kept.withLock { $0.append(stanza.id ?? "") }
-            return true
-        }
+        let kept = KeptIDs(keeping: dispatcher)
         let first = try Self.message("m1")
         #expect(route.gate.admit())
         let running = Task { await dispatcher.run(first, on: route) }
@@ -471,7 +470,7 @@ final class HeldHandler: StanzaHandler {
         }
         #expect(route.gate.freeSlots == 1)
         #expect(dispatcher.leaveNotStarted().map { $0.stanza.id ?? "" } == ["q3", "q4"])
-        #expect(kept.withLock { $0 } == ["q3", "q4"])
+        #expect(kept.all == ["q3", "q4"])
         var results: [[Stanza]] = []
         for (message, ticket) in tickets { results.append(await dispatcher.run(message, on: route, ticket: ticket)) }
         #expect(results.map { $0.first?.body } == ["done", nil, nil], "q2 ran; q3 and q4 were kept")
